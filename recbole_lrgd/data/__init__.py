@@ -1,0 +1,1 @@
+"""Titles, fixed candidate lists and demonstration pools, on top of RecBole's datasets."""

@@ -1,0 +1,95 @@
+"""Candidate lists drawn once and replayed, so every model ranks exactly the same candidates.
+
+RecBole samples negatives lazily, batch by batch, from the global NumPy RNG, and its sequential
+models use a different sampler (repeatable) from its general ones: two models see the same
+candidates only by luck. Here the negatives of every evaluated user are drawn once, from the data,
+the seed and the user alone, and a dataloader replays them.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from recbole.data.dataloader import NegSampleEvalDataLoader
+
+
+def sample_user_subset(uids: np.ndarray, n_users: Optional[int], seed: int) -> np.ndarray:
+    """A seeded sample of ``n_users`` distinct users (all of them when ``n_users`` is None or too big)."""
+    uids = np.unique(uids)
+    if not n_users or n_users >= len(uids):
+        return uids
+    return np.sort(np.random.default_rng(seed).choice(uids, size=int(n_users), replace=False))
+
+
+def user_items(dataset) -> Dict[int, np.ndarray]:
+    """Every item each user interacted with, in any split: never offered as a negative."""
+    uids = np.asarray(dataset.inter_feat[dataset.uid_field])  # a DataFrame before build(), tensors after
+    iids = np.asarray(dataset.inter_feat[dataset.iid_field])
+    order = np.argsort(uids, kind="stable")
+    bounds = np.flatnonzero(np.diff(uids[order])) + 1
+    return {int(uids[group[0]]): np.unique(iids[group]) for group in np.split(order, bounds) if len(group)}
+
+
+def item_distribution(item_ids: np.ndarray, item_num: int, distribution: str, alpha: float = 1.0) -> np.ndarray:
+    """Sampling probabilities over item ids 1..n-1 from all interactions: uniform, or popularity ** alpha."""
+    if distribution == "uniform":
+        weights = np.ones(item_num)
+    elif distribution == "popularity":
+        weights = np.bincount(item_ids, minlength=item_num)
+        weights = weights.astype(np.float64) ** float(alpha)
+    else:
+        raise ValueError(f"unknown negative distribution {distribution!r}")
+    weights[0] = 0.0  # id 0 is RecBole's padding item
+    return weights / weights.sum()
+
+
+def draw_negatives(used: Dict[int, np.ndarray], probs: np.ndarray, eval_dataset, num: int,
+                   seed: int) -> Dict[int, np.ndarray]:
+    """Per evaluated user, a (rows, num) array of distinct negatives the user never interacted with.
+
+    ``used`` and ``probs`` come from ``user_items`` and ``item_distribution`` on the dataset
+    *before* ``build()`` (a sequential build keeps only targets in ``inter_feat``). Unlike RecBole's
+    samplers (which differ between general and sequential models), the draw depends only on the
+    data, the seed and the user, so every model gets the same candidates.
+    """
+    uids = eval_dataset.inter_feat[eval_dataset.uid_field].numpy()
+    table: Dict[int, np.ndarray] = {}
+    for uid in np.unique(uids):
+        allowed = probs.copy()
+        allowed[used.get(int(uid), [])] = 0.0
+        n_rows = int((uids == uid).sum())
+        if np.count_nonzero(allowed) < num:
+            raise ValueError(f"user {uid} has fewer than {num} items left to sample as negatives")
+        rng = np.random.default_rng([int(seed), int(uid)])
+        table[int(uid)] = np.stack([rng.choice(len(allowed), size=num, replace=False, p=allowed / allowed.sum())
+                                    for _ in range(n_rows)])
+    return table
+
+
+class FixedCandidateEvalDataLoader(NegSampleEvalDataLoader):
+    """RecBole's uniN/popN evaluation loader, with negatives replayed from a fixed table."""
+
+    def __init__(self, config, dataset, sampler, negatives: Dict[int, np.ndarray], shuffle: bool = False):
+        self.negatives = negatives
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+
+    def _neg_sampling(self, inter_feat):
+        uids = inter_feat[self.uid_field].numpy()
+        rows: Dict[int, int] = {}
+        negs = []
+        for uid in uids:  # the k-th row of a user in this block takes that user's k-th stored row
+            k = rows.get(int(uid), 0)
+            rows[int(uid)] = k + 1
+            negs.append(self.negatives[int(uid)][k])
+        flat = torch.from_numpy(np.stack(negs).T.reshape(-1).astype(np.int64))
+        return self.sampling_func(inter_feat, flat)
+
+    def candidate_sets(self) -> Dict[int, np.ndarray]:
+        """user id -> the positive(s) and negatives this loader shows, for equality checks."""
+        out = {}
+        uids = self._dataset.inter_feat[self.uid_field].numpy()
+        iids = self._dataset.inter_feat[self.iid_field].numpy()
+        for uid in np.unique(uids):
+            out[int(uid)] = np.concatenate([iids[uids == uid], self.negatives[int(uid)].reshape(-1)])
+        return out

@@ -1,0 +1,117 @@
+"""The one prompt builder: instruction, demonstrations, the user's history, shuffled candidates.
+
+Everything here is a pure function of titles and a tokenizer, so it is tested without a model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+DEFAULT_INSTRUCTION = (
+    "You are a recommender system. From a user's history of items, in the order they were "
+    "chosen, recommend the item the user will choose next."
+)
+VERBALIZER_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """Another user's history (titles, oldest first) and the item they really chose next."""
+
+    history: Tuple[str, ...]
+    target: str
+
+
+@dataclass
+class Prompt:
+    """A rendered prompt and how its shown candidates map back to the caller's candidates."""
+
+    text: str
+    order: List[int]  # order[k] = index (in the caller's candidate list) of the k-th shown candidate
+    candidates: List[str]  # titles in the caller's order
+    labels: List[str] = field(default_factory=list)  # verbalizer labels, in shown order
+    history: Tuple[str, ...] = ()
+    demonstrations: Tuple[Demonstration, ...] = ()
+
+
+def shuffled_order(n: int, seed: Sequence[int]) -> List[int]:
+    """A seeded permutation; seeding by (seed, user) makes it independent of batching and sharding."""
+    return [int(i) for i in np.random.default_rng(list(seed)).permutation(n)]
+
+
+def format_history(titles: Sequence[str]) -> str:
+    return "; ".join(titles) if titles else "(none)"
+
+
+def render_message(instruction: str, demos: Sequence[Demonstration], history: Sequence[str],
+                   shown: Sequence[str], labels: Sequence[str] = ()) -> str:
+    """The user turn of the chat: demonstrations first (their shared text is a common prefix)."""
+    lines = [instruction, ""]
+    for k, demo in enumerate(demos, 1):
+        lines += [f"Example {k}.", f"History: {format_history(demo.history)}", f"Next item: {demo.target}", ""]
+    lines += ["Now the user.", f"History: {format_history(history)}", "Candidates:"]
+    if labels:
+        lines += [f"{label}. {title}" for label, title in zip(labels, shown)]
+        lines += ["", "Which candidate will the user choose next? Answer with its letter."]
+    else:
+        lines += [f"- {title}" for title in shown]
+        lines += ["", "Which candidate will the user choose next? Answer with its title."]
+    return "\n".join(lines)
+
+
+def apply_template(tokenizer, message: str) -> str:
+    """Wrap the message in the tokenizer's chat template when it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                             add_generation_prompt=True)
+    return message + "\nAnswer: "
+
+
+def encode_prompt(tokenizer, text: str) -> List[int]:
+    """Token ids of a rendered prompt; a chat template already holds its special tokens."""
+    return tokenizer(text, add_special_tokens=not getattr(tokenizer, "chat_template", None)).input_ids
+
+
+def truncate_to_budget(demos: Sequence[Demonstration], history: Sequence[str],
+                       fits: Callable[[Sequence[Demonstration], Sequence[str]], bool]
+                       ) -> Tuple[List[Demonstration], List[str]]:
+    """Drop the oldest history items until ``fits``; candidates are never touched.
+
+    Order of sacrifice: the oldest item of the longest demonstration history, down to one item each;
+    then the user's oldest items, down to one; then whole demonstrations, the last first.
+    """
+    demos, history = [Demonstration(tuple(d.history), d.target) for d in demos], list(history)
+    while not fits(demos, history):
+        longest = max(range(len(demos)), key=lambda k: len(demos[k].history), default=None)
+        if longest is not None and len(demos[longest].history) > 1:
+            demos[longest] = Demonstration(demos[longest].history[1:], demos[longest].target)
+        elif len(history) > 1:
+            history = history[1:]
+        elif demos:
+            demos = demos[:-1]
+        else:
+            break  # only the candidates are left: they are never dropped
+    return demos, history
+
+
+def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[str], candidates: Sequence[str],
+                 *, seed: Sequence[int], mode: str = "likelihood", max_tokens: Optional[int] = None,
+                 instruction: str = DEFAULT_INSTRUCTION) -> Prompt:
+    """Render the full prompt text for one user, shuffling candidates with ``seed``."""
+    order = shuffled_order(len(candidates), seed)
+    shown = [candidates[i] for i in order]
+    labels: List[str] = []
+    if mode == "verbalizer":
+        if len(candidates) > len(VERBALIZER_LABELS):
+            raise ValueError(f"verbalizer mode labels at most {len(VERBALIZER_LABELS)} candidates")
+        labels = list(VERBALIZER_LABELS[: len(candidates)])
+
+    def render(d, h):
+        return apply_template(tokenizer, render_message(instruction, d, h, shown, labels))
+
+    if max_tokens:
+        demos, history = truncate_to_budget(
+            demos, history, lambda d, h: len(encode_prompt(tokenizer, render(d, h))) <= max_tokens)
+    return Prompt(render(demos, history), order, list(candidates), labels, tuple(history), tuple(demos))

@@ -1,0 +1,3 @@
+from recbole_lrgd.model.lrgd import LRGD
+
+__all__ = ["LRGD"]

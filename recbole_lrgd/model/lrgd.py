@@ -1,0 +1,111 @@
+"""LRGD as a RecBole sequential model: ``predict`` = prompt + LLM score; no trainable weights."""
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from recbole_lrgd.data.demonstrations import DemonstrationPool, training_sequences
+from recbole_lrgd.data.titles import item_titles
+from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.llm.loader import load_llm
+from recbole_lrgd.llm.prompt import DEFAULT_INSTRUCTION, Demonstration, Prompt, build_prompt
+from recbole_lrgd.llm.scorer import LLMScorer
+
+DEMO_MODES = ("none", "random", "nearest")
+
+
+class LRGD(SequentialRecommender):
+    """In-context-learning recommender: ranks each user's candidates with a causal LM."""
+
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.config = config
+        self.titles = item_titles(dataset, config["title_field"])
+        self.demo_mode = config["demo_mode"] or "none"
+        if self.demo_mode not in DEMO_MODES:
+            raise LRGDError(f"demo_mode {self.demo_mode!r}: use one of {', '.join(DEMO_MODES)}")
+        self.num_demos = int(config["num_demos"] or 0)
+        self.max_his_len = int(config["max_his_len"])
+        self.max_prompt_tokens = config["max_prompt_tokens"]
+        self.instruction = config["prompt_instruction"] or DEFAULT_INSTRUCTION
+        self.seed = int(config["seed"])
+        self.pool: Optional[DemonstrationPool] = None
+        self.global_demo_users: List[int] = []
+        self.progress: Optional[Callable[[int], None]] = None  # called with the number of users scored
+        self._scorer: Optional[LLMScorer] = None
+
+    # -- the LLM ---------------------------------------------------------------------------------
+    @property
+    def scorer(self) -> LLMScorer:
+        if self._scorer is None:
+            device = self.config["llm_device"] or self.config["device"]
+            model, tokenizer = load_llm(self.config["llm_path"], device=str(device), dtype=self.config["llm_dtype"],
+                                        device_map=self.config["llm_device_map"])
+            self._scorer = LLMScorer(model, tokenizer, self.config["scorer_mode"],
+                                     self.config["candidate_batch_size"])
+        return self._scorer
+
+    # -- demonstrations --------------------------------------------------------------------------
+    def prepare_demonstrations(self, train_dataset) -> None:
+        """Build the pool from training interactions and fix the global set where the mode has one."""
+        self.pool = DemonstrationPool(training_sequences(train_dataset), train_dataset.item_num)
+        if self.demo_mode == "random":
+            self.global_demo_users = self.pool.random_users(self.num_demos, self.seed)
+
+    def demo_users_for(self, user: int, history: np.ndarray) -> List[int]:
+        if self.demo_mode == "none" or self.num_demos == 0:
+            return []
+        if self.pool is None:
+            raise LRGDError("LRGD has no demonstration pool: run trainer.fit(train_data) before evaluating")
+        if self.demo_mode == "nearest":
+            return self.pool.nearest_users(history, self.num_demos, exclude=user)
+        return self.global_demo_users
+
+    def demonstrations(self, demo_users: List[int]) -> List[Demonstration]:
+        out = []
+        for v in demo_users:
+            his, target = self.pool.demonstration(v, self.max_his_len)
+            out.append(Demonstration(tuple(self.titles[i] for i in his), self.titles[target]))
+        return out
+
+    # -- prompts and scores ----------------------------------------------------------------------
+    def user_prompt(self, user: int, history: np.ndarray, candidates: np.ndarray,
+                    demo_users: Optional[List[int]] = None) -> Prompt:
+        """The prompt for one user and candidate list; shuffling is seeded by (seed, user)."""
+        if len(history) == 0:
+            raise LRGDError(f"user {user} has an empty history: filter users with user_inter_num_interval")
+        if demo_users is None:
+            demo_users = self.demo_users_for(user, history)
+        return build_prompt(
+            self.scorer.tokenizer, self.demonstrations(demo_users),
+            [self.titles[i] for i in history[-self.max_his_len:]], [self.titles[i] for i in candidates],
+            seed=(self.seed, int(user)), mode=self.scorer.mode, max_tokens=self.max_prompt_tokens,
+            instruction=self.instruction)
+
+    def calculate_loss(self, interaction):
+        raise LRGDError("LRGD has no trainable weights: use LRGDTrainer, whose fit prepares demonstrations")
+
+    def full_sort_predict(self, interaction):
+        raise LRGDError("LRGD ranks sampled candidates: set eval_args mode to uni19 or pop19, not full")
+
+    @torch.no_grad()
+    def predict(self, interaction) -> torch.Tensor:
+        """Scores for RecBole's uniN/popN blocks: rows grouped by user, the label never read."""
+        users = interaction[self.USER_ID].cpu().numpy()
+        items = interaction[self.ITEM_ID].cpu().numpy()
+        seqs = interaction[self.ITEM_SEQ].cpu().numpy()
+        lens = interaction[self.ITEM_SEQ_LEN].cpu().numpy()
+        scores = np.zeros(len(users), dtype=np.float64)
+        for user in dict.fromkeys(users.tolist()):  # users in order of first appearance
+            rows = np.flatnonzero(users == user)
+            history = seqs[rows[0], : lens[rows[0]]]
+            scores[rows] = self.scorer.score(self.user_prompt(user, history, items[rows]))
+            if self.progress is not None:
+                self.progress(1)
+        return torch.from_numpy(scores).float().to(interaction[self.ITEM_ID].device)

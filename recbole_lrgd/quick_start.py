@@ -1,0 +1,203 @@
+"""Config -> dataset -> fit -> evaluate, for LRGD and RecBole models through one loop.
+
+Inputs are checked before anything is written (log file, checkpoint), so bad input fails with a
+one-line ``LRGDError`` and leaves nothing half-done.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from logging import getLogger
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import yaml
+from recbole.config import Config
+from recbole.data import create_dataset, create_samplers, get_dataloader
+from recbole.data.dataloader import NegSampleEvalDataLoader
+from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_color
+
+from recbole_lrgd.data.candidates import (FixedCandidateEvalDataLoader, draw_negatives, item_distribution,
+                                         sample_user_subset, user_items)
+from recbole_lrgd.data.titles import item_file_header
+from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.llm.loader import load_llm
+from recbole_lrgd.model import LRGD
+from recbole_lrgd.trainer import LRGDTrainer
+
+PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
+PLUGIN_MODELS = {"LRGD": (LRGD, LRGDTrainer)}
+EVAL_ARGS_KEYS = ("split", "group_by", "order", "mode")
+
+
+def properties_files(model: str, dataset: str) -> List[str]:
+    """The plugin's YAML defaults for a run, in RecBole's order: overall, model, dataset."""
+    candidates = [os.path.join(PROPERTIES, "overall.yaml"), os.path.join(PROPERTIES, "model", f"{model}.yaml"),
+                  os.path.join(PROPERTIES, "dataset", f"{dataset}.yaml")]
+    return [f for f in candidates if os.path.isfile(f)]
+
+
+def _check_eval_args(eval_args: Any, where: str) -> None:
+    """RecBole merges configs shallowly: a partial eval_args silently drops the other keys."""
+    missing = [k for k in EVAL_ARGS_KEYS if k not in (eval_args or {})]
+    if missing:
+        raise LRGDError(f"eval_args in {where} is incomplete (missing {', '.join(missing)}): RecBole replaces the "
+                        f"whole dict, so give all of {', '.join(EVAL_ARGS_KEYS)}")
+
+
+def _check_user_config(files: List[str], config_dict: Optional[Dict[str, Any]]) -> None:
+    """Every user file parses, and every eval_args given is complete."""
+    for path in files:
+        if not os.path.isfile(path):
+            raise LRGDError(f"config file {path!r} does not exist")
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise LRGDError(f"config file {path!r}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if isinstance(loaded, dict) and "eval_args" in loaded:
+            _check_eval_args(loaded["eval_args"], path)
+    if config_dict and "eval_args" in config_dict:
+        _check_eval_args(config_dict["eval_args"], "config_dict")
+
+
+def _check_recbole_model(name: str) -> None:
+    """Find a RecBole model by name without importing optional backends (lightgbm, xgboost)."""
+    subs = ("general_recommender", "context_aware_recommender", "sequential_recommender",
+            "knowledge_aware_recommender", "exlib_recommender")
+    root = os.path.dirname(importlib.util.find_spec("recbole.model").origin)
+    if not any(os.path.isfile(os.path.join(root, sub, f"{name.lower()}.py")) for sub in subs):
+        raise LRGDError(f"unknown model {name!r}: use LRGD or a RecBole model name (Pop, BPR, SASRec, GRU4Rec, ...)")
+
+
+def build_config(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optional[List[str]] = None,
+                 config_dict: Optional[Dict[str, Any]] = None) -> Config:
+    """A RecBole Config with the plugin's properties below the user's files and dict."""
+    user_files = list(config_file_list or [])
+    _check_user_config(user_files, config_dict)
+    files = properties_files(model, dataset) + user_files
+    model_arg = PLUGIN_MODELS[model][0] if model in PLUGIN_MODELS else model
+    try:
+        if model not in PLUGIN_MODELS:
+            _check_recbole_model(model)
+        try:
+            config = Config(model=model_arg, dataset=dataset, config_file_list=files, config_dict=config_dict)
+        except ValueError as exc:
+            if "loss_type is CE" not in str(exc):
+                raise
+            # CE-loss sequential models (SASRec, GRU4Rec, BERT4Rec...) train without sampled negatives
+            config = Config(model=model_arg, dataset=dataset, config_file_list=files,
+                            config_dict={**(config_dict or {}), "train_neg_sample_args": None})
+    except ValueError as exc:
+        raise LRGDError(f"{str(exc).splitlines()[0]}") from None
+    validate_config(config, is_plugin=model in PLUGIN_MODELS)
+    return config
+
+
+def _eval_mode(config: Config, phase: str) -> str:
+    mode = config["eval_args"]["mode"]
+    return str(mode[phase] if isinstance(mode, dict) else mode)
+
+
+def validate_config(config: Config, is_plugin: bool) -> None:
+    """Catch bad input before anything is written."""
+    _check_eval_args(config["eval_args"], "the final config")
+    dataset, data_path = config["dataset"], config["data_path"]
+    inter = os.path.join(data_path, f"{dataset}.inter")
+    if not os.path.isfile(inter):
+        raise LRGDError(f"unknown dataset {dataset!r}: no {inter} (put {dataset}.inter and {dataset}.item "
+                        f"under {data_path}, or set data_path to their parent folder)")
+    test_neg = config["test_neg_sample_args"] or {}
+    sampled = test_neg.get("distribution", "none") != "none" and test_neg.get("sample_num", "none") != "none"
+    if sampled:
+        block = 1 + int(test_neg["sample_num"])
+        if int(config["eval_batch_size"]) < block:
+            raise LRGDError(f"eval_batch_size {config['eval_batch_size']} is smaller than one user's block "
+                            f"of {block} rows (1 positive + {test_neg['sample_num']} negatives)")
+    if is_plugin:
+        if not sampled:
+            raise LRGDError(f"LRGD ranks sampled candidates: eval_args mode {_eval_mode(config, 'test')!r} must be "
+                            "uniN or popN (e.g. uni19)")
+        if config["title_field"] not in item_file_header(data_path, dataset):
+            raise LRGDError(f"{os.path.join(data_path, dataset + '.item')} has no title field "
+                            f"{config['title_field']!r}: set title_field to one of its columns")
+
+
+def _eval_loader(config: Config, used, dataset, sampler, phase: str, n_users: Optional[int]):
+    """The eval loader of a phase: a seeded user sample with fixed, pre-drawn candidates."""
+    loader_cls = get_dataloader(config, phase)
+    if not issubclass(loader_cls, NegSampleEvalDataLoader) or sampler is None:
+        return loader_cls(config, dataset, sampler, shuffle=False)
+    uid_field = dataset.uid_field
+    keep = sample_user_subset(dataset.inter_feat[uid_field].numpy(), n_users, config["seed"])
+    if len(keep) < len(dataset.inter_feat[uid_field].unique()):
+        import torch
+        mask = torch.isin(dataset.inter_feat[uid_field], torch.as_tensor(keep))
+        dataset = dataset.copy(dataset.inter_feat[mask])
+    args = config[f"{phase}_neg_sample_args"]
+    probs = item_distribution(used["item_ids"], dataset.item_num, args["distribution"], args.get("alpha", 1.0))
+    negatives = draw_negatives(used["items"], probs, dataset, int(args["sample_num"]),
+                               config["seed"] + (1 if phase == "test" else 0))
+    return FixedCandidateEvalDataLoader(config, dataset, sampler, negatives)
+
+
+def prepare_data(config: Config, dataset) -> Tuple[Any, Any, Any]:
+    """RecBole's data_preparation, with replayable candidates and ``eval_users``/``valid_users``."""
+    # the whole interaction table, before a sequential build() replaces it by augmented rows
+    used = {"items": user_items(dataset), "item_ids": np.array(dataset.inter_feat[dataset.iid_field])}
+    built = dataset.build()
+    train_ds, valid_ds, test_ds = built
+    train_sampler, valid_sampler, test_sampler = create_samplers(config, dataset, built)
+    train = get_dataloader(config, "train")(config, train_ds, train_sampler, shuffle=config["shuffle"])
+    valid = _eval_loader(config, used, valid_ds, valid_sampler, "valid", config["valid_users"])
+    test = _eval_loader(config, used, test_ds, test_sampler, "test", config["eval_users"])
+    return train, valid, test
+
+
+def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optional[List[str]] = None,
+        config_dict: Optional[Dict[str, Any]] = None, saved: bool = True) -> Dict[str, Any]:
+    """Run one model on one dataset; returns RecBole's result dict plus timings and the loaders."""
+    config = build_config(model, dataset, config_file_list, config_dict)
+    if model in PLUGIN_MODELS:  # fail on a model that will not load before anything is written
+        load_llm(config["llm_path"], device=str(config["llm_device"] or config["device"]),
+                 dtype=config["llm_dtype"], device_map=config["llm_device_map"])
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    dataset_obj = create_dataset(config)
+    logger.info(dataset_obj)
+    train_data, valid_data, test_data = prepare_data(config, dataset_obj)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    if model in PLUGIN_MODELS:
+        model_cls, trainer_cls = PLUGIN_MODELS[model]
+    else:
+        model_cls, trainer_cls = get_model(model), get_trainer(config["MODEL_TYPE"], config["model"])
+    model_obj = model_cls(config, train_data._dataset).to(config["device"])
+    logger.info(model_obj)
+    trainer = trainer_cls(config, model_obj)
+
+    start = time.time()
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved,
+                                                      show_progress=config["show_progress"])
+    fit_time = time.time() - start
+    init_seed(config["seed"], config["reproducibility"])
+    start = time.time()
+    test_result = trainer.evaluate(test_data, load_best_model=saved and model not in PLUGIN_MODELS,
+                                   show_progress=config["show_progress"])
+    eval_time = time.time() - start
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    logger.info(f"fit time {fit_time:.1f}s, test time {eval_time:.1f}s, test users {len(test_data.uid_list)}")
+    return {
+        "model": config["model"], "dataset": config["dataset"],
+        "best_valid_score": best_valid_score, "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result, "test_result": dict(test_result or {}),
+        "fit_time": fit_time, "eval_time": eval_time, "test_users": len(test_data.uid_list),
+        "test_data": test_data, "model_obj": model_obj,
+    }

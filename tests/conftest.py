@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny random LLaMA with a byte-level tokenizer, and a tiny RecBole dataset.
+
+Nothing is downloaded: the model is built from a config and saved to a temporary folder, so the
+loader's "local folder" path is what the tests exercise.
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import recbole_lrgd  # noqa: F401  (applies the compat layer)
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_tokenizer(chat_template: bool = True):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    for special in ("<pad>", "<eos>", "<|user|>", "<|assistant|>", "<|end|>"):
+        vocab[special] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   additional_special_tokens=["<|user|>", "<|assistant|>", "<|end|>"])
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_tiny_llama(vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      pad_token_id=0, bos_token_id=None, eos_token_id=None)
+    model = LlamaForCausalLM(cfg).eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory):
+    """A folder holding a tiny random LLaMA and its tokenizer, loadable by ``llm_path``."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = make_tokenizer()
+    model = make_tiny_llama(len(tok))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tiny_llm_dir):
+    from recbole_lrgd.llm.loader import load_llm
+
+    return load_llm(tiny_llm_dir, device="cpu", dtype="float32")
+
+
+def write_tiny_dataset(root, name: str = "tiny", n_users: int = 30, n_items: int = 40, seed: int = 0,
+                       title_header: str = "title:token"):
+    """A RecBole atomic dataset: every user 6..10 distinct items in time order, every item a title."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{name}.inter"), "w") as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for u in range(n_users):
+            items = rng.choice(n_items, size=int(rng.integers(6, 11)), replace=False)
+            for t, i in enumerate(items):
+                f.write(f"u{u}\ti{i}\t{1000 * u + t}\n")
+    with open(os.path.join(folder, f"{name}.item"), "w") as f:
+        f.write(f"item_id:token\t{title_header}\n")
+        for i in range(n_items):
+            f.write(f"i{i}\tThe Item Number {i}\n")
+    return folder
+
+
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch):
+    """A tiny dataset under tmp_path, with the CWD moved there so RecBole's log/ and saved/ land in tmp."""
+    write_tiny_dataset(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return str(tmp_path)

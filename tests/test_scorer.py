@@ -1,0 +1,55 @@
+"""The scorer: cached likelihood equals the naive full-prompt path; verbalizer reads label logits."""
+import numpy as np
+import pytest
+import torch
+
+from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_prompt
+from recbole_lrgd.llm.scorer import LLMScorer, mean_token_logprob, pad_right
+
+
+def test_mean_token_logprob_ignores_padding():
+    logprobs = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75]]]))
+    got = mean_token_logprob(logprobs, torch.tensor([[1, 1]]), torch.tensor([[1.0, 0.0]]))
+    assert got.item() == pytest.approx(np.log(0.5))
+    got = mean_token_logprob(logprobs, torch.tensor([[1, 1]]), torch.tensor([[1.0, 1.0]]))
+    assert got.item() == pytest.approx((np.log(0.5) + np.log(0.75)) / 2)
+
+
+def test_pad_right():
+    ids, mask = pad_right([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def _prompt(tok, mode="likelihood"):
+    demos = [Demonstration(("Alpha", "Beta gamma"), "Delta")]
+    cands = [f"Candidate {'x' * (i % 7)} {i}" for i in range(20)]  # different lengths
+    return build_prompt(tok, demos, ["Epsilon", "Zeta"], cands, seed=(0, 3), mode=mode)
+
+
+@pytest.mark.parametrize("batch", [20, 6])
+def test_cached_likelihood_equals_naive_per_candidate_forward(tiny_llm, batch):
+    model, tok = tiny_llm
+    scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=batch)
+    prompt = _prompt(tok)
+    cached = scorer.score(prompt)
+    ids = encode_prompt(tok, prompt.text)
+    naive = scorer.naive_likelihood(ids, [scorer.candidate_ids(c) for c in prompt.candidates])
+    np.testing.assert_allclose(cached, naive, atol=1e-4)
+    assert np.ptp(cached) > 1e-3  # the candidates really are told apart
+
+
+def test_verbalizer_scores_are_label_logits_in_caller_order(tiny_llm):
+    model, tok = tiny_llm
+    scorer = LLMScorer(model, tok, "verbalizer")
+    prompt = _prompt(tok, mode="verbalizer")
+    got = scorer.score(prompt)
+    logits = model(input_ids=torch.tensor([encode_prompt(tok, prompt.text)])).logits[0, -1]
+    label_ids = [tok(label, add_special_tokens=False).input_ids[0] for label in prompt.labels]
+    expected = np.empty(20)
+    expected[prompt.order] = logits[label_ids].double().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_unknown_mode_is_an_error(tiny_llm):
+    with pytest.raises(ValueError, match="scorer_mode"):
+        LLMScorer(*tiny_llm, mode="bogus")
