@@ -7,6 +7,7 @@ imports neither RecBole nor torch. ``apply()`` is idempotent.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib
@@ -16,8 +17,8 @@ import io
 import pickle
 import sys
 import types
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ContextManager
 
 __all__ = [
     "apply",
@@ -26,11 +27,12 @@ __all__ = [
     "shim_dok_update",
     "shim_collector_data_struct",
     "shim_quick_start_ray",
+    "shim_exlib_optional_backends",
     "TORCH_LOAD_MODULES",
 ]
 
 Hook = Callable[[types.ModuleType], None]
-BeforeHook = Callable[[types.ModuleType], "Callable[[], None] | None"]  # may return a cleanup run after exec
+Around = Callable[[types.ModuleType], ContextManager[None]]  # entered around the module's execution
 
 # RecBole 1.2.1 modules that call a module-level ``torch.load`` on files RecBole wrote (checkpoints, pretrained
 # models). recbole.quick_start.quick_start imports torch inside load_data_and_model; it is handled on its own.
@@ -57,7 +59,7 @@ _NUMPY_ALIASES: dict[str, str] = {
     "unicode": "str_",
 }
 
-_before: dict[str, list[BeforeHook]] = {}
+_around: dict[str, list[Around]] = {}
 _after: dict[str, list[Hook]] = {}
 
 
@@ -78,14 +80,11 @@ class _HookedLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module: types.ModuleType) -> None:
-        cleanups = [hook(module) for hook in _before.get(self._fullname, [])]
-        try:
+        with contextlib.ExitStack() as stack:
+            for hook in _around.get(self._fullname, []):
+                stack.enter_context(hook(module))
             self._loader.exec_module(module)
-        finally:
-            for cleanup in cleanups:
-                if cleanup is not None:
-                    cleanup()
-        _before.pop(self._fullname, None)
+        _around.pop(self._fullname, None)
         for hook in _after.pop(self._fullname, []):
             hook(module)
 
@@ -96,7 +95,7 @@ class _ImportHook(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in _before and fullname not in _after:
+        if fullname not in _around and fullname not in _after:
             return None
         for finder in sys.meta_path:
             if finder is self or isinstance(finder, _ImportHook) or not hasattr(finder, "find_spec"):
@@ -109,18 +108,18 @@ class _ImportHook(importlib.abc.MetaPathFinder):
         return None
 
 
-def _when_imported(name: str, after: Hook, before: BeforeHook | None = None) -> None:
-    """Run ``after(module)`` once ``name`` is imported (now, if it already is); ``before`` runs just ahead of it."""
+def _when_imported(name: str, after: Hook | None = None, around: Around | None = None) -> None:
+    """Run ``after(module)`` once ``name`` is imported (now, if it already is) and its execution inside ``around``."""
     module = sys.modules.get(name)
     if module is not None:
-        after(module)
+        if after is not None:
+            after(module)
         return
     if not any(isinstance(finder, _ImportHook) for finder in sys.meta_path):
         sys.meta_path.insert(0, _ImportHook())
-    if before is not None and before not in _before.setdefault(name, []):
-        _before[name].append(before)
-    if after not in _after.setdefault(name, []):
-        _after[name].append(after)
+    for hooks, hook in ((_around, around), (_after, after)):
+        if hook is not None and hook not in hooks.setdefault(name, []):
+            hooks[name].append(hook)
 
 
 # --- numpy 2: removed aliases ------------------------------------------------------------------------
@@ -326,27 +325,53 @@ def _ray_tune_importable() -> bool:
     return True
 
 
-def _defer_ray_tune(module: types.ModuleType) -> Callable[[], None] | None:
+@contextlib.contextmanager
+def _deferred_ray_tune(module: types.ModuleType) -> Iterator[None]:
+    """While recbole.quick_start executes, a broken ray is replaced by a placeholder whose ``tune`` is lazy."""
     if _ray_tune_importable():
-        return None
+        yield
+        return
     placeholder = types.ModuleType("ray", "Placeholder for recbole.quick_start's `from ray import tune`.")
     placeholder.tune = _LazyTune()  # type: ignore[attr-defined]
     sys.modules["ray"] = placeholder
-
-    def drop_placeholder() -> None:
+    try:
+        yield
+    finally:
         if sys.modules.get("ray") is placeholder:
             del sys.modules["ray"]
-
-    return drop_placeholder
-
-
-def _nothing_after_import(module: types.ModuleType) -> None:
-    """Nothing to do once recbole.quick_start is imported: its ``tune`` is the real or the lazy one."""
 
 
 def shim_quick_start_ray() -> None:
     """recbole.quick_start imports ray.tune, which on ray 2.6 needs pkg_resources (gone in setuptools >= 81) and np.bool8."""
-    _when_imported("recbole.quick_start.quick_start", _nothing_after_import, before=_defer_ray_tune)
+    _when_imported("recbole.quick_start.quick_start", around=_deferred_ray_tune)
+
+
+# --- lightgbm / xgboost: optional, but imported by recbole.model.exlib_recommender --------------------
+
+_EXLIB_BACKENDS: dict[str, str] = {"lightgbm": "LightGBM", "xgboost": "XGBoost"}
+
+
+@contextlib.contextmanager
+def _without_missing_backends(package: types.ModuleType) -> Iterator[None]:
+    """Let the exlib package import with the backends that are installed instead of failing on a missing one."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if exc.name not in _EXLIB_BACKENDS:
+            raise
+        for backend, class_name in _EXLIB_BACKENDS.items():
+            try:
+                submodule = importlib.import_module(f"{package.__name__}.{backend}")
+            except ModuleNotFoundError as missing:
+                if missing.name != backend:
+                    raise
+            else:
+                setattr(package, class_name, getattr(submodule, class_name))
+
+
+def shim_exlib_optional_backends() -> None:
+    """RecBole's exlib package imports lightgbm/xgboost (not its requirements): unknown model names die on that import."""
+    _when_imported("recbole.model.exlib_recommender", around=_without_missing_backends)
 
 
 def apply() -> None:
@@ -356,3 +381,4 @@ def apply() -> None:
     shim_dok_update()
     shim_collector_data_struct()
     shim_quick_start_ray()
+    shim_exlib_optional_backends()

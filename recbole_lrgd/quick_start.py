@@ -5,7 +5,6 @@ one-line ``LRGDError`` and leaves nothing half-done.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from logging import getLogger
@@ -64,15 +63,6 @@ def _check_user_config(files: List[str], config_dict: Optional[Dict[str, Any]]) 
         _check_eval_args(config_dict["eval_args"], "config_dict")
 
 
-def _check_recbole_model(name: str) -> None:
-    """Find a RecBole model by name without importing optional backends (lightgbm, xgboost)."""
-    subs = ("general_recommender", "context_aware_recommender", "sequential_recommender",
-            "knowledge_aware_recommender", "exlib_recommender")
-    root = os.path.dirname(importlib.util.find_spec("recbole.model").origin)
-    if not any(os.path.isfile(os.path.join(root, sub, f"{name.lower()}.py")) for sub in subs):
-        raise LRGDError(f"unknown model {name!r}: use LRGD or a RecBole model name (Pop, BPR, SASRec, GRU4Rec, ...)")
-
-
 def build_config(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optional[List[str]] = None,
                  config_dict: Optional[Dict[str, Any]] = None) -> Config:
     """A RecBole Config with the plugin's properties below the user's files and dict."""
@@ -82,7 +72,7 @@ def build_config(model: str = "LRGD", dataset: str = "ml-100k", config_file_list
     model_arg = PLUGIN_MODELS[model][0] if model in PLUGIN_MODELS else model
     try:
         if model not in PLUGIN_MODELS:
-            _check_recbole_model(model)
+            get_model(model)  # RecBole's ValueError names an unknown model
         try:
             config = Config(model=model_arg, dataset=dataset, config_file_list=files, config_dict=config_dict)
         except ValueError as exc:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_prompt
-from recbole_lrgd.llm.scorer import LLMScorer, mean_token_logprob, pad_right
+from recbole_lrgd.llm.scorer import LLMScorer, mean_token_logprob, pack_candidates
 
 
 def test_mean_token_logprob_ignores_padding():
@@ -15,9 +15,13 @@ def test_mean_token_logprob_ignores_padding():
     assert got.item() == pytest.approx((np.log(0.5) + np.log(0.75)) / 2)
 
 
-def test_pad_right():
-    ids, mask = pad_right([[5, 6, 7], [8]], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+def test_pack_candidates_layout():
+    ids, positions, allowed, source = pack_candidates([[5, 6, 7], [8], [9, 10]], prefix_len=2)
+    assert ids.tolist() == [5, 6, 9] and positions.tolist() == [2, 3, 2]
+    assert source == [(0, 0, 6), (0, 1, 7), (2, 2, 10)]
+    assert allowed.tolist() == [[True, True, True, False, False],
+                                [True, True, True, True, False],
+                                [True, True, False, False, True]]
 
 
 def _prompt(tok, mode="likelihood"):
