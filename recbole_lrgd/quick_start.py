@@ -28,6 +28,7 @@ from recbole_lrgd.trainer import LRGDTrainer
 PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
 PLUGIN_MODELS = {"LRGD": (LRGD, LRGDTrainer)}
 EVAL_ARGS_KEYS = ("split", "group_by", "order", "mode")
+PLUGIN_ONLY_METRICS = ("effectd",)
 
 
 def properties_files(model: str, dataset: str) -> List[str]:
@@ -84,7 +85,17 @@ def build_config(model: str = "LRGD", dataset: str = "ml-100k", config_file_list
     except ValueError as exc:
         raise LRGDError(f"{str(exc).splitlines()[0]}") from None
     validate_config(config, is_plugin=model in PLUGIN_MODELS)
+    if model not in PLUGIN_MODELS:
+        drop_plugin_only_metrics(config)
     return config
+
+
+def drop_plugin_only_metrics(config: Config) -> None:
+    """EffectD compares LRGD with and without demonstrations: RecBole baselines have no such thing."""
+    config["metrics"] = [m for m in config["metrics"] if m.lower() not in PLUGIN_ONLY_METRICS]
+    if config["valid_metric"].split("@")[0].lower() in PLUGIN_ONLY_METRICS:
+        config["valid_metric"] = f"{config['metrics'][0]}@{max(config['topk'])}"
+        config["valid_metric_bigger"] = True
 
 
 def _eval_mode(config: Config, phase: str) -> str:

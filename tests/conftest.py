@@ -89,3 +89,37 @@ def tiny_data(tmp_path, monkeypatch):
     write_tiny_dataset(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     return str(tmp_path)
+
+
+class StubScorer:
+    """Stands in for the LLM: ``score_fn(prompt, target_title)`` gives the scores, target known to the test."""
+
+    mode = "likelihood"
+
+    def __init__(self, tokenizer, targets, score_fn):
+        self.tokenizer, self.targets, self.score_fn = tokenizer, targets, score_fn
+
+    def score(self, prompt):
+        return np.asarray(self.score_fn(prompt, self.targets[prompt.history]), dtype=np.float64)
+
+
+def install_stub_scorer(monkeypatch, score_fn):
+    """Make LRGD.predict score with ``score_fn``. The test side reads the label to tell the stub the
+    target (keyed by the user's shown history) and removes it from what the model sees."""
+    from recbole_lrgd.model.lrgd import LRGD
+
+    original = LRGD.predict
+
+    def predict(self, interaction):
+        pos = interaction["label"] == 1
+        targets = {tuple(self.titles[i] for i in seq[:n][-self.max_his_len:]): self.titles[t] for seq, n, t in zip(
+            interaction[self.ITEM_SEQ][pos].tolist(), interaction[self.ITEM_SEQ_LEN][pos].tolist(),
+            interaction[self.ITEM_ID][pos].tolist())}
+        label = interaction.interaction.pop("label")  # the model must not need it
+        self._scorer = StubScorer(self.scorer.tokenizer, targets, score_fn)
+        try:
+            return original(self, interaction)
+        finally:
+            interaction.interaction["label"] = label
+
+    monkeypatch.setattr(LRGD, "predict", predict)

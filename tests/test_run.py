@@ -4,6 +4,8 @@ import os
 import numpy as np
 import pytest
 
+from conftest import install_stub_scorer
+
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.quick_start import run
 
@@ -36,41 +38,13 @@ def test_demo_modes_run(tiny_data, tiny_llm_dir, mode):
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
 
 
-class OracleScorer:
-    """Scores the true target 1 and everything else 0 (or the reverse): the answer is known."""
-
-    mode = "likelihood"
-
-    def __init__(self, tokenizer, targets, invert=False):
-        self.tokenizer, self.targets, self.invert = tokenizer, targets, invert  # targets: history -> title
-
-    def score(self, prompt):
-        hit = np.array([c == self.targets[prompt.history] for c in prompt.candidates], dtype=float)
-        return 1.0 - hit if self.invert else hit
-
-
 @pytest.mark.parametrize("invert,expected", [(False, {"hit@1": 1.0, "mrr@10": 1.0}),
                                              (True, {"hit@10": 0.0, "ndcg@10": 0.0})])
 def test_metrics_are_right_when_the_answer_is_known(tiny_data, tiny_llm_dir, monkeypatch, invert, expected):
     """An oracle scorer ranks the target first (hit@1 = 1) or last of 20 (hit@10 = 0): predict maps
     the shuffled prompt's scores back to RecBole's rows correctly, without reading the label."""
-    from recbole_lrgd.model.lrgd import LRGD
-
-    original = LRGD.predict
-
-    def predict(self, interaction):
-        pos = interaction["label"] == 1
-        titles = {tuple(self.titles[i] for i in seq[:n][-self.max_his_len:]): self.titles[t] for seq, n, t in zip(
-            interaction[self.ITEM_SEQ][pos].tolist(), interaction[self.ITEM_SEQ_LEN][pos].tolist(),
-            interaction[self.ITEM_ID][pos].tolist())}
-        label = interaction.interaction.pop("label")  # the model must not need it
-        self._scorer = OracleScorer(self.scorer.tokenizer, titles, invert)
-        try:
-            return original(self, interaction)
-        finally:
-            interaction.interaction["label"] = label
-
-    monkeypatch.setattr(LRGD, "predict", predict)
+    install_stub_scorer(monkeypatch, lambda prompt, target: np.array(
+        [float((c == target) != invert) for c in prompt.candidates]))
     result = _lrgd(tiny_data, tiny_llm_dir, demo_mode="none")
     for key, value in expected.items():
         assert result["test_result"][key] == pytest.approx(value)

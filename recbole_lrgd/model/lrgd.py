@@ -38,6 +38,8 @@ class LRGD(SequentialRecommender):
         self.pool: Optional[DemonstrationPool] = None
         self.global_demo_users: List[int] = []
         self.progress: Optional[Callable[[int], None]] = None  # called with the number of users scored
+        self.track_effect = False  # also score the zero-shot prompt, for EffectD
+        self._effect_records: List[tuple] = []
         self._scorer: Optional[LLMScorer] = None
 
     # -- the LLM ---------------------------------------------------------------------------------
@@ -102,10 +104,22 @@ class LRGD(SequentialRecommender):
         seqs = interaction[self.ITEM_SEQ].cpu().numpy()
         lens = interaction[self.ITEM_SEQ_LEN].cpu().numpy()
         scores = np.zeros(len(users), dtype=np.float64)
+        zero_shot = np.zeros(len(users), dtype=np.float64)
         for user in dict.fromkeys(users.tolist()):  # users in order of first appearance
             rows = np.flatnonzero(users == user)
             history = seqs[rows[0], : lens[rows[0]]]
-            scores[rows] = self.scorer.score(self.user_prompt(user, history, items[rows]))
+            demo_users = self.demo_users_for(user, history)
+            scores[rows] = self.scorer.score(self.user_prompt(user, history, items[rows], demo_users))
+            if self.track_effect:
+                zero_shot[rows] = (self.scorer.score(self.user_prompt(user, history, items[rows], []))
+                                   if demo_users else scores[rows])
             if self.progress is not None:
                 self.progress(1)
+        if self.track_effect:
+            self._effect_records.append((scores, zero_shot))
         return torch.from_numpy(scores).float().to(interaction[self.ITEM_ID].device)
+
+    def pop_effect_records(self) -> List[tuple]:
+        """(with-demonstration, zero-shot) row scores of the predict calls since the last pop."""
+        records, self._effect_records = self._effect_records, []
+        return records

@@ -1,0 +1,92 @@
+"""Titles, demonstration pools and candidate draws on a tiny RecBole dataset."""
+import numpy as np
+import pytest
+from conftest import write_tiny_dataset
+
+from recbole_lrgd.data.candidates import draw_negatives, item_distribution, sample_user_subset, user_items
+from recbole_lrgd.data.demonstrations import DemonstrationPool, training_sequences
+from recbole_lrgd.data.titles import UNTITLED, item_titles
+from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.quick_start import build_config, prepare_data
+
+
+def _dataset(root, **cfg):
+    from recbole.data import create_dataset
+
+    config = build_config("LRGD", "tiny", config_dict={"data_path": root, "use_gpu": False, "state": "WARNING",
+                                                       **cfg})
+    return config, create_dataset(config)
+
+
+def _raw_sequences(root):
+    seqs = {}
+    with open(f"{root}/tiny/tiny.inter") as f:
+        next(f)
+        for line in f:
+            u, i, t = line.rstrip("\n").split("\t")
+            seqs.setdefault(u, []).append((float(t), i))
+    return {u: [i for _, i in sorted(v)] for u, v in seqs.items()}
+
+
+def test_demonstrations_come_from_training_interactions_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = str(tmp_path)
+    write_tiny_dataset(root)
+    config, ds = _dataset(root)
+    train, valid, test = prepare_data(config, ds)
+    seqs = training_sequences(train._dataset)
+    raw = _raw_sequences(root)
+    tok = ds.field2id_token
+    for uid, seq in seqs.items():
+        user = tok["user_id"][uid]
+        assert [tok["item_id"][i] for i in seq] == raw[user][:-2]  # validation and test targets left out
+    pool = DemonstrationPool(seqs, ds.item_num)
+    hist, target = pool.demonstration(pool.users[0], max_len=3)
+    assert len(hist) <= 3 and target == seqs[int(pool.users[0])][-1]
+
+
+def test_nearest_users_rank_by_item_overlap():
+    seqs = {1: np.array([1, 2, 3]), 2: np.array([3, 4, 5]), 3: np.array([1, 2, 6]), 4: np.array([7, 8])}
+    pool = DemonstrationPool(seqs, n_items=10)
+    assert pool.nearest_users([1, 2, 3], k=2) == [1, 3]
+    assert pool.nearest_users([1, 2, 3], k=2, exclude=1) == [3, 2]
+    assert pool.random_users(2, seed=0) == pool.random_users(2, seed=0)
+
+
+def test_titles_placeholder_and_missing_field(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = str(tmp_path)
+    folder = write_tiny_dataset(root)
+    gone = open(f"{folder}/tiny.inter").readlines()[1].split("\t")[1]  # an item some user chose: empty title
+    with open(f"{folder}/tiny.item") as f:
+        lines = f.readlines()
+    with open(f"{folder}/tiny.item", "w") as f:
+        f.writelines([lines[0]] + [f"{gone}\t\n" if line.startswith(gone + "\t") else line for line in lines[1:]])
+    config, ds = _dataset(root)
+    ds.build()  # titles are read from the built dataset, as the model gets it
+    titles = item_titles(ds, "title")
+    assert titles[ds.token2id("item_id", gone)] == UNTITLED.format(raw_id=gone)
+    titled = [t for t in ds.field2id_token["item_id"][1:] if t != gone][0]
+    assert titles[ds.token2id("item_id", titled)] == f"The Item Number {titled[1:]}"
+    with pytest.raises(LRGDError, match="no title field 'name'"):
+        item_titles(ds, "name")
+
+
+def test_negatives_are_seeded_distinct_and_never_seen_by_the_user(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = str(tmp_path)
+    write_tiny_dataset(root)
+    config, ds = _dataset(root)
+    used = user_items(ds)
+    probs = item_distribution(np.asarray(ds.inter_feat["item_id"]), ds.item_num, "uniform")
+    _, _, test_ds = ds.build()
+    a = draw_negatives(used, probs, test_ds, 19, seed=5)
+    b = draw_negatives(used, probs, test_ds, 19, seed=5)
+    c = draw_negatives(used, probs, test_ds, 19, seed=6)
+    assert all(np.array_equal(a[u], b[u]) for u in a)
+    assert any(not np.array_equal(a[u], c[u]) for u in a)
+    for uid, negs in a.items():
+        assert len(np.unique(negs)) == 19 and 0 not in negs
+        assert not set(negs.ravel()) & set(used[uid].tolist())
+    assert np.array_equal(sample_user_subset(np.arange(50), 10, 1), sample_user_subset(np.arange(50), 10, 1))
+    assert len(sample_user_subset(np.arange(50), None, 1)) == 50
