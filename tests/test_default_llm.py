@@ -16,3 +16,22 @@ def test_default_llm_on_ml100k_is_deterministic(tmp_path, monkeypatch):
     assert first["test_result"] == second["test_result"]
     assert first["model_obj"].global_demo_users == second["model_obj"].global_demo_users
     assert 0.0 <= first["test_result"]["ndcg@10"] <= 1.0
+
+
+def test_default_llm_cached_scores_equal_naive_scores():
+    import numpy as np
+
+    from recbole_lrgd.llm.loader import load_llm
+    from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_prompt
+    from recbole_lrgd.llm.scorer import LLMScorer
+
+    model, tok = load_llm(None, device="cpu", dtype="float32")
+    scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=8)
+    demos = [Demonstration(("Toy Story (1995)", "Heat (1995)"), "Fargo (1996)")]
+    cands = ["Star Wars (1977)", "Babe (1995)", "Casino (1995)", "Jumanji (1995)", "Sabrina (1995)",
+             "GoldenEye (1995)", "Braveheart (1995)", "Apollo 13 (1995)", "Twelve Monkeys (1995)", "Clueless (1995)"]
+    for user in range(2):  # the second user reuses the first one's prefix cache
+        prompt = build_prompt(tok, demos, ["Scream (1996)", f"Evita ({1996 + user})"], cands, seed=(0, user))
+        cached = scorer.score(prompt)
+        naive = scorer.naive_likelihood(encode_prompt(tok, prompt), [scorer.candidate_ids(c) for c in cands])
+        np.testing.assert_allclose(cached, naive, atol=1e-4)

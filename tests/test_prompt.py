@@ -52,9 +52,9 @@ def test_budget_is_respected_and_candidates_survive():
     demos = [Demonstration(tuple(f"Old demo item {i}" for i in range(10)), "Demo target")] * 2
     history = [f"User item {i}" for i in range(10)]
     full = build_prompt(TOK, demos, history, CANDS, seed=(0, 1))
-    budget = len(encode_prompt(TOK, full.text)) - 150
+    budget = len(encode_prompt(TOK, full)) - 150
     p = build_prompt(TOK, demos, history, CANDS, seed=(0, 1), max_tokens=budget)
-    assert len(encode_prompt(TOK, p.text)) <= budget
+    assert len(encode_prompt(TOK, p)) <= budget
     assert all(c in p.text for c in CANDS)
     assert "User item 9" in p.text and "Old demo item 0" not in p.text
     assert p.history == tuple(history)  # demonstrations shrank first

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_prompt
+from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_parts, encode_prompt
 from recbole_lrgd.llm.scorer import LLMScorer, mean_token_logprob, pack_candidates
 
 
@@ -36,10 +36,32 @@ def test_cached_likelihood_equals_naive_per_candidate_forward(tiny_llm, batch):
     scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=batch)
     prompt = _prompt(tok)
     cached = scorer.score(prompt)
-    ids = encode_prompt(tok, prompt.text)
+    ids = encode_prompt(tok, prompt)
     naive = scorer.naive_likelihood(ids, [scorer.candidate_ids(c) for c in prompt.candidates])
     np.testing.assert_allclose(cached, naive, atol=1e-4)
     assert np.ptp(cached) > 1e-3  # the candidates really are told apart
+
+
+def test_shared_prefix_is_encoded_once_and_left_intact(tiny_llm):
+    """Users that share the demonstrations reuse one prefix cache; scores still equal the naive path."""
+    model, tok = tiny_llm
+    scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=7)
+    demos = [Demonstration(("Alpha", "Beta"), "Gamma")]
+    calls = []
+    original = scorer._forward
+    scorer._forward = lambda ids, cache=None, last_only=False: calls.append(ids.shape[1]) or original(
+        ids, cache, last_only)
+    cands = [f"Item {i}" for i in range(20)]
+    prompts = [build_prompt(tok, demos, [f"User {u} item {k}" for k in range(u + 1)], cands, seed=(0, u))
+               for u in range(3)]
+    cached = [scorer.score(p) for p in prompts]
+    prefix_len = len(encode_parts(tok, prompts[0])[0])
+    assert calls.count(prefix_len) == 1  # the prefix ran once for three users
+    (cache, _), = scorer._prefixes.values()
+    assert cache.get_seq_length() == prefix_len
+    for p, got in zip(prompts, cached):
+        naive = scorer.naive_likelihood(encode_prompt(tok, p), [scorer.candidate_ids(c) for c in p.candidates])
+        np.testing.assert_allclose(got, naive, atol=1e-4)
 
 
 def test_verbalizer_scores_are_label_logits_in_caller_order(tiny_llm):
@@ -47,7 +69,7 @@ def test_verbalizer_scores_are_label_logits_in_caller_order(tiny_llm):
     scorer = LLMScorer(model, tok, "verbalizer")
     prompt = _prompt(tok, mode="verbalizer")
     got = scorer.score(prompt)
-    logits = model(input_ids=torch.tensor([encode_prompt(tok, prompt.text)])).logits[0, -1]
+    logits = model(input_ids=torch.tensor([encode_prompt(tok, prompt)])).logits[0, -1]
     label_ids = [tok(label, add_special_tokens=False).input_ids[0] for label in prompt.labels]
     expected = np.empty(20)
     expected[prompt.order] = logits[label_ids].double().numpy()

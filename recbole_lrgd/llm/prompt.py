@@ -14,6 +14,7 @@ DEFAULT_INSTRUCTION = (
     "chosen, recommend the item the user will choose next."
 )
 VERBALIZER_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+USER_MARKER = "Now the user."  # where the part shared by all users (instruction + demonstrations) ends
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ class Prompt:
     history: Tuple[str, ...] = ()
     demonstrations: Tuple[Demonstration, ...] = ()
 
+    @property
+    def split(self) -> int:
+        """Character offset where the user's own part begins; what comes before is a shared prefix."""
+        return self.text.index(USER_MARKER)
+
 
 def shuffled_order(n: int, seed: Sequence[int]) -> List[int]:
     """A seeded permutation; seeding by (seed, user) makes it independent of batching and sharding."""
@@ -51,7 +57,7 @@ def render_message(instruction: str, demos: Sequence[Demonstration], history: Se
     lines = [instruction, ""]
     for k, demo in enumerate(demos, 1):
         lines += [f"Example {k}.", f"History: {format_history(demo.history)}", f"Next item: {demo.target}", ""]
-    lines += ["Now the user.", f"History: {format_history(history)}", "Candidates:"]
+    lines += [USER_MARKER, f"History: {format_history(history)}", "Candidates:"]
     if labels:
         lines += [f"{label}. {title}" for label, title in zip(labels, shown)]
         lines += ["", "Which candidate will the user choose next? Answer with its letter."]
@@ -69,9 +75,19 @@ def apply_template(tokenizer, message: str) -> str:
     return message + "\nAnswer: "
 
 
-def encode_prompt(tokenizer, text: str) -> List[int]:
-    """Token ids of a rendered prompt; a chat template already holds its special tokens."""
-    return tokenizer(text, add_special_tokens=not getattr(tokenizer, "chat_template", None)).input_ids
+def encode_parts(tokenizer, prompt: Prompt) -> Tuple[List[int], List[int]]:
+    """Token ids of the shared prefix and of the user's part, tokenised apart so that the prefix's
+    ids (and so its KV cache) are the same for every user. A chat template holds its own special
+    tokens; otherwise the tokenizer's (e.g. BOS) go on the prefix."""
+    special = not getattr(tokenizer, "chat_template", None)
+    prefix = tokenizer(prompt.text[: prompt.split], add_special_tokens=special).input_ids
+    return prefix, tokenizer(prompt.text[prompt.split:], add_special_tokens=False).input_ids
+
+
+def encode_prompt(tokenizer, prompt: Prompt) -> List[int]:
+    """All token ids of a prompt, exactly as the scorer feeds them."""
+    prefix, suffix = encode_parts(tokenizer, prompt)
+    return prefix + suffix
 
 
 def truncate_to_budget(demos: Sequence[Demonstration], history: Sequence[str],
@@ -108,10 +124,11 @@ def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[st
             raise ValueError(f"verbalizer mode labels at most {len(VERBALIZER_LABELS)} candidates")
         labels = list(VERBALIZER_LABELS[: len(candidates)])
 
-    def render(d, h):
-        return apply_template(tokenizer, render_message(instruction, d, h, shown, labels))
+    def render(d, h) -> Prompt:
+        text = apply_template(tokenizer, render_message(instruction, d, h, shown, labels))
+        return Prompt(text, order, list(candidates), labels, tuple(h), tuple(d))
 
     if max_tokens:
         demos, history = truncate_to_budget(
             demos, history, lambda d, h: len(encode_prompt(tokenizer, render(d, h))) <= max_tokens)
-    return Prompt(render(demos, history), order, list(candidates), labels, tuple(history), tuple(demos))
+    return render(demos, history)

@@ -8,12 +8,13 @@ the logit of its label's token.
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from typing import List, Sequence
 
 import numpy as np
 import torch
 
-from recbole_lrgd.llm.prompt import Prompt, encode_prompt
+from recbole_lrgd.llm.prompt import Prompt, encode_parts
 
 SCORER_MODES = ("likelihood", "verbalizer")
 
@@ -24,10 +25,13 @@ def mean_token_logprob(logprobs: torch.Tensor, targets: torch.Tensor, mask: torc
     return (picked * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
-def crop_to(cache, length: int, added: int) -> None:
-    """Drop the ``added`` tokens after the first ``length``: transformers 5 counts tokens to remove."""
+def crop_to(cache, length: int) -> None:
+    """Keep the first ``length`` tokens of a KV cache (transformers 5 counts the tokens to remove)."""
+    extra = cache.get_seq_length() - length
+    if extra <= 0:
+        return
     if "tokens_to_remove" in inspect.signature(cache.crop).parameters:
-        cache.crop(-added)
+        cache.crop(-extra)
     else:
         cache.crop(length)
 
@@ -58,6 +62,8 @@ def pack_candidates(candidates: Sequence[Sequence[int]], prefix_len: int):
 class LLMScorer:
     """Scores candidates for prompts; one instance per (model, mode)."""
 
+    PREFIX_CACHE_SIZE = 4  # prefixes kept: the global demonstration set's and the zero-shot one, at least
+
     def __init__(self, model, tokenizer, mode: str = "likelihood", candidate_batch_size: int = 32):
         if mode not in SCORER_MODES:
             raise ValueError(f"scorer_mode {mode!r}: use one of {', '.join(SCORER_MODES)}")
@@ -66,6 +72,7 @@ class LLMScorer:
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._prefixes: "OrderedDict[tuple, tuple]" = OrderedDict()  # prefix ids -> (KV cache, last logits)
 
     @property
     def device(self) -> torch.device:
@@ -86,24 +93,45 @@ class LLMScorer:
     @torch.inference_mode()
     def score(self, prompt: Prompt) -> np.ndarray:
         """Scores in the caller's candidate order (not the shown order)."""
-        prompt_ids = encode_prompt(self.tokenizer, prompt.text)
-        if self.mode == "verbalizer":
-            shown_scores = self._verbalizer(prompt_ids, prompt.labels)
-        else:
-            shown_scores = self.likelihood(prompt_ids, [self.candidate_ids(prompt.candidates[i]) for i in prompt.order])
+        prefix_ids, suffix_ids = encode_parts(self.tokenizer, prompt)
+        last, cache = self._context(prefix_ids, suffix_ids)
+        try:
+            if self.mode == "verbalizer":
+                shown_scores = last[self.label_token_ids(prompt.labels)].double().cpu().numpy()
+            else:
+                cands = [self.candidate_ids(prompt.candidates[i]) for i in prompt.order]
+                shown_scores = self.likelihood(last, cache, len(prefix_ids) + len(suffix_ids), cands)
+        finally:
+            crop_to(cache, len(prefix_ids))  # the shared prefix's cache is left as it was found
         scores = np.empty(len(prompt.order), dtype=np.float64)
         scores[prompt.order] = shown_scores
         return scores
 
-    def likelihood(self, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]) -> np.ndarray:
-        """Run the prompt once; then score a chunk of candidates in ONE packed sequence on its cache.
+    def _context(self, prefix_ids: Sequence[int], suffix_ids: Sequence[int]):
+        """Last-position logits and KV cache of prefix + suffix; the prefix is encoded once per run."""
+        key = tuple(prefix_ids)
+        if key in self._prefixes:
+            self._prefixes.move_to_end(key)
+        else:
+            logits, cache = self._forward(torch.tensor([list(prefix_ids)]), last_only=True)
+            self._prefixes[key] = (cache, logits[0, -1])
+            while len(self._prefixes) > self.PREFIX_CACHE_SIZE:
+                self._prefixes.popitem(last=False)
+        cache, last = self._prefixes[key]
+        if suffix_ids:
+            logits, cache = self._forward(torch.tensor([list(suffix_ids)]), cache, last_only=True)
+            last = logits[0, -1]
+        return last, cache
 
-        Packing (each candidate sees the prompt and its own tokens, positions restart after the
-        prompt) avoids copying the prompt's KV cache once per candidate.
+    def likelihood(self, last: torch.Tensor, cache, context_len: int,
+                   candidates: Sequence[Sequence[int]]) -> np.ndarray:
+        """Score chunks of candidates, each chunk ONE packed sequence on the context's KV cache.
+
+        Packing (each candidate sees the context and its own tokens, positions restart after the
+        context) avoids copying the cache once per candidate.
         """
-        logits, cache = self._forward(torch.tensor([list(prompt_ids)]), last_only=True)
-        first = torch.log_softmax(logits[0, -1], -1)
-        prefix = len(prompt_ids)
+        first = torch.log_softmax(last.float(), -1)
+        prefix = context_len
         out = []
         for start in range(0, len(candidates), self.candidate_batch_size):
             chunk = candidates[start: start + self.candidate_batch_size]
@@ -115,7 +143,7 @@ class LLMScorer:
                 later = self.model(input_ids=ids[None].to(self.device), position_ids=positions[None].to(self.device),
                                    attention_mask=mask[None, None].to(self.device), use_cache=True,
                                    **{self._cache_kw: cache}).logits[0].float()
-                crop_to(cache, prefix, added=len(ids))
+                crop_to(cache, prefix)
                 logprobs = torch.log_softmax(later, -1).cpu()
                 for (k, pos, token) in source:
                     scores[k] += logprobs[pos, token].item()
@@ -138,7 +166,3 @@ class LLMScorer:
         if any(len(i) != 1 for i in ids) or len({i[0] for i in ids}) != len(ids):
             raise ValueError("verbalizer labels must be distinct single tokens for this tokenizer")
         return [i[0] for i in ids]
-
-    def _verbalizer(self, prompt_ids: Sequence[int], labels: Sequence[str]) -> np.ndarray:
-        logits, _ = self._forward(torch.tensor([list(prompt_ids)]), last_only=True)
-        return logits[0, -1, self.label_token_ids(labels)].double().cpu().numpy()
