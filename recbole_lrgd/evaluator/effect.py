@@ -8,7 +8,7 @@ a positive effect means the gradient step they induce lowers its test loss.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -59,6 +59,38 @@ def target_first(scores: Sequence[float], target_index: int) -> np.ndarray:
     """Reorder a user's candidate scores so the target comes first (the layout this module uses)."""
     scores = np.asarray(scores, dtype=np.float64)
     return np.concatenate([scores[target_index: target_index + 1], np.delete(scores, target_index)])
+
+
+def probe_scores(model, probes: Sequence, demo_users: Sequence[int]) -> torch.Tensor:
+    """(n_probes, C) LLM scores of each probe's candidates (target first) with ``demo_users``' demonstrations.
+
+    A probe user's own sequence is never used as its demonstration: it would hold the answer.
+    """
+    rows = []
+    for probe in probes:
+        demos = [v for v in demo_users if v != probe.user]
+        rows.append(model.scorer.score(model.user_prompt(probe.user, probe.history, probe.candidates, demos)))
+    return torch.from_numpy(np.stack(rows))
+
+
+def probe_effects(model, probes: Sequence, demo_users: Sequence[int], temperature: Union[str, float] = 1.0,
+                  zero_shot: Optional[torch.Tensor] = None) -> np.ndarray:
+    """Per-probe effect l_0 - l_D of a demonstration set (one demonstration: its single effect).
+
+    Pass ``zero_shot`` (``probe_scores(model, probes, [])``) to score the zero-shot prompts only once
+    when comparing many sets.
+    """
+    if zero_shot is None:
+        zero_shot = probe_scores(model, probes, [])
+    with_demos = probe_scores(model, probes, demo_users)
+    return effect_per_user(with_demos, zero_shot, resolve_temperature(temperature, zero_shot)).numpy()
+
+
+def single_demonstration_effects(model, probes: Sequence, candidates: Sequence[int],
+                                 temperature: Union[str, float] = 1.0) -> List[np.ndarray]:
+    """The per-probe effect of each candidate demonstration alone (what the optimizer ranks)."""
+    zero_shot = probe_scores(model, probes, [])
+    return [probe_effects(model, probes, [v], temperature, zero_shot) for v in candidates]
 
 
 class EffectD(AbstractMetric):
