@@ -7,54 +7,14 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 import recbole_lrgd  # noqa: F401  (applies the compat layer)
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-def make_tokenizer(chat_template: bool = True):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    for special in ("<pad>", "<eos>", "<|user|>", "<|assistant|>", "<|end|>"):
-        vocab[special] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   additional_special_tokens=["<|user|>", "<|assistant|>", "<|end|>"])
-    if chat_template:
-        fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def make_tiny_llama(vocab_size: int, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      pad_token_id=0, bos_token_id=None, eos_token_id=None)
-    model = LlamaForCausalLM(cfg).eval()
-    return model
-
+from recbole_lrgd.llm.tiny import save_tiny_llm
 
 @pytest.fixture(scope="session")
 def tiny_llm_dir(tmp_path_factory):
     """A folder holding a tiny random LLaMA and its tokenizer, loadable by ``llm_path``."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = make_tokenizer()
-    model = make_tiny_llama(len(tok))
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return save_tiny_llm(str(tmp_path_factory.mktemp("tiny-llama")))
 
 
 @pytest.fixture(scope="session")

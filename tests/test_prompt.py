@@ -1,5 +1,5 @@
 """The prompt builder: content, seeded shuffling, chat template, truncation to a token budget."""
-from conftest import make_tokenizer
+from recbole_lrgd.llm.tiny import make_tokenizer
 
 from recbole_lrgd.llm.prompt import (Demonstration, apply_template, build_prompt, encode_prompt, shuffled_order,
                                      truncate_to_budget)
