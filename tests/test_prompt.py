@@ -10,7 +10,7 @@ CANDS = [f"Cand {i}" for i in range(20)]
 
 def test_prompt_holds_demonstrations_history_and_every_candidate_in_shown_order():
     demos = [Demonstration(("A1", "A2"), "A3"), Demonstration(("B1",), "B2")]
-    p = build_prompt(TOK, demos, ["H1", "H2", "H3"], CANDS, seed=(0, 7))
+    p = build_prompt(TOK, demos, ["H1", "H2", "H3"], CANDS, seed=(0, 7), list_candidates=True)
     text = p.text
     assert text.index("History: A1; A2") < text.index("Next item: A3") < text.index("History: B1") \
         < text.index("History: H1; H2; H3")
@@ -51,10 +51,16 @@ def test_truncation_drops_oldest_demo_history_then_user_history_then_demos_never
 def test_budget_is_respected_and_candidates_survive():
     demos = [Demonstration(tuple(f"Old demo item {i}" for i in range(10)), "Demo target")] * 2
     history = [f"User item {i}" for i in range(10)]
-    full = build_prompt(TOK, demos, history, CANDS, seed=(0, 1))
+    full = build_prompt(TOK, demos, history, CANDS, seed=(0, 1), list_candidates=True)
     budget = len(encode_prompt(TOK, full)) - 150
-    p = build_prompt(TOK, demos, history, CANDS, seed=(0, 1), max_tokens=budget)
+    p = build_prompt(TOK, demos, history, CANDS, seed=(0, 1), max_tokens=budget, list_candidates=True)
     assert len(encode_prompt(TOK, p)) <= budget
     assert all(c in p.text for c in CANDS)
     assert "User item 9" in p.text and "Old demo item 0" not in p.text
     assert p.history == tuple(history)  # demonstrations shrank first
+
+
+def test_likelihood_prompts_do_not_list_candidates_unless_asked():
+    p = build_prompt(TOK, [], ["H1"], CANDS, seed=(0, 1))
+    assert not any(c in p.text for c in CANDS) and "Answer with its title" in p.text
+    assert all(c in build_prompt(TOK, [], ["H1"], CANDS, seed=(0, 1), list_candidates=True).text for c in CANDS)

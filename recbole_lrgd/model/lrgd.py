@@ -34,6 +34,8 @@ class LRGD(SequentialRecommender):
         self.max_his_len = int(config["max_his_len"])
         self.max_prompt_tokens = config["max_prompt_tokens"]
         self.instruction = config["prompt_instruction"] or DEFAULT_INSTRUCTION
+        listed = config["list_candidates"]
+        self.list_candidates = None if listed in (None, "auto") else bool(listed)
         self.seed = int(config["seed"])
         self.pool: Optional[DemonstrationPool] = None
         self.global_demo_users: List[int] = []
@@ -88,7 +90,7 @@ class LRGD(SequentialRecommender):
             self.scorer.tokenizer, self.demonstrations(demo_users),
             [self.titles[i] for i in history[-self.max_his_len:]], [self.titles[i] for i in candidates],
             seed=(self.seed, int(user)), mode=self.scorer.mode, max_tokens=self.max_prompt_tokens,
-            instruction=self.instruction)
+            instruction=self.instruction, list_candidates=self.list_candidates)
 
     def calculate_loss(self, interaction):
         raise LRGDError("LRGD has no trainable weights: use LRGDTrainer, whose fit prepares demonstrations")
