@@ -35,14 +35,27 @@ class LRGDTrainer(Trainer):
         return self.best_valid_score, self.best_valid_result
 
     def evaluate(self, eval_data, load_best_model=False, model_file=None, show_progress=False):
-        """RecBole's evaluation, with a progress bar over users while the LLM scores them."""
+        """RecBole's evaluation, with a progress bar over users while the LLM scores them; logs the score
+        cache's hit rate and, in generate mode, adds the parse-failure rates to the result."""
         if not eval_data:
             return None
         bar = tqdm(total=len(eval_data.uid_list), ncols=100, desc=set_color("LLM scoring", "pink"),
                    unit="user", disable=not show_progress)
         self.model.progress = bar.update
+        before = self.model.score_counts()
         try:
-            return super().evaluate(eval_data, load_best_model=False, show_progress=False)
+            result = super().evaluate(eval_data, load_best_model=False, show_progress=False)
         finally:
             self.model.progress = None
             bar.close()
+        spent = self.model.score_counts() - before
+        if spent.cache_hit_rate is not None:
+            self.logger.info(set_color("score cache", "green") + f": {spent.cache_hits} of "
+                             f"{spent.cache_hits + spent.cache_misses} scores cached ({spent.cache_hit_rate:.1%} hits)")
+        if spent.generated_prompts and result is not None:
+            result["generate_parse_failure"] = spent.parse_failure_rate
+            result["generate_unparsed"] = spent.unparsed_rate
+            self.logger.info(set_color("generate parsing", "green") + f": {spent.parse_failure_rate:.1%} of "
+                             f"{spent.generated_prompts} outputs named no candidate, {spent.unparsed_rate:.1%} of "
+                             "candidates never named")
+        return result

@@ -23,8 +23,8 @@ def _lrgd(tiny_data, tiny_llm_dir, **extra):
 
 
 def test_lrgd_runs_end_to_end_and_is_deterministic(tiny_data, tiny_llm_dir):
-    a = _lrgd(tiny_data, tiny_llm_dir, demo_mode="random")
-    b = _lrgd(tiny_data, tiny_llm_dir, demo_mode="random")
+    a = _lrgd(tiny_data, tiny_llm_dir, demo_mode="random", score_cache=False)  # both runs really score
+    b = _lrgd(tiny_data, tiny_llm_dir, demo_mode="random", score_cache=False)
     assert a["test_users"] == 12
     assert set(a["test_result"]) >= {"hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10"}
     assert all(0.0 <= v <= 1.0 for v in a["test_result"].values())

@@ -14,6 +14,9 @@ DEFAULT_INSTRUCTION = (
     "chosen, recommend the item the user will choose next."
 )
 VERBALIZER_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+LETTER_QUESTION = "Which candidate will the user choose next? Answer with its letter."
+RANKING_QUESTION = ("Rank all the candidates by how likely the user is to choose each one next, most likely "
+                    "first. Answer with the candidate numbers only, separated by commas.")
 USER_MARKER = "Now the user."  # where the part shared by all users (instruction + demonstrations) ends
 
 
@@ -52,15 +55,17 @@ def format_history(titles: Sequence[str]) -> str:
 
 
 def render_message(instruction: str, demos: Sequence[Demonstration], history: Sequence[str],
-                   shown: Sequence[str], labels: Sequence[str] = (), list_candidates: bool = True) -> str:
-    """The user turn of the chat: demonstrations first (their shared text is a common prefix)."""
+                   shown: Sequence[str], labels: Sequence[str] = (), list_candidates: bool = True,
+                   question: str = LETTER_QUESTION) -> str:
+    """The user turn of the chat: demonstrations first (their shared text is a common prefix).
+    ``question`` follows a labelled list (letters for the verbalizer, numbers for generate mode)."""
     lines = [instruction, ""]
     for k, demo in enumerate(demos, 1):
         lines += [f"Example {k}.", f"History: {format_history(demo.history)}", f"Next item: {demo.target}", ""]
     lines += [USER_MARKER, f"History: {format_history(history)}"]
     if labels:
         lines += ["Candidates:"] + [f"{label}. {title}" for label, title in zip(labels, shown)]
-        lines += ["", "Which candidate will the user choose next? Answer with its letter."]
+        lines += ["", question]
     elif list_candidates:
         lines += ["Candidates:"] + [f"- {title}" for title in shown]
         lines += ["", "Which candidate will the user choose next? Answer with its title."]
@@ -119,7 +124,7 @@ def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[st
                  instruction: str = DEFAULT_INSTRUCTION, list_candidates: Optional[bool] = None) -> Prompt:
     """Render the full prompt text for one user, shuffling candidates with ``seed``.
 
-    ``list_candidates=None`` lists them only where the scorer needs the list (verbalizer): with title
+    ``list_candidates=None`` lists them only where the scorer needs the list (verbalizer, generate): with title
     likelihood a listed title is copied, which flattens the scores (ml-100k, SmolLM2-135M, 40
     users, zero-shot NDCG@10: 0.226 listed, 0.366 not listed).
     """
@@ -128,13 +133,17 @@ def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[st
     order = shuffled_order(len(candidates), seed)
     shown = [candidates[i] for i in order]
     labels: List[str] = []
+    question = LETTER_QUESTION
     if mode == "verbalizer":
         if len(candidates) > len(VERBALIZER_LABELS):
             raise ValueError(f"verbalizer mode labels at most {len(VERBALIZER_LABELS)} candidates")
         labels = list(VERBALIZER_LABELS[: len(candidates)])
+    elif mode == "generate":  # numbered 1..N in shown order; the LLM writes the ranking
+        labels, question = [str(k) for k in range(1, len(candidates) + 1)], RANKING_QUESTION
 
     def render(d, h) -> Prompt:
-        text = apply_template(tokenizer, render_message(instruction, d, h, shown, labels, list_candidates))
+        text = apply_template(tokenizer, render_message(instruction, d, h, shown, labels, list_candidates,
+                                                        question))
         return Prompt(text, order, list(candidates), labels, tuple(h), tuple(d))
 
     if max_tokens:

@@ -4,19 +4,29 @@
 prompt is run once; its KV cache is copied for a batch of candidates.
 ``verbalizer``: candidates are labelled A, B, C...; one forward pass; the score of a candidate is
 the logit of its label's token.
+``generate``: candidates are numbered 1..N; the LLM writes a ranked list (greedy decoding), parsed by
+``recbole_lrgd.llm.generate``; scores descend along the parsed ranking.
+
+With a ``ScoreCache`` every score (a generated prompt's whole parsed ranking) is looked up first and
+stored after: a prompt whose candidates are all cached runs no forward pass.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from collections import OrderedDict
-from typing import List, Sequence
+from dataclasses import astuple, dataclass
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from recbole_lrgd.llm.generate import FUZZY_THRESHOLD, ParseStats, parse_ranking, ranking_scores
 from recbole_lrgd.llm.prompt import Prompt, encode_parts
+from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
 
-SCORER_MODES = ("likelihood", "verbalizer")
+SCORER_MODES = ("likelihood", "verbalizer", "generate")
+DEFAULT_MAX_NEW_TOKENS = 100  # generate mode: "12, 3, 7, ..." for 20 candidates is about 60 tokens
 
 
 def mean_token_logprob(logprobs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -59,16 +69,61 @@ def pack_candidates(candidates: Sequence[Sequence[int]], prefix_len: int):
     return torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), allowed, source
 
 
+@dataclass
+class ScoreCounts:
+    """What a scorer did, summed over its prompts; subtract two snapshots for one evaluation."""
+
+    cache_hits: int = 0  # candidate scores served from the score cache
+    cache_misses: int = 0  # candidate scores looked up there in vain (then computed and stored)
+    generated_prompts: int = 0  # generate mode: prompts whose output was parsed (cached or not)
+    failed_prompts: int = 0  # ... whose output mentioned no candidate
+    generated_candidates: int = 0  # ... candidates shown in them
+    unparsed_candidates: int = 0  # ... candidates their outputs never mentioned
+
+    def __sub__(self, other: "ScoreCounts") -> "ScoreCounts":
+        return ScoreCounts(*(a - b for a, b in zip(astuple(self), astuple(other))))
+
+    @property
+    def cache_hit_rate(self) -> Optional[float]:
+        looked_up = self.cache_hits + self.cache_misses
+        return self.cache_hits / looked_up if looked_up else None
+
+    @property
+    def parse_failure_rate(self) -> Optional[float]:
+        return self.failed_prompts / self.generated_prompts if self.generated_prompts else None
+
+    @property
+    def unparsed_rate(self) -> Optional[float]:
+        return self.unparsed_candidates / self.generated_candidates if self.generated_candidates else None
+
+    def add_parse(self, stats: ParseStats) -> None:
+        self.generated_prompts += 1
+        self.failed_prompts += int(stats.failed)
+        self.generated_candidates += stats.candidates
+        self.unparsed_candidates += stats.unparsed
+
+
 class LLMScorer:
-    """Scores candidates for prompts; one instance per (model, mode)."""
+    """Scores candidates for prompts; one instance per (model, mode).
+
+    ``score_cache`` (with ``model_id``, the identity its keys carry) makes scores persistent;
+    ``max_new_tokens`` and ``match_threshold`` drive generate mode.
+    """
 
     PREFIX_CACHE_SIZE = 4  # prefixes kept: the global demonstration set's and the zero-shot one, at least
 
-    def __init__(self, model, tokenizer, mode: str = "likelihood", candidate_batch_size: int = 32):
+    def __init__(self, model, tokenizer, mode: str = "likelihood", candidate_batch_size: int = 32, *,
+                 score_cache: Optional[ScoreCache] = None, model_id: str = "",
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, match_threshold: float = FUZZY_THRESHOLD):
         if mode not in SCORER_MODES:
             raise ValueError(f"scorer_mode {mode!r}: use one of {', '.join(SCORER_MODES)}")
+        if score_cache is not None and not model_id:
+            raise ValueError("a score cache needs the model's identity (model_id) in its keys")
         self.model, self.tokenizer, self.mode = model, tokenizer, mode
         self.candidate_batch_size = max(1, int(candidate_batch_size))
+        self.score_cache, self.model_id = score_cache, model_id
+        self.max_new_tokens, self.match_threshold = max(1, int(max_new_tokens)), float(match_threshold)
+        self.counts = ScoreCounts()
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -94,21 +149,89 @@ class LLMScorer:
     def score(self, prompt: Prompt) -> np.ndarray:
         """Scores in the caller's candidate order (not the shown order)."""
         prefix_ids, suffix_ids = encode_parts(self.tokenizer, prompt)
-        last, cache = self._context(prefix_ids, suffix_ids)
-        try:
-            if self.mode == "verbalizer":
-                shown_scores = last[self.label_token_ids(prompt.labels)].double().cpu().numpy()
-            else:
-                cands = [self.candidate_ids(prompt.candidates[i]) for i in prompt.order]
-                shown_scores = self.likelihood(last, cache, len(prefix_ids) + len(suffix_ids), cands)
-        finally:
-            crop_to(cache, len(prefix_ids))  # the shared prefix's cache is left as it was found
+        if self.mode == "generate":
+            shown_scores = self._generate_scores(prompt, prefix_ids, suffix_ids)
+        else:
+            items: List[Union[str, List[int]]] = (list(prompt.labels) if self.mode == "verbalizer" else
+                                                  [self.candidate_ids(prompt.candidates[i]) for i in prompt.order])
+            shown_scores = self._cached(prefix_ids + suffix_ids, items,
+                                        lambda: self._forward_scores(prompt, prefix_ids, suffix_ids, items))
         scores = np.empty(len(prompt.order), dtype=np.float64)
         scores[prompt.order] = shown_scores
         return scores
 
-    def _context(self, prefix_ids: Sequence[int], suffix_ids: Sequence[int]):
-        """Last-position logits and KV cache of prefix + suffix; the prefix is encoded once per run."""
+    def _cached(self, prompt_ids: Sequence[int], items: Sequence, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """Shown-order scores from the score cache when all are there; else ``compute`` all and store the new.
+
+        Where some were cached, the cached value is returned (not the fresh one, which may differ in the
+        last bits through chunking), so every run reading this cache sees one score per key.
+        """
+        if self.score_cache is None:
+            return compute()
+        digest = prompt_digest(self.model_id, self.mode, prompt_ids)
+        keys = [item_key(digest, item) for item in items]
+        found = self.score_cache.get(keys)
+        hits = sum(k in found for k in keys)
+        self.counts.cache_hits += hits
+        self.counts.cache_misses += len(keys) - hits
+        if hits == len(keys):
+            return np.array([found[k][0] for k in keys], dtype=np.float64)
+        fresh = compute()
+        self.score_cache.put({k: [v] for k, v in zip(keys, fresh) if k not in found})
+        return np.array([found[k][0] if k in found else v for k, v in zip(keys, fresh)], dtype=np.float64)
+
+    def _forward_scores(self, prompt: Prompt, prefix_ids: Sequence[int], suffix_ids: Sequence[int],
+                        items: Sequence) -> np.ndarray:
+        """Likelihood or verbalizer scores in shown order, from the model."""
+        last, cache = self._context(prefix_ids, suffix_ids)
+        try:
+            if self.mode == "verbalizer":
+                return last[self.label_token_ids(items)].double().cpu().numpy()
+            return self.likelihood(last, cache, len(prefix_ids) + len(suffix_ids), items)
+        finally:
+            crop_to(cache, len(prefix_ids))  # the shared prefix's cache is left as it was found
+
+    def _generate_scores(self, prompt: Prompt, prefix_ids: Sequence[int], suffix_ids: Sequence[int]) -> np.ndarray:
+        """Shown-order scores from the parsed ranking; the score cache holds the ranking per prompt."""
+        shown = [prompt.candidates[i] for i in prompt.order]
+        key = prompt_digest(self.model_id, self.mode, list(prefix_ids) + list(suffix_ids),
+                            self.max_new_tokens, self.match_threshold)
+        found = self.score_cache.get([key]) if self.score_cache is not None else {}
+        if key in found:
+            ranking = [int(k) for k in found[key]]
+            self.counts.cache_hits += len(shown)
+        else:
+            ranking = parse_ranking(self.generate(prefix_ids, suffix_ids), shown, self.match_threshold)
+            if self.score_cache is not None:
+                self.counts.cache_misses += len(shown)
+                self.score_cache.put({key: ranking})
+        self.counts.add_parse(ParseStats(len(ranking), len(shown)))
+        return ranking_scores(ranking, len(shown))
+
+    def generate(self, prefix_ids: Sequence[int], suffix_ids: Sequence[int]) -> str:
+        """Greedy continuation of prefix + suffix, decoded; the prefix's KV cache is reused and left intact."""
+        cache, _ = self._prefix(prefix_ids)
+        ids = torch.tensor([list(prefix_ids) + list(suffix_ids)], device=self.device)
+        try:
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                      generation_config=self._greedy_config(), **{self._cache_kw: cache})
+        finally:
+            crop_to(cache, len(prefix_ids))
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    def _greedy_config(self):
+        """The model's generation config (its stop tokens) made greedy, with our token budget."""
+        config = copy.deepcopy(self.model.generation_config)
+        config.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
+                      max_new_tokens=self.max_new_tokens)
+        if config.pad_token_id is None:
+            config.pad_token_id = self.tokenizer.pad_token_id
+        if config.eos_token_id is None:
+            config.eos_token_id = self.tokenizer.eos_token_id
+        return config
+
+    def _prefix(self, prefix_ids: Sequence[int]):
+        """KV cache and last-position logits of the shared prefix, encoded once per run (LRU of a few)."""
         key = tuple(prefix_ids)
         if key in self._prefixes:
             self._prefixes.move_to_end(key)
@@ -117,7 +240,11 @@ class LLMScorer:
             self._prefixes[key] = (cache, logits[0, -1])
             while len(self._prefixes) > self.PREFIX_CACHE_SIZE:
                 self._prefixes.popitem(last=False)
-        cache, last = self._prefixes[key]
+        return self._prefixes[key]
+
+    def _context(self, prefix_ids: Sequence[int], suffix_ids: Sequence[int]):
+        """Last-position logits and KV cache of prefix + suffix; the prefix is encoded once per run."""
+        cache, last = self._prefix(prefix_ids)
         if suffix_ids:
             logits, cache = self._forward(torch.tensor([list(suffix_ids)]), cache, last_only=True)
             last = logits[0, -1]

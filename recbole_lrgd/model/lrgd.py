@@ -1,6 +1,7 @@
 """LRGD as a RecBole sequential model: ``predict`` = prompt + LLM score; no trainable weights."""
 from __future__ import annotations
 
+import copy
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -11,9 +12,11 @@ from recbole.utils import InputType
 from recbole_lrgd.data.demonstrations import DemonstrationPool, training_sequences
 from recbole_lrgd.data.titles import item_titles
 from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.llm.generate import FUZZY_THRESHOLD
 from recbole_lrgd.llm.loader import load_llm
 from recbole_lrgd.llm.prompt import DEFAULT_INSTRUCTION, Demonstration, Prompt, build_prompt
-from recbole_lrgd.llm.scorer import LLMScorer
+from recbole_lrgd.llm.score_cache import ScoreCache, model_identity
+from recbole_lrgd.llm.scorer import DEFAULT_MAX_NEW_TOKENS, LLMScorer, ScoreCounts
 
 DEMO_MODES = ("none", "random", "nearest")
 
@@ -51,9 +54,22 @@ class LRGD(SequentialRecommender):
             device = self.config["llm_device"] or self.config["device"]
             model, tokenizer = load_llm(self.config["llm_path"], device=str(device), dtype=self.config["llm_dtype"],
                                         device_map=self.config["llm_device_map"])
-            self._scorer = LLMScorer(model, tokenizer, self.config["scorer_mode"],
-                                     self.config["candidate_batch_size"])
+            cache, model_id = None, ""
+            if self.config["score_cache"] is not False:  # on unless set to False
+                cache = ScoreCache.in_dir(self.config["score_cache_dir"])
+                model_id = model_identity(self.config["llm_path"], self.config["llm_dtype"], str(device))
+            threshold = self.config["title_match_threshold"]
+            self._scorer = LLMScorer(
+                model, tokenizer, self.config["scorer_mode"], self.config["candidate_batch_size"],
+                score_cache=cache, model_id=model_id,
+                max_new_tokens=self.config["max_new_tokens"] or DEFAULT_MAX_NEW_TOKENS,
+                match_threshold=FUZZY_THRESHOLD if threshold is None else threshold)
         return self._scorer
+
+    def score_counts(self) -> ScoreCounts:
+        """A snapshot of the scorer's counts (cache hits, generate-mode parse failures); zeros before
+        the scorer exists or when a stand-in scorer keeps none."""
+        return copy.copy(getattr(self._scorer, "counts", None) or ScoreCounts())
 
     # -- demonstrations --------------------------------------------------------------------------
     def prepare_demonstrations(self, train_dataset) -> None:

@@ -1,0 +1,119 @@
+"""Generate mode (as in LLMRank): the LLM writes a ranked list of the numbered candidates; we parse it.
+
+Pure functions of the generated text and the shown titles, tested without a model. An entry of the
+output is read as a candidate's title when its text matches one (difflib ratio >= a threshold, or
+the title contained in it), otherwise as the candidate's number ("3", "3.", "[3]", "(3)", "#3"):
+a small LLM often numbers its own list 1, 2, 3... in front of the titles, so a title beats a number.
+Duplicates and numbers out of range are ignored; candidates never mentioned rank last, in their shown
+order.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+FUZZY_THRESHOLD = 0.8  # difflib ratio for a title with typos to count as that candidate
+
+_BULLET = r"\s*(?:[-*\u2022>]\s*)?"
+_INDEX = re.compile(_BULLET + r"(?:(?:candidate|item|option|no\.?)\s*|#)?"
+                    r"(?:\[(\d+)\]|\((\d+)\)|(\d+)\s*[.):\]](?!\d)|(\d+)\s*$)", re.IGNORECASE)
+_ONLY_INDICES = re.compile(r"^[\s\d\[\]().,;:>#\-*\u2022|/]*$")  # "3, 1, 2", "[3] > [1]", "3 1 2"
+_TRAILING_PAREN = re.compile(r"\s*\([^()]*\)\s*$")
+_LEAD_IN = re.compile(r"^\s*[A-Za-z][A-Za-z ]{0,30}:")  # "Ranking: 3, 1, 2"
+
+
+@dataclass(frozen=True)
+class ParseStats:
+    """How much of one output was understood: a prompt with ``mentioned == 0`` is a parse failure."""
+
+    mentioned: int
+    candidates: int
+
+    @property
+    def failed(self) -> bool:
+        return self.mentioned == 0
+
+    @property
+    def unparsed(self) -> int:
+        return self.candidates - self.mentioned
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def title_forms(title: str) -> List[str]:
+    """A title as an LLM may write it: whole, and without a trailing "(1995)"-style parenthesis."""
+    full = normalise(title)
+    short = _TRAILING_PAREN.sub("", full).strip()
+    return [full, short] if short and short != full else [full]
+
+
+def match_title(text: str, titles: Sequence[str], threshold: float = FUZZY_THRESHOLD) -> Optional[int]:
+    """Index of the title that ``text`` names: a whole title contained in it as words (longest wins),
+    else the best fuzzy ratio of any form of a title at or above ``threshold``; else None."""
+    entry = normalise(text)
+    if not entry:
+        return None
+    forms = [title_forms(t) for t in titles]
+    contained = [k for k, f in enumerate(forms) if f[0] and re.search(r"(?<!\w)" + re.escape(f[0]) + r"(?!\w)", entry)]
+    if contained:
+        return max(contained, key=lambda k: len(forms[k][0]))
+    ratios = [max(difflib.SequenceMatcher(None, entry, form).ratio() for form in f) for f in forms]
+    best = int(np.argmax(ratios)) if ratios else -1
+    return best if best >= 0 and ratios[best] >= threshold else None
+
+
+def split_entries(text: str) -> List[str]:
+    """Entries of a generated list: one per line, and one per number on a line of numbers only
+    (after an optional lead-in such as "Ranking:")."""
+    entries: List[str] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        numbers = line.split(":", 1)[1] if _LEAD_IN.match(line) else line
+        if _ONLY_INDICES.match(numbers) and re.search(r"\d", numbers):
+            entries += re.findall(r"\d+", numbers)
+        else:
+            entries.append(line)
+    return entries
+
+
+def parse_entry(entry: str, titles: Sequence[str], threshold: float = FUZZY_THRESHOLD) -> Optional[int]:
+    """The 0-based shown index an entry names, or None (out of range or nothing recognisable)."""
+    found = _INDEX.match(entry)
+    number = next((int(g) for g in found.groups() if g), None) if found else None
+    rest = entry[found.end():] if found else entry
+    by_title = match_title(rest.strip(" \t:-.*\"'"), titles, threshold) if rest.strip() else None
+    if by_title is not None:
+        return by_title
+    if number is not None and 1 <= number <= len(titles):
+        return number - 1
+    return None
+
+
+def parse_ranking(text: str, titles: Sequence[str], threshold: float = FUZZY_THRESHOLD) -> List[int]:
+    """Shown indices (0-based) in the order the output ranks them, each once."""
+    ranking: List[int] = []
+    for entry in split_entries(text):
+        k = parse_entry(entry, titles, threshold)
+        if k is not None and k not in ranking:
+            ranking.append(k)
+    return ranking
+
+
+def complete_ranking(ranking: Sequence[int], n: int) -> List[int]:
+    """The parsed ranking followed by the candidates it never mentioned, in their shown order."""
+    mentioned = set(ranking)
+    return list(ranking) + [k for k in range(n) if k not in mentioned]
+
+
+def ranking_scores(ranking: Sequence[int], n: int) -> np.ndarray:
+    """Scores in shown order, descending along the completed ranking (n for the first, 1 for the last)."""
+    scores = np.empty(n, dtype=np.float64)
+    scores[complete_ranking(ranking, n)] = np.arange(n, 0, -1, dtype=np.float64)
+    return scores
