@@ -11,6 +11,7 @@ from logging import getLogger
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 import yaml
 from recbole.config import Config
 from recbole.data import create_dataset, create_samplers, get_dataloader
@@ -21,8 +22,8 @@ from recbole_lrgd.data.candidates import (FixedCandidateEvalDataLoader, draw_neg
                                          sample_user_subset, user_items)
 from recbole_lrgd.data.titles import item_file_header
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.llm.loader import load_llm
 from recbole_lrgd.model import LRGD
+from recbole_lrgd.model.lrgd import load_config_llm
 from recbole_lrgd.trainer import LRGDTrainer
 
 PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
@@ -135,7 +136,6 @@ def _eval_loader(config: Config, used, dataset, sampler, phase: str, n_users: Op
     uid_field = dataset.uid_field
     keep = sample_user_subset(dataset.inter_feat[uid_field].numpy(), n_users, config["seed"])
     if len(keep) < len(dataset.inter_feat[uid_field].unique()):
-        import torch
         mask = torch.isin(dataset.inter_feat[uid_field], torch.as_tensor(keep))
         dataset = dataset.copy(dataset.inter_feat[mask])
     args = config[f"{phase}_neg_sample_args"]
@@ -163,8 +163,7 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
     """Run one model on one dataset; returns RecBole's result dict plus timings and the loaders."""
     config = build_config(model, dataset, config_file_list, config_dict)
     if model in PLUGIN_MODELS:  # fail on a model that will not load before anything is written
-        load_llm(config["llm_path"], device=str(config["llm_device"] or config["device"]),
-                 dtype=config["llm_dtype"], device_map=config["llm_device_map"])
+        load_config_llm(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()

@@ -21,6 +21,17 @@ from recbole_lrgd.llm.scorer import DEFAULT_MAX_NEW_TOKENS, LLMScorer, ScoreCoun
 DEMO_MODES = ("none", "random", "nearest")
 
 
+def llm_device(config) -> str:
+    """The LLM's device: ``llm_device``, else RecBole's (use_gpu / gpu_id)."""
+    return str(config["llm_device"] or config["device"])
+
+
+def load_config_llm(config):
+    """``(model, tokenizer)`` for a config; loaded once per process (so a pre-flight load is free later)."""
+    return load_llm(config["llm_path"], device=llm_device(config), dtype=config["llm_dtype"],
+                    device_map=config["llm_device_map"])
+
+
 class LRGD(SequentialRecommender):
     """In-context-learning recommender: ranks each user's candidates with a causal LM."""
 
@@ -51,13 +62,12 @@ class LRGD(SequentialRecommender):
     @property
     def scorer(self) -> LLMScorer:
         if self._scorer is None:
-            device = self.config["llm_device"] or self.config["device"]
-            model, tokenizer = load_llm(self.config["llm_path"], device=str(device), dtype=self.config["llm_dtype"],
-                                        device_map=self.config["llm_device_map"])
+            device = llm_device(self.config)
+            model, tokenizer = load_config_llm(self.config)
             cache, model_id = None, ""
             if self.config["score_cache"] is not False:  # on unless set to False
                 cache = ScoreCache.in_dir(self.config["score_cache_dir"])
-                model_id = model_identity(self.config["llm_path"], self.config["llm_dtype"], str(device))
+                model_id = model_identity(self.config["llm_path"], self.config["llm_dtype"], device)
             threshold = self.config["title_match_threshold"]
             self._scorer = LLMScorer(
                 model, tokenizer, self.config["scorer_mode"], self.config["candidate_batch_size"],
