@@ -3,6 +3,7 @@
     python run_recbole_lrgd.py                                   # LRGD on ml-100k, default LLM
     python run_recbole_lrgd.py --model=SASRec                    # a RecBole baseline, same protocol
     python run_recbole_lrgd.py --dataset=amazon-beauty --data_path=../shared/data --demo_mode=nearest
+    python run_recbole_lrgd.py --benchmark --models=LRGD-zero-shot,Pop,SASRec   # side-by-side table, CSV, PNG
 
 Any other ``--key=value`` is a RecBole config key (RecBole reads them from the command line).
 """
@@ -11,6 +12,10 @@ import sys
 
 
 def main(argv=None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if "--benchmark" in args_list:  # side-by-side table of LRGD variants and baselines: recbole_lrgd/benchmark.py
+        from recbole_lrgd.benchmark import main as benchmark_main
+        return benchmark_main([a for a in args_list if a != "--benchmark"])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", default="LRGD", help="LRGD or a RecBole model name")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="RecBole dataset name")

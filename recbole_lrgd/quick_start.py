@@ -19,7 +19,7 @@ from recbole.data.dataloader import NegSampleEvalDataLoader
 from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_color
 
 from recbole_lrgd.data.candidates import (FixedCandidateEvalDataLoader, draw_negatives, item_distribution,
-                                         sample_user_subset, user_items)
+                                         read_candidates_file, sample_user_subset, user_items)
 from recbole_lrgd.data.titles import item_file_header
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.model import LRGD
@@ -119,6 +119,13 @@ def validate_config(config: Config, is_plugin: bool) -> None:
         if int(config["eval_batch_size"]) < block:
             raise LRGDError(f"eval_batch_size {config['eval_batch_size']} is smaller than one user's block "
                             f"of {block} rows (1 positive + {test_neg['sample_num']} negatives)")
+    candidates_file = config["candidates_file"]
+    if candidates_file:
+        if not os.path.isfile(candidates_file):
+            raise LRGDError(f"candidates_file {candidates_file} does not exist")
+        if not sampled:
+            raise LRGDError(f"candidates_file needs a sampled eval mode (uniN or popN, N-1 negatives per user), "
+                            f"not {_eval_mode(config, 'test')!r}")
     if is_plugin:
         if not sampled:
             raise LRGDError(f"LRGD ranks sampled candidates: eval_args mode {_eval_mode(config, 'test')!r} must be "
@@ -133,6 +140,8 @@ def _eval_loader(config: Config, used, dataset, sampler, phase: str, n_users: Op
     loader_cls = get_dataloader(config, phase)
     if not issubclass(loader_cls, NegSampleEvalDataLoader) or sampler is None:
         return loader_cls(config, dataset, sampler, shuffle=False)
+    if phase == "test" and config["candidates_file"]:
+        return _candidates_file_loader(config, dataset, sampler)
     uid_field = dataset.uid_field
     keep = sample_user_subset(dataset.inter_feat[uid_field].numpy(), n_users, config["seed"])
     if len(keep) < len(dataset.inter_feat[uid_field].unique()):
@@ -143,6 +152,22 @@ def _eval_loader(config: Config, used, dataset, sampler, phase: str, n_users: Op
     negatives = draw_negatives(used["items"], probs, dataset, int(args["sample_num"]),
                                config["seed"] + (1 if phase == "test" else 0))
     return FixedCandidateEvalDataLoader(config, dataset, sampler, negatives)
+
+
+def _candidates_file_loader(config: Config, dataset, sampler):
+    """The test loader of ``candidates_file``: only the file's users, each ranking its target and the
+    first N-1 other ids of its line (LLMRank's protocol), for LRGD and RecBole models alike."""
+    uid_field, iid_field = dataset.uid_field, dataset.iid_field
+    uids, iids = dataset.inter_feat[uid_field].numpy(), dataset.inter_feat[iid_field].numpy()
+    if len(np.unique(uids)) != len(uids):
+        raise LRGDError("candidates_file needs one held-out test item per user (leave-one-out: "
+                        "eval_args split {'LS': 'valid_and_test'})")
+    targets = dict(zip(uids.tolist(), iids.tolist()))
+    negatives = read_candidates_file(config["candidates_file"], dataset.field2token_id[uid_field],
+                                     dataset.field2token_id[iid_field], targets,
+                                     int(config["test_neg_sample_args"]["sample_num"]))
+    mask = torch.isin(dataset.inter_feat[uid_field], torch.as_tensor(sorted(negatives)))
+    return FixedCandidateEvalDataLoader(config, dataset.copy(dataset.inter_feat[mask]), sampler, negatives)
 
 
 def prepare_data(config: Config, dataset) -> Tuple[Any, Any, Any]:

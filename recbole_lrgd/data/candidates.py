@@ -93,3 +93,60 @@ class FixedCandidateEvalDataLoader(NegSampleEvalDataLoader):
         for uid in np.unique(uids):
             out[int(uid)] = np.concatenate([iids[uids == uid], self.negatives[int(uid)].reshape(-1)])
         return out
+
+
+def read_candidates_file(path: str, user_token2id: Dict[str, int], item_token2id: Dict[str, int],
+                         targets: Dict[int, int], num_neg: int) -> Dict[int, np.ndarray]:
+    """Fixed candidate lists in LLMRank's format: ``user_id<TAB>item item item ...`` (raw tokens).
+
+    As LLMRank does: the user's target is removed from the line where present, the first
+    ``num_neg`` remaining ids are the negatives (the target is added back by the loader). Returns
+    internal user id -> a (1, num_neg) array of internal item ids, in file order. ``targets`` maps
+    internal user id -> the internal id of that user's held-out item; a user of the file who is not
+    among them (unknown, filtered out, or without a test item) is an error, never skipped. Any bad
+    line stops with an ``LRGDError`` naming the file and the first bad line.
+    """
+    from recbole_lrgd.errors import LRGDError
+
+    table: Dict[int, np.ndarray] = {}
+    seen: Dict[int, int] = {}
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise LRGDError(f"candidates_file {path}: cannot read it ({exc.strerror})") from None
+    with f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+
+            def bad(why: str) -> LRGDError:
+                return LRGDError(f"candidates_file {path} line {lineno}: {why}")
+
+            if "\t" not in line:
+                raise bad("expected user_id, a tab, then space-separated item ids")
+            user, items = line.split("\t", 1)
+            user, tokens = user.strip(), items.split()
+            if user not in user_token2id or user_token2id[user] == 0:
+                raise bad(f"user {user!r} is not in the dataset (after filtering)")
+            uid = user_token2id[user]
+            if uid not in targets:
+                raise bad(f"user {user!r} has no held-out test item (not a test user)")
+            if uid in seen:
+                raise bad(f"user {user!r} already has candidates on line {seen[uid]}")
+            missing = [t for t in tokens if item_token2id.get(t, 0) == 0]
+            if missing:
+                raise bad(f"item {missing[0]!r} is not in the dataset (after filtering)")
+            iids = [item_token2id[t] for t in tokens]
+            if len(set(iids)) != len(iids):
+                dup = next(t for k, t in enumerate(tokens) if iids[k] in iids[:k])
+                raise bad(f"item {dup!r} is listed twice")
+            negatives = [i for i in iids if i != targets[uid]][:num_neg]
+            if len(negatives) < num_neg:
+                raise bad(f"{len(negatives)} candidates besides the target, {num_neg} needed "
+                          f"(eval mode sample_num)")
+            seen[uid] = lineno
+            table[uid] = np.asarray([negatives], dtype=np.int64)
+    if not table:
+        raise LRGDError(f"candidates_file {path} holds no candidate lines")
+    return table

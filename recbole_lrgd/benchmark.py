@@ -1,0 +1,336 @@
+"""Side-by-side benchmark: LRGD variants and RecBole baselines on one dataset, one split, one candidate set.
+
+    python benchmarks/compare.py --dataset=ml-100k
+    python run_recbole_lrgd.py --benchmark --dataset=amazon-beauty --data_path=../shared/data \\
+           --models=LRGD-zero-shot,Pop,SASRec --eval_users=200
+
+Every row goes through ``recbole_lrgd.quick_start.run`` with the same config (plus the variant's
+own keys), so all models see the same split, the same evaluated users and the same candidates
+(``candidates_file`` included). Writes ``<out>/<name>.md``, ``.csv`` and ``.png`` and prints the
+table. Finished rows are kept in ``<out>/<name>.json``, keyed by (dataset, variant, a hash of the
+config that matters): an interrupted benchmark, run again, skips them and runs the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import yaml
+
+# variant name -> (RecBole model, config keys of the variant); baselines keep RecBole's defaults
+VARIANTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "LRGD-zero-shot": ("LRGD", {"demo_mode": "none"}),
+    "LRGD-random": ("LRGD", {"demo_mode": "random"}),
+    "LRGD-nearest": ("LRGD", {"demo_mode": "nearest"}),
+    "LRGD-stage1": ("LRGD", {"demo_mode": "lrgd", "lrgd_stages": 1}),
+    "LRGD-stage1+2": ("LRGD", {"demo_mode": "lrgd", "lrgd_stages": 2}),
+    "Pop": ("Pop", {}),
+    "BPR": ("BPR", {}),
+    "SASRec": ("SASRec", {}),
+    "GRU4Rec": ("GRU4Rec", {}),
+    "BERT4Rec": ("BERT4Rec", {}),
+}
+METRICS = [("hit@1", "Hit@1"), ("hit@5", "Hit@5"), ("hit@10", "Hit@10"), ("ndcg@5", "NDCG@5"),
+           ("ndcg@10", "NDCG@10"), ("mrr@10", "MRR@10"), ("effectd", "EffectD")]
+CSV_COLUMNS = (["variant", "model"] + [k for k, _ in METRICS] +
+               ["fit_time_s", "eval_time_s", "test_users", "candidates", "dataset", "config_hash"])
+PLOT_METRICS = ["hit@10", "ndcg@10", "mrr@10"]
+# keys that change how a run looks or where it writes, not its numbers
+VOLATILE_KEYS = {"show_progress", "state", "score_cache", "score_cache_dir", "checkpoint_dir", "log_wandb",
+                 "wandb_project", "worker", "gpu_id"}
+
+
+def variant_config(name: str, config_dict: Dict[str, Any], config_files: Sequence[str],
+                   effectd: bool = True) -> Tuple[str, Dict[str, Any]]:
+    """(RecBole model, config_dict) of one variant: the shared config, then the variant's keys.
+    LRGD variants with demonstrations also report EffectD unless the user's config sets metrics."""
+    model, overrides = VARIANTS[name]
+    cfg = {**config_dict, **overrides}
+    if effectd and model == "LRGD" and overrides.get("demo_mode") != "none" and not _sets_metrics(
+            config_dict, config_files):
+        cfg["metrics"] = ["Hit", "NDCG", "MRR", "EffectD"]
+    return model, cfg
+
+
+def _sets_metrics(config_dict: Dict[str, Any], config_files: Sequence[str]) -> bool:
+    if "metrics" in config_dict:
+        return True
+    for path in config_files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            continue  # run() reports a bad file as a one-line error
+        if isinstance(loaded, dict) and "metrics" in loaded:
+            return True
+    return False
+
+
+def _file_digest(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return f"unreadable:{path}"
+
+
+def config_hash(dataset: str, model: str, config_dict: Dict[str, Any], config_files: Sequence[str]) -> str:
+    """A short hash of what decides a row's numbers: model, dataset, the final config keys given,
+    the contents of the user's files, of the plugin's properties files and of ``candidates_file``."""
+    from recbole_lrgd.quick_start import properties_files
+
+    payload = {
+        "dataset": dataset, "model": model,
+        "config": {k: v for k, v in sorted(config_dict.items()) if k not in VOLATILE_KEYS},
+        "files": [_file_digest(p) for p in config_files],
+        "properties": [_file_digest(p) for p in properties_files(model, dataset)],
+    }
+    cands = config_dict.get("candidates_file")
+    if cands:
+        payload["candidates_file"] = _file_digest(cands)
+    blob = json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def candidates_digest(test_data) -> str:
+    """A short hash of every evaluated user's candidate set (equal across rows = same candidates)."""
+    sets = test_data.candidate_sets() if hasattr(test_data, "candidate_sets") else {}
+    h = hashlib.sha256()
+    for uid in sorted(sets):
+        h.update(np.asarray([uid, *np.sort(sets[uid])], dtype=np.int64).tobytes())
+    return h.hexdigest()[:8] if sets else ""
+
+
+def _number(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def make_row(name: str, model: str, dataset: str, digest: str, result: Dict[str, Any]) -> Dict[str, Any]:
+    test = result["test_result"]
+    row = {"variant": name, "model": model}
+    row.update({k: _number(test.get(k)) for k, _ in METRICS})
+    row.update({"fit_time_s": round(float(result["fit_time"]), 2), "eval_time_s": round(float(result["eval_time"]), 2),
+                "test_users": int(result["test_users"]), "candidates": candidates_digest(result["test_data"]),
+                "dataset": dataset, "config_hash": digest})
+    return row
+
+
+def _atomic_write(path: str, data, binary: bool = False) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8", newline=None if binary else "") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _key(row: Dict[str, Any]) -> str:
+    return f"{row['dataset']}|{row['variant']}|{row['config_hash']}"
+
+
+def load_rows(path: str) -> Dict[str, Dict[str, Any]]:
+    """Finished rows of earlier runs (an unreadable store is set aside, not trusted)."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)["rows"]
+        return {_key(r): r for r in rows}
+    except (OSError, ValueError, KeyError, TypeError):
+        os.replace(path, path + ".corrupt")
+        print(f"warning: {path} was unreadable; moved to {path}.corrupt and starting afresh", file=sys.stderr)
+        return {}
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "" if value is None else f"{value + 0.0:.{digits}f}".replace("-0.0000", "0.0000")
+
+
+def markdown_table(rows: List[Dict[str, Any]]) -> str:
+    show = [(k, label) for k, label in METRICS if k != "effectd" or any(r.get(k) is not None for r in rows)]
+    head = ["Model"] + [label for _, label in show] + ["fit s", "eval s", "users"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["variant"]] + [_fmt(r.get(k)) for k, _ in show]
+        cells += [_fmt(r["fit_time_s"], 1), _fmt(r["eval_time_s"], 1), str(r["test_users"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(dataset: str, rows: List[Dict[str, Any]], failed: Dict[str, str]) -> str:
+    out = [f"# Side-by-side benchmark: {dataset}", ""]
+    digests = {r["candidates"] for r in rows}
+    users = sorted({r["test_users"] for r in rows})
+    if rows:
+        same = "the same candidate sets for every model" if len(digests) == 1 else \
+            f"candidate sets differ between rows ({', '.join(sorted(digests))})"
+        out += [f"{', '.join(map(str, users))} test users, {same}.", ""]
+    out.append(markdown_table(rows))
+    for name, msg in failed.items():
+        out.append(f"\n{name}: failed: {msg}")
+    return "\n".join(out) + "\n"
+
+
+def csv_text(rows: List[Dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+def bar_chart(rows: List[Dict[str, Any]], dataset: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["variant"] for r in rows]
+    x = np.arange(len(rows))
+    width = 0.8 / len(PLOT_METRICS)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(rows)), 4.0))
+    for k, metric in enumerate(PLOT_METRICS):
+        values = [r.get(metric) or 0.0 for r in rows]
+        ax.bar(x + (k - (len(PLOT_METRICS) - 1) / 2) * width, values, width, label=dict(METRICS)[metric])
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=30, ha="right")
+    top = max([r.get(m) or 0.0 for r in rows for m in PLOT_METRICS] + [0.01])
+    ax.set_ylim(0, top * 1.25)
+    ax.set_ylabel("score")
+    same = "same candidates" if len({r["candidates"] for r in rows}) == 1 else "candidates differ"
+    ax.set_title(f"{dataset}: {', '.join(str(u) for u in sorted({r['test_users'] for r in rows}))} test users, {same}")
+    ax.legend(loc="upper center", ncol=len(PLOT_METRICS), frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    _atomic_write(path, buf.getvalue(), binary=True)
+
+
+def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_dict: Optional[Dict[str, Any]] = None,
+                  config_files: Optional[Sequence[str]] = None, out_dir: str = "benchmarks/out",
+                  name: Optional[str] = None, effectd: bool = True, plot: bool = True,
+                  progress: bool = True) -> Dict[str, Any]:
+    """Run (or reuse) one row per variant; write .json (finished rows), .md, .csv and .png.
+
+    Returns ``rows`` (in the order asked), ``ran`` and ``reused`` (variant names), ``failed``
+    (variant -> one-line error; a failed variant is not stored, so the next run retries it) and
+    ``paths``."""
+    from tqdm import tqdm
+
+    from recbole_lrgd.errors import LRGDError
+    from recbole_lrgd.quick_start import run
+
+    models = list(models or VARIANTS)
+    unknown = [m for m in models if m not in VARIANTS]
+    if unknown:
+        raise LRGDError(f"unknown benchmark variant {unknown[0]!r}: use one of {', '.join(VARIANTS)}")
+    config_dict, config_files = dict(config_dict or {}), list(config_files or [])
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, name or f"compare_{dataset}")
+    paths = {ext: f"{stem}.{ext}" for ext in ("json", "md", "csv", "png")}
+    store = load_rows(paths["json"])
+    rows, ran, reused, failed = [], [], [], {}
+
+    def write_outputs() -> None:
+        _atomic_write(paths["json"], json.dumps({"rows": list(store.values())}, indent=1, sort_keys=True))
+        _atomic_write(paths["md"], markdown_report(dataset, rows, failed))
+        _atomic_write(paths["csv"], csv_text(rows))
+
+    bar = tqdm(models, desc=f"benchmark {dataset}", unit="model", disable=not progress)
+    for variant in bar:
+        bar.set_postfix_str(variant)
+        model, cfg = variant_config(variant, config_dict, config_files, effectd)
+        digest = config_hash(dataset, model, cfg, config_files)
+        key = f"{dataset}|{variant}|{digest}"
+        if key in store:
+            rows.append(store[key])
+            reused.append(variant)
+            bar.write(f"{variant}: finished earlier, reused")
+            continue
+        try:
+            result = run(model, dataset, config_file_list=config_files or None, config_dict=cfg,
+                         saved=model != "LRGD")
+        except Exception as exc:  # one failing model (an LRGDError or a crash) must not stop the others
+            failed[variant] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            bar.write(f"{variant}: failed: {failed[variant]}")
+            continue
+        row = make_row(variant, model, dataset, digest, result)
+        del result
+        store[key] = row
+        rows.append(row)
+        ran.append(variant)
+        write_outputs()  # after every model: an interruption loses at most the model in progress
+    bar.close()
+    write_outputs()
+    if plot and rows:
+        bar_chart(rows, dataset, paths["png"])
+    return {"rows": rows, "ran": ran, "reused": reused, "failed": failed, "paths": paths,
+            "table": markdown_table(rows)}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--dataset", "-d", default="ml-100k", help="RecBole dataset name")
+    parser.add_argument("--models", default=",".join(VARIANTS),
+                        help=f"comma-separated variants (default all): {', '.join(VARIANTS)}")
+    parser.add_argument("--config_files", default=None, help="space-separated YAML files (shared by every model)")
+    parser.add_argument("--out", default="benchmarks/out", help="folder of the .md, .csv, .png and .json files")
+    parser.add_argument("--name", default=None, help="file stem (default compare_<dataset>)")
+    parser.add_argument("--no_effectd", action="store_true", help="do not add EffectD to LRGD's metrics")
+    parser.add_argument("--no_plot", action="store_true", help="skip the PNG")
+    parser.add_argument("--list", action="store_true", help="list the variants and exit")
+    args, extra = parser.parse_known_args(argv)
+    if args.list:
+        for variant, (model, overrides) in VARIANTS.items():
+            print(f"{variant:16s} {model:9s} {overrides}")
+        return 0
+    config_dict: Dict[str, Any] = {}
+    for item in extra:  # every other --key=value is a RecBole config key, shared by all models
+        if not item.startswith("--") or "=" not in item:
+            print(f"error: unexpected argument {item!r} (config keys are --key=value)", file=sys.stderr)
+            return 2
+        key, value = item[2:].split("=", 1)
+        config_dict[key] = _parse_value(value)
+
+    from recbole_lrgd.errors import LRGDError
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    files = args.config_files.strip().split(" ") if args.config_files else []
+    saved_argv = sys.argv
+    sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv, whose keys would beat each variant's own
+    try:
+        result = run_benchmark(args.dataset, models, config_dict, files, args.out, args.name,
+                               effectd=not args.no_effectd, plot=not args.no_plot)
+    except LRGDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved_argv
+    print(result["table"])
+    for variant, msg in result["failed"].items():
+        print(f"{variant}: failed: {msg}", file=sys.stderr)
+    print("wrote " + ", ".join(p for p in result["paths"].values() if os.path.exists(p)))
+    return 1 if result["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The side-by-side benchmark: one row per variant, same candidates, md/csv/png, and resumable."""
+import csv
+import json
+import os
+
+import pytest
+
+import recbole_lrgd.quick_start as quick_start
+from recbole_lrgd.benchmark import VARIANTS, config_hash, main, run_benchmark
+from recbole_lrgd.errors import LRGDError
+
+
+def _cfg(data_path, llm_dir):
+    return {"data_path": data_path, "eval_users": 12, "show_progress": False, "use_gpu": False,
+            "eval_batch_size": 100, "epochs": 1, "train_batch_size": 64, "state": "WARNING", "num_demos": 2,
+            "score_cache": False, "llm_path": llm_dir}
+
+
+def _counting_run(monkeypatch, interrupt_on=None):
+    """Wrap quick_start.run: record the models it really runs; raise KeyboardInterrupt on one."""
+    calls, real = [], quick_start.run
+
+    def run(model, *args, **kwargs):
+        calls.append((model, kwargs["config_dict"].get("demo_mode")))
+        if model == interrupt_on:
+            raise KeyboardInterrupt
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(quick_start, "run", run)
+    return calls
+
+
+def test_registry_has_the_issue_models():
+    assert list(VARIANTS) == ["LRGD-zero-shot", "LRGD-random", "LRGD-nearest", "LRGD-stage1", "LRGD-stage1+2",
+                              "Pop", "BPR", "SASRec", "GRU4Rec", "BERT4Rec"]
+    assert VARIANTS["LRGD-stage1+2"] == ("LRGD", {"demo_mode": "lrgd", "lrgd_stages": 2})
+
+
+def test_benchmark_resumes_and_writes_md_csv_png(tiny_data, tiny_llm_dir, tmp_path, monkeypatch):
+    cfg, out = _cfg(tiny_data, tiny_llm_dir), str(tmp_path / "out")
+    # interrupted after the first model: its row is kept
+    calls = _counting_run(monkeypatch, interrupt_on="LRGD")
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark("tiny", ["Pop", "LRGD-zero-shot"], cfg, out_dir=out, progress=False)
+    with open(os.path.join(out, "compare_tiny.json")) as f:
+        assert [r["variant"] for r in json.load(f)["rows"]] == ["Pop"]
+    monkeypatch.undo()
+
+    # run again: Pop is reused, the zero-shot row computed
+    calls = _counting_run(monkeypatch)
+    first = run_benchmark("tiny", ["Pop", "LRGD-zero-shot"], cfg, out_dir=out, progress=False)
+    assert calls == [("LRGD", "none")]
+    assert first["reused"] == ["Pop"] and first["ran"] == ["LRGD-zero-shot"] and not first["failed"]
+
+    # one more variant: the first two rows are reused as they were, only the new one runs
+    calls.clear()
+    second = run_benchmark("tiny", ["Pop", "LRGD-zero-shot", "LRGD-random"], cfg, out_dir=out, progress=False)
+    assert calls == [("LRGD", "random")]
+    assert second["reused"] == ["Pop", "LRGD-zero-shot"] and second["ran"] == ["LRGD-random"]
+    assert second["rows"][:2] == first["rows"]  # same numbers and the same recorded fit/eval times
+
+    rows = second["rows"]
+    assert [r["variant"] for r in rows] == ["Pop", "LRGD-zero-shot", "LRGD-random"]
+    assert len({r["candidates"] for r in rows}) == 1  # every model ranked the same candidate sets
+    assert all(r["test_users"] == 12 and 0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
+    assert rows[0]["effectd"] is None and rows[2]["effectd"] is not None  # EffectD where it applies
+
+    paths = second["paths"]
+    with open(paths["csv"]) as f:
+        table = list(csv.DictReader(f))
+    assert [r["variant"] for r in table] == ["Pop", "LRGD-zero-shot", "LRGD-random"]
+    assert {"hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10", "effectd", "fit_time_s",
+            "eval_time_s"} <= set(table[0])
+    md = open(paths["md"]).read()
+    assert "| Model | Hit@1 | Hit@5 | Hit@10 | NDCG@5 | NDCG@10 | MRR@10 | EffectD |" in md
+    assert "same candidate sets for every model" in md and "| LRGD-random |" in md
+    with open(paths["png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in os.listdir(out) if ".tmp" in p]
+
+
+def test_a_changed_config_is_a_new_row_and_cosmetic_keys_are_not():
+    base = {"eval_users": 12, "demo_mode": "none"}
+    h = config_hash("tiny", "LRGD", base, [])
+    assert config_hash("tiny", "LRGD", {**base, "show_progress": True, "state": "INFO"}, []) == h
+    assert config_hash("tiny", "LRGD", {**base, "eval_users": 13}, []) != h
+    assert config_hash("tiny", "Pop", base, []) != h
+
+
+def _fake_run(model, dataset, config_file_list=None, config_dict=None, saved=True):
+    if config_dict.get("demo_mode") == "lrgd":
+        raise LRGDError("demo_mode 'lrgd' is not there yet")
+
+    class Data:
+        def candidate_sets(self):
+            return {1: [1, 2, 3]}
+
+    return {"test_result": {"hit@1": 0.5, "hit@5": 0.75, "hit@10": 1.0, "ndcg@5": 0.6, "ndcg@10": 0.6,
+                            "mrr@10": 0.55}, "fit_time": 1.0, "eval_time": 2.0, "test_users": 4, "test_data": Data()}
+
+
+def test_a_failing_variant_is_reported_not_stored_and_the_rest_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(quick_start, "run", _fake_run)
+    out = str(tmp_path / "out")
+    code = main(["--dataset=tiny", "--models=Pop,LRGD-stage1,BPR", f"--out={out}", "--no_plot",
+                 "--eval_users=4"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "| Pop |" in captured.out and "| BPR |" in captured.out  # the table is printed
+    assert "LRGD-stage1: failed: demo_mode 'lrgd' is not there yet" in captured.err
+    with open(os.path.join(out, "compare_tiny.json")) as f:
+        assert [r["variant"] for r in json.load(f)["rows"]] == ["Pop", "BPR"]
+    assert "LRGD-stage1: failed" in open(os.path.join(out, "compare_tiny.md")).read()
+
+
+def test_cli_entry_points(tmp_path, monkeypatch, capsys):
+    import run_recbole_lrgd
+
+    monkeypatch.setattr(quick_start, "run", _fake_run)
+    out = str(tmp_path / "out")
+    assert run_recbole_lrgd.main(["--benchmark", "--dataset=tiny", "--models=Pop", f"--out={out}"]) == 0
+    assert "| Pop | 0.5000 |" in capsys.readouterr().out
+    assert os.path.isfile(os.path.join(out, "compare_tiny.png"))
+    assert main(["--dataset=tiny", "--models=Nope", f"--out={out}"]) == 2
+    assert "unknown benchmark variant 'Nope'" in capsys.readouterr().err
