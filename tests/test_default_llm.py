@@ -35,3 +35,29 @@ def test_default_llm_cached_scores_equal_naive_scores():
         cached = scorer.score(prompt)
         naive = scorer.naive_likelihood(encode_prompt(tok, prompt), [scorer.candidate_ids(c) for c in cands])
         np.testing.assert_allclose(cached, naive, atol=1e-4)
+
+
+def test_default_llm_batched_users_equal_naive_scores():
+    """score_many on SmolLM2: users of one demonstration prefix in one padded forward pass score as
+    the naive full-prompt-per-candidate path and as score()."""
+    import numpy as np
+
+    from recbole_lrgd.llm.loader import load_llm
+    from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_parts, encode_prompt
+    from recbole_lrgd.llm.scorer import LLMScorer
+
+    model, tok = load_llm(None, device="cpu", dtype="float32")
+    scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=8, user_batch_size=4)
+    demos = [Demonstration(("Toy Story (1995)", "Heat (1995)"), "Fargo (1996)")]
+    cands = ["Star Wars (1977)", "Babe (1995)", "Casino (1995)", "Jumanji (1995)", "Sabrina (1995)",
+             "Twelve Monkeys (1995)"]
+    histories = [["Scream (1996)"], ["Evita (1996)", "Heat (1995)", "Contact (1997)"],
+                 ["Titanic (1997)", "Scream (1996)"], ["Fargo (1996)"] * 5]
+    prompts = [build_prompt(tok, demos, h, cands, seed=(0, u)) for u, h in enumerate(histories)]
+    assert len({len(encode_parts(tok, p)[1]) for p in prompts}) > 1  # rows of different lengths: padding
+    assert len({tuple(encode_parts(tok, p)[0]) for p in prompts}) == 1  # one shared prefix: one batch
+    batched = scorer.score_many(prompts)
+    for prompt, got in zip(prompts, batched):
+        naive = scorer.naive_likelihood(encode_prompt(tok, prompt), [scorer.candidate_ids(c) for c in cands])
+        np.testing.assert_allclose(got, naive, atol=1e-4)
+        np.testing.assert_allclose(got, scorer.score(prompt), atol=1e-4)

@@ -79,3 +79,100 @@ def test_verbalizer_scores_are_label_logits_in_caller_order(tiny_llm):
 def test_unknown_mode_is_an_error(tiny_llm):
     with pytest.raises(ValueError, match="scorer_mode"):
         LLMScorer(*tiny_llm, mode="bogus")
+
+
+def _user_prompts(tok, mode="likelihood", demos=(Demonstration(("Alpha", "Beta gamma"), "Delta"),), users=5,
+                  n_cands=8):
+    """Prompts sharing one demonstration prefix, with histories and candidate titles of different lengths."""
+    return [build_prompt(tok, list(demos), [f"Item {'y' * u} {k}" for k in range(u + 1)],
+                         [f"Candidate {'x' * ((i + u) % 6)} {i}" for i in range(n_cands)], seed=(0, u), mode=mode)
+            for u in range(users)]
+
+
+def _batch_calls(scorer):
+    """Record the (batch, length) of every 2D input the model sees."""
+    shapes = []
+    handle = scorer.model.register_forward_pre_hook(
+        lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    return shapes, handle
+
+
+def test_score_many_batches_users_and_equals_naive_and_score(tiny_llm):
+    model, tok = tiny_llm
+    scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=20, user_batch_size=3)
+    prompts = _user_prompts(tok)
+    prefix = encode_parts(tok, prompts[0])[0]
+    suffix_lens = [len(encode_parts(tok, p)[1]) for p in prompts]
+    assert len(set(suffix_lens)) == len(prompts)  # every row has its own length: the batch is padded
+    shapes, handle = _batch_calls(scorer)
+    try:
+        many = scorer.score_many(prompts)
+    finally:
+        handle.remove()
+    assert shapes[0] == (1, len(prefix))  # the prefix once, then 5 users in two forwards of 3 and 2
+    assert [s[0] for s in shapes[1:]] == [3, 2]
+    (cache, _), = scorer._prefixes.values()
+    assert cache.get_seq_length() == len(prefix)  # the cached prefix is untouched: one row, prefix only
+    assert all(layer.keys.shape[0] == 1 for layer in cache.layers)
+    for p, got in zip(prompts, many):
+        naive = scorer.naive_likelihood(encode_prompt(tok, p), [scorer.candidate_ids(c) for c in p.candidates])
+        np.testing.assert_allclose(got, naive, atol=1e-4)
+        np.testing.assert_allclose(got, scorer.score(p), atol=1e-5)
+        assert np.ptp(got) > 1e-3
+
+
+def test_score_many_verbalizer_equals_score(tiny_llm):
+    model, tok = tiny_llm
+    scorer = LLMScorer(model, tok, "verbalizer", user_batch_size=8)
+    prompts = _user_prompts(tok, mode="verbalizer")
+    shapes, handle = _batch_calls(scorer)
+    try:
+        many = scorer.score_many(prompts)
+    finally:
+        handle.remove()
+    assert [s[0] for s in shapes] == [1, 5]
+    for p, got in zip(prompts, many):
+        logits = model(input_ids=torch.tensor([encode_prompt(tok, p)])).logits[0, -1]
+        expected = np.empty(len(p.order))
+        expected[p.order] = logits[scorer.label_token_ids(p.labels)].double().numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+        np.testing.assert_allclose(got, scorer.score(p), atol=1e-5)
+
+
+def test_score_many_mixed_prefixes_and_long_candidate_lists(tiny_llm):
+    """Prompts of two demonstration sets and zero-shot, interleaved; one user with more candidates than a
+    candidate batch (scored on its own): each result is in the caller's order and equals score()."""
+    model, tok = tiny_llm
+    scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=10, user_batch_size=4)
+    a = _user_prompts(tok, users=3)
+    b = _user_prompts(tok, demos=(Demonstration(("Omega",), "Psi"), Demonstration(("Chi", "Phi"), "Tau")), users=3)
+    zero = _user_prompts(tok, demos=(), users=2)
+    long = _user_prompts(tok, users=1, n_cands=14)
+    prompts = [a[0], b[0], zero[0], a[1], long[0], b[1], zero[1], a[2], b[2]]
+    assert len({tuple(encode_parts(tok, p)[0]) for p in prompts}) == 3
+    many = scorer.score_many(prompts)
+    for p, got in zip(prompts, many):
+        np.testing.assert_allclose(got, scorer.score(p), atol=1e-5)
+        naive = scorer.naive_likelihood(encode_prompt(tok, p), [scorer.candidate_ids(c) for c in p.candidates])
+        np.testing.assert_allclose(got, naive, atol=1e-4)
+
+
+def test_score_many_uses_the_score_cache_per_prompt(tiny_llm, tmp_path):
+    from recbole_lrgd.llm.score_cache import ScoreCache
+
+    model, tok = tiny_llm
+    scorer = LLMScorer(model, tok, "likelihood", score_cache=ScoreCache.in_dir(str(tmp_path)), model_id="tiny")
+    prompts = _user_prompts(tok, users=4)
+    first = scorer.score_many(prompts[:2])
+    assert (scorer.counts.cache_hits, scorer.counts.cache_misses) == (0, 16)
+    shapes, handle = _batch_calls(scorer)
+    try:
+        again = scorer.score_many(prompts)
+    finally:
+        handle.remove()
+    assert (scorer.counts.cache_hits, scorer.counts.cache_misses) == (16, 32)
+    assert [s[0] for s in shapes] == [2]  # only the two new users ran
+    for got, want in zip(again[:2], first):
+        np.testing.assert_array_equal(got, want)
+    for p, got in zip(prompts, again):
+        np.testing.assert_allclose(got, scorer.score(p), atol=1e-5)

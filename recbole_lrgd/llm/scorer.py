@@ -7,6 +7,10 @@ the logit of its label's token.
 ``generate``: candidates are numbered 1..N; the LLM writes a ranked list (greedy decoding), parsed by
 ``recbole_lrgd.llm.generate``; scores descend along the parsed ranking.
 
+``score_many`` scores a list of prompts: the users whose prompts share a prefix (one global
+demonstration set) go through the model together, up to ``user_batch_size`` per forward pass, on one
+copy of the prefix's KV cache expanded to the batch (suffixes right-padded, a 4D mask per row).
+
 With a ``ScoreCache`` every score (a generated prompt's whole parsed ranking) is looked up first and
 stored after: a prompt whose candidates are all cached runs no forward pass.
 """
@@ -16,7 +20,7 @@ import copy
 import inspect
 from collections import OrderedDict
 from dataclasses import astuple, dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -114,19 +118,22 @@ class LLMScorer:
 
     def __init__(self, model, tokenizer, mode: str = "likelihood", candidate_batch_size: int = 32, *,
                  score_cache: Optional[ScoreCache] = None, model_id: str = "",
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, match_threshold: float = FUZZY_THRESHOLD):
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, match_threshold: float = FUZZY_THRESHOLD,
+                 user_batch_size: int = 8):
         if mode not in SCORER_MODES:
             raise ValueError(f"scorer_mode {mode!r}: use one of {', '.join(SCORER_MODES)}")
         if score_cache is not None and not model_id:
             raise ValueError("a score cache needs the model's identity (model_id) in its keys")
         self.model, self.tokenizer, self.mode = model, tokenizer, mode
         self.candidate_batch_size = max(1, int(candidate_batch_size))
+        self.user_batch_size = max(1, int(user_batch_size))
         self.score_cache, self.model_id = score_cache, model_id
         self.max_new_tokens, self.match_threshold = max(1, int(max_new_tokens)), float(match_threshold)
         self.counts = ScoreCounts()
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._keeps_logits = "logits_to_keep" in params
+        self._last_only = {"logits_to_keep": 1} if self._keeps_logits else {}
         self._prefixes: "OrderedDict[tuple, tuple]" = OrderedDict()  # prefix ids -> (KV cache, last logits)
 
     @property
@@ -152,13 +159,64 @@ class LLMScorer:
         if self.mode == "generate":
             shown_scores = self._generate_scores(prompt, prefix_ids, suffix_ids)
         else:
-            items: List[Union[str, List[int]]] = (list(prompt.labels) if self.mode == "verbalizer" else
-                                                  [self.candidate_ids(prompt.candidates[i]) for i in prompt.order])
+            items = self._items(prompt)
             shown_scores = self._cached(prefix_ids + suffix_ids, items,
                                         lambda: self._forward_scores(prompt, prefix_ids, suffix_ids, items))
+        return self._caller_order(prompt, shown_scores)
+
+    @staticmethod
+    def _caller_order(prompt: Prompt, shown_scores: np.ndarray) -> np.ndarray:
         scores = np.empty(len(prompt.order), dtype=np.float64)
         scores[prompt.order] = shown_scores
         return scores
+
+    def _items(self, prompt: Prompt) -> List[Union[str, List[int]]]:
+        """What is scored, in shown order: verbalizer labels, or the candidates' token ids."""
+        if self.mode == "verbalizer":
+            return list(prompt.labels)
+        return [self.candidate_ids(prompt.candidates[i]) for i in prompt.order]
+
+    @torch.inference_mode()
+    def score_many(self, prompts: Sequence[Prompt]) -> List[np.ndarray]:
+        """``[self.score(p) for p in prompts]``, with the prompts that share a prefix batched.
+
+        The score cache is consulted per prompt as ``score`` does; the prompts with a miss are grouped by
+        their prefix's token ids and go through the model ``user_batch_size`` at a time, each batch ONE
+        forward pass on a copy of the prefix's KV cache (the cached one is never touched). A prompt with
+        more candidates than ``candidate_batch_size`` (likelihood) or no suffix takes ``score``'s path.
+        """
+        if self.mode == "generate":
+            return [self.score(p) for p in prompts]
+        results: List[Optional[np.ndarray]] = [None] * len(prompts)
+        groups: "OrderedDict[tuple, List[tuple]]" = OrderedDict()  # prefix ids -> pending prompts
+        for i, prompt in enumerate(prompts):
+            prefix_ids, suffix_ids = encode_parts(self.tokenizer, prompt)
+            items = self._items(prompt)
+            keys, found = self._lookup(prefix_ids + suffix_ids, items)
+            if keys is not None and len(found) == len(keys):
+                results[i] = self._caller_order(prompt, np.array([found[k][0] for k in keys], dtype=np.float64))
+                continue
+            job = (i, prompt, prefix_ids, suffix_ids, items, keys, found)
+            too_many = self.mode == "likelihood" and len(items) > self.candidate_batch_size
+            if not suffix_ids or too_many:
+                fresh = self._forward_scores(prompt, prefix_ids, suffix_ids, items)
+                results[i] = self._caller_order(prompt, self._store(keys, found, fresh))
+                continue
+            groups.setdefault(tuple(prefix_ids), []).append(job)
+        for prefix, jobs in groups.items():
+            if not hasattr(self._prefix(prefix)[0], "batch_repeat_interleave"):  # a legacy tuple cache
+                for i, prompt, prefix_ids, suffix_ids, items, keys, found in jobs:
+                    fresh = self._forward_scores(prompt, prefix_ids, suffix_ids, items)
+                    results[i] = self._caller_order(prompt, self._store(keys, found, fresh))
+                continue
+            for start in range(0, len(jobs), self.user_batch_size):
+                chunk = jobs[start: start + self.user_batch_size]
+                suffixes, item_lists = [job[3] for job in chunk], [job[4] for job in chunk]
+                batch = (self._batch_verbalizer(prefix, suffixes, item_lists) if self.mode == "verbalizer"
+                         else self._batch_likelihood(prefix, suffixes, item_lists))
+                for (i, prompt, _, _, _, keys, found), fresh in zip(chunk, batch):
+                    results[i] = self._caller_order(prompt, self._store(keys, found, fresh))
+        return results  # type: ignore[return-value]
 
     def _cached(self, prompt_ids: Sequence[int], items: Sequence, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """Shown-order scores from the score cache when all are there; else ``compute`` all and store the new.
@@ -166,17 +224,28 @@ class LLMScorer:
         Where some were cached, the cached value is returned (not the fresh one, which may differ in the
         last bits through chunking), so every run reading this cache sees one score per key.
         """
+        keys, found = self._lookup(prompt_ids, items)
+        if keys is not None and len(found) == len(keys):
+            return np.array([found[k][0] for k in keys], dtype=np.float64)
+        return self._store(keys, found, compute())
+
+    def _lookup(self, prompt_ids: Sequence[int], items: Sequence) -> Tuple[Optional[List[str]], Dict]:
+        """The score cache's keys for a prompt's items and the entries found (counted); ``(None, {})``
+        without a cache."""
         if self.score_cache is None:
-            return compute()
+            return None, {}
         digest = prompt_digest(self.model_id, self.mode, prompt_ids)
         keys = [item_key(digest, item) for item in items]
         found = self.score_cache.get(keys)
         hits = sum(k in found for k in keys)
         self.counts.cache_hits += hits
         self.counts.cache_misses += len(keys) - hits
-        if hits == len(keys):
-            return np.array([found[k][0] for k in keys], dtype=np.float64)
-        fresh = compute()
+        return keys, found
+
+    def _store(self, keys: Optional[List[str]], found: Dict, fresh: np.ndarray) -> np.ndarray:
+        """Store the fresh scores that were missing; return the cached value where there was one."""
+        if keys is None:
+            return np.asarray(fresh, dtype=np.float64)
         self.score_cache.put({k: [v] for k, v in zip(keys, fresh) if k not in found})
         return np.array([found[k][0] if k in found else v for k, v in zip(keys, fresh)], dtype=np.float64)
 
@@ -276,6 +345,94 @@ class LLMScorer:
                     scores[k] += logprobs[pos, token].item()
             out += [total / len(c) for total, c in zip(scores, chunk)]
         return np.array(out, dtype=np.float64)
+
+    # -- several users' suffixes in one forward pass on the shared prefix's KV cache ---------------
+    def _batch_forward(self, prefix: Sequence[int], rows: Sequence[Tuple[List[int], List[int], torch.Tensor]],
+                       needed: Sequence[Sequence[int]]):
+        """ONE forward of right-padded rows on a copy of the prefix's KV cache expanded to the batch.
+
+        ``rows[b] = (ids, positions, allowed)``: the row's tokens, their positions and a boolean
+        (len, prefix + len) mask of what each may attend to; ``needed[b]`` the row positions whose logits
+        are read. Returns float logits (B, K, V) at the union of the needed positions and a map from row
+        position to its index in K. Padded tokens attend to the prefix only (no empty softmax row) and
+        nothing attends to them.
+        """
+        cache, _ = self._prefix(prefix)
+        batch = copy.deepcopy(cache)  # the cached prefix stays as it is
+        batch.batch_repeat_interleave(len(rows))
+        p, width = len(prefix), max(len(ids) for ids, _, _ in rows)
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad
+        ids = torch.full((len(rows), width), pad or 0, dtype=torch.long)
+        positions = torch.full((len(rows), width), p, dtype=torch.long)
+        allowed = torch.zeros((len(rows), width, p + width), dtype=torch.bool)
+        allowed[:, :, :p] = True
+        for b, (row_ids, row_pos, row_allowed) in enumerate(rows):
+            n = len(row_ids)
+            ids[b, :n] = torch.as_tensor(row_ids, dtype=torch.long)
+            positions[b, :n] = torch.as_tensor(row_pos, dtype=torch.long)
+            allowed[b, :n, : p + n] = row_allowed
+        mask = torch.zeros(allowed.shape, dtype=self.model.dtype)
+        mask.masked_fill_(~allowed, torch.finfo(self.model.dtype).min)
+        keep = sorted({pos for row in needed for pos in row})
+        extra = {"logits_to_keep": torch.tensor(keep, device=self.device)} if self._keeps_logits else {}
+        logits = self.model(input_ids=ids.to(self.device), position_ids=positions.to(self.device),
+                            attention_mask=mask[:, None].to(self.device), use_cache=True,
+                            **{self._cache_kw: batch}, **extra).logits
+        if not self._keeps_logits:
+            logits = logits[:, keep]
+        return logits.float(), {pos: k for k, pos in enumerate(keep)}
+
+    @staticmethod
+    def _suffix_row(prefix_len: int, suffix: Sequence[int]):
+        """A suffix alone as a batch row: causal after the prefix, positions continuing it."""
+        n = len(suffix)
+        allowed = torch.cat([torch.ones((n, prefix_len), dtype=torch.bool),
+                             torch.ones((n, n), dtype=torch.bool).tril()], 1)
+        return list(suffix), list(range(prefix_len, prefix_len + n)), allowed
+
+    def _batch_verbalizer(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
+                          label_lists: Sequence[Sequence[str]]) -> List[np.ndarray]:
+        """Label logits at each row's last real position, for a batch of users sharing ``prefix``."""
+        rows = [self._suffix_row(len(prefix), s) for s in suffixes]
+        logits, index = self._batch_forward(prefix, rows, [[len(s) - 1] for s in suffixes])
+        return [logits[b, index[len(s) - 1], self.label_token_ids(labels)].double().cpu().numpy()
+                for b, (s, labels) in enumerate(zip(suffixes, label_lists))]
+
+    def _batch_likelihood(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
+                          candidate_lists: Sequence[Sequence[Sequence[int]]]) -> List[np.ndarray]:
+        """Likelihood scores for a batch of users sharing ``prefix``: each row is the user's suffix and then
+        its candidates packed as ``pack_candidates`` lays them (each sees the prefix, the whole suffix and
+        its own earlier tokens; positions restart after the suffix)."""
+        p = len(prefix)
+        rows, needed, sources = [], [], []
+        for suffix, cands in zip(suffixes, candidate_lists):
+            n = len(suffix)
+            s_ids, s_pos, s_allowed = self._suffix_row(p, suffix)
+            c_ids, c_pos, c_allowed, source = pack_candidates(cands, p + n)  # c_allowed: (m, p + n + m)
+            m = len(c_ids)
+            allowed = torch.zeros((n + m, p + n + m), dtype=torch.bool)
+            allowed[:n, : p + n] = s_allowed
+            allowed[n:] = c_allowed
+            rows.append((s_ids + c_ids.tolist(), s_pos + c_pos.tolist(), allowed))
+            needed.append([n - 1] + [n + pos for _, pos, _ in source])
+            sources.append(source)
+        logits, index = self._batch_forward(prefix, rows, needed)
+        picked_b, picked_k, picked_t, owner = [], [], [], []  # every (row, kept position, token) read
+        for b, (suffix, cands, source) in enumerate(zip(suffixes, candidate_lists, sources)):
+            n = len(suffix)
+            for c, cand in enumerate(cands):  # log p(first token | prompt), from the suffix's last position
+                picked_b.append(b), picked_k.append(index[n - 1]), picked_t.append(cand[0]), owner.append((b, c))
+            for (c, pos, token) in source:
+                picked_b.append(b), picked_k.append(index[n + pos]), picked_t.append(token), owner.append((b, c))
+        bi, ki = torch.tensor(picked_b, device=logits.device), torch.tensor(picked_k, device=logits.device)
+        lse = torch.logsumexp(logits, -1)  # (B, K): the softmax's normaliser only where read
+        logprobs = (logits[bi, ki, torch.tensor(picked_t, device=logits.device)] - lse[bi, ki]).double().cpu()
+        totals = [np.zeros(len(cands), dtype=np.float64) for cands in candidate_lists]
+        for (b, c), lp in zip(owner, logprobs.tolist()):
+            totals[b][c] += lp
+        return [total / np.array([len(c) for c in cands], dtype=np.float64)
+                for total, cands in zip(totals, candidate_lists)]
 
     def naive_likelihood(self, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]) -> np.ndarray:
         """Reference: the full prompt + candidate, one forward pass per candidate (slow, for tests)."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -73,7 +73,8 @@ class LRGD(SequentialRecommender):
                 model, tokenizer, self.config["scorer_mode"], self.config["candidate_batch_size"],
                 score_cache=cache, model_id=model_id,
                 max_new_tokens=self.config["max_new_tokens"] or DEFAULT_MAX_NEW_TOKENS,
-                match_threshold=FUZZY_THRESHOLD if threshold is None else threshold)
+                match_threshold=FUZZY_THRESHOLD if threshold is None else threshold,
+                user_batch_size=self.config["user_batch_size"] or 8)
         return self._scorer
 
     def score_counts(self) -> ScoreCounts:
@@ -118,6 +119,11 @@ class LRGD(SequentialRecommender):
             seed=(self.seed, int(user)), mode=self.scorer.mode, max_tokens=self.max_prompt_tokens,
             instruction=self.instruction, list_candidates=self.list_candidates)
 
+    def score_prompts(self, prompts: Sequence[Prompt]) -> List[np.ndarray]:
+        """Scores of many prompts (caller candidate order): batched when the scorer can batch."""
+        score_many = getattr(self.scorer, "score_many", None)
+        return score_many(list(prompts)) if score_many else [self.scorer.score(p) for p in prompts]
+
     def calculate_loss(self, interaction):
         raise LRGDError("LRGD has no trainable weights: use LRGDTrainer, whose fit prepares demonstrations")
 
@@ -133,16 +139,25 @@ class LRGD(SequentialRecommender):
         lens = interaction[self.ITEM_SEQ_LEN].cpu().numpy()
         scores = np.zeros(len(users), dtype=np.float64)
         zero_shot = np.zeros(len(users), dtype=np.float64)
-        for user in dict.fromkeys(users.tolist()):  # users in order of first appearance
-            rows = np.flatnonzero(users == user)
-            history = seqs[rows[0], : lens[rows[0]]]
-            demo_users = self.demo_users_for(user, history)
-            scores[rows] = self.scorer.score(self.user_prompt(user, history, items[rows], demo_users))
-            if self.track_effect:
-                zero_shot[rows] = (self.scorer.score(self.user_prompt(user, history, items[rows], []))
-                                   if demo_users else scores[rows])
+        order = list(dict.fromkeys(users.tolist()))  # users in order of first appearance
+        step = max(1, int(getattr(self.scorer, "user_batch_size", 1) or 1))
+        for start in range(0, len(order), step):  # a chunk of users: their prompts are scored together
+            chunk = [(user, np.flatnonzero(users == user)) for user in order[start: start + step]]
+            prompts, zero_shot_prompts = [], []  # the latter: (index in chunk, zero-shot prompt)
+            for k, (user, rows) in enumerate(chunk):
+                history = seqs[rows[0], : lens[rows[0]]]
+                demo_users = self.demo_users_for(user, history)
+                prompts.append(self.user_prompt(user, history, items[rows], demo_users))
+                if self.track_effect and demo_users:
+                    zero_shot_prompts.append((k, self.user_prompt(user, history, items[rows], [])))
+            got = self.score_prompts(prompts + [p for _, p in zero_shot_prompts])
+            for (_, rows), user_scores in zip(chunk, got):
+                scores[rows] = user_scores
+                zero_shot[rows] = user_scores  # a user without demonstrations: zero-shot is the same prompt
+            for (k, _), user_scores in zip(zero_shot_prompts, got[len(prompts):]):
+                zero_shot[chunk[k][1]] = user_scores
             if self.progress is not None:
-                self.progress(1)
+                self.progress(len(chunk))
         if self.track_effect:
             self._effect_records.append((scores, zero_shot))
         return torch.from_numpy(scores).float().to(interaction[self.ITEM_ID].device)
