@@ -3,11 +3,14 @@
     python run_recbole_lrgd.py                                   # LRGD on ml-100k, default LLM
     python run_recbole_lrgd.py --model=SASRec                    # a RecBole baseline, same protocol
     python run_recbole_lrgd.py --dataset=amazon-beauty --data_path=../shared/data --demo_mode=nearest
+    accelerate launch --multi_gpu --num_processes 2 run_recbole_lrgd.py --result_file=r.json  # 2 processes (README)
     python run_recbole_lrgd.py --benchmark --models=LRGD-zero-shot,Pop,SASRec   # side-by-side table, CSV, PNG
 
 Any other ``--key=value`` is a RecBole config key (RecBole reads them from the command line).
+Under a launcher only rank 0 prints and writes ``--result_file``.
 """
 import argparse
+import json
 import sys
 
 
@@ -20,8 +23,10 @@ def main(argv=None) -> int:
     parser.add_argument("--model", "-m", default="LRGD", help="LRGD or a RecBole model name")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="RecBole dataset name")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
+    parser.add_argument("--result_file", default=None, help="write the metrics and chosen demonstrations as JSON")
     args, _ = parser.parse_known_args(argv)
 
+    from recbole_lrgd import distributed as dist
     from recbole_lrgd.errors import LRGDError
     from recbole_lrgd.quick_start import run
 
@@ -31,11 +36,30 @@ def main(argv=None) -> int:
     except LRGDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not dist.is_main():
+        return 0
+    if args.result_file:
+        write_result(args.result_file, result)
     metrics = "  ".join(f"{k}: {v:.4f}" for k, v in result["test_result"].items())
     print(f"{result['model']} on {result['dataset']} ({result['test_users']} test users, "
           f"fit {result['fit_time']:.1f}s, test {result['eval_time']:.1f}s)")
     print(f"test result: {metrics}")
     return 0
+
+
+def write_result(path: str, result) -> None:
+    """The run's metrics, timings and demonstrations (global set, if any) as JSON."""
+    from recbole_lrgd import distributed as dist
+
+    model = result.get("model_obj")
+    keep = ("model", "dataset", "test_result", "best_valid_result", "best_valid_score", "fit_time", "eval_time",
+            "test_users")
+    out = {k: result.get(k) for k in keep}
+    out["best_valid_result"] = dict(out["best_valid_result"] or {})
+    out["global_demo_users"] = [int(u) for u in getattr(model, "global_demo_users", None) or []]
+    out["world_size"] = dist.world()[1]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1, default=float)
 
 
 if __name__ == "__main__":

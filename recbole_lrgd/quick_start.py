@@ -5,6 +5,8 @@ one-line ``LRGDError`` and leaves nothing half-done.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from logging import getLogger
@@ -20,6 +22,7 @@ from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_co
 
 from recbole_lrgd.data.candidates import (FixedCandidateEvalDataLoader, draw_negatives, item_distribution,
                                          read_candidates_file, sample_user_subset, user_items)
+from recbole_lrgd import distributed as dist
 from recbole_lrgd.data.titles import item_file_header
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.model import LRGD
@@ -183,18 +186,54 @@ def prepare_data(config: Config, dataset) -> Tuple[Any, Any, Any]:
     return train, valid, test
 
 
+def _configure_rank(config: Config, visible: Optional[str]) -> None:
+    """Under a launcher: this rank's own device (``cuda:{local_rank}``), nothing written and no progress
+    bars off rank 0, and no ``llm_device_map`` with several processes on one machine."""
+    if visible is None:  # RecBole's Config pins CUDA_VISIBLE_DEVICES to gpu_id ('0'): undo that
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    config["device"] = dist.device_for(config["device"])
+    if config["llm_device"]:
+        config["llm_device"] = str(dist.device_for(config["llm_device"]))
+    if config["llm_device_map"] and dist.local_world_size() > 1:
+        raise LRGDError("llm_device_map spreads one model over all of a machine's GPUs: run one process per "
+                        "machine (accelerate launch --num_processes = --num_machines), or drop llm_device_map")
+    if not dist.is_main():
+        config["save_dataset"] = config["save_dataloaders"] = False
+        config["show_progress"] = False
+
+
 def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optional[List[str]] = None,
-        config_dict: Optional[Dict[str, Any]] = None, saved: bool = True) -> Dict[str, Any]:
-    """Run one model on one dataset; returns RecBole's result dict plus timings and the loaders."""
+        config_dict: Optional[Dict[str, Any]] = None, saved: bool = True) -> Optional[Dict[str, Any]]:
+    """Run one model on one dataset; returns RecBole's result dict plus timings and the loaders.
+
+    Under ``accelerate launch`` (or torchrun) every rank calls this. For LRGD each rank builds the
+    same data and demonstrations, scores its shard of the users and gets everyone's scores, so all
+    ranks return the metrics of a single-process run; only rank 0 logs to the console and the log
+    file and may write a saved dataset (the others wait for it). A RecBole baseline is not sharded:
+    rank 0 runs it alone and the other ranks return None at once.
+    """
+    dist.init()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     config = build_config(model, dataset, config_file_list, config_dict)
+    if dist.launched():
+        _configure_rank(config, visible)
+        if model not in PLUGIN_MODELS and not dist.is_main():
+            return None
     if model in PLUGIN_MODELS:  # fail on a model that will not load before anything is written
         load_config_llm(config)
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    if dist.is_main():
+        init_logger(config)
+    else:  # no log file, and only warnings on the console
+        logging.basicConfig(level=logging.WARNING, format=f"[rank {dist.world()[0]}] %(levelname)s  %(message)s")
     logger = getLogger()
     logger.info(config)
 
-    dataset_obj = create_dataset(config)
+    # rank 0 first: with save_dataset it writes the processed dataset, which the others then read
+    with dist.main_first() if model in PLUGIN_MODELS else contextlib.nullcontext():
+        dataset_obj = create_dataset(config)
     logger.info(dataset_obj)
     train_data, valid_data, test_data = prepare_data(config, dataset_obj)
 

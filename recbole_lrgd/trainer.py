@@ -1,11 +1,18 @@
 """LRGD's trainer: fit prepares demonstrations (no gradient steps); evaluate shows users scored."""
 from __future__ import annotations
 
+from dataclasses import astuple
+from typing import Dict, Set, Tuple
+
+import numpy as np
+import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 from tqdm import tqdm
 
+from recbole_lrgd import distributed as dist
 from recbole_lrgd.evaluator.collector import LRGDCollector
+from recbole_lrgd.llm.scorer import ScoreCounts
 
 
 class LRGDTrainer(Trainer):
@@ -36,19 +43,28 @@ class LRGDTrainer(Trainer):
 
     def evaluate(self, eval_data, load_best_model=False, model_file=None, show_progress=False):
         """RecBole's evaluation, with a progress bar over users while the LLM scores them; logs the score
-        cache's hit rate and, in generate mode, adds the parse-failure rates to the result."""
+        cache's hit rate and, in generate mode, adds the parse-failure rates to the result. Under a launcher
+        each rank scores its share of the users and all ranks compute the metrics from everyone's scores."""
         if not eval_data:
             return None
-        bar = tqdm(total=len(eval_data.uid_list), ncols=100, desc=set_color("LLM scoring", "pink"),
+        sharded = dist.world()[1] > 1
+        mine = self._my_users(eval_data) if sharded else eval_data.uid_list
+        bar = tqdm(total=len(mine), ncols=100, desc=set_color("LLM scoring", "pink"),
                    unit="user", disable=not show_progress)
         self.model.progress = bar.update
         before = self.model.score_counts()
         try:
+            if sharded:  # each rank scores its shard; RecBole's loop then reads the gathered scores
+                table = self._score_sharded(eval_data, mine)
+                self.model.predict = lambda interaction: self._lookup(table, interaction)
             result = super().evaluate(eval_data, load_best_model=False, show_progress=False)
         finally:
+            self.model.__dict__.pop("predict", None)
             self.model.progress = None
             bar.close()
         spent = self.model.score_counts() - before
+        if sharded:
+            spent = ScoreCounts(*np.sum([astuple(c) for c in dist.gather_objects(spent)], axis=0).tolist())
         if spent.cache_hit_rate is not None:
             self.logger.info(set_color("score cache", "green") + f": {spent.cache_hits} of "
                              f"{spent.cache_hits + spent.cache_misses} scores cached ({spent.cache_hit_rate:.1%} hits)")
@@ -59,3 +75,59 @@ class LRGDTrainer(Trainer):
                              f"{spent.generated_prompts} outputs named no candidate, {spent.unparsed_rate:.1%} of "
                              "candidates never named")
         return result
+
+    # -- sharded evaluation (under accelerate launch / torchrun) ------------------------------------
+    def _my_users(self, eval_data) -> Set[int]:
+        """This rank's users: ``predict`` scores each loader batch's users in chunks of the scorer's
+        ``user_batch_size`` (in order of first appearance), and the chunks are dealt out to the ranks
+        whole (strided), so every prompt is batched with the same others as in a single process and
+        scores match it to the last bit."""
+        step = max(1, int(getattr(self.model.scorer, "user_batch_size", 1) or 1))
+        chunks = []
+        for batch in eval_data:
+            users = list(dict.fromkeys(batch[0][self.model.USER_ID].tolist()))
+            chunks += [users[i: i + step] for i in range(0, len(users), step)]
+        return {user for chunk in dist.shard(chunks) for user in chunk}
+
+    def _score_sharded(self, eval_data, mine: Set[int]) -> Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """user -> (items, scores, zero-shot scores) of that user's rows, for every user, gathered from all
+        ranks; this rank scores only ``mine``, with the model's own ``predict`` on those users' rows."""
+        uid_field, iid_field = self.model.USER_ID, self.model.ITEM_ID
+        table = {}
+        for batch in eval_data:
+            interaction = batch[0]
+            batch_users = interaction[uid_field].numpy()
+            rows = np.flatnonzero(np.isin(batch_users, list(mine)))
+            if not len(rows):
+                continue
+            part = interaction[rows.tolist()]
+            scores = self.model.predict(part.to(self.device)).detach().cpu().numpy().astype(np.float64)
+            records = self.model.pop_effect_records()  # EffectD's float64 scores, when tracked
+            if records:
+                scores, zero = np.concatenate([r[0] for r in records]), np.concatenate([r[1] for r in records])
+            else:
+                zero = np.zeros_like(scores)
+            part_users, part_items = batch_users[rows], interaction[iid_field].numpy()[rows]
+            for user in dict.fromkeys(part_users.tolist()):
+                own = part_users == user
+                table[user] = (part_items[own], scores[own], zero[own])
+        merged = {}
+        for shard_table in dist.gather_objects(table):
+            merged.update(shard_table)
+        return merged
+
+    def _lookup(self, table, interaction) -> torch.Tensor:
+        """``predict`` from the gathered table: the same rows, scores and EffectD records as scoring."""
+        users = interaction[self.model.USER_ID].cpu().numpy()
+        items = interaction[self.model.ITEM_ID].cpu().numpy()
+        scores = np.zeros(len(users), dtype=np.float64)
+        zero = np.zeros(len(users), dtype=np.float64)
+        for user in dict.fromkeys(users.tolist()):
+            rows = np.flatnonzero(users == user)
+            known_items, known_scores, known_zero = table[user]
+            if not np.array_equal(known_items, items[rows]):
+                raise RuntimeError(f"user {user}: the eval loader gave other candidates on its second pass")
+            scores[rows], zero[rows] = known_scores, known_zero
+        if self.model.track_effect:
+            self.model._effect_records.append((scores, zero))
+        return torch.from_numpy(scores).float().to(interaction[self.model.ITEM_ID].device)

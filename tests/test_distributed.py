@@ -1,0 +1,101 @@
+"""recbole_lrgd.distributed: the helpers in one process, and LRGD under ``accelerate launch`` with 2 CPU
+processes giving exactly the metrics and demonstrations of a 1-process run."""
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_tiny_dataset
+
+from recbole_lrgd import distributed as dist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "dist_worker.py")
+
+
+def test_helpers_are_no_ops_in_one_process():
+    assert dist.world() == (0, 1) and dist.is_main() and not dist.launched()
+    assert dist.shard([3, 1, 2]) == [3, 1, 2]
+    assert dist.gather_objects({"a": 1}) == [{"a": 1}]
+    assert dist.broadcast_object(5) == 5
+    dist.barrier()
+    with dist.main_first():
+        pass
+    assert dist.map_sharded(lambda x: x * 10, range(4)) == [0, 10, 20, 30]
+    assert str(dist.device_for("cpu")) == "cpu"
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5])
+def test_shard_and_unshard_round_trip(world_size):
+    items = list(range(13))
+    parts = [dist.shard(items, rank, world_size) for rank in range(world_size)]
+    assert sorted(sum(parts, [])) == items
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert dist.unshard(parts) == items
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(run_dir, args, processes):
+    os.makedirs(run_dir, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LRGD_DIST_OUT": run_dir, "CUDA_VISIBLE_DEVICES": "",
+           "ACCELERATE_USE_CPU": "true", "PYTHONPATH": ROOT}
+    if processes == 1:
+        cmd = [sys.executable, WORKER]
+    else:  # accelerate's torchrun launcher ("--multi_gpu") spawns the processes; CPU -> gloo
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), WORKER]
+    cmd += args + [f"--result_file={os.path.join(run_dir, 'result.json')}"]
+    return subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, run_dir):
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as f:
+        result = json.load(f)
+    with open(os.path.join(run_dir, "map_sharded.json"), encoding="utf-8") as f:
+        sharded = json.load(f)
+    return result, sharded, out
+
+
+@pytest.mark.parametrize("demo_mode", ["random", "nearest"])
+def test_two_processes_give_the_metrics_and_demonstrations_of_one(tmp_path, tiny_llm_dir, demo_mode):
+    write_tiny_dataset(str(tmp_path))
+    args = ["--model=LRGD", "--dataset=tiny", f"--data_path={tmp_path}", f"--llm_path={tiny_llm_dir}",
+            f"--demo_mode={demo_mode}", "--num_demos=2", "--eval_users=12", "--valid_users=6", "--score_cache=False",
+            "--use_gpu=False", "--show_progress=False", "--eval_batch_size=100", "--user_batch_size=2",
+            "--metrics=['Hit','NDCG','MRR','EffectD']"]
+    runs = {n: str(tmp_path / f"run{n}") for n in (1, 2)}
+    procs = {n: _start(runs[n], args, n) for n in (1, 2)}
+    (one, sharded_one, _), (two, sharded_two, out_two) = (_finish(procs[n], runs[n]) for n in (1, 2))
+
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    assert one["test_users"] == two["test_users"] == 12
+    assert one["test_result"] == two["test_result"]  # exactly equal, EffectD included
+    assert "effectd" in one["test_result"] and "ndcg@10" in one["test_result"]
+    assert one["best_valid_result"] == two["best_valid_result"] and one["best_valid_result"]
+    assert one["global_demo_users"] == two["global_demo_users"]
+    assert len(one["global_demo_users"]) == (2 if demo_mode == "random" else 0)  # nearest: per user, in predict
+
+    # map_sharded: each rank computed its strided share, every rank got the whole list in order
+    expected = [{"x": x, "square": x * x} for x in range(11)]
+    assert [r["result"] for r in sharded_one] == [expected]
+    assert [r["rank"] for r in sharded_two] == [0, 1]
+    for r in sharded_two:
+        assert r["world_size"] == 2 and r["result"] == expected
+        assert r["calls"] == list(range(r["rank"], 11, 2))
+    assert [r["shard"] for r in sharded_two] == [list("ace"), list("bd")]
+
+    # rank 0 alone logs: one log file, one printed result
+    assert len(glob.glob(os.path.join(runs[2], "log", "LRGD", "*.log"))) == 1
+    assert sum(line.startswith("test result:") for line in out_two.splitlines()) == 1, out_two[-4000:]
