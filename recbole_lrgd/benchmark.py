@@ -117,13 +117,42 @@ def _number(value: Any) -> Optional[float]:
 
 
 def make_row(name: str, model: str, dataset: str, digest: str, result: Dict[str, Any]) -> Dict[str, Any]:
+    """One table row; the JSON store also keeps per-user NDCG@10 (for paired bootstraps) and, for
+    LRGD's optimizer, the seconds of each stage."""
+    from recbole_lrgd.evaluator.per_user import ndcg_at, positive_ranks
+
     test = result["test_result"]
     row = {"variant": name, "model": model}
     row.update({k: _number(test.get(k)) for k, _ in METRICS})
     row.update({"fit_time_s": round(float(result["fit_time"]), 2), "eval_time_s": round(float(result["eval_time"]), 2),
                 "test_users": int(result["test_users"]), "candidates": candidates_digest(result["test_data"]),
                 "dataset": dataset, "config_hash": digest})
+    model_obj = result.get("model_obj")
+    if model_obj is not None:
+        seconds = (getattr(model_obj, "demo_state", None) or {}).get("seconds", {})
+        row.update({f"{stage}_s": round(float(t), 2) for stage, t in seconds.items()})
+        ndcg = ndcg_at(positive_ranks(model_obj, result["test_data"]), 10)
+        row["per_user_ndcg10"] = {str(u): v for u, v in sorted(ndcg.items())}
     return row
+
+
+def bootstrap_lines(rows: List[Dict[str, Any]], pairs: Sequence[Tuple[str, str]], seed: int = 0) -> List[str]:
+    """'A vs B: NDCG@10 difference and its 95% paired bootstrap interval' for each pair present."""
+    from recbole_lrgd.evaluator.per_user import paired_bootstrap
+
+    found = {r["variant"]: r.get("per_user_ndcg10") for r in rows}
+    lines = []
+    for a, b in pairs:
+        if found.get(a) and found.get(b):
+            mean, lo, hi, p = paired_bootstrap({int(u): v for u, v in found[a].items()},
+                                               {int(u): v for u, v in found[b].items()}, seed=seed)
+            lines.append(f"{a} vs {b}: NDCG@10 difference {mean:+.4f}, 95% paired bootstrap CI "
+                         f"[{lo:+.4f}, {hi:+.4f}] over {len(found[a])} users (share of resamples <= 0: {p:.3f})")
+    return lines
+
+
+BOOTSTRAP_PAIRS = [("LRGD-stage1+2", "LRGD-random"), ("LRGD-stage1", "LRGD-random"),
+                   ("LRGD-stage1+2", "LRGD-zero-shot"), ("LRGD-stage1+2", "LRGD-stage1")]
 
 
 def _atomic_write(path: str, data, binary: bool = False) -> None:
@@ -175,6 +204,14 @@ def markdown_report(dataset: str, rows: List[Dict[str, Any]], failed: Dict[str, 
             f"candidate sets differ between rows ({', '.join(sorted(digests))})"
         out += [f"{', '.join(map(str, users))} test users, {same}.", ""]
     out.append(markdown_table(rows))
+    stages = [r for r in rows if r.get("stage1_s") is not None]
+    if stages:
+        out += ["", "Optimizer seconds (in fit): " + "; ".join(
+            f"{r['variant']}: stage 1 {r['stage1_s']:.0f}" + (f", stage 2 {r['stage2_s']:.0f}" if r.get("stage2_s") is not None
+                                                             else "") for r in stages)]
+    boot = bootstrap_lines(rows, BOOTSTRAP_PAIRS)
+    if boot:
+        out += [""] + [f"- {line}" for line in boot]
     for name, msg in failed.items():
         out.append(f"\n{name}: failed: {msg}")
     return "\n".join(out) + "\n"
@@ -326,6 +363,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         sys.argv = saved_argv
     print(result["table"])
+    for line in bootstrap_lines(result["rows"], BOOTSTRAP_PAIRS):
+        print(line)
     for variant, msg in result["failed"].items():
         print(f"{variant}: failed: {msg}", file=sys.stderr)
     print("wrote " + ", ".join(p for p in result["paths"].values() if os.path.exists(p)))

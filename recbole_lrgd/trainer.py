@@ -1,6 +1,8 @@
 """LRGD's trainer: fit prepares demonstrations (no gradient steps); evaluate shows users scored."""
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import astuple
 from typing import Dict, Set, Tuple
 
@@ -13,6 +15,7 @@ from tqdm import tqdm
 from recbole_lrgd import distributed as dist
 from recbole_lrgd.evaluator.collector import LRGDCollector
 from recbole_lrgd.llm.scorer import ScoreCounts
+from recbole_lrgd.optimizer import DemoOptimizer, OptimizerSettings
 
 
 class LRGDTrainer(Trainer):
@@ -30,9 +33,13 @@ class LRGDTrainer(Trainer):
         """Choose the demonstrations from training interactions, then (only when ``valid_users`` is set,
         since LLM scoring is slow) report the validation metrics of that choice."""
         self.model.prepare_demonstrations(train_data._dataset)
+        if self.model.demo_mode == "lrgd":
+            self.optimize_demonstrations(train_data._dataset, saved, show_progress)
         if verbose:
             chosen = {"none": "none (zero-shot)", "nearest": "per user (most item overlap)"}.get(
                 self.model.demo_mode, f"global set of users {self.model.global_demo_users}")
+            if self.model.library is not None:
+                chosen = f"per user, nearest of the library {self.model.library}"
             self.logger.info(set_color("demonstrations", "green") + f": {chosen}")
         if not valid_data or self.config["valid_users"] is None:
             return None, None
@@ -40,6 +47,33 @@ class LRGDTrainer(Trainer):
         if verbose:
             self.logger.info(set_color("valid result", "blue") + f": {dict(self.best_valid_result)}")
         return self.best_valid_score, self.best_valid_result
+
+    def optimize_demonstrations(self, train_dataset, saved: bool = True, show_progress: bool = False) -> dict:
+        """LRGD's two-stage demonstration optimization on training users (stage 1 sharded over
+        processes). Its state goes to ``demo_state_file``, else beside RecBole's checkpoints when
+        ``saved``: a matching state resumes, one from other data warm-starts stage 2."""
+        config = self.config
+        settings = OptimizerSettings.from_config(config)
+        context = {k: config[k] for k in ("dataset", "llm_path", "llm_dtype", "scorer_mode", "max_his_len",
+                                          "max_prompt_tokens", "prompt_instruction", "list_candidates",
+                                          "title_field")}
+        optimizer = DemoOptimizer(self.model, settings, context=context, show_progress=show_progress,
+                                  map_fn=dist.map_sharded, is_main=dist.is_main(),
+                                  warm_start=config["warm_start"] is not False, round_size=dist.world()[1])
+        path = config["demo_state_file"]
+        if not path and saved:
+            path = os.path.join(config["checkpoint_dir"], f"LRGD-{config['dataset']}-demos-{optimizer.identity[:10]}.json")
+        optimizer.state_path = path
+        stages = int(config["lrgd_stages"] or 2)
+        start = time.time()
+        state = optimizer.run(self.model.pool, train_dataset.item_num, stages=stages)
+        self.model.set_demonstrations([tuple(s) for s in state["chosen"]], per_user=settings.scope == "per_user")
+        self.model.demo_state = state  # the benchmark reports each stage's seconds from it
+        final = optimizer.evaluate([tuple(s) for s in state["chosen"]])
+        self.logger.info(set_color("demonstration optimizer", "green") + f": stages {stages}, {len(optimizer.probes)} "
+                         f"probe users, pool {len(optimizer.candidates)}, objective {final.objective:.4f} "
+                         f"(Effect {final.effect:.4f}), {time.time() - start:.1f}s" + (f", state {path}" if path else ""))
+        return state
 
     def evaluate(self, eval_data, load_best_model=False, model_file=None, show_progress=False):
         """RecBole's evaluation, with a progress bar over users while the LLM scores them; logs the score

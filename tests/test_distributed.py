@@ -68,13 +68,17 @@ def _finish(proc, run_dir):
     return result, sharded, out
 
 
-@pytest.mark.parametrize("demo_mode", ["random", "nearest"])
+OPTIMIZER_ARGS = ["--pool_size=6", "--probe_users=6", "--probe_negatives=5", "--stage2_steps=3",
+                  "--demo_state_file=demos.json"]  # small: the tiny LLM, stage 1 sharded over the ranks
+
+
+@pytest.mark.parametrize("demo_mode", ["random", "nearest", "lrgd"])
 def test_two_processes_give_the_metrics_and_demonstrations_of_one(tmp_path, tiny_llm_dir, demo_mode):
     write_tiny_dataset(str(tmp_path))
     args = ["--model=LRGD", "--dataset=tiny", f"--data_path={tmp_path}", f"--llm_path={tiny_llm_dir}",
             f"--demo_mode={demo_mode}", "--num_demos=2", "--eval_users=12", "--valid_users=6", "--score_cache=False",
             "--use_gpu=False", "--show_progress=False", "--eval_batch_size=100", "--user_batch_size=2",
-            "--metrics=['Hit','NDCG','MRR','EffectD']"]
+            "--metrics=['Hit','NDCG','MRR','EffectD']"] + (OPTIMIZER_ARGS if demo_mode == "lrgd" else [])
     runs = {n: str(tmp_path / f"run{n}") for n in (1, 2)}
     procs = {n: _start(runs[n], args, n) for n in (1, 2)}
     (one, sharded_one, _), (two, sharded_two, out_two) = (_finish(procs[n], runs[n]) for n in (1, 2))
@@ -85,7 +89,12 @@ def test_two_processes_give_the_metrics_and_demonstrations_of_one(tmp_path, tiny
     assert "effectd" in one["test_result"] and "ndcg@10" in one["test_result"]
     assert one["best_valid_result"] == two["best_valid_result"] and one["best_valid_result"]
     assert one["global_demo_users"] == two["global_demo_users"]
-    assert len(one["global_demo_users"]) == (2 if demo_mode == "random" else 0)  # nearest: per user, in predict
+    assert len(one["global_demo_users"]) == (0 if demo_mode == "nearest" else 2)  # nearest: per user, in predict
+    if demo_mode == "lrgd":  # the optimizer's whole state (pool scores, objective history) is the same
+        states = [json.load(open(os.path.join(runs[n], "demos.json"), encoding="utf-8")) for n in (1, 2)]
+        for state in states:
+            state.pop("seconds")
+        assert states[0] == states[1] and len(states[0]["pool_scores"]) == 6
 
     # map_sharded: each rank computed its strided share, every rank got the whole list in order
     expected = [{"x": x, "square": x * x} for x in range(11)]

@@ -1,7 +1,7 @@
 """Demonstrations from training interactions only: another user's history and true next item."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -45,10 +45,15 @@ class DemonstrationPool:
         k = min(k, len(self.users))
         return [int(u) for u in np.random.default_rng(seed).choice(self.users, size=k, replace=False)]
 
-    def nearest_users(self, history: Sequence[int], k: int, exclude: int = -1) -> List[int]:
-        """The ``k`` pool users whose training items overlap ``history`` most (ties: lower user id)."""
+    def nearest_users(self, history: Sequence[int], k: int, exclude: int = -1,
+                      among: Optional[Sequence[int]] = None) -> List[int]:
+        """The ``k`` pool users (of ``among``, when given) whose training items overlap ``history``
+        most (ties: lower user id)."""
         items = np.unique(np.asarray(history, dtype=np.int64))
         overlap = np.asarray(self.matrix[:, items].sum(axis=1)).ravel()
         overlap[self.users == exclude] = -1
         order = np.lexsort((self.users, -overlap))
-        return [int(u) for u in self.users[order[:k]]]
+        if among is not None:
+            allowed = set(int(u) for u in among) - {int(exclude)}
+            order = [o for o in order if int(self.users[o]) in allowed]
+        return [int(self.users[o]) for o in order[:k]]

@@ -6,7 +6,7 @@ validation or test target.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
@@ -23,15 +23,16 @@ class Probe:
 
 
 def make_probes(pool: DemonstrationPool, n_users: int, n_negatives: int, item_num: int, seed: int,
-                max_his_len: int = 50) -> List[Probe]:
-    """A seeded sample of pool users; negatives are items outside the user's training sequence."""
+                max_his_len: int = 50, items: Optional[np.ndarray] = None) -> List[Probe]:
+    """A seeded sample of pool users; negatives are items outside the user's training sequence,
+    drawn from ``items`` when given (the optimizer passes the training items: nothing else is seen)."""
     eligible = np.array([u for u in pool.users if len(pool.sequences[int(u)]) >= 3], dtype=np.int64)
     rng = np.random.default_rng([int(seed), 7])
     chosen = np.sort(rng.choice(eligible, size=min(n_users, len(eligible)), replace=False))
     probes = []
     for user in chosen:
         seq = pool.sequences[int(user)]
-        allowed = np.setdiff1d(np.arange(1, item_num), seq)
+        allowed = np.setdiff1d(np.arange(1, item_num) if items is None else items, seq)
         negatives = np.random.default_rng([int(seed), int(user)]).choice(allowed, size=n_negatives, replace=False)
         probes.append(Probe(int(user), seq[:-1][-max_his_len:], np.concatenate([[seq[-1]], negatives])))
     return probes

@@ -54,6 +54,11 @@ def format_history(titles: Sequence[str]) -> str:
     return "; ".join(titles) if titles else "(none)"
 
 
+def render_demonstration(k: int, demo: Demonstration) -> List[str]:
+    """The lines of the k-th demonstration (1-based) in a prompt."""
+    return [f"Example {k}.", f"History: {format_history(demo.history)}", f"Next item: {demo.target}", ""]
+
+
 def render_message(instruction: str, demos: Sequence[Demonstration], history: Sequence[str],
                    shown: Sequence[str], labels: Sequence[str] = (), list_candidates: bool = True,
                    question: str = LETTER_QUESTION) -> str:
@@ -61,7 +66,7 @@ def render_message(instruction: str, demos: Sequence[Demonstration], history: Se
     ``question`` follows a labelled list (letters for the verbalizer, numbers for generate mode)."""
     lines = [instruction, ""]
     for k, demo in enumerate(demos, 1):
-        lines += [f"Example {k}.", f"History: {format_history(demo.history)}", f"Next item: {demo.target}", ""]
+        lines += render_demonstration(k, demo)
     lines += [USER_MARKER, f"History: {format_history(history)}"]
     if labels:
         lines += ["Candidates:"] + [f"{label}. {title}" for label, title in zip(labels, shown)]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,11 +14,12 @@ from recbole_lrgd.data.titles import item_titles
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.generate import FUZZY_THRESHOLD
 from recbole_lrgd.llm.loader import load_llm
-from recbole_lrgd.llm.prompt import DEFAULT_INSTRUCTION, Demonstration, Prompt, build_prompt
+from recbole_lrgd.llm.prompt import (DEFAULT_INSTRUCTION, Demonstration, Prompt, build_prompt,
+                                     render_demonstration)
 from recbole_lrgd.llm.score_cache import ScoreCache, model_identity
 from recbole_lrgd.llm.scorer import DEFAULT_MAX_NEW_TOKENS, LLMScorer, ScoreCounts
 
-DEMO_MODES = ("none", "random", "nearest")
+DEMO_MODES = ("none", "random", "nearest", "lrgd")  # lrgd: chosen by the two-stage optimizer in fit
 
 
 def llm_device(config) -> str:
@@ -53,6 +54,8 @@ class LRGD(SequentialRecommender):
         self.seed = int(config["seed"])
         self.pool: Optional[DemonstrationPool] = None
         self.global_demo_users: List[int] = []
+        self.demo_cuts: Dict[int, int] = {}  # pool user -> oldest shown history items cut (set by the optimizer)
+        self.library: Optional[List[int]] = None  # lrgd per_user scope: users retrieve their nearest from these
         self.progress: Optional[Callable[[int], None]] = None  # called with the number of users scored
         self.track_effect = False  # also score the zero-shot prompt, for EffectD
         self._effect_records: List[tuple] = []
@@ -89,21 +92,36 @@ class LRGD(SequentialRecommender):
         if self.demo_mode == "random":
             self.global_demo_users = self.pool.random_users(self.num_demos, self.seed)
 
+    def set_demonstrations(self, specs: Sequence[Tuple[int, int]], per_user: bool = False) -> None:
+        """Install the optimizer's choice: ``(user, cut)`` pairs, a global set or a per-user library."""
+        self.demo_cuts = {int(u): int(c) for u, c in specs}
+        users = [int(u) for u, _ in specs]
+        self.global_demo_users, self.library = ([], users) if per_user else (users, None)
+
     def demo_users_for(self, user: int, history: np.ndarray) -> List[int]:
         if self.demo_mode == "none" or self.num_demos == 0:
             return []
         if self.pool is None:
             raise LRGDError("LRGD has no demonstration pool: run trainer.fit(train_data) before evaluating")
-        if self.demo_mode == "nearest":
-            return self.pool.nearest_users(history, self.num_demos, exclude=user)
+        if self.demo_mode == "nearest" or self.library is not None:
+            return self.pool.nearest_users(history, self.num_demos, exclude=user, among=self.library)
         return self.global_demo_users
 
+    def demonstration_items(self, user: int) -> Tuple[np.ndarray, int]:
+        """(history, target) item ids of a pool user's demonstration, with the optimizer's cut."""
+        history, target = self.pool.demonstration(user, self.max_his_len)
+        return history[min(self.demo_cuts.get(int(user), 0), len(history) - 1):], target
+
     def demonstrations(self, demo_users: List[int]) -> List[Demonstration]:
-        out = []
-        for v in demo_users:
-            his, target = self.pool.demonstration(v, self.max_his_len)
-            out.append(Demonstration(tuple(self.titles[i] for i in his), self.titles[target]))
-        return out
+        return [self.as_demonstration(*self.demonstration_items(v)) for v in demo_users]
+
+    def as_demonstration(self, history: Sequence[int], target: int) -> Demonstration:
+        return Demonstration(tuple(self.titles[i] for i in history), self.titles[target])
+
+    def demonstration_tokens(self, history: Sequence[int], target: int) -> int:
+        """Tokens one demonstration adds to a prompt (the optimizer's token budget)."""
+        text = "\n".join(render_demonstration(1, self.as_demonstration(history, target)))
+        return len(self.scorer.tokenizer(text, add_special_tokens=False).input_ids)
 
     # -- prompts and scores ----------------------------------------------------------------------
     def user_prompt(self, user: int, history: np.ndarray, candidates: np.ndarray,
@@ -113,8 +131,14 @@ class LRGD(SequentialRecommender):
             raise LRGDError(f"user {user} has an empty history: filter users with user_inter_num_interval")
         if demo_users is None:
             demo_users = self.demo_users_for(user, history)
+        return self.prompt_with(user, history, candidates, self.demonstrations(demo_users))
+
+    def prompt_with(self, user: int, history: np.ndarray, candidates: np.ndarray,
+                    demos: Sequence) -> Prompt:
+        """The prompt for given demonstrations (``Demonstration``s or ``(history ids, target id)``)."""
+        demos = [d if isinstance(d, Demonstration) else self.as_demonstration(*d) for d in demos]
         return build_prompt(
-            self.scorer.tokenizer, self.demonstrations(demo_users),
+            self.scorer.tokenizer, demos,
             [self.titles[i] for i in history[-self.max_his_len:]], [self.titles[i] for i in candidates],
             seed=(self.seed, int(user)), mode=self.scorer.mode, max_tokens=self.max_prompt_tokens,
             instruction=self.instruction, list_candidates=self.list_candidates)

@@ -1,0 +1,384 @@
+"""Two-stage demonstration optimization, LRGD's ``fit`` (spec section 5).
+
+Stage 1 (selection): a seeded pool of training users' demonstrations, each scored alone by its
+regularised robust Effect on probe users (training users whose last training item is the target);
+K chosen greedily under the redundancy penalty and the token budget.
+Stage 2 (refinement): coordinate search over the set (swap a demonstration for a pool one, or
+shorten its history), accepting a move only when the objective improves; stops after
+``stage2_patience`` rejected moves; a collapse guard reverts to the best set seen whenever Effect
+falls below zero.
+
+Everything is seen through training interactions only. A set is a list of ``(user, cut)``: the
+demonstration of pool user ``user`` with its ``cut`` oldest shown history items removed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from logging import getLogger
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from recbole_lrgd.data.demonstrations import DemonstrationPool
+from recbole_lrgd.data.probes import Probe, make_probes
+from recbole_lrgd.evaluator.effect import resolve_temperature
+from recbole_lrgd.optimizer.objective import Evaluation, combine, copy_bias, drift, mean_effect, redundancy
+from recbole_lrgd.optimizer.perturb import perturb_demonstrations
+from recbole_lrgd.optimizer.state import data_fingerprint, digest, load_state, save_state
+
+Spec = Tuple[int, int]  # (pool user, oldest shown history items cut)
+SCOPES = ("global", "per_user")
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The YAML keys of the optimizer (``properties/model/LRGD.yaml``)."""
+
+    num_demos: int = 2
+    scope: str = "global"
+    library_size: int = 8
+    pool_size: int = 12
+    probe_users: int = 16
+    probe_negatives: int = 9
+    perturb_num: int = 1
+    perturb_rate: float = 0.2
+    lambda_std: float = 0.5
+    lambda_redundancy: float = 0.1
+    lambda_copy: float = 0.2
+    lambda_reg: float = 0.1
+    token_budget: Optional[int] = 512
+    stage2_steps: int = 8
+    stage2_patience: int = 4
+    stage2_candidates: int = 6
+    seed: int = 2020
+    effect_temperature: Any = 1.0
+
+    @classmethod
+    def from_config(cls, config) -> "OptimizerSettings":
+        """Settings from a RecBole config; a key it lacks (or sets to ~) keeps the default above."""
+        keys = {"scope": "lrgd_scope", "token_budget": "demo_token_budget"}  # field -> YAML key, where they differ
+        values = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            key = keys.get(name, name)
+            if key not in config:
+                continue
+            value = config[key]
+            if value is None and name != "token_budget":  # ~ for the budget means none
+                continue
+            values[name] = value if name in ("effect_temperature", "scope") or value is None else type(spec.default)(value)
+        return cls(**values)
+
+    @property
+    def set_size(self) -> int:
+        """Demonstrations the optimizer chooses: the set (global) or the library users retrieve from."""
+        return self.num_demos if self.scope == "global" else max(self.num_demos, self.library_size)
+
+    @property
+    def lambdas(self) -> Dict[str, float]:
+        return {"std": self.lambda_std, "redundancy": self.lambda_redundancy, "copy": self.lambda_copy,
+                "reg": self.lambda_reg}
+
+
+def _key(specs: Sequence[Spec]) -> str:
+    return ";".join(f"{u}:{c}" for u, c in specs)
+
+
+class DemoOptimizer:
+    """Chooses LRGD's demonstrations by the regularised probe objective; see the module docstring.
+
+    ``model`` is an ``LRGD`` (its prompt builder and scorer are used); ``context`` is what else
+    decides a score (LLM, prompt keys), hashed with the settings into the state's identity;
+    ``map_fn(fn, items)`` runs ``fn`` over items (a distributed map shards it over processes);
+    ``is_main`` says whether this process writes the state.
+    """
+
+    def __init__(self, model, settings: OptimizerSettings, state_path: Optional[str] = None,
+                 context: Optional[Dict[str, Any]] = None, show_progress: bool = False,
+                 map_fn: Optional[Callable[[Callable, Sequence], List]] = None, is_main: bool = True,
+                 warm_start: bool = True, round_size: int = 1):
+        if settings.scope not in SCOPES:
+            from recbole_lrgd.errors import LRGDError
+            raise LRGDError(f"lrgd_scope {settings.scope!r}: use one of {', '.join(SCOPES)}")
+        self.model, self.settings, self.state_path = model, settings, state_path
+        self.show_progress, self.is_main, self.warm_start = show_progress, is_main, warm_start
+        self.map_fn = map_fn or (lambda fn, items: [fn(i) for i in items])
+        self.round_size = max(1, int(round_size))  # pool demonstrations scored between saves (the process count)
+        self.identity = digest({"settings": asdict(settings), "context": context or {}})
+        self.logger = getLogger()
+        self._memo: Dict[str, Evaluation] = {}
+        self._zero_shot: Dict[tuple, np.ndarray] = {}
+
+    # -- data ----------------------------------------------------------------------------------
+    def setup(self, pool: DemonstrationPool, item_num: int) -> None:
+        """Probe users and pool candidates, disjoint, seeded; negatives from training items only."""
+        s = self.settings
+        self.pool = pool
+        self.items = np.unique(np.concatenate([pool.sequences[int(u)] for u in pool.users]))
+        self.probes: List[Probe] = make_probes(pool, s.probe_users, s.probe_negatives, item_num, s.seed,
+                                               max_his_len=self.model.max_his_len, items=self.items)
+        probe_users = {p.user for p in self.probes}
+        rest = np.array([u for u in pool.users if int(u) not in probe_users], dtype=np.int64)
+        rng = np.random.default_rng([s.seed, 11])
+        self.candidates = sorted(int(u) for u in rng.choice(rest, size=min(s.pool_size, len(rest)), replace=False))
+        self.data_id = data_fingerprint(pool.sequences)
+        self._temperature: Optional[float] = None
+
+    @property
+    def temperature(self) -> float:
+        """``effect_temperature``, fitted on the probes' zero-shot scores when ``auto`` (scored lazily,
+        so a finished state is reused without scoring)."""
+        if self._temperature is None:
+            setting = self.settings.effect_temperature
+            self._temperature = float(setting) if setting not in (None, "auto") else resolve_temperature(
+                setting, torch.as_tensor(np.stack(self._zero_shot_scores([(p, tuple(p.candidates))
+                                                                          for p in self.probes]))))
+        return self._temperature
+
+    def demo_items(self, spec: Spec) -> Tuple[Tuple[int, ...], int]:
+        history, target = self.pool.demonstration(spec[0], self.model.max_his_len)
+        return tuple(int(i) for i in history[min(spec[1], len(history) - 1):]), int(target)
+
+    def demo_tokens(self, specs: Sequence[Spec]) -> int:
+        return sum(self.model.demonstration_tokens(*self.demo_items(s)) for s in specs)
+
+    def fits_budget(self, specs: Sequence[Spec]) -> bool:
+        budget = self.settings.token_budget
+        return budget is None or self.demo_tokens(specs) <= budget
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def _zero_shot_scores(self, pairs: Sequence[Tuple[Probe, tuple]]) -> List[np.ndarray]:
+        """Zero-shot scores of (probe, candidates) pairs, memoised.
+
+        In likelihood mode a candidate's score does not depend on the others, so every probe's
+        candidates and every pool demonstration's target are scored once, in one fixed batch: the
+        values are then the same in every process, whatever it scored before (exact sharding).
+        """
+        if self.model.scorer.mode == "likelihood":
+            if not self._zero_shot:
+                targets = [self.pool.demonstration(u, 1)[1] for u in self.candidates]
+                full = [tuple(dict.fromkeys([*p.candidates.tolist(), *targets])) for p in self.probes]
+                prompts = [self.model.prompt_with(p.user, p.history, np.array(c), []) for p, c in zip(self.probes, full)]
+                for p, c, scores in zip(self.probes, full, self.model.score_prompts(prompts)):
+                    self._zero_shot.update({(p.user, int(i)): float(v) for i, v in zip(c, scores)})
+            missing = [(p, c) for p, c in pairs if any((p.user, int(i)) not in self._zero_shot for i in c)]
+            prompts = [self.model.prompt_with(p.user, p.history, np.array(c), []) for p, c in missing]
+            for (p, c), scores in zip(missing, self.model.score_prompts(prompts) if prompts else []):
+                self._zero_shot.update({(p.user, int(i)): float(v) for i, v in zip(c, scores)})
+            return [np.array([self._zero_shot[(p.user, int(i))] for i in c]) for p, c in pairs]
+        missing = list({(p.user, c): (p, c) for p, c in pairs if (p.user, c) not in self._zero_shot}.values())
+        prompts = [self.model.prompt_with(p.user, p.history, np.array(c), []) for p, c in missing]
+        for (p, c), scores in zip(missing, self.model.score_prompts(prompts) if prompts else []):
+            self._zero_shot[(p.user, c)] = scores
+        return [self._zero_shot[(p.user, c)] for p, c in pairs]
+
+    def _selected(self, probe: Probe, specs: Sequence[Spec]) -> List[Spec]:
+        """The demonstrations a probe sees: the set (global), or its nearest in the library (per user)."""
+        specs = [s for s in specs if s[0] != probe.user]
+        if self.settings.scope == "global":
+            return specs
+        near = self.pool.nearest_users(probe.history, self.settings.num_demos, exclude=probe.user,
+                                       among=[s[0] for s in specs])
+        return [next(s for s in specs if s[0] == u) for u in near]
+
+    def evaluate(self, specs: Sequence[Spec]) -> Evaluation:
+        """The regularised objective of a set on the probes (memoised; scores also go through the
+        score cache, so no prompt is scored twice)."""
+        key = _key(specs)
+        if key in self._memo:
+            return self._memo[key]
+        s = self.settings
+        prompts, extras, clean_candidates = [], [], []
+        for version in range(s.perturb_num + 1):
+            for probe in self.probes:
+                chosen = self._selected(probe, specs)
+                demos = [self.demo_items(spec) for spec in chosen]
+                if version:  # a global set's copies are shared by all probes (one cached prefix each)
+                    salt = probe.user if s.scope == "per_user" else 0
+                    demos = perturb_demonstrations(demos, s.perturb_rate, self.items,
+                                                   [s.seed, 13, version, salt, *np.ravel(chosen)])
+                candidates = list(probe.candidates)
+                if not version:  # the demonstrations' own targets, to measure the copy bias
+                    extra = [t for _, t in demos if t not in candidates]
+                    candidates += list(dict.fromkeys(extra))
+                    extras.append(len(candidates) - len(probe.candidates))
+                    clean_candidates.append(tuple(candidates))
+                prompts.append(self.model.prompt_with(probe.user, probe.history, np.array(candidates), demos))
+        scores = self.model.score_prompts(prompts)
+        n, c = len(self.probes), len(self.probes[0].candidates)
+        zero = self._zero_shot_scores(list(zip(self.probes, clean_candidates)))
+        zero_c = np.stack([z[:c] for z in zero])
+        effects = [float(mean_effect(np.stack([r[:c] for r in scores[v * n:(v + 1) * n]]), zero_c,
+                                     self.temperature).mean()) for v in range(s.perturb_num + 1)]
+        clean = np.stack([r[:c] for r in scores[:n]])
+        evaluation = combine(
+            effects, redundancy([self.demo_items(sp)[0] + (self.demo_items(sp)[1],) for sp in specs]),
+            copy_bias(scores[:n], zero, extras, self.temperature), drift(clean, zero_c, self.temperature),
+            s.lambdas)
+        self._memo[key] = evaluation
+        return evaluation
+
+    # -- state -----------------------------------------------------------------------------------
+    def _fresh_state(self) -> Dict[str, Any]:
+        return {"identity": self.identity, "data": self.data_id, "settings": asdict(self.settings),
+                "probe_users": [p.user for p in self.probes], "pool_users": self.candidates,
+                "pool_scores": {}, "stage1": None, "stage2": None, "history": [], "warm_start_from": None}
+
+    def _save(self, state: Dict[str, Any]) -> None:
+        if self.is_main:
+            save_state(self.state_path, state)
+
+    def initial_state(self) -> Dict[str, Any]:
+        """Resume a matching state; warm-start from one on other data; else start afresh."""
+        saved = load_state(self.state_path)
+        if saved and saved.get("identity") == self.identity and saved.get("data") == self.data_id:
+            self.logger.info(f"demonstration optimizer: resuming from {self.state_path}")
+            self._remember(saved)
+            return saved
+        state = self._fresh_state()
+        if saved and saved.get("identity") == self.identity and self.warm_start and saved.get("chosen"):
+            users = set(int(u) for u in self.pool.users)
+            start = [tuple(s) for s in saved["chosen"] if int(s[0]) in users]
+            if start:
+                state["warm_start_from"] = [list(s) for s in start]
+                self.logger.info(f"demonstration optimizer: warm start from the saved set {start} (new data)")
+        return state
+
+    def _remember(self, state: Dict[str, Any]) -> None:
+        """Seed the memo with the evaluations a saved state holds, so a resumed fit rescores nothing."""
+        fields = set(Evaluation.__dataclass_fields__)
+        entries = [({"set": [[int(u), 0]], **v}) for u, v in state["pool_scores"].items()]
+        entries += list(state["history"]) + ([state["stage1"]] if state["stage1"] else [])
+        for entry in entries:
+            values = {k: v for k, v in entry.items() if k in fields}
+            values["effects"] = tuple(values.get("effects", ()))
+            self._memo[_key([tuple(x) for x in entry["set"]])] = Evaluation(**values)
+
+    # -- the two stages --------------------------------------------------------------------------
+    def run(self, pool: DemonstrationPool, item_num: int, stages: int = 2) -> Dict[str, Any]:
+        """Both stages (or stage 1 alone); returns the state, whose ``chosen`` is the final set."""
+        begun = time.time()  # stage 1's time includes the probes' zero-shot scores
+        self.setup(pool, item_num)
+        state = self.initial_state()
+        if state["warm_start_from"] and not state["stage1"]:
+            start = [tuple(s) for s in state["warm_start_from"]]
+            state["stage1"] = {"set": [list(s) for s in start], **self.evaluate(start).to_dict()}
+            self._record(state, "warm start", start)
+        timing = state.setdefault("seconds", {})
+        if not state["stage1"]:
+            self.stage1(state)
+            timing["stage1"] = timing.get("stage1", 0.0) + time.time() - begun
+        if stages >= 2:
+            start = time.time()
+            self.stage2(state)
+            timing["stage2"] = timing.get("stage2", 0.0) + time.time() - start
+            chosen = state["stage2"]["current"]
+        else:
+            chosen = state["stage1"]["set"]
+        state["chosen"] = [list(s) for s in chosen]
+        self._save(state)
+        return state
+
+    def _record(self, state: Dict[str, Any], event: str, specs: Sequence[Spec]) -> None:
+        state["history"].append({"event": event, "set": [list(s) for s in specs], **self.evaluate(specs).to_dict()})
+
+    def stage1(self, state: Dict[str, Any]) -> None:
+        """Score each pool demonstration alone (sharded by ``map_fn``), then choose greedily."""
+        todo = [u for u in self.candidates if str(u) not in state["pool_scores"]]
+        bar = tqdm(total=len(self.candidates), initial=len(self.candidates) - len(todo), ncols=100,
+                   desc="LRGD stage 1 (pool)", unit="demo", disable=not self.show_progress)
+        chunk = self.round_size  # one demonstration per process, then the state is saved: a fit resumes
+        for start in range(0, len(todo), chunk):
+            part = todo[start: start + chunk]
+            for user, evaluation in zip(part, self.map_fn(lambda u: self.evaluate([(u, 0)]).to_dict(), part)):
+                state["pool_scores"][str(user)] = evaluation
+            self._save(state)
+            bar.update(len(part))
+        bar.close()
+        chosen = self.greedy({int(u): v["objective"] for u, v in state["pool_scores"].items()})
+        state["stage1"] = {"set": [list(s) for s in chosen], **self.evaluate(chosen).to_dict()}
+        self._record(state, "stage 1", chosen)
+        self._save(state)
+
+    def greedy(self, single: Dict[int, float]) -> List[Spec]:
+        """K demonstrations by single-demonstration objective minus redundancy with those chosen,
+        within the token budget (ties: lower user id)."""
+        chosen: List[Spec] = []
+        left = sorted(single, key=lambda u: (-single[u], u))
+        while len(chosen) < self.settings.set_size and left:
+            def gain(u: int) -> float:
+                items = [self.demo_items(s)[0] + (self.demo_items(s)[1],) for s in chosen]
+                mine = self.demo_items((u, 0))
+                overlap = max((redundancy([mine[0] + (mine[1],), other]) for other in items), default=0.0)
+                return single[u] - self.settings.lambda_redundancy * overlap
+
+            fitting = [u for u in left if self.fits_budget(chosen + [(u, 0)])]
+            if not fitting:
+                break
+            best = max(fitting, key=lambda u: (gain(u), -u))
+            chosen.append((best, 0))
+            left.remove(best)
+        return chosen
+
+    def _move(self, current: List[Spec], step: int, ranked: List[int]) -> Optional[List[Spec]]:
+        """A seeded coordinate move: swap one demonstration for a top pool one, or shorten its history."""
+        rng = np.random.default_rng([self.settings.seed, 17, step])
+        if not current:
+            return None
+        i = int(rng.integers(len(current)))
+        used = {u for u, _ in current}
+        options = [u for u in ranked[: self.settings.stage2_candidates] if u not in used]
+        history = self.demo_items((current[i][0], 0))[0]
+        can_cut = current[i][1] + 1 < len(history)
+        if options and (not can_cut or rng.random() < 0.7):
+            proposal = current[:i] + [(int(options[int(rng.integers(len(options)))]), 0)] + current[i + 1:]
+        elif can_cut:
+            proposal = current[:i] + [(current[i][0], current[i][1] + 1)] + current[i + 1:]
+        else:
+            return None
+        return proposal if self.fits_budget(proposal) else None
+
+    def stage2(self, state: Dict[str, Any]) -> None:
+        """Coordinate search with accept-if-better, early stop and the collapse guard."""
+        s = self.settings
+        if state["stage2"] and state["stage2"]["done"]:
+            return
+        st = state["stage2"] or {"step": 0, "rejected": 0, "current": state["stage1"]["set"],
+                                 "best_safe": state["stage1"]["set"] if state["stage1"]["effect"] >= 0 else None,
+                                 "done": False}
+        state["stage2"] = st
+        ranked = sorted((int(u) for u in state["pool_scores"]),
+                        key=lambda u: (-state["pool_scores"][str(u)]["objective"], u))
+        bar = tqdm(total=s.stage2_steps, initial=st["step"], ncols=100, desc="LRGD stage 2 (search)",
+                   unit="move", disable=not self.show_progress)
+        while not st["done"] and st["step"] < s.stage2_steps and st["rejected"] < s.stage2_patience:
+            current = [tuple(x) for x in st["current"]]
+            proposal = self._move(current, st["step"], ranked)
+            st["step"] += 1
+            bar.update(1)
+            if proposal is None or self.evaluate(proposal).objective <= self.evaluate(current).objective:
+                st["rejected"] += 1
+            else:
+                st["rejected"] = 0
+                st["current"] = [list(x) for x in proposal]
+                self._record(state, "accept", proposal)
+                self._guard(state)
+            self._save(state)
+        bar.close()
+        self._guard(state)
+        st["done"] = True
+
+    def _guard(self, state: Dict[str, Any]) -> None:
+        """Track the best non-collapsed set; revert to it when the current set's Effect is below zero."""
+        st = state["stage2"]
+        current = [tuple(x) for x in st["current"]]
+        evaluation = self.evaluate(current)
+        if evaluation.effect >= 0:
+            best = st["best_safe"]
+            if best is None or evaluation.objective > self.evaluate([tuple(x) for x in best]).objective:
+                st["best_safe"] = [list(x) for x in current]
+        elif st["best_safe"] is not None:
+            st["current"] = [list(x) for x in st["best_safe"]]
+            self._record(state, "collapse guard: revert", [tuple(x) for x in st["best_safe"]])

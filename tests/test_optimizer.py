@@ -1,0 +1,203 @@
+"""The two-stage demonstration optimizer, with stub scorers whose good and bad demonstrations are known."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from recbole_lrgd.model.lrgd import LRGD
+from recbole_lrgd.optimizer.objective import Evaluation, copy_bias, drift, redundancy, robust_effect
+from recbole_lrgd.optimizer.perturb import perturb_demonstrations, perturb_history
+from recbole_lrgd.optimizer.two_stage import DemoOptimizer, OptimizerSettings
+from recbole_lrgd.quick_start import run
+
+LLM_PATH = [None]  # the tiny LLM's folder (set by the stub fixture): the pre-flight load stays cheap
+NUMBER = re.compile(r"Number (\d+)")
+
+
+def quality(title: str) -> float:
+    """The known worth of a demonstration, read from its target's title: some help, some hurt."""
+    n = int(NUMBER.search(title).group(1))
+    return ((n * 7) % 11) / 5.0 - 1.0
+
+
+class QualityStub:
+    """Scores the first candidate (the probe's target in the optimizer's calls) up by the summed
+    quality of the demonstrations shown; counts prompts and can fail after ``fail_after`` calls."""
+
+    mode = "likelihood"
+
+    def __init__(self, tokenizer, fail_after=None, record=None):
+        self.tokenizer, self.calls, self.fail_after, self.record = tokenizer, 0, fail_after, record
+
+    def score(self, prompt):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("interrupted by the test")
+        if self.record is not None:
+            self.record.append(prompt)
+        bump = sum(quality(d.target) for d in prompt.demonstrations)
+        return np.array([bump if k == 0 else 0.0 for k in range(len(prompt.candidates))])
+
+
+@pytest.fixture
+def stub(monkeypatch, tiny_llm, tiny_llm_dir):
+    holder = {"scorer": QualityStub(tiny_llm[1]), "llm_path": tiny_llm_dir}
+    monkeypatch.setattr(LRGD, "scorer", property(lambda self: holder["scorer"]))
+    LLM_PATH[0] = tiny_llm_dir
+    return holder
+
+
+def _fit(tiny_data, **extra):
+    cfg = {"llm_path": LLM_PATH[0], "data_path": tiny_data, "eval_users": 3, "show_progress": False, "use_gpu": False,
+           "eval_batch_size": 100, "state": "WARNING", "demo_mode": "lrgd", "num_demos": 2,
+           "pool_size": 10, "probe_users": 8, "probe_negatives": 5, "perturb_num": 1, "lambda_redundancy": 0.0,
+           "lambda_copy": 0.0, "lambda_reg": 0.0, "stage2_steps": 6, "stage2_patience": 6}
+    cfg.update(extra)
+    return run("LRGD", "tiny", config_dict=cfg, saved=False)
+
+
+def _chosen(result):
+    model = result["model_obj"]
+    return [(u, model.demo_cuts[u]) for u in (model.library or model.global_demo_users)]
+
+
+def test_stage1_picks_the_known_good_demonstrations(tiny_data, stub):
+    result = _fit(tiny_data, lrgd_stages=1)
+    model = result["model_obj"]
+    assert model.demo_mode == "lrgd" and len(model.global_demo_users) == 2
+    targets = {u: model.titles[model.pool.sequences[u][-1]] for u in model.pool.sequences}
+    # the pool the optimizer scored, rebuilt from the same seed
+    opt = DemoOptimizer(model, OptimizerSettings.from_config(model.config))
+    opt.setup(model.pool, len(model.titles))
+    best = sorted((quality(targets[u]) for u in opt.candidates), reverse=True)[:2]
+    assert sorted((quality(targets[u]) for u in model.global_demo_users), reverse=True) == best
+    assert best[0] > 0  # the test means something: the pool holds good demonstrations ...
+    assert min(quality(targets[u]) for u in opt.candidates) < 0  # ... and bad ones
+
+
+def test_stage2_never_ends_below_stage1_and_the_same_seed_gives_the_same_set(tiny_data, stub, tmp_path):
+    a = _fit(tiny_data, demo_state_file=str(tmp_path / "a.json"), lambda_redundancy=0.5)
+    b = _fit(tiny_data, demo_state_file=str(tmp_path / "b.json"), lambda_redundancy=0.5)
+    assert _chosen(a) == _chosen(b)
+    state = json.load(open(tmp_path / "a.json"))
+    final = [h for h in state["history"] if h["set"] == state["chosen"]][-1]
+    assert final["objective"] >= state["stage1"]["objective"]
+    assert state["stage2"]["done"] and state["stage2"]["step"] >= 1
+    assert len(state["pool_scores"]) == 10 and len(state["probe_users"]) == 8
+    assert not set(state["probe_users"]) & set(int(u) for u in state["pool_scores"])
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_set(tiny_data, stub, tiny_llm, tmp_path):
+    full = _fit(tiny_data, demo_state_file=str(tmp_path / "full.json"))
+    full_calls = stub["scorer"].calls
+    path = str(tmp_path / "resume.json")
+    stub["scorer"] = QualityStub(tiny_llm[1], fail_after=full_calls // 2)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_data, demo_state_file=path)
+    saved = json.load(open(path))
+    assert "chosen" not in saved and 0 < len(saved["pool_scores"])  # stopped part-way, with work saved
+    stub["scorer"] = QualityStub(tiny_llm[1])
+    resumed = _fit(tiny_data, demo_state_file=path)
+    assert _chosen(resumed) == _chosen(full)
+    assert stub["scorer"].calls < full_calls  # the saved pool scores were not recomputed
+    stub["scorer"] = QualityStub(tiny_llm[1])
+    again = _fit(tiny_data, demo_state_file=path)  # a finished state: reused, fit scores nothing
+    assert _chosen(again) == _chosen(full)
+    assert stub["scorer"].calls == again["test_users"]  # one prompt per test user, none for fit
+
+
+def test_warm_start_on_new_interactions(tiny_data, stub, tmp_path):
+    path = str(tmp_path / "state.json")
+    first = _fit(tiny_data, demo_state_file=path)
+    chosen = json.load(open(path))["chosen"]
+    inter = os.path.join(tiny_data, "tiny", "tiny.inter")
+    with open(inter, "a") as f:  # new interactions for two users
+        f.write("u0\ti39\t999999\nu1\ti38\t999999\n")
+    second = _fit(tiny_data, demo_state_file=path)
+    state = json.load(open(path))
+    assert state["warm_start_from"] == chosen
+    assert state["history"][0]["event"] == "warm start"
+    assert len(_chosen(second)) == 2 and len(_chosen(first)) == 2
+
+
+def test_fit_never_sees_validation_or_test_targets(tmp_path, monkeypatch, stub, tiny_llm, tiny_llm_dir):
+    """Every user's last two interactions (validation and test targets) are items nobody else has;
+    no prompt the optimizer builds may show them, as history, demonstration or candidate."""
+    from conftest import write_tiny_dataset
+    folder = write_tiny_dataset(str(tmp_path), name="secret")
+    with open(os.path.join(folder, "secret.inter"), "a") as f:
+        for u in range(30):
+            f.write(f"u{u}\tsv{u}\t{1000 * u + 50}\nu{u}\tst{u}\t{1000 * u + 51}\n")
+    with open(os.path.join(folder, "secret.item"), "a") as f:
+        for u in range(30):
+            f.write(f"sv{u}\tSecret valid {u}\nst{u}\tSecret test {u}\n")
+    monkeypatch.chdir(tmp_path)
+    record = []
+    stub["scorer"] = QualityStub(tiny_llm[1], record=record)
+    cfg = {"data_path": str(tmp_path), "eval_users": 2, "use_gpu": False, "eval_batch_size": 100,
+           "state": "WARNING", "demo_mode": "lrgd", "pool_size": 8, "probe_users": 8, "probe_negatives": 5,
+           "show_progress": False, "llm_path": tiny_llm_dir}
+    import recbole_lrgd.trainer as trainer_mod
+    seen = []
+    original = trainer_mod.LRGDTrainer.optimize_demonstrations
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        seen.extend(record)  # the prompts built by fit (evaluation comes after)
+        return out
+
+    monkeypatch.setattr(trainer_mod.LRGDTrainer, "optimize_demonstrations", spy)
+    run("LRGD", "secret", config_dict=cfg, saved=False)
+    assert len(seen) > 50
+    for prompt in seen:
+        shown = " ".join([prompt.text, *prompt.candidates])
+        assert "Secret" not in shown
+
+
+def test_collapse_guard_reverts_to_the_best_set_seen():
+    """A move that raises the objective (its perturbed copies look great) while the clean Effect falls
+    below zero is accepted, then reverted by the guard."""
+    table = {
+        (1, 2): Evaluation(0.10, 0.10, 0, 0, 0, 0.10),
+        "collapse": Evaluation(-0.50, 0.40, 0, 0, 0, 0.40),
+    }
+
+    class Fake(DemoOptimizer):
+        def evaluate(self, specs):
+            users = tuple(sorted(u for u, _ in specs))
+            return table[(1, 2)] if users == (1, 2) else table["collapse"]
+
+        def demo_items(self, spec):
+            return (1, 2, 3), 4
+
+        def fits_budget(self, specs):
+            return True
+
+    opt = Fake(model=None, settings=OptimizerSettings(stage2_steps=3, stage2_patience=3, stage2_candidates=2))
+    state = {"stage1": {"set": [[1, 0], [2, 0]], "effect": 0.10, "objective": 0.10}, "stage2": None,
+             "history": [], "pool_scores": {"3": {"objective": 1.0}, "4": {"objective": 0.9}}}
+    opt.stage2(state)
+    events = [h["event"] for h in state["history"]]
+    assert "accept" in events and "collapse guard: revert" in events
+    assert state["stage2"]["current"] == [[1, 0], [2, 0]]
+
+
+def test_perturbations_and_regularizers():
+    items = np.arange(100, 200)
+    h = tuple(range(10))
+    assert perturb_history(h, 0.0, items, np.random.default_rng(0)) == h
+    changed = perturb_history(h, 1.0, items, np.random.default_rng(0))
+    assert changed != h and len(changed) >= 1
+    demos = [((1, 2, 3), 9), ((4, 5, 6), 8)]
+    assert perturb_demonstrations(demos, 0.5, items, [1, 2]) == perturb_demonstrations(demos, 0.5, items, [1, 2])
+    assert sorted(t for _, t in perturb_demonstrations(demos, 0.5, items, [3])) == [8, 9]
+    assert robust_effect([1.0, 3.0], 0.5) == pytest.approx(2.0 - 0.5)
+    assert redundancy([(1, 2), (1, 2)]) == 1.0 and redundancy([(1, 2), (3, 4)]) == 0.0
+    zero = np.zeros((2, 4))
+    moved = zero.copy()
+    moved[:, 3] = 5.0  # all mass goes to the last column, a demonstration's target
+    assert copy_bias(moved, zero, [1, 1], 1.0) == pytest.approx(np.exp(5) / (np.exp(5) + 3) - 0.25)
+    assert copy_bias(zero, moved, [1, 1], 1.0) == 0.0  # less copying than zero-shot is not penalised
+    assert drift(zero, zero, 1.0) == 0.0 and drift(moved, zero, 1.0) > 0
