@@ -297,7 +297,7 @@ def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_d
             continue
         try:
             result = run(model, dataset, config_file_list=config_files or None, config_dict=cfg,
-                         saved=model != "LRGD")
+                         saved=True)  # LRGD: the optimizer state is kept, so stage 1+2 resumes stage 1
         except Exception as exc:  # one failing model (an LRGDError or a crash) must not stop the others
             failed[variant] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             bar.write(f"{variant}: failed: {failed[variant]}")
