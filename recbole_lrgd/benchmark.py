@@ -54,6 +54,8 @@ def variant_config(name: str, config_dict: Dict[str, Any], config_files: Sequenc
     LRGD variants with demonstrations also report EffectD unless the user's config sets metrics."""
     model, overrides = VARIANTS[name]
     cfg = {**config_dict, **overrides}
+    if model == "LRGD":  # valid_users is for the baselines' early stopping; LRGD would LLM-score them all
+        cfg["valid_users"] = None
     if effectd and model == "LRGD" and overrides.get("demo_mode") != "none" and not _sets_metrics(
             config_dict, config_files):
         cfg["metrics"] = ["Hit", "NDCG", "MRR", "EffectD"]
