@@ -201,3 +201,28 @@ def test_perturbations_and_regularizers():
     assert copy_bias(moved, zero, [1, 1], 1.0) == pytest.approx(np.exp(5) / (np.exp(5) + 3) - 0.25)
     assert copy_bias(zero, moved, [1, 1], 1.0) == 0.0  # less copying than zero-shot is not penalised
     assert drift(zero, zero, 1.0) == 0.0 and drift(moved, zero, 1.0) > 0
+
+
+def test_per_user_scope_optimizes_a_library_users_retrieve_from(tiny_data, stub):
+    result = _fit(tiny_data, lrgd_stages=1, lrgd_scope="per_user", library_size=4)
+    model = result["model_obj"]
+    assert model.global_demo_users == [] and len(model.library) == 4
+    targets = {u: model.titles[model.pool.sequences[u][-1]] for u in model.pool.sequences}
+    opt = DemoOptimizer(model, OptimizerSettings.from_config(model.config))
+    opt.setup(model.pool, len(model.titles))
+    best = sorted((quality(targets[u]) for u in opt.candidates), reverse=True)[:4]
+    assert sorted((quality(targets[u]) for u in model.library), reverse=True) == best
+    for user in list(model.pool.sequences)[:5]:
+        chosen = model.demo_users_for(user, model.pool.sequences[user])
+        assert len(chosen) == 2 and set(chosen) <= set(model.library) and user not in chosen
+
+
+def test_token_budget_bounds_the_chosen_set(tiny_data, stub):
+    result = _fit(tiny_data, demo_token_budget=250)
+    model = result["model_obj"]
+    opt = DemoOptimizer(model, OptimizerSettings.from_config(model.config))
+    opt.setup(model.pool, len(model.titles))
+    chosen = _chosen(result)
+    assert 0 < opt.demo_tokens(chosen) <= 250
+    single = {u: opt.demo_tokens([(u, 0)]) for u in opt.candidates}
+    assert sum(sorted(single.values(), reverse=True)[:2]) > 250  # the budget really binds here

@@ -142,7 +142,10 @@ class DemoOptimizer:
         return tuple(int(i) for i in history[min(spec[1], len(history) - 1):]), int(target)
 
     def demo_tokens(self, specs: Sequence[Spec]) -> int:
-        return sum(self.model.demonstration_tokens(*self.demo_items(s)) for s in specs)
+        """Most tokens the demonstrations of one prompt take: the whole set (global scope), or the
+        ``num_demos`` longest of the library (per-user scope: a prompt shows only that many)."""
+        tokens = sorted((self.model.demonstration_tokens(*self.demo_items(s)) for s in specs), reverse=True)
+        return sum(tokens if self.settings.scope == "global" else tokens[: self.settings.num_demos])
 
     def fits_budget(self, specs: Sequence[Spec]) -> bool:
         budget = self.settings.token_budget
