@@ -56,6 +56,7 @@ class LRGD(SequentialRecommender):
         self.global_demo_users: List[int] = []
         self.demo_cuts: Dict[int, int] = {}  # pool user -> oldest shown history items cut (set by the optimizer)
         self.library: Optional[List[int]] = None  # lrgd per_user scope: users retrieve their nearest from these
+        self.demo_state: Optional[dict] = None  # lrgd: the optimizer's state after fit (sets, objectives, seconds)
         self.progress: Optional[Callable[[int], None]] = None  # called with the number of users scored
         self.track_effect = False  # also score the zero-shot prompt, for EffectD
         self._effect_records: List[tuple] = []
