@@ -132,7 +132,9 @@ def make_row(name: str, model: str, dataset: str, digest: str, result: Dict[str,
     model_obj = result.get("model_obj")
     if model_obj is not None:
         seconds = (getattr(model_obj, "demo_state", None) or {}).get("seconds", {})
-        row.update({f"{stage}_s": round(float(t), 2) for stage, t in seconds.items()})
+        stages = int(model_obj.config["lrgd_stages"] or 2) if getattr(model_obj, "demo_state", None) else 0
+        row.update({f"stage{k}_s": round(float(seconds[f'stage{k}']), 2) for k in range(1, stages + 1)
+                    if f"stage{k}" in seconds})
         ndcg = ndcg_at(positive_ranks(model_obj, result["test_data"]), 10)
         row["per_user_ndcg10"] = {str(u): v for u, v in sorted(ndcg.items())}
     return row
