@@ -141,6 +141,11 @@ class DemoOptimizer:
         history, target = self.pool.demonstration(spec[0], self.model.max_his_len)
         return tuple(int(i) for i in history[min(spec[1], len(history) - 1):]), int(target)
 
+    def item_set(self, spec: Spec) -> Tuple[int, ...]:
+        """A demonstration's items, history and target (what the redundancy penalty compares)."""
+        history, target = self.demo_items(spec)
+        return history + (target,)
+
     def demo_tokens(self, specs: Sequence[Spec]) -> int:
         """Most tokens the demonstrations of one prompt take: the whole set (global scope), or the
         ``num_demos`` longest of the library (per-user scope: a prompt shows only that many)."""
@@ -217,7 +222,7 @@ class DemoOptimizer:
                                      self.temperature).mean()) for v in range(s.perturb_num + 1)]
         clean = np.stack([r[:c] for r in scores[:n]])
         evaluation = combine(
-            effects, redundancy([self.demo_items(sp)[0] + (self.demo_items(sp)[1],) for sp in specs]),
+            effects, redundancy([self.item_set(sp) for sp in specs]),
             copy_bias(scores[:n], zero, extras, self.temperature), drift(clean, zero_c, self.temperature),
             s.lambdas)
         self._memo[key] = evaluation
@@ -312,9 +317,8 @@ class DemoOptimizer:
         left = sorted(single, key=lambda u: (-single[u], u))
         while len(chosen) < self.settings.set_size and left:
             def gain(u: int) -> float:
-                items = [self.demo_items(s)[0] + (self.demo_items(s)[1],) for s in chosen]
-                mine = self.demo_items((u, 0))
-                overlap = max((redundancy([mine[0] + (mine[1],), other]) for other in items), default=0.0)
+                mine = self.item_set((u, 0))
+                overlap = max((redundancy([mine, self.item_set(s)]) for s in chosen), default=0.0)
                 return single[u] - self.settings.lambda_redundancy * overlap
 
             fitting = [u for u in left if self.fits_budget(chosen + [(u, 0)])]
