@@ -43,6 +43,9 @@ def test_demonstrations_come_from_training_interactions_only(tmp_path, monkeypat
     pool = DemonstrationPool(seqs, ds.item_num)
     hist, target = pool.demonstration(pool.users[0], max_len=3)
     assert len(hist) <= 3 and target == seqs[int(pool.users[0])][-1]
+    cut, _ = pool.demonstration(pool.users[0], max_len=3, cut=1)  # the optimizer's "shorten a history"
+    assert list(cut) == list(hist[1:])
+    assert len(pool.demonstration(pool.users[0], max_len=3, cut=99)[0]) == 1  # one item is always kept
 
 
 def test_nearest_users_rank_by_item_overlap():

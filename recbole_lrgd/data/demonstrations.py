@@ -35,10 +35,12 @@ class DemonstrationPool:
     def __len__(self) -> int:
         return len(self.users)
 
-    def demonstration(self, user: int, max_len: int) -> tuple:
-        """(history item ids, target item id) of one pool user; history cut to its last ``max_len``."""
+    def demonstration(self, user: int, max_len: int, cut: int = 0) -> tuple:
+        """(history item ids, target item id) of one pool user; history cut to its last ``max_len``,
+        then its ``cut`` oldest items removed (at least one item is always kept)."""
         seq = self.sequences[int(user)]
-        return seq[:-1][-max_len:], int(seq[-1])
+        history = seq[:-1][-max_len:]
+        return history[min(int(cut), len(history) - 1):], int(seq[-1])
 
     def random_users(self, k: int, seed: int) -> List[int]:
         """A seeded random set of ``k`` pool users (the 'random demonstrations' baseline)."""

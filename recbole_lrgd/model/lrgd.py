@@ -110,8 +110,7 @@ class LRGD(SequentialRecommender):
 
     def demonstration_items(self, user: int) -> Tuple[np.ndarray, int]:
         """(history, target) item ids of a pool user's demonstration, with the optimizer's cut."""
-        history, target = self.pool.demonstration(user, self.max_his_len)
-        return history[min(self.demo_cuts.get(int(user), 0), len(history) - 1):], target
+        return self.pool.demonstration(user, self.max_his_len, self.demo_cuts.get(int(user), 0))
 
     def demonstrations(self, demo_users: List[int]) -> List[Demonstration]:
         return [self.as_demonstration(*self.demonstration_items(v)) for v in demo_users]

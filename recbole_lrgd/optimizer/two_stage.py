@@ -138,8 +138,8 @@ class DemoOptimizer:
         return self._temperature
 
     def demo_items(self, spec: Spec) -> Tuple[Tuple[int, ...], int]:
-        history, target = self.pool.demonstration(spec[0], self.model.max_his_len)
-        return tuple(int(i) for i in history[min(spec[1], len(history) - 1):]), int(target)
+        history, target = self.pool.demonstration(spec[0], self.model.max_his_len, spec[1])
+        return tuple(int(i) for i in history), target
 
     def item_set(self, spec: Spec) -> Tuple[int, ...]:
         """A demonstration's items, history and target (what the redundancy penalty compares)."""
