@@ -1,13 +1,9 @@
-"""recbole_lrgd: LRGD (ICL recommendation as gradient descent on a dual model) as a RecBole plugin."""
-from recbole_lrgd import compat
+"""recbole_lrgd: LRGD (ICL recommendation as gradient descent on a dual model) as a RecBole plugin.
 
-compat.apply()
-
-from recbole_lrgd.evaluator import register_metrics  # noqa: E402
-
-register_metrics()
-
-from recbole_lrgd.errors import LRGDError  # noqa: E402
+Importing the package changes nothing outside it: RecBole's compat shims and the EffectD metric are set up by
+``quick_start.build_config``, which ``run``, the command line and the benchmark go through.
+"""
+from recbole_lrgd.errors import LRGDError
 
 __version__ = "0.1.0"
 __all__ = ["LRGDError", "__version__"]

@@ -1,11 +1,12 @@
 """Config -> dataset -> fit -> evaluate, for LRGD and RecBole models through one loop.
 
-Inputs are checked before anything is written (log file, checkpoint), so bad input fails with a
-one-line ``LRGDError`` and leaves nothing half-done.
+Inputs (config keys, data files) are checked before anything is written (log file, tensorboard folder,
+checkpoint) or loaded (the LLM), so bad input fails with a one-line ``LRGDError`` and leaves nothing half-done.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import time
@@ -22,24 +23,29 @@ from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_co
 
 from recbole_lrgd.data.candidates import (FixedCandidateEvalDataLoader, draw_negatives, item_distribution,
                                          read_candidates_file, sample_user_subset, user_items)
+from recbole_lrgd import compat
 from recbole_lrgd import distributed as dist
+from recbole_lrgd.data.atomic import check_atomic_files
 from recbole_lrgd.data.titles import item_file_header
 from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.evaluator import register_metrics
+from recbole_lrgd.evaluator.collector import PerUserCollector
 from recbole_lrgd.model import LRGD
+from recbole_lrgd.llm.loader import llm_summary
 from recbole_lrgd.model.lrgd import load_config_llm
+from recbole_lrgd.properties_files import properties_dir, run_properties
 from recbole_lrgd.trainer import LRGDTrainer
+from recbole_lrgd.validate import check_values, warn_unknown_keys
 
-PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
 PLUGIN_MODELS = {"LRGD": (LRGD, LRGDTrainer)}
 EVAL_ARGS_KEYS = ("split", "group_by", "order", "mode")
 PLUGIN_ONLY_METRICS = ("effectd",)
 
 
 def properties_files(model: str, dataset: str) -> List[str]:
-    """The plugin's YAML defaults for a run, in RecBole's order: overall, model, dataset."""
-    candidates = [os.path.join(PROPERTIES, "overall.yaml"), os.path.join(PROPERTIES, "model", f"{model}.yaml"),
-                  os.path.join(PROPERTIES, "dataset", f"{dataset}.yaml")]
-    return [f for f in candidates if os.path.isfile(f)]
+    """The plugin's YAML defaults for a run, in RecBole's order: overall, model, dataset; a missing
+    expected file is an ``LRGDError`` (``recbole_lrgd/properties_files.py``)."""
+    return run_properties(model, dataset, plugin_model=model in PLUGIN_MODELS)
 
 
 def _check_eval_args(eval_args: Any, where: str) -> None:
@@ -50,8 +56,10 @@ def _check_eval_args(eval_args: Any, where: str) -> None:
                         f"whole dict, so give all of {', '.join(EVAL_ARGS_KEYS)}")
 
 
-def _check_user_config(files: List[str], config_dict: Optional[Dict[str, Any]]) -> None:
-    """Every user file parses, and every eval_args given is complete."""
+def _read_user_config(files: List[str], config_dict: Optional[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Every user file parses to a mapping (an empty file to none), and every eval_args given is complete.
+    Returns path -> its keys and values, for the files RecBole will read (the empty ones are left out)."""
+    loaded_files: Dict[str, Dict[str, Any]] = {}
     for path in files:
         if not os.path.isfile(path):
             raise LRGDError(f"config file {path!r} does not exist")
@@ -62,18 +70,26 @@ def _check_user_config(files: List[str], config_dict: Optional[Dict[str, Any]]) 
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
             raise LRGDError(f"config file {path!r}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-        if isinstance(loaded, dict) and "eval_args" in loaded:
+        if loaded is None:
+            continue
+        if not isinstance(loaded, dict):
+            raise LRGDError(f"config file {path!r} holds a {type(loaded).__name__}, not key: value lines")
+        if "eval_args" in loaded:
             _check_eval_args(loaded["eval_args"], path)
+        loaded_files[path] = loaded
     if config_dict and "eval_args" in config_dict:
         _check_eval_args(config_dict["eval_args"], "config_dict")
+    return loaded_files
 
 
 def build_config(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optional[List[str]] = None,
                  config_dict: Optional[Dict[str, Any]] = None) -> Config:
-    """A RecBole Config with the plugin's properties below the user's files and dict."""
-    user_files = list(config_file_list or [])
-    _check_user_config(user_files, config_dict)
-    files = properties_files(model, dataset) + user_files
+    """A RecBole Config with the plugin's properties below the user's files and dict, checked: unknown keys
+    get a warning, bad values and data an ``LRGDError``."""
+    compat.apply()  # RecBole 1.2.1 on this stack; before the first Config(), for every entry point
+    register_metrics()  # ``metrics: [..., EffectD]``
+    user_files = _read_user_config(list(config_file_list or []), config_dict)
+    files = properties_files(model, dataset) + list(user_files)
     model_arg = PLUGIN_MODELS[model][0] if model in PLUGIN_MODELS else model
     try:
         if model not in PLUGIN_MODELS:
@@ -88,6 +104,11 @@ def build_config(model: str = "LRGD", dataset: str = "ml-100k", config_file_list
                             config_dict={**(config_dict or {}), "train_neg_sample_args": None})
     except ValueError as exc:
         raise LRGDError(f"{str(exc).splitlines()[0]}") from None
+    if dist.is_main():
+        given = {f"in {path}": list(keys) for path, keys in user_files.items()}
+        given.update({"in config_dict": list(config_dict or {}), "on the command line": list(config.cmd_config_dict)})
+        warn_unknown_keys(given, glob.glob(os.path.join(properties_dir(), "**", "*.yaml"), recursive=True))
+    check_values(config)
     validate_config(config, is_plugin=model in PLUGIN_MODELS)
     if model not in PLUGIN_MODELS:
         drop_plugin_only_metrics(config)
@@ -122,10 +143,14 @@ def validate_config(config: Config, is_plugin: bool) -> None:
         if int(config["eval_batch_size"]) < block:
             raise LRGDError(f"eval_batch_size {config['eval_batch_size']} is smaller than one user's block "
                             f"of {block} rows (1 positive + {test_neg['sample_num']} negatives)")
+    check_atomic_files(config)
     candidates_file = config["candidates_file"]
     if candidates_file:
         if not os.path.isfile(candidates_file):
-            raise LRGDError(f"candidates_file {candidates_file} does not exist")
+            raise LRGDError(f"candidates_file {candidates_file} " + (
+                "is a folder, not a file" if os.path.isdir(candidates_file) else "does not exist"))
+        if not os.access(candidates_file, os.R_OK):
+            raise LRGDError(f"candidates_file {candidates_file} cannot be read (no read permission)")
         if not sampled:
             raise LRGDError(f"candidates_file needs a sampled eval mode (uniN or popN, N-1 negatives per user), "
                             f"not {_eval_mode(config, 'test')!r}")
@@ -230,6 +255,8 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
         logging.basicConfig(level=logging.WARNING, format=f"[rank {dist.world()[0]}] %(levelname)s  %(message)s")
     logger = getLogger()
     logger.info(config)
+    if model in PLUGIN_MODELS:
+        logger.info(llm_summary(config))
 
     # rank 0 first: with save_dataset it writes the processed dataset, which the others then read
     with dist.main_first() if model in PLUGIN_MODELS else contextlib.nullcontext():
@@ -245,6 +272,7 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
     model_obj = model_cls(config, train_data._dataset).to(config["device"])
     logger.info(model_obj)
     trainer = trainer_cls(config, model_obj)
+    PerUserCollector.install(trainer)  # per-user test metrics from RecBole's own ranking, for the benchmark
 
     start = time.time()
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved,
@@ -263,5 +291,5 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
         "best_valid_score": best_valid_score, "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result, "test_result": dict(test_result or {}),
         "fit_time": fit_time, "eval_time": eval_time, "test_users": len(test_data.uid_list),
-        "test_data": test_data, "model_obj": model_obj,
+        "test_data": test_data, "model_obj": model_obj, "test_per_user": trainer.eval_collector.per_user_metrics(),
     }

@@ -8,8 +8,11 @@ import os
 import numpy as np
 import pytest
 
-import recbole_lrgd  # noqa: F401  (applies the compat layer)
+from recbole_lrgd import compat
 from recbole_lrgd.llm.tiny import save_tiny_llm
+
+compat.apply()  # tests that use RecBole directly, not through build_config
+
 
 @pytest.fixture(scope="session")
 def tiny_llm_dir(tmp_path_factory):

@@ -1,14 +1,14 @@
 """recbole_lrgd.compat: each shim is needed on this stack and works once applied.
 
 "Needed" is shown in a fresh interpreter that never imports recbole_lrgd: it first runs plain RecBole,
-then loads compat.py on its own and applies only the shims the later scenarios depend on, leaving out
-the ones under test. It starts at the first test and runs while this process does the "works" half.
+then loads compat.py on its own and applies only the shim the later scenarios depend on (numpy's aliases),
+leaving out the ones under test. It starts at the first test and runs while this process does the "works"
+half. Another fresh interpreter checks where the shims are applied: by the entry points, not on import.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import random
 import subprocess
 import sys
@@ -57,27 +57,22 @@ def config():
     from recbole.config import Config
     Config(model="BPR", dataset="tiny", config_dict=CONFIG)
 
-def quick_start():
-    import recbole.quick_start
-
 def unknown_model():
     from recbole.utils import get_model
     get_model("NoSuchModel")
 
 probe("numpy_alias", ndcg)
 probe("config", config)
-probe("quick_start", quick_start)
 probe("unknown_model", unknown_model)
 
-# Then compat.py loaded by path, applying only the numpy and ray shims: RecBole now runs far enough to
-# reach the torch.load, Collector and dok_matrix problems, whose shims are left out.
+# Then compat.py loaded by path, applying only the numpy shim: RecBole now runs far enough to reach the
+# torch.load, Collector and dok_matrix problems, whose shims are left out.
 import importlib.util
 spec = importlib.util.spec_from_file_location("lrgd_compat_alone", sys.argv[2])
 compat = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = compat
 spec.loader.exec_module(compat)
 compat.shim_numpy_aliases()
-compat.shim_quick_start_ray()
 
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
@@ -89,12 +84,7 @@ train, valid, test = data_preparation(config, create_dataset(config))
 trainer = Trainer(config, BPR(config, train.dataset))
 trainer.fit(train, None, saved=True)  # no validation: saves a checkpoint without evaluating
 
-def load_data_and_model():
-    from recbole.quick_start import load_data_and_model
-    load_data_and_model(trainer.saved_model_file)
-
 probe("torch_load", lambda: trainer.evaluate(test, load_best_model=True))
-probe("load_data_and_model", load_data_and_model)
 probe("collector", lambda: trainer.evaluate(test, load_best_model=False))
 lightgcn_config = Config(model="LightGCN", dataset="tiny", config_dict=CONFIG)
 probe("dok", lambda: LightGCN(lightgcn_config, train.dataset))
@@ -253,25 +243,6 @@ def test_checkpoint_round_trip(probes: ProbeRun, trained: SimpleNamespace) -> No
     assert message.startswith("UnpicklingError: Weights only load failed"), message
 
 
-def test_load_data_and_model(probes: ProbeRun, trained: SimpleNamespace) -> None:
-    from recbole.quick_start import load_data_and_model
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:  # load_data_and_model calls init_logger, which reconfigures the root logger
-        config, model, dataset, train, valid, test = load_data_and_model(trained.trainer.saved_model_file)
-    finally:
-        for handler in set(root.handlers) - set(handlers):
-            root.removeHandler(handler)
-            handler.close()
-        root.setLevel(level)
-    assert type(model).__name__ == "BPR" and config["model"] == "BPR"
-    assert _same_state(_state(model), _state(trained.trainer.model))
-
-    message = probes.results()["load_data_and_model"]
-    assert message.startswith("UnpicklingError: Weights only load failed"), message
-
-
 def test_data_metrics_through_collector(probes: ProbeRun, trained: SimpleNamespace) -> None:
     import torch
 
@@ -317,19 +288,6 @@ def test_dok_matrix_update(probes: ProbeRun, recbole_env: SimpleNamespace, train
     assert message == "AttributeError: 'dok_matrix' object has no attribute '_update'", message
 
 
-def test_quick_start_import(probes: ProbeRun, recbole_env: SimpleNamespace) -> None:
-    import recbole.quick_start
-    from recbole.quick_start import load_data_and_model, run_recbole
-
-    assert callable(run_recbole) and callable(load_data_and_model)
-    assert recbole.quick_start.quick_start.tune is not None
-    ray = sys.modules.get("ray")
-    assert ray is None or hasattr(ray, "__file__")  # the import-time placeholder is gone
-
-    message = probes.results()["quick_start"]
-    assert message == "ModuleNotFoundError: No module named 'pkg_resources'", message
-
-
 def test_unknown_model_name(probes: ProbeRun, recbole_env: SimpleNamespace) -> None:
     from recbole.config import Config
     from recbole.utils import get_model
@@ -348,13 +306,67 @@ def test_apply_is_idempotent_and_quiet(recbole_env: SimpleNamespace) -> None:
     import recbole.config.configurator as configurator
     import recbole.trainer.trainer as trainer_module
 
+    meta_path = list(sys.meta_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         compat.apply()
         compat.apply()
-    assert sum(isinstance(finder, compat._ImportHook) for finder in sys.meta_path) <= 1
+    assert sys.meta_path == meta_path
     assert configurator.Config.compatibility_settings is compat._compatibility_settings
     assert isinstance(trainer_module.torch, compat._TorchTrustedLoad)
     assert isinstance(trainer_module.torch.__dict__["_torch"], type(np)) and not isinstance(
         trainer_module.torch.__dict__["_torch"], compat._TorchTrustedLoad
     )
+
+
+# A fresh interpreter: importing the package (and the entry modules) applies nothing; the command line does.
+ENTRY_POINT_SCRIPT = """
+import json, sys
+import numpy as np
+
+ALIASES = json.loads(sys.argv[1])
+meta_path = list(sys.meta_path)
+aliases = [a for a in ALIASES if a in vars(np)]  # numpy 2 itself has np.bool and np.long
+import recbole_lrgd
+report = {"package": {"meta_path": sys.meta_path == meta_path, "aliases": aliases == [a for a in ALIASES if a in vars(np)]}}
+
+import recbole.trainer.trainer as trainer_module
+from recbole.config import configurator
+from recbole.evaluator import register
+
+import recbole_lrgd.quick_start  # the module of build_config and run
+from recbole_lrgd import cli, compat
+
+def applied():
+    return {
+        "float_alias": vars(np).get("float") is np.float64,
+        "config": configurator.Config.compatibility_settings is compat._compatibility_settings,
+        "torch_load": isinstance(trainer_module.torch, compat._TorchTrustedLoad),
+        "effectd": "effectd" in register.metrics_dict,
+        "our_finders": [type(f).__module__ for f in sys.meta_path if type(f).__module__.startswith("recbole_lrgd")],
+    }
+
+report["entry_modules"] = applied()
+report["cli_rc"] = cli.main(["--model=NoSuchModel"])
+report["cli"] = applied()
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_applied_by_the_entry_points_not_on_import(tmp_path: Path) -> None:
+    script = tmp_path / "entry.py"
+    script.write_text(ENTRY_POINT_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), json.dumps(list(compat._NUMPY_ALIASES))], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180)
+    reports = [line for line in done.stdout.splitlines() if line.startswith("REPORT ")]
+    assert reports, f"rc={done.returncode}:\n{done.stderr[-3000:]}"
+    report = json.loads(reports[-1][len("REPORT ") :])
+    assert report["package"] == {"meta_path": True, "aliases": True}
+    assert report["entry_modules"] == {
+        "float_alias": False, "config": False, "torch_load": False, "effectd": False, "our_finders": []
+    }
+    # the command line goes through quick_start.run and build_config; the exlib shim turns an unknown
+    # model name into RecBole's ValueError, reported as one error line
+    assert report["cli_rc"] == 2
+    assert "error: `model_name` [NoSuchModel] is not the name of an existing model" in done.stderr
+    assert report["cli"] == {"float_alias": True, "config": True, "torch_load": True, "effectd": True, "our_finders": []}

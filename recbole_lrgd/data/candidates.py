@@ -111,7 +111,7 @@ def read_candidates_file(path: str, user_token2id: Dict[str, int], item_token2id
     table: Dict[int, np.ndarray] = {}
     seen: Dict[int, int] = {}
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not part of the first id
     except OSError as exc:
         raise LRGDError(f"candidates_file {path}: cannot read it ({exc.strerror})") from None
     with f:

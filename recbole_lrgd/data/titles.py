@@ -1,11 +1,16 @@
-"""Item titles as raw strings, indexed by RecBole's internal item id."""
+"""Item titles as raw strings, indexed by RecBole's internal item id, whitespace-normalised and capped in tokens.
+
+A title enters every prompt that shows its item, so one very long title (a product description in
+the title field) would blow up every prompt; the cap is applied once, here, where titles are built.
+"""
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import List, Optional, Sequence
 
 from recbole.utils import FeatureType
 
+from recbole_lrgd.data.atomic import read_header
 from recbole_lrgd.errors import LRGDError
 
 UNTITLED = "(untitled item {raw_id})"
@@ -16,12 +21,12 @@ def item_file_header(data_path: str, dataset: str) -> List[str]:
     path = os.path.join(data_path, f"{dataset}.item")
     if not os.path.isfile(path):
         raise LRGDError(f"dataset {dataset!r} has no item file {path}: LRGD needs item titles from <name>.item")
-    with open(path, encoding="utf-8") as f:
-        return [col.split(":")[0] for col in f.readline().rstrip("\r\n").split("\t")]
+    return [field for field, _ in read_header(path)]
 
 
-def item_titles(dataset, title_field: str) -> List[str]:
-    """One title per internal item id; items without a title get a clear placeholder."""
+def item_titles(dataset, title_field: str, tokenizer=None, max_tokens: Optional[int] = None) -> List[str]:
+    """One title per internal item id, runs of whitespace (tabs, newlines) as one space, capped at
+    ``max_tokens`` tokens of ``tokenizer`` when both are given; items without a title get a clear placeholder."""
     if title_field not in dataset.field2type:
         raise LRGDError(
             f"dataset {dataset.dataset_name!r} has no title field {title_field!r} "
@@ -35,6 +40,19 @@ def item_titles(dataset, title_field: str) -> List[str]:
     titles = []
     for iid in range(dataset.item_num):
         tokens = [values[iid]] if ftype == FeatureType.TOKEN else values[iid]
-        words = [str(vocab[t]) for t in tokens if t != 0]
+        words = " ".join(str(vocab[t]) for t in tokens if t != 0).split()
         titles.append(" ".join(words) if words else UNTITLED.format(raw_id=raw_ids[iid]))
-    return titles
+    return cap_tokens(titles, tokenizer, max_tokens) if tokenizer is not None and max_tokens else titles
+
+
+def cap_tokens(texts: Sequence[str], tokenizer, max_tokens: int) -> List[str]:
+    """Each text cut after its first ``max_tokens`` tokens (a prefix of the text, so a cut never
+    splits a character); shorter texts unchanged."""
+    texts = list(texts)
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [text if len(spans) <= max_tokens else text[: spans[max_tokens - 1][1]].rstrip()
+                for text, spans in zip(texts, enc["offset_mapping"])]
+    ids = tokenizer(texts, add_special_tokens=False).input_ids
+    return [text if len(row) <= max_tokens else tokenizer.decode(row[:max_tokens]).strip()
+            for text, row in zip(texts, ids)]

@@ -9,6 +9,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from recbole_lrgd.errors import LRGDError
+
 DEFAULT_INSTRUCTION = (
     "You are a recommender system. From a user's history of items, in the order they were "
     "chosen, recommend the item the user will choose next."
@@ -127,7 +129,8 @@ def truncate_to_budget(demos: Sequence[Demonstration], history: Sequence[str],
 def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[str], candidates: Sequence[str],
                  *, seed: Sequence[int], mode: str = "likelihood", max_tokens: Optional[int] = None,
                  instruction: str = DEFAULT_INSTRUCTION, list_candidates: Optional[bool] = None) -> Prompt:
-    """Render the full prompt text for one user, shuffling candidates with ``seed``.
+    """Render the full prompt text for one user, shuffling candidates with ``seed``, within ``max_tokens``
+    (``truncate_to_budget``; an ``LRGDError`` naming the minimum when even its shortest prompt is over).
 
     ``list_candidates=None`` lists them only where the scorer needs the list (verbalizer, generate): with title
     likelihood a listed title is copied, which flattens the scores (ml-100k, SmolLM2-135M, 40
@@ -151,7 +154,16 @@ def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[st
                                                         question))
         return Prompt(text, order, list(candidates), labels, tuple(h), tuple(d))
 
-    if max_tokens:
-        demos, history = truncate_to_budget(
-            demos, history, lambda d, h: len(encode_prompt(tokenizer, render(d, h))) <= max_tokens)
-    return render(demos, history)
+    if not max_tokens:
+        return render(demos, history)
+    demos, history = truncate_to_budget(
+        demos, history, lambda d, h: len(encode_prompt(tokenizer, render(d, h))) <= max_tokens)
+    prompt = render(demos, history)
+    if not demos and len(history) <= 1:  # truncation may have stopped at what it never drops
+        needed = len(encode_prompt(tokenizer, prompt))
+        if needed > max_tokens:
+            parts = "the instruction, one history item and the candidates" if list_candidates or labels else \
+                "the instruction and one history item"
+            raise LRGDError(f"max_prompt_tokens {max_tokens} is too small: {parts} alone take {needed} tokens; "
+                            f"set max_prompt_tokens to at least {needed} (or ~ for no limit)")
+    return prompt
