@@ -119,10 +119,8 @@ def _number(value: Any) -> Optional[float]:
 
 
 def make_row(name: str, model: str, dataset: str, digest: str, result: Dict[str, Any]) -> Dict[str, Any]:
-    """One table row; the JSON store also keeps per-user NDCG@10 (for paired bootstraps) and, for
-    LRGD's optimizer, the seconds of each stage."""
-    from recbole_lrgd.evaluator.per_user import ndcg_at, positive_ranks
-
+    """One table row; the JSON store also keeps per-user NDCG@10 (for paired bootstraps, as RecBole's
+    evaluation computed it: ``result["test_per_user"]``) and, for LRGD's optimizer, the seconds of each stage."""
     test = result["test_result"]
     row = {"variant": name, "model": model}
     row.update({k: _number(test.get(k)) for k, _ in METRICS})
@@ -130,12 +128,14 @@ def make_row(name: str, model: str, dataset: str, digest: str, result: Dict[str,
                 "test_users": int(result["test_users"]), "candidates": candidates_digest(result["test_data"]),
                 "dataset": dataset, "config_hash": digest})
     model_obj = result.get("model_obj")
-    if model_obj is not None:
-        seconds = (getattr(model_obj, "demo_state", None) or {}).get("seconds", {})
-        stages = int(model_obj.config["lrgd_stages"] or 2) if getattr(model_obj, "demo_state", None) else 0
+    state = getattr(model_obj, "demo_state", None)
+    if state:
+        seconds = state.get("seconds", {})
+        stages = int(model_obj.config["lrgd_stages"] or 2)
         row.update({f"stage{k}_s": round(float(seconds[f'stage{k}']), 2) for k in range(1, stages + 1)
                     if f"stage{k}" in seconds})
-        ndcg = ndcg_at(positive_ranks(model_obj, result["test_data"]), 10)
+    ndcg = (result.get("test_per_user") or {}).get("ndcg@10")
+    if ndcg:
         row["per_user_ndcg10"] = {str(u): v for u, v in sorted(ndcg.items())}
     return row
 

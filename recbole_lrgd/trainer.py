@@ -16,6 +16,7 @@ from recbole_lrgd import distributed as dist
 from recbole_lrgd.evaluator.collector import LRGDCollector
 from recbole_lrgd.llm.scorer import ScoreCounts
 from recbole_lrgd.optimizer import DemoOptimizer, OptimizerSettings
+from recbole_lrgd.optimizer.state import score_context
 
 
 class LRGDTrainer(Trainer):
@@ -51,13 +52,11 @@ class LRGDTrainer(Trainer):
     def optimize_demonstrations(self, train_dataset, saved: bool = True, show_progress: bool = False) -> dict:
         """LRGD's two-stage demonstration optimization on training users (stage 1 sharded over
         processes). Its state goes to ``demo_state_file``, else beside RecBole's checkpoints when
-        ``saved``: a matching state resumes, one from other data warm-starts stage 2."""
+        ``saved``: a matching state resumes, one from other data warm-starts stage 2. A state matches
+        only the same model files, resolved dtype, device type and score keys (``state.score_context``)."""
         config = self.config
         settings = OptimizerSettings.from_config(config)
-        context = {k: config[k] for k in ("dataset", "llm_path", "llm_dtype", "scorer_mode", "max_his_len",
-                                          "max_prompt_tokens", "prompt_instruction", "list_candidates",
-                                          "title_field")}
-        optimizer = DemoOptimizer(self.model, settings, context=context, show_progress=show_progress,
+        optimizer = DemoOptimizer(self.model, settings, context=score_context(config), show_progress=show_progress,
                                   map_fn=dist.map_sharded, is_main=dist.is_main(),
                                   warm_start=config["warm_start"] is not False, round_size=dist.world()[1])
         path = config["demo_state_file"]

@@ -123,3 +123,26 @@ def test_cli_entry_points(tmp_path, monkeypatch, capsys):
     assert os.path.isfile(os.path.join(out, "compare_tiny.png"))
     assert main(["--dataset=tiny", "--models=Nope", f"--out={out}"]) == 2
     assert "unknown benchmark variant 'Nope'" in capsys.readouterr().err
+
+
+def test_rows_keep_recboles_per_user_ndcg_without_scoring_twice(tiny_data, tiny_llm_dir, tmp_path, monkeypatch):
+    """The paired bootstrap's per-user NDCG@10 comes from the evaluation itself: each test user is
+    scored once, and the users' mean is the row's NDCG@10."""
+    import numpy as np
+
+    from recbole_lrgd.model.lrgd import LRGD
+
+    scored, predict = [], LRGD.predict
+
+    def counting(self, interaction):
+        scored.extend(dict.fromkeys(interaction[self.USER_ID].tolist()))
+        return predict(self, interaction)
+
+    monkeypatch.setattr(LRGD, "predict", counting)
+    result = run_benchmark("tiny", ["LRGD-zero-shot", "Pop"], _cfg(tiny_data, tiny_llm_dir),
+                           out_dir=str(tmp_path / "out"), plot=False, progress=False)
+    for row in result["rows"]:
+        per_user = row["per_user_ndcg10"]
+        assert len(per_user) == row["test_users"] == 12
+        assert round(float(np.mean(list(per_user.values()))), 4) == row["ndcg@10"]
+    assert len(scored) == 12  # no second pass over the test users for the bootstrap

@@ -107,3 +107,19 @@ def test_probe_effects_use_training_targets_and_never_the_probe_itself(tiny_data
     np.testing.assert_allclose(effects[1:], expected, atol=1e-9)
     single = single_demonstration_effects(model, probes, [own, probes[1].user])
     assert single[0][0] == 0.0 and single[1][1] == 0.0 and single[1][0] == pytest.approx(expected)
+
+
+def test_effectd_over_no_recorded_scores_warns_instead_of_a_silent_nan(caplog):
+    """Without LRGD's with/without-demonstration scores (e.g. a trainer other than LRGDTrainer) EffectD
+    is NaN, and says why in one warning line."""
+    import logging
+
+    from recbole.evaluator.collector import DataStruct
+
+    from recbole_lrgd.evaluator.effect import EffectD
+
+    with caplog.at_level(logging.WARNING):
+        result = EffectD({"metric_decimal_place": 4, "effect_temperature": 1.0}).calculate_metric(DataStruct())
+    assert np.isnan(result["effectd"]) and np.isnan(result["effectd_pos"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "EffectD" in warnings[0] and "NaN" in warnings[0] and "\n" not in warnings[0]

@@ -1,10 +1,12 @@
 """The two-stage demonstration optimizer, with stub scorers whose good and bad demonstrations are known."""
 import json
+import logging
 import os
 import re
 
 import numpy as np
 import pytest
+import torch
 
 from recbole_lrgd.model.lrgd import LRGD
 from recbole_lrgd.optimizer.objective import Evaluation, copy_bias, drift, redundancy, robust_effect
@@ -226,3 +228,80 @@ def test_token_budget_bounds_the_chosen_set(tiny_data, stub):
     assert 0 < opt.demo_tokens(chosen) <= 250
     single = {u: opt.demo_tokens([(u, 0)]) for u in opt.candidates}
     assert sum(sorted(single.values(), reverse=True)[:2]) > 250  # the budget really binds here
+
+
+def _reused(stub, tiny_llm, tiny_data, path, **extra):
+    """Fit again with a fresh stub: True when the saved finished state was reused (fit scored nothing)."""
+    stub["scorer"] = QualityStub(tiny_llm[1])
+    result = _fit(tiny_data, demo_state_file=path, **extra)
+    return stub["scorer"].calls == result["test_users"]
+
+
+def test_state_is_not_reused_where_auto_resolves_to_another_dtype(tiny_data, stub, tiny_llm, tmp_path, monkeypatch):
+    """``auto`` depends on the machine (float32 or bfloat16): the same config text is another model there."""
+    from recbole_lrgd.llm import loader
+
+    path = str(tmp_path / "state.json")
+    _fit(tiny_data, demo_state_file=path, llm_dtype="auto")
+    resolve = loader.resolve_dtype
+    here = resolve("auto", "cpu")
+    there = torch.float32 if here == torch.bfloat16 else torch.bfloat16
+    monkeypatch.setattr(loader, "resolve_dtype", lambda dtype, device: there if dtype in (None, "auto")
+                        else resolve(dtype, device))  # auto as on a machine where it means the other dtype
+    assert not _reused(stub, tiny_llm, tiny_data, path, llm_dtype="auto")
+    assert str(there) in json.load(open(path))["identity_context"]["model"]
+
+
+def test_state_is_reused_for_the_same_resolved_dtype(tiny_data, stub, tiny_llm, tmp_path):
+    from recbole_lrgd.llm.loader import resolve_dtype
+
+    path = str(tmp_path / "state.json")
+    _fit(tiny_data, demo_state_file=path, llm_dtype="auto")
+    same = str(resolve_dtype("auto", "cpu")).replace("torch.", "")  # what auto means on this machine
+    assert _reused(stub, tiny_llm, tiny_data, path, llm_dtype=same)
+
+
+def test_state_is_not_reused_for_a_model_resaved_under_the_same_path(tiny_data, stub, tiny_llm, tmp_path):
+    from recbole_lrgd.llm.tiny import save_tiny_llm
+
+    llm = save_tiny_llm(str(tmp_path / "llm"), seed=0)
+    path = str(tmp_path / "state.json")
+    _fit(tiny_data, demo_state_file=path, llm_path=llm)
+    assert _reused(stub, tiny_llm, tiny_data, path, llm_path=llm)
+    save_tiny_llm(llm, seed=1)  # other weights, same folder
+    assert not _reused(stub, tiny_llm, tiny_data, path, llm_path=llm)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"identity": "x"}'])
+def test_unreadable_state_is_moved_aside_with_a_warning(tiny_data, stub, tmp_path, caplog, text):
+    path = tmp_path / "state.json"
+    path.write_text(text)
+    with caplog.at_level(logging.WARNING):
+        _fit(tiny_data, demo_state_file=str(path), lrgd_stages=1)
+    warnings = [r.getMessage() for r in caplog.records if "optimizer state" in r.getMessage()]
+    assert len(warnings) == 1 and "unreadable" in warnings[0] and f"{path}.corrupt" in warnings[0]
+    assert (tmp_path / "state.json.corrupt").read_text() == text  # kept for the user to inspect
+    assert json.load(open(path))["chosen"]  # and a fresh state written in its place
+
+
+def test_warm_started_stage2_can_swap_a_demonstration(tiny_data, stub, tiny_llm, tmp_path):
+    """The warm start keeps the saved pool scores, so stage 2 can swap in a better pool demonstration
+    (without them it could only shorten histories, which this stub's scores ignore)."""
+    path = str(tmp_path / "state.json")
+    first = _fit(tiny_data, demo_state_file=path)
+    model = first["model_obj"]
+    state = json.load(open(path))
+    worth = {int(u): quality(model.titles[model.pool.sequences[int(u)][-1]]) for u in state["pool_scores"]}
+    worst = sorted(worth, key=lambda u: (worth[u], u))[:2]
+    state["chosen"] = [[u, 0] for u in worst]  # a poor saved set, so a swap is worth making
+    json.dump(state, open(path, "w"))
+    with open(os.path.join(tiny_data, "tiny", "tiny.inter"), "a") as f:  # new interactions
+        f.write("u0\ti39\t999999\nu1\ti38\t999999\n")
+    stub["scorer"] = QualityStub(tiny_llm[1])
+    _fit(tiny_data, demo_state_file=path)
+    state = json.load(open(path))
+    assert state["warm_start_from"] == [[u, 0] for u in worst] and state["history"][0]["event"] == "warm start"
+    accepted = [{u for u, _ in h["set"]} for h in state["history"] if h["event"] == "accept"]
+    assert any(users - set(worst) for users in accepted)  # a demonstration from the pool was swapped in
+    assert {u for u, _ in state["chosen"]} != set(worst)
+    assert state["warm_start_pool_scores"]  # the stage-1 scores, kept through the warm start

@@ -1,9 +1,10 @@
-"""Per-user ranks from a model's predict, and the paired bootstrap, on known answers."""
+"""Per-user metrics from RecBole's own evaluation, and the paired bootstrap, on known answers."""
 import numpy as np
 import pytest
+import torch
 from conftest import install_stub_scorer
 
-from recbole_lrgd.evaluator.per_user import ndcg_at, paired_bootstrap, positive_ranks
+from recbole_lrgd.evaluator.per_user import ndcg_at, paired_bootstrap
 from recbole_lrgd.quick_start import run
 
 
@@ -17,22 +18,61 @@ def test_paired_bootstrap_known_answers():
     assert ndcg_at({1: 0, 2: 1, 3: 10}) == {1: 1.0, 2: pytest.approx(1 / np.log2(3)), 3: 0.0}
 
 
-@pytest.mark.parametrize("rank", [0, 4])
-def test_positive_ranks_match_recbole(tiny_data, tiny_llm_dir, monkeypatch, rank):
-    """A stub that puts the target at a known rank: per-user ranks agree, and their mean NDCG@10 is
-    RecBole's ndcg@10."""
+KEYS = {f"{m}@{k}" for m in ("hit", "ndcg", "mrr") for k in (1, 5, 10)}
+
+
+def _cfg(tiny_data, **extra):
+    return {"data_path": tiny_data, "eval_users": 8, "use_gpu": False, "state": "WARNING", "eval_batch_size": 100,
+            "show_progress": False, "score_cache": False, **extra}
+
+
+def _assert_means_are_recboles(result):
+    """Every per-user metric covers the test users, and its mean is RecBole's reported value."""
+    per_user = result["test_per_user"]
+    assert set(per_user) == KEYS
+    users = set(result["test_data"].uid_list.tolist())
+    for key, values in per_user.items():
+        assert set(values) == users
+        assert round(float(np.mean(list(values.values()))), 4) == result["test_result"][key], key
+
+
+def _target_rank(title: str) -> int:
+    return int(title.rsplit(" ", 1)[1]) % 7  # "The Item Number 12" -> 5: differs between users
+
+
+@pytest.mark.parametrize("case", ["by_target", "ties"])
+def test_lrgd_per_user_metrics_come_from_recboles_evaluation(tiny_data, tiny_llm_dir, monkeypatch, case):
+    """A stub puts each user's target at a rank known from its title, or ties every candidate: the
+    per-user values belong to the right users, ties are broken as RecBole's top-k breaks them, and the
+    means are RecBole's reported metrics."""
     def score(prompt, target):
+        if case == "ties":
+            return np.zeros(len(prompt.candidates))
         others = [c for c in prompt.candidates if c != target]
         order = {c: -k for k, c in enumerate(others)}  # a fixed order of the negatives
-        return np.array([-rank + 0.5 if c == target else order[c] for c in prompt.candidates])
+        return np.array([-_target_rank(target) + 0.5 if c == target else order[c] for c in prompt.candidates])
 
     install_stub_scorer(monkeypatch, score)
-    result = run("LRGD", "tiny", config_dict={"data_path": tiny_data, "eval_users": 8, "use_gpu": False,
-                                               "state": "WARNING", "llm_path": tiny_llm_dir, "demo_mode": "none",
-                                               "eval_batch_size": 100, "show_progress": False}, saved=False)
-    ranks = positive_ranks(result["model_obj"], result["test_data"])
-    assert len(ranks) == 8 and set(ranks.values()) == {rank}
-    assert np.mean(list(ndcg_at(ranks).values())) == pytest.approx(result["test_result"]["ndcg@10"], abs=1e-4)
+    result = run("LRGD", "tiny", config_dict=_cfg(tiny_data, llm_path=tiny_llm_dir, demo_mode="none"), saved=False)
+    _assert_means_are_recboles(result)
+    ndcg = result["test_per_user"]["ndcg@10"]
+    if case == "ties":  # counting ties against the target (the old second pass) would give 0 for every user
+        assert result["test_result"]["ndcg@10"] > 0 and len(set(ndcg.values())) > 1
+    else:
+        ds = result["test_data"]._dataset
+        titles = result["model_obj"].titles
+        targets = dict(zip(ds.inter_feat[ds.uid_field].tolist(), ds.inter_feat[ds.iid_field].tolist()))
+        expected = {u: 1 / np.log2(_target_rank(titles[targets[u]]) + 2) for u in ndcg}
+        assert ndcg == pytest.approx(expected) and len(set(expected.values())) > 2
+
+
+def test_baseline_per_user_metrics_come_from_recboles_evaluation(tiny_data):
+    """Pop scores by interaction count, so candidates tie; its per-user values are RecBole's too."""
+    result = run("Pop", "tiny", config_dict=_cfg(tiny_data), saved=False)
+    _assert_means_are_recboles(result)
+    model, data = result["model_obj"], result["test_data"]
+    counts = [model.item_cnt[torch.as_tensor(c)].flatten() for c in data.candidate_sets().values()]
+    assert any(len(torch.unique(c)) < len(c) for c in counts)  # ties among some user's candidates
 
 
 def test_benchmark_reports_the_paired_bootstrap():

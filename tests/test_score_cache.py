@@ -41,7 +41,10 @@ def test_keys_depend_on_every_part(tiny_llm_dir):
     ids = {model_identity(tiny_llm_dir, d, dev) for d, dev in [("float32", "cpu"), ("float64", "cpu"),
                                                                ("float32", "cuda:0")]}
     assert len(ids) == 3
-    assert model_identity(tiny_llm_dir, "auto", "cpu") == model_identity(tiny_llm_dir, "float32", "cpu")
+    from recbole_lrgd.llm.loader import resolve_dtype
+
+    same = str(resolve_dtype("auto", "cpu")).replace("torch.", "")  # what auto means on this machine's CPU
+    assert model_identity(tiny_llm_dir, "auto", "cpu") == model_identity(tiny_llm_dir, same, "cpu")
 
 
 def _prompt(tok, mode, candidates=None, user=3):
@@ -53,10 +56,10 @@ def _prompt(tok, mode, candidates=None, user=3):
 
 
 def _scorer(tiny_llm, mode, path, **kw):
-    from recbole_lrgd.llm.scorer import LLMScorer
+    from recbole_lrgd.llm.scorer import make_scorer
 
-    return LLMScorer(*tiny_llm, mode, candidate_batch_size=7, score_cache=ScoreCache(str(path)), model_id="tiny",
-                     max_new_tokens=8, **kw)
+    return make_scorer(*tiny_llm, mode=mode, candidate_batch_size=7, user_batch_size=8,
+                       score_cache=ScoreCache(str(path)), model_id="tiny", max_new_tokens=8, match_threshold=0.8, **kw)
 
 
 def _count_forwards(model, calls):
@@ -245,3 +248,34 @@ def test_run_with_a_garbage_cache_file_warns_and_works(tiny_data, tiny_llm_dir, 
     assert any("corrupt" in r.getMessage() for r in caplog.records)
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
     assert len(ScoreCache(_db(tiny_data))) == 160  # the fresh file took this run's scores
+
+
+def test_hub_model_identity_holds_the_cached_revision(tmp_path, monkeypatch):
+    """A hub id stands for the commit its ``main`` resolves to in the local cache: a new upload under the
+    same name is another model, with other keys."""
+    from huggingface_hub import constants
+
+    repo = tmp_path / "models--org--tiny"
+    for sha in ("a" * 40, "b" * 40):
+        (repo / "snapshots" / sha).mkdir(parents=True)
+        (repo / "snapshots" / sha / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    (repo / "refs" / "main").write_text("a" * 40)
+    first = model_identity("org/tiny", "float32", "cpu")
+    (repo / "refs" / "main").write_text("b" * 40)
+    second = model_identity("org/tiny", "float32", "cpu")
+    assert "revision:" + "a" * 40 in first and "revision:" + "b" * 40 in second
+
+
+def test_local_model_identity_covers_weights_and_tokenizer(tmp_path):
+    from recbole_lrgd.llm.tiny import save_tiny_llm
+
+    path = save_tiny_llm(str(tmp_path / "m"), seed=0)
+    first = model_identity(path, "float32", "cpu")
+    save_tiny_llm(path, seed=1)  # other weights under the same path
+    second = model_identity(path, "float32", "cpu")
+    tokenizer = os.path.join(path, "tokenizer.json")
+    os.utime(tokenizer, ns=(os.stat(tokenizer).st_atime_ns, os.stat(tokenizer).st_mtime_ns + 10 ** 9))
+    third = model_identity(path, "float32", "cpu")  # a re-saved tokenizer alone
+    assert len({first, second, third}) == 3

@@ -1,14 +1,84 @@
-"""A RecBole Collector that also gathers LRGD's with/without-demonstration scores for EffectD."""
+"""RecBole Collectors that keep what RecBole's own evaluation computed, per user.
+
+``PerUserCollector`` keeps each evaluated user's top-k metric values (Hit@k, NDCG@k, MRR@k...), read
+from RecBole's own ``rec.topk`` rows by RecBole's own metric classes: ties count exactly as RecBole
+counts them (``torch.topk`` over the padded score matrix, whose order among equal scores is the
+kernel's, neither the lowest item id nor the candidate order), and the users' mean is RecBole's
+reported value. ``LRGDCollector`` also gathers LRGD's with/without-demonstration scores for EffectD.
+"""
 from __future__ import annotations
+
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from recbole.evaluator import Collector
+from recbole.evaluator.base_metric import TopkMetric
+from recbole.evaluator.register import metrics_dict
 
 from recbole_lrgd.evaluator.effect import EFFECT_KEY, target_first
 
 
-class LRGDCollector(Collector):
+class PerUserCollector(Collector):
+    """RecBole's Collector, plus the per-user top-k metric values of the last evaluation."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._users: List[int] = []  # the evaluated users, one per row of the score matrices so far
+        self._last = None  # (users, data struct) of the last finished evaluation
+
+    @classmethod
+    def install(cls, trainer) -> None:
+        """Give a RecBole trainer this collector in place of RecBole's plain one."""
+        if type(getattr(trainer, "eval_collector", None)) is Collector:
+            trainer.eval_collector = cls(trainer.config)
+
+    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+        super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
+        # a ranking batch has one score row per user, in the order of the users' first rows
+        users = list(dict.fromkeys(interaction[self.config["USER_ID_FIELD"]].tolist()))
+        if scores_tensor.dim() == 2 and len(users) == scores_tensor.shape[0]:
+            self._users += users
+        else:
+            self._users.append(None)  # rows not one per user: no per-user values for this evaluation
+
+    def get_data_struct(self):
+        struct = super().get_data_struct()  # called once at the end of every evaluation
+        self._last, self._users = (self._users, struct), []
+        return struct
+
+    def per_user_metrics(self) -> Dict[str, Dict[int, float]]:
+        """``{"ndcg@10": {user id: value}, ...}`` for every top-k metric of the last evaluation (the
+        test, after ``trainer.evaluate``); empty when it had none or its rows were not one per user."""
+        if self._last is None:
+            return {}
+        users, struct = self._last
+        if "rec.topk" not in struct or None in users or len(users) != len(struct.get("rec.topk")):
+            return {}
+        out: Dict[str, Dict[int, float]] = {}
+        for name in self.config["metrics"]:
+            metric_cls = metrics_dict.get(name.lower())
+            if metric_cls is None or not issubclass(metric_cls, TopkMetric):
+                continue
+            values = _per_user_values(metric_cls(self.config), struct)
+            if values is None:
+                continue
+            short, matrix = values
+            for k in self.topk:
+                out[f"{short}@{k}"] = dict(zip(users, np.asarray(matrix[:, k - 1], dtype=np.float64).tolist()))
+        return out
+
+
+def _per_user_values(metric: TopkMetric, struct) -> Optional[tuple]:
+    """``(name, users x max(topk) matrix)`` a RecBole top-k metric averages: its own
+    ``calculate_metric`` runs, and the matrix it hands to ``topk_result`` is kept."""
+    kept = []
+    metric.topk_result = lambda name, value: kept.append((name, value)) or {}
+    metric.calculate_metric(struct)
+    return kept[0] if len(kept) == 1 else None
+
+
+class LRGDCollector(PerUserCollector):
     """Reads the scores the model recorded during ``predict``; the label is read here, never by the model."""
 
     def __init__(self, config, model):

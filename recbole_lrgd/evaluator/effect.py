@@ -8,12 +8,15 @@ a positive effect means the gradient step they induce lowers its test loss.
 """
 from __future__ import annotations
 
+import logging
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from recbole.evaluator.base_metric import AbstractMetric
 from recbole.utils import EvaluatorType
+
+logger = logging.getLogger(__name__)
 
 EFFECT_KEY = "lrgd.effect"  # (n_users, 2, C): [with demonstrations, zero-shot] scores, the target in column 0
 
@@ -110,6 +113,8 @@ class EffectD(AbstractMetric):
 
     def calculate_metric(self, dataobject) -> dict:
         if EFFECT_KEY not in dataobject:
+            logger.warning("EffectD: no with/without-demonstration scores were recorded in this evaluation (they "
+                           "come from LRGD's predict under LRGDTrainer), so effectd and effectd_pos are NaN")
             return {"effectd": float("nan"), "effectd_pos": float("nan")}
         scores = dataobject.get(EFFECT_KEY).double()
         temperature = resolve_temperature(self.temperature, scores[:, 1])

@@ -1,34 +1,17 @@
-"""Per-user ranking metrics and a paired bootstrap, for comparing two models on the same users."""
+"""Per-user NDCG of one held-out item and a paired bootstrap, for comparing two models on the same users.
+
+A run's per-user metrics come from RecBole's own evaluation (``run(...)["test_per_user"]``, kept by
+``evaluator.collector.PerUserCollector``), so no model is scored a second time.
+"""
 from __future__ import annotations
 
 from typing import Dict, Tuple
 
 import numpy as np
-import torch
-
-
-@torch.no_grad()
-def positive_ranks(model, eval_data) -> Dict[int, int]:
-    """0-based rank of each user's held-out item among its candidates (ties count against it),
-    from ``model.predict`` on a uniN/popN loader. The label is read here, never by the model."""
-    model.eval()
-    ranks: Dict[int, int] = {}
-    uid_field = eval_data._dataset.uid_field
-    for batch in eval_data:
-        interaction = batch[0]
-        labels = interaction["label"].cpu().numpy()
-        scores = model.predict(interaction.to(model.device)).detach().cpu().numpy()
-        users = interaction[uid_field].cpu().numpy()
-        for user in dict.fromkeys(users.tolist()):
-            block = np.flatnonzero(users == user)
-            positive = scores[block][labels[block] > 0][0]
-            negatives = scores[block][labels[block] <= 0]
-            ranks[int(user)] = int((negatives >= positive).sum())
-    return ranks
 
 
 def ndcg_at(ranks: Dict[int, int], k: int = 10) -> Dict[int, float]:
-    """NDCG@k of one held-out item per user: 1 / log2(rank + 2) inside the top k, else 0."""
+    """NDCG@k of one held-out item per user from its 0-based rank: 1 / log2(rank + 2) inside the top k, else 0."""
     return {u: (1.0 / np.log2(r + 2) if r < k else 0.0) for u, r in ranks.items()}
 
 

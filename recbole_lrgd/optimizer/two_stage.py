@@ -13,6 +13,7 @@ demonstration of pool user ``user`` with its ``cut`` oldest shown history items 
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from logging import getLogger
@@ -90,7 +91,8 @@ class DemoOptimizer:
     """Chooses LRGD's demonstrations by the regularised probe objective; see the module docstring.
 
     ``model`` is an ``LRGD`` (its prompt builder and scorer are used); ``context`` is what else
-    decides a score (LLM, prompt keys), hashed with the settings into the state's identity;
+    decides a score (``state.score_context``: the model's identity, the prompt keys), hashed with the
+    settings into the state's identity;
     ``map_fn(fn, items)`` runs ``fn`` over items (a distributed map shards it over processes);
     ``is_main`` says whether this process writes the state.
     """
@@ -106,7 +108,8 @@ class DemoOptimizer:
         self.show_progress, self.is_main, self.warm_start = show_progress, is_main, warm_start
         self.map_fn = map_fn or (lambda fn, items: [fn(i) for i in items])
         self.round_size = max(1, int(round_size))  # pool demonstrations scored between saves (the process count)
-        self.identity = digest({"settings": asdict(settings), "context": context or {}})
+        self.context = json.loads(json.dumps(context or {}, sort_keys=True, default=str))
+        self.identity = digest({"settings": asdict(settings), "context": self.context})
         self.logger = getLogger()
         self._memo: Dict[str, Evaluation] = {}
         self._zero_shot: Dict[tuple, np.ndarray] = {}
@@ -123,7 +126,7 @@ class DemoOptimizer:
         rest = np.array([u for u in pool.users if int(u) not in probe_users], dtype=np.int64)
         rng = np.random.default_rng([s.seed, 11])
         self.candidates = sorted(int(u) for u in rng.choice(rest, size=min(s.pool_size, len(rest)), replace=False))
-        self.data_id = data_fingerprint(pool.sequences)
+        self.data_id = data_fingerprint(pool.sequences, getattr(self.model, "titles", None))
         self._temperature: Optional[float] = None
 
     @property
@@ -230,17 +233,24 @@ class DemoOptimizer:
 
     # -- state -----------------------------------------------------------------------------------
     def _fresh_state(self) -> Dict[str, Any]:
-        return {"identity": self.identity, "data": self.data_id, "settings": asdict(self.settings),
-                "probe_users": [p.user for p in self.probes], "pool_users": self.candidates,
-                "pool_scores": {}, "stage1": None, "stage2": None, "history": [], "warm_start_from": None}
+        return {"identity": self.identity, "identity_context": self.context, "data": self.data_id,
+                "settings": asdict(self.settings), "probe_users": [p.user for p in self.probes],
+                "pool_users": self.candidates,
+                "pool_scores": {}, "stage1": None, "stage2": None, "history": [], "warm_start_from": None,
+                "warm_start_pool_scores": {}}
 
     def _save(self, state: Dict[str, Any]) -> None:
         if self.is_main:
             save_state(self.state_path, state)
 
     def initial_state(self) -> Dict[str, Any]:
-        """Resume a matching state; warm-start from one on other data; else start afresh."""
-        saved = load_state(self.state_path)
+        """Resume a matching state; warm-start from one on other data; else start afresh.
+
+        A warm start keeps the saved stage-1 (pool) scores of the users still in the data, in
+        ``warm_start_pool_scores``: stage 2 ranks its swaps by them. They were measured on the old
+        data, so they only order the swaps; every set is evaluated afresh.
+        """
+        saved = load_state(self.state_path, set_aside=self.is_main)
         if saved and saved.get("identity") == self.identity and saved.get("data") == self.data_id:
             self.logger.info(f"demonstration optimizer: resuming from {self.state_path}")
             self._remember(saved)
@@ -251,6 +261,8 @@ class DemoOptimizer:
             start = [tuple(s) for s in saved["chosen"] if int(s[0]) in users]
             if start:
                 state["warm_start_from"] = [list(s) for s in start]
+                pool_scores = saved["pool_scores"] or saved.get("warm_start_pool_scores") or {}
+                state["warm_start_pool_scores"] = {u: v for u, v in pool_scores.items() if int(u) in users}
                 self.logger.info(f"demonstration optimizer: warm start from the saved set {start} (new data)")
         return state
 
@@ -356,8 +368,8 @@ class DemoOptimizer:
                                  "best_safe": state["stage1"]["set"] if state["stage1"]["effect"] >= 0 else None,
                                  "done": False}
         state["stage2"] = st
-        ranked = sorted((int(u) for u in state["pool_scores"]),
-                        key=lambda u: (-state["pool_scores"][str(u)]["objective"], u))
+        pool_scores = state["pool_scores"] or state.get("warm_start_pool_scores") or {}
+        ranked = sorted((int(u) for u in pool_scores), key=lambda u: (-pool_scores[str(u)]["objective"], u))
         bar = tqdm(total=s.stage2_steps, initial=st["step"], ncols=100, desc="LRGD stage 2 (search)",
                    unit="move", disable=not self.show_progress)
         while not st["done"] and st["step"] < s.stage2_steps and st["rejected"] < s.stage2_patience:
