@@ -18,21 +18,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_lrgd.llm.loader import load_llm  # noqa: E402
 from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_prompt  # noqa: E402
-from recbole_lrgd.llm.scorer import LLMScorer  # noqa: E402
+from recbole_lrgd.llm.scorer import make_scorer, naive_likelihood  # noqa: E402
 from recbole_lrgd.llm.tiny import save_tiny_llm  # noqa: E402
 from recbole_lrgd.quick_start import run  # noqa: E402
 
 
 def scorer_equality(path: str, device: str, dtype: str) -> float:
     model, tok = load_llm(path, device=device, dtype=dtype)
-    scorer = LLMScorer(model, tok, candidate_batch_size=7)
+    scorer = make_scorer(model, tok, mode="likelihood", candidate_batch_size=7, user_batch_size=8, score_cache=None,
+                         model_id="", max_new_tokens=100, match_threshold=0.8)
     cands = [f"Candidate {'x' * (i % 5)} {i}" for i in range(20)]
     worst = 0.0
     for user in range(3):
         prompt = build_prompt(tok, [Demonstration(("Alpha", "Beta"), "Gamma")], [f"User {user}", "Delta"], cands,
                               seed=(0, user))
         cached = scorer.score(prompt)
-        naive = scorer.naive_likelihood(encode_prompt(tok, prompt), [scorer.candidate_ids(c) for c in cands])
+        naive = naive_likelihood(model, encode_prompt(tok, prompt), [scorer.candidate_ids(c) for c in cands])
         worst = max(worst, float(np.abs(cached - naive).max()))
     return worst
 

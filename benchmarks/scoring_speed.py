@@ -2,9 +2,10 @@
 
 Five ways, each on the same test users (uni19: 20 candidates each), with the score cache OFF:
   generate          the LLM writes a ranked list of the numbered candidates (greedy, max_new_tokens)
-  naive likelihood  the full prompt + one candidate per forward pass (LLMScorer.naive_likelihood)
-  per-user cache    one prompt forward per user, candidates packed on its KV cache; no prefix shared
-                    across users (the prefix cache is cleared before every user)
+  naive likelihood  the full prompt + one candidate per forward pass (llm/scorer.py: naive_likelihood)
+  per-user cache    LLMScorer.score one user at a time: the prefix forward, then the user's suffix with its
+                    candidates packed on its KV cache; no prefix shared across users (the prefix cache is
+                    cleared before every user)
   shared prefix + batching
                     instruction + demonstrations (one global set) encoded once for all users, and the
                     users' suffixes with their packed candidates batched, user_batch_size (8) users per
@@ -34,6 +35,7 @@ from recbole.data import create_dataset  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
 from recbole_lrgd.llm.prompt import Prompt, encode_prompt  # noqa: E402
+from recbole_lrgd.llm.scorer import naive_likelihood  # noqa: E402
 from recbole_lrgd.model import LRGD  # noqa: E402
 from recbole_lrgd.quick_start import build_config, prepare_data  # noqa: E402
 
@@ -140,7 +142,7 @@ def main() -> None:
     def naive():
         scorer = models["likelihood"].scorer
         for p in prompts["likelihood"]:
-            scorer.naive_likelihood(encode_prompt(tok, p), [scorer.candidate_ids(c) for c in p.candidates])
+            naive_likelihood(llm, encode_prompt(tok, p), [scorer.candidate_ids(c) for c in p.candidates])
 
     def per_user():
         scorer = models["likelihood"].scorer

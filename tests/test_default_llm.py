@@ -23,17 +23,18 @@ def test_default_llm_cached_scores_equal_naive_scores():
 
     from recbole_lrgd.llm.loader import load_llm
     from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_prompt
-    from recbole_lrgd.llm.scorer import LLMScorer
+    from recbole_lrgd.llm.scorer import make_scorer, naive_likelihood
 
     model, tok = load_llm(None, device="cpu", dtype="float32")
-    scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=8)
+    scorer = make_scorer(model, tok, mode="likelihood", candidate_batch_size=8, user_batch_size=8, score_cache=None,
+                         model_id="", max_new_tokens=100, match_threshold=0.8)
     demos = [Demonstration(("Toy Story (1995)", "Heat (1995)"), "Fargo (1996)")]
     cands = ["Star Wars (1977)", "Babe (1995)", "Casino (1995)", "Jumanji (1995)", "Sabrina (1995)",
              "GoldenEye (1995)", "Braveheart (1995)", "Apollo 13 (1995)", "Twelve Monkeys (1995)", "Clueless (1995)"]
     for user in range(2):  # the second user reuses the first one's prefix cache
         prompt = build_prompt(tok, demos, ["Scream (1996)", f"Evita ({1996 + user})"], cands, seed=(0, user))
         cached = scorer.score(prompt)
-        naive = scorer.naive_likelihood(encode_prompt(tok, prompt), [scorer.candidate_ids(c) for c in cands])
+        naive = naive_likelihood(model, encode_prompt(tok, prompt), [scorer.candidate_ids(c) for c in cands])
         np.testing.assert_allclose(cached, naive, atol=1e-4)
 
 
@@ -44,10 +45,11 @@ def test_default_llm_batched_users_equal_naive_scores():
 
     from recbole_lrgd.llm.loader import load_llm
     from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_parts, encode_prompt
-    from recbole_lrgd.llm.scorer import LLMScorer
+    from recbole_lrgd.llm.scorer import make_scorer, naive_likelihood
 
     model, tok = load_llm(None, device="cpu", dtype="float32")
-    scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=8, user_batch_size=4)
+    scorer = make_scorer(model, tok, mode="likelihood", candidate_batch_size=8, user_batch_size=4, score_cache=None,
+                         model_id="", max_new_tokens=100, match_threshold=0.8)
     demos = [Demonstration(("Toy Story (1995)", "Heat (1995)"), "Fargo (1996)")]
     cands = ["Star Wars (1977)", "Babe (1995)", "Casino (1995)", "Jumanji (1995)", "Sabrina (1995)",
              "Twelve Monkeys (1995)"]
@@ -58,6 +60,6 @@ def test_default_llm_batched_users_equal_naive_scores():
     assert len({tuple(encode_parts(tok, p)[0]) for p in prompts}) == 1  # one shared prefix: one batch
     batched = scorer.score_many(prompts)
     for prompt, got in zip(prompts, batched):
-        naive = scorer.naive_likelihood(encode_prompt(tok, prompt), [scorer.candidate_ids(c) for c in cands])
+        naive = naive_likelihood(model, encode_prompt(tok, prompt), [scorer.candidate_ids(c) for c in cands])
         np.testing.assert_allclose(got, naive, atol=1e-4)
         np.testing.assert_allclose(got, scorer.score(prompt), atol=1e-4)

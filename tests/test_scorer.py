@@ -3,8 +3,20 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_parts, encode_prompt
-from recbole_lrgd.llm.scorer import LLMScorer, mean_token_logprob, pack_candidates
+from recbole_lrgd.llm.prompt import Demonstration, Prompt, build_prompt, encode_parts, encode_prompt
+from recbole_lrgd.llm.scorer import LLMScorer, make_scorer, mean_token_logprob, naive_likelihood, pack_candidates
+
+
+def _scorer(tiny_llm, mode="likelihood", candidate_batch_size=20, user_batch_size=8, score_cache=None,
+            model_id="", max_new_tokens=8):
+    return make_scorer(*tiny_llm, mode=mode, candidate_batch_size=candidate_batch_size,
+                       user_batch_size=user_batch_size, score_cache=score_cache, model_id=model_id,
+                       max_new_tokens=max_new_tokens, match_threshold=0.8)
+
+
+def _naive(scorer, prompt):
+    return naive_likelihood(scorer.model, encode_prompt(scorer.tokenizer, prompt),
+                            [scorer.candidate_ids(c) for c in prompt.candidates])
 
 
 def test_mean_token_logprob_ignores_padding():
@@ -33,40 +45,37 @@ def _prompt(tok, mode="likelihood"):
 @pytest.mark.parametrize("batch", [20, 6])
 def test_cached_likelihood_equals_naive_per_candidate_forward(tiny_llm, batch):
     model, tok = tiny_llm
-    scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=batch)
+    scorer = _scorer(tiny_llm, candidate_batch_size=batch)
     prompt = _prompt(tok)
     cached = scorer.score(prompt)
-    ids = encode_prompt(tok, prompt)
-    naive = scorer.naive_likelihood(ids, [scorer.candidate_ids(c) for c in prompt.candidates])
-    np.testing.assert_allclose(cached, naive, atol=1e-4)
+    np.testing.assert_allclose(cached, _naive(scorer, prompt), atol=1e-4)
     assert np.ptp(cached) > 1e-3  # the candidates really are told apart
 
 
 def test_shared_prefix_is_encoded_once_and_left_intact(tiny_llm):
     """Users that share the demonstrations reuse one prefix cache; scores still equal the naive path."""
     model, tok = tiny_llm
-    scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=7)
+    scorer = _scorer(tiny_llm, candidate_batch_size=7)
     demos = [Demonstration(("Alpha", "Beta"), "Gamma")]
-    calls = []
-    original = scorer._forward
-    scorer._forward = lambda ids, cache=None, last_only=False: calls.append(ids.shape[1]) or original(
-        ids, cache, last_only)
     cands = [f"Item {i}" for i in range(20)]
     prompts = [build_prompt(tok, demos, [f"User {u} item {k}" for k in range(u + 1)], cands, seed=(0, u))
                for u in range(3)]
-    cached = [scorer.score(p) for p in prompts]
+    shapes, handle = _batch_calls(scorer)
+    try:
+        cached = [scorer.score(p) for p in prompts]
+    finally:
+        handle.remove()
     prefix_len = len(encode_parts(tok, prompts[0])[0])
-    assert calls.count(prefix_len) == 1  # the prefix ran once for three users
+    assert shapes.count((1, prefix_len)) == 1  # the prefix ran once for three users
     (cache, _), = scorer._prefixes.values()
     assert cache.get_seq_length() == prefix_len
     for p, got in zip(prompts, cached):
-        naive = scorer.naive_likelihood(encode_prompt(tok, p), [scorer.candidate_ids(c) for c in p.candidates])
-        np.testing.assert_allclose(got, naive, atol=1e-4)
+        np.testing.assert_allclose(got, _naive(scorer, p), atol=1e-4)
 
 
 def test_verbalizer_scores_are_label_logits_in_caller_order(tiny_llm):
     model, tok = tiny_llm
-    scorer = LLMScorer(model, tok, "verbalizer")
+    scorer = _scorer(tiny_llm, "verbalizer")
     prompt = _prompt(tok, mode="verbalizer")
     got = scorer.score(prompt)
     logits = model(input_ids=torch.tensor([encode_prompt(tok, prompt)])).logits[0, -1]
@@ -78,7 +87,7 @@ def test_verbalizer_scores_are_label_logits_in_caller_order(tiny_llm):
 
 def test_unknown_mode_is_an_error(tiny_llm):
     with pytest.raises(ValueError, match="scorer_mode"):
-        LLMScorer(*tiny_llm, mode="bogus")
+        _scorer(tiny_llm, mode="bogus")
 
 
 def _user_prompts(tok, mode="likelihood", demos=(Demonstration(("Alpha", "Beta gamma"), "Delta"),), users=5,
@@ -99,7 +108,7 @@ def _batch_calls(scorer):
 
 def test_score_many_batches_users_and_equals_naive_and_score(tiny_llm):
     model, tok = tiny_llm
-    scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=20, user_batch_size=3)
+    scorer = _scorer(tiny_llm, candidate_batch_size=20, user_batch_size=3)
     prompts = _user_prompts(tok)
     prefix = encode_parts(tok, prompts[0])[0]
     suffix_lens = [len(encode_parts(tok, p)[1]) for p in prompts]
@@ -115,15 +124,14 @@ def test_score_many_batches_users_and_equals_naive_and_score(tiny_llm):
     assert cache.get_seq_length() == len(prefix)  # the cached prefix is untouched: one row, prefix only
     assert all(layer.keys.shape[0] == 1 for layer in cache.layers)
     for p, got in zip(prompts, many):
-        naive = scorer.naive_likelihood(encode_prompt(tok, p), [scorer.candidate_ids(c) for c in p.candidates])
-        np.testing.assert_allclose(got, naive, atol=1e-4)
+        np.testing.assert_allclose(got, _naive(scorer, p), atol=1e-4)
         np.testing.assert_allclose(got, scorer.score(p), atol=1e-5)
         assert np.ptp(got) > 1e-3
 
 
 def test_score_many_verbalizer_equals_score(tiny_llm):
     model, tok = tiny_llm
-    scorer = LLMScorer(model, tok, "verbalizer", user_batch_size=8)
+    scorer = _scorer(tiny_llm, "verbalizer", user_batch_size=8)
     prompts = _user_prompts(tok, mode="verbalizer")
     shapes, handle = _batch_calls(scorer)
     try:
@@ -141,9 +149,9 @@ def test_score_many_verbalizer_equals_score(tiny_llm):
 
 def test_score_many_mixed_prefixes_and_long_candidate_lists(tiny_llm):
     """Prompts of two demonstration sets and zero-shot, interleaved; one user with more candidates than a
-    candidate batch (scored on its own): each result is in the caller's order and equals score()."""
+    candidate batch (two rows): each result is in the caller's order and equals score()."""
     model, tok = tiny_llm
-    scorer = LLMScorer(model, tok, "likelihood", candidate_batch_size=10, user_batch_size=4)
+    scorer = _scorer(tiny_llm, candidate_batch_size=10, user_batch_size=4)
     a = _user_prompts(tok, users=3)
     b = _user_prompts(tok, demos=(Demonstration(("Omega",), "Psi"), Demonstration(("Chi", "Phi"), "Tau")), users=3)
     zero = _user_prompts(tok, demos=(), users=2)
@@ -153,15 +161,14 @@ def test_score_many_mixed_prefixes_and_long_candidate_lists(tiny_llm):
     many = scorer.score_many(prompts)
     for p, got in zip(prompts, many):
         np.testing.assert_allclose(got, scorer.score(p), atol=1e-5)
-        naive = scorer.naive_likelihood(encode_prompt(tok, p), [scorer.candidate_ids(c) for c in p.candidates])
-        np.testing.assert_allclose(got, naive, atol=1e-4)
+        np.testing.assert_allclose(got, _naive(scorer, p), atol=1e-4)
 
 
 def test_score_many_uses_the_score_cache_per_prompt(tiny_llm, tmp_path):
     from recbole_lrgd.llm.score_cache import ScoreCache
 
     model, tok = tiny_llm
-    scorer = LLMScorer(model, tok, "likelihood", score_cache=ScoreCache.in_dir(str(tmp_path)), model_id="tiny")
+    scorer = _scorer(tiny_llm, score_cache=ScoreCache.in_dir(str(tmp_path)), model_id="tiny")
     prompts = _user_prompts(tok, users=4)
     first = scorer.score_many(prompts[:2])
     assert (scorer.counts.cache_hits, scorer.counts.cache_misses) == (0, 16)
@@ -176,3 +183,121 @@ def test_score_many_uses_the_score_cache_per_prompt(tiny_llm, tmp_path):
         np.testing.assert_array_equal(got, want)
     for p, got in zip(prompts, again):
         np.testing.assert_allclose(got, scorer.score(p), atol=1e-5)
+
+
+# -- one likelihood path: long candidate lists, empty suffixes, score == score_many ------------------
+def test_more_candidates_than_a_row_holds_split_into_rows_across_forwards(tiny_llm):
+    """20 candidates in rows of 6 are 4 rows per user, each repeating the suffix; with 3 rows a forward,
+    two users' 8 rows take 3 forwards (a user's rows straddle them) and still equal the naive path."""
+    model, tok = tiny_llm
+    scorer = _scorer(tiny_llm, candidate_batch_size=6, user_batch_size=3)
+    prompts = _user_prompts(tok, users=2, n_cands=20)
+    shapes, handle = _batch_calls(scorer)
+    try:
+        many = scorer.score_many(prompts)
+    finally:
+        handle.remove()
+    assert [s[0] for s in shapes] == [1, 3, 3, 2]  # the prefix, then 8 rows
+    for p, got in zip(prompts, many):
+        np.testing.assert_allclose(got, _naive(scorer, p), atol=1e-4)
+        assert np.ptp(got) > 1e-3
+
+
+class _NoSuffix(Prompt):
+    """A prompt whose whole text is the shared prefix: its user part is empty."""
+
+    @property
+    def split(self) -> int:
+        return len(self.text)
+
+
+def _no_suffix(prompt: Prompt) -> Prompt:
+    return _NoSuffix(prompt.text, prompt.order, prompt.candidates, prompt.labels)
+
+
+def test_empty_suffix_reads_the_first_token_from_the_prefix(tiny_llm):
+    """With no user part, the prefix's last logits predict each candidate's first token: likelihood equals
+    the naive path, verbalizer the full prompt's label logits, also batched beside a prompt with a suffix."""
+    model, tok = tiny_llm
+    plain = _prompt(tok)
+    empty = _no_suffix(plain)
+    assert encode_parts(tok, empty)[1] == [] and encode_prompt(tok, empty) == encode_prompt(tok, plain)
+    scorer = _scorer(tiny_llm, candidate_batch_size=6)
+    got, other = scorer.score_many([empty, plain])
+    np.testing.assert_allclose(got, _naive(scorer, plain), atol=1e-4)
+    np.testing.assert_allclose(other, _naive(scorer, plain), atol=1e-4)
+
+    verbalizer = _scorer(tiny_llm, "verbalizer")
+    prompt = _no_suffix(_prompt(tok, mode="verbalizer"))
+    logits = model(input_ids=torch.tensor([encode_prompt(tok, prompt)])).logits[0, -1]
+    expected = np.empty(20)
+    expected[prompt.order] = logits[verbalizer.label_token_ids(prompt.labels)].double().numpy()
+    np.testing.assert_allclose(verbalizer.score(prompt), expected, atol=1e-5)
+
+
+def test_empty_suffix_and_one_token_candidates_need_no_forward_after_the_prefix(tiny_llm):
+    model, tok = tiny_llm
+    prompt = _no_suffix(build_prompt(tok, [], ["Alpha"], list("abcdef"), seed=(0, 1)))
+    scorer = _scorer(tiny_llm)
+    assert all(len(scorer.candidate_ids(c)) == 1 for c in prompt.candidates)
+    shapes, handle = _batch_calls(scorer)
+    try:
+        got = scorer.score(prompt)
+    finally:
+        handle.remove()
+    assert shapes == [(1, len(encode_prompt(tok, prompt)))]
+    np.testing.assert_allclose(got, _naive(scorer, prompt), atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["likelihood", "verbalizer", "generate"])
+def test_score_is_score_many_of_one_prompt(tiny_llm, mode):
+    scorer = _scorer(tiny_llm, mode, candidate_batch_size=7, max_new_tokens=4)
+    prompt = _prompt(tiny_llm[1], mode=mode)
+    np.testing.assert_array_equal(scorer.score(prompt), scorer.score_many([prompt])[0])
+
+
+def test_every_mode_has_the_scorer_interface(tiny_llm):
+    from recbole_lrgd.llm.generate import GenerateScorer
+    from recbole_lrgd.llm.scorer import ScoreCounts
+
+    for mode, cls in [("likelihood", LLMScorer), ("verbalizer", LLMScorer), ("generate", GenerateScorer)]:
+        scorer = _scorer(tiny_llm, mode, user_batch_size=5)
+        assert type(scorer) is cls and scorer.mode == mode and scorer.tokenizer is tiny_llm[1]
+        assert scorer.user_batch_size == 5 and scorer.counts == ScoreCounts()
+    with pytest.raises(TypeError, match="candidate_batch_size"):  # no defaults: the YAML holds them
+        make_scorer(*tiny_llm, mode="likelihood", user_batch_size=8, score_cache=None, model_id="",
+                    max_new_tokens=8, match_threshold=0.8)
+
+
+class _OldStyleLM(torch.nn.Module):
+    """The tiny model behind a transformers-4.x-style forward: ``past_key_values`` in and out, no
+    ``logits_to_keep`` (every position's logits computed)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    @property
+    def dtype(self):
+        return self.inner.dtype
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+        from types import SimpleNamespace
+
+        from recbole_lrgd.llm.kv_cache import KVModel
+
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=use_cache, **{KVModel(self.inner)._cache_kw: past_key_values})
+        return SimpleNamespace(logits=out.logits, past_key_values=getattr(out, "cache", None) or out.past_key_values)
+
+
+@pytest.mark.parametrize("mode", ["likelihood", "verbalizer"])
+def test_a_past_key_values_model_without_logits_to_keep_scores_the_same(tiny_llm, mode):
+    model, tok = tiny_llm
+    old_style = _OldStyleLM(model)
+    prompts = _user_prompts(tok, mode=mode, users=3, n_cands=8)
+    want = _scorer(tiny_llm, mode, candidate_batch_size=5).score_many(prompts)
+    scorer = _scorer((old_style, tok), mode, candidate_batch_size=5)
+    assert (scorer.lm._cache_kw, scorer.lm._keeps_logits) == ("past_key_values", False)
+    for got, expected in zip(scorer.score_many(prompts), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5)

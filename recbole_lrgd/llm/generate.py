@@ -1,22 +1,28 @@
 """Generate mode (as in LLMRank): the LLM writes a ranked list of the numbered candidates; we parse it.
 
-Pure functions of the generated text and the shown titles, tested without a model. An entry of the
-output is read as a candidate's title when its text matches one (difflib ratio >= a threshold, or
-the title contained in it), otherwise as the candidate's number ("3", "3.", "[3]", "(3)", "#3"):
-a small LLM often numbers its own list 1, 2, 3... in front of the titles, so a title beats a number.
-Duplicates and numbers out of range are ignored; candidates never mentioned rank last, in their shown
-order.
+The parser is pure functions of the generated text and the shown titles, tested without a model. An
+entry of the output is read as a candidate's title when its text matches one (difflib ratio >= a
+threshold, or the title contained in it), otherwise as the candidate's number ("3", "3.", "[3]", "(3)",
+"#3"): a small LLM often numbers its own list 1, 2, 3... in front of the titles, so a title beats a
+number. Duplicates and numbers out of range are ignored; candidates never mentioned rank last, in their
+shown order. ``GenerateScorer`` runs the LLM and turns the parsed ranking into scores.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
+import torch
 
-FUZZY_THRESHOLD = 0.8  # difflib ratio for a title with typos to count as that candidate
+from recbole_lrgd.llm.prompt import Prompt, encode_parts
+from recbole_lrgd.llm.score_cache import ScoreCache
+from recbole_lrgd.llm.scorer import Scorer
+
+FUZZY_THRESHOLD = 0.8  # kept for model/lrgd.py until it uses make_scorer (the YAML's title_match_threshold)
 
 _BULLET = r"\s*(?:[-*\u2022>]\s*)?"
 _INDEX = re.compile(_BULLET + r"(?:(?:candidate|item|option|no\.?)\s*|#)?"
@@ -53,7 +59,7 @@ def title_forms(title: str) -> List[str]:
     return [full, short] if short and short != full else [full]
 
 
-def match_title(text: str, titles: Sequence[str], threshold: float = FUZZY_THRESHOLD) -> Optional[int]:
+def match_title(text: str, titles: Sequence[str], threshold: float) -> Optional[int]:
     """Index of the title that ``text`` names: a whole title contained in it as words (longest wins),
     else the best fuzzy ratio of any form of a title at or above ``threshold``; else None."""
     entry = normalise(text)
@@ -83,7 +89,7 @@ def split_entries(text: str) -> List[str]:
     return entries
 
 
-def parse_entry(entry: str, titles: Sequence[str], threshold: float = FUZZY_THRESHOLD) -> Optional[int]:
+def parse_entry(entry: str, titles: Sequence[str], threshold: float) -> Optional[int]:
     """The 0-based shown index an entry names, or None (out of range or nothing recognisable)."""
     found = _INDEX.match(entry)
     number = next((int(g) for g in found.groups() if g), None) if found else None
@@ -96,7 +102,7 @@ def parse_entry(entry: str, titles: Sequence[str], threshold: float = FUZZY_THRE
     return None
 
 
-def parse_ranking(text: str, titles: Sequence[str], threshold: float = FUZZY_THRESHOLD) -> List[int]:
+def parse_ranking(text: str, titles: Sequence[str], threshold: float) -> List[int]:
     """Shown indices (0-based) in the order the output ranks them, each once."""
     ranking: List[int] = []
     for entry in split_entries(text):
@@ -117,3 +123,55 @@ def ranking_scores(ranking: Sequence[int], n: int) -> np.ndarray:
     scores = np.empty(n, dtype=np.float64)
     scores[complete_ranking(ranking, n)] = np.arange(n, 0, -1, dtype=np.float64)
     return scores
+
+
+class GenerateScorer(Scorer):
+    """Generate mode behind the scorer interface: one greedy generation per prompt on the shared prefix's
+    KV cache, parsed into a ranking; scores descend along it. The score cache holds the parsed ranking
+    per prompt (its key includes ``max_new_tokens`` and ``match_threshold``)."""
+
+    def __init__(self, model, tokenizer, *, user_batch_size: int, score_cache: Optional[ScoreCache], model_id: str,
+                 max_new_tokens: int, match_threshold: float):
+        super().__init__(model, tokenizer, "generate", user_batch_size=user_batch_size, score_cache=score_cache,
+                         model_id=model_id)
+        self.max_new_tokens, self.match_threshold = max(1, int(max_new_tokens)), float(match_threshold)
+
+    @torch.inference_mode()
+    def score_many(self, prompts: Sequence[Prompt]) -> List[np.ndarray]:
+        """Scores of each prompt in its caller's candidate order, one generation per uncached prompt."""
+        return [self._score(prompt) for prompt in prompts]
+
+    def _score(self, prompt: Prompt) -> np.ndarray:
+        prefix_ids, suffix_ids = encode_parts(self.tokenizer, prompt)
+        shown = [prompt.candidates[i] for i in prompt.order]
+        key = self._digest(prefix_ids + suffix_ids, self.max_new_tokens, self.match_threshold)
+        found = self._lookup(None if key is None else [key], weight=len(shown))
+        if key in found:
+            ranking = [int(k) for k in found[key]]
+        else:
+            ranking = parse_ranking(self.generate(prefix_ids, suffix_ids), shown, self.match_threshold)
+            if key is not None:
+                self.score_cache.put({key: ranking})
+        self.counts.add_parse(ParseStats(len(ranking), len(shown)))
+        return self.caller_order(prompt, ranking_scores(ranking, len(shown)))
+
+    def generate(self, prefix_ids: Sequence[int], suffix_ids: Sequence[int]) -> str:
+        """Greedy continuation of prefix + suffix, decoded; the prefix's KV cache is reused and left intact."""
+        cache, _ = self._prefix(prefix_ids)
+        ids = torch.tensor([list(prefix_ids) + list(suffix_ids)])
+        try:
+            out = self.lm.generate(ids, cache, self._greedy_config())
+        finally:
+            self.lm.crop(cache, len(prefix_ids))
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    def _greedy_config(self):
+        """The model's generation config (its stop tokens) made greedy, with our token budget."""
+        config = copy.deepcopy(self.model.generation_config)
+        config.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
+                      max_new_tokens=self.max_new_tokens)
+        if config.pad_token_id is None:
+            config.pad_token_id = self.tokenizer.pad_token_id
+        if config.eos_token_id is None:
+            config.eos_token_id = self.tokenizer.eos_token_id
+        return config

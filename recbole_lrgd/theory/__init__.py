@@ -2,8 +2,8 @@
 
 ``equivalence_table`` takes a real Llama-family model and a prompt split into context,
 demonstrations and query, and reports per layer and head how exactly the dual model reproduces
-the layer's attention (design doc, section 2). ``demo_update_norms`` gives each
-demonstration's share of dW_ICL for the demonstration optimizer. The pure math lives in
+the layer's attention (design doc, section 2). ``demo_update_norms`` gives the size of each
+demonstration's share of dW_ICL, a diagnostic (LRGD's optimizer does not read it). The pure math lives in
 ``dual`` (no model needed), model access in ``extract``, prompt splitting in ``spans``.
 Run ``python -m recbole_lrgd.theory --help`` for the CLI.
 """

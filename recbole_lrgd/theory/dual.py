@@ -155,7 +155,7 @@ def demonstration_norms(keys: torch.Tensor, values: torch.Tensor, demo_spans: Se
     """||sum_{s in demo j} v_s k_s^T||_F for each demonstration j: its share of dW_ICL.
 
     The shares add up to dW_ICL (linear dual model), so the norm says how far a demonstration
-    moves the dual model; the demonstration optimizer can use it as a cheap signal.
+    moves the dual model.
     """
     norms = [torch.linalg.matrix_norm(outer_sum(values[a:b], keys[a:b])) for a, b in demo_spans]
     return torch.stack(norms) if norms else keys.new_zeros(0)

@@ -4,7 +4,7 @@ For each head of each requested layer, on a real prompt:
 
 * ``linear_rel_err``: linear attention computed directly (masked token sum) vs the dual model's
   test output (W_ZS(t) + dW_ICL) q_t, with dW_ICL from one autograd gradient step. Max over
-  query tokens of the per-token relative error; float64, so ~1e-15 when the identity holds.
+  query tokens of the per-token relative error; float64, so at rounding level when the identity holds.
 * ``grad_step_rel_err``: the autograd step vs the closed form sum_j v_j k_j^T.
 * ``icl_share``: mean over queries of ||dW_ICL q|| / ||(W_ZS + dW_ICL) q||, the part of the
   linear output the demonstrations contribute.
@@ -151,8 +151,9 @@ def demo_update_norms(model: torch.nn.Module, input_ids: Prompt, demo_spans: Seq
                       layers: Optional[Sequence[int]] = None) -> torch.Tensor:
     """||dW_ICL part of each demonstration||_F, shape (layers, heads, demonstrations).
 
-    The cheap signal for the demonstration optimizer: one forward pass, no random features.
-    ``layers`` defaults to all layers.
+    How far each demonstration moves the linear dual model, per layer and head: one forward pass, no
+    random features. A diagnostic only: LRGD's demonstration optimizer does not use it (it measures
+    Effect with the LLM's scores). ``layers`` defaults to all layers.
     """
     ids = _input_ids(None, input_ids)
     split = PromptSplit(demo_spans, query_span).validate(len(ids))

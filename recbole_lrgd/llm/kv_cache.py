@@ -1,0 +1,84 @@
+"""A causal LM run on KV caches: the one place that knows transformers' cache API.
+
+Supported: transformers >= 4.45, whose models take and return a ``DynamicCache``. What differs across
+those versions is handled here and nowhere else:
+
+- the forward's cache argument and output attribute: ``past_key_values``, or ``cache`` in recent 5.x;
+- ``logits_to_keep`` (a tensor of positions) where the forward takes it; otherwise every position's
+  logits are computed and the kept ones sliced out;
+- before 4.47 a forward given no cache returns a legacy tuple: it is converted to a ``DynamicCache``.
+
+``DynamicCache.crop`` of a negative count removes that many tokens in every supported version.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+
+class KVModel:
+    """A causal LM's forward on a KV cache, with positions, a boolean attention mask and kept logits."""
+
+    def __init__(self, model):
+        self.model = model
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keeps_logits = "logits_to_keep" in params
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward(self, ids: torch.Tensor, cache=None, *, positions: Optional[torch.Tensor] = None,
+                allowed: Optional[torch.Tensor] = None, keep: Optional[Sequence[int]] = None):
+        """Float logits and the cache after running ``ids`` (B, T) on ``cache`` (appended to in place).
+
+        ``positions`` (B, T) default to following the cache; ``allowed`` (B, T, cached + T) says what each
+        token may attend to (default causal); ``keep`` lists the positions whose logits are returned
+        (default all): the result is (B, len(keep), V).
+        """
+        kwargs = {self._cache_kw: cache} if cache is not None else {}
+        if positions is not None:
+            kwargs["position_ids"] = positions.to(self.device)
+        if allowed is not None:
+            mask = torch.zeros(allowed.shape, dtype=self.model.dtype)
+            mask.masked_fill_(~allowed, torch.finfo(self.model.dtype).min)
+            kwargs["attention_mask"] = mask[:, None].to(self.device)
+        if keep is not None and self._keeps_logits:
+            kwargs["logits_to_keep"] = torch.tensor(list(keep), device=self.device)
+        out = self.model(input_ids=ids.to(self.device), use_cache=True, **kwargs)
+        logits = out.logits if keep is None or self._keeps_logits else out.logits[:, list(keep)]
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        if isinstance(cache, tuple):
+            from transformers import DynamicCache
+
+            cache = DynamicCache.from_legacy_cache(cache)
+        return logits.float(), cache
+
+    @staticmethod
+    def crop(cache, length: int) -> None:
+        """Keep the first ``length`` tokens of ``cache``."""
+        extra = cache.get_seq_length() - length
+        if extra > 0:
+            cache.crop(-extra)
+
+    @staticmethod
+    def expand(cache, batch: int):
+        """A copy of a one-row cache repeated to ``batch`` rows; ``cache`` itself is left as it was."""
+        copied = copy.deepcopy(cache)
+        copied.batch_repeat_interleave(batch)
+        return copied
+
+    def prefill(self, ids: Sequence[int]) -> Tuple[object, torch.Tensor]:
+        """The KV cache of ``ids`` (one row) and the logits at its last position: what comes next."""
+        logits, cache = self.forward(torch.tensor([list(ids)]), keep=[len(ids) - 1])
+        return cache, logits[0, -1]
+
+    def generate(self, ids: torch.Tensor, cache, config) -> torch.Tensor:
+        """``model.generate`` continuing ``ids`` (1, T), whose first tokens ``cache`` holds (appended to)."""
+        return self.model.generate(input_ids=ids.to(self.device), attention_mask=torch.ones_like(ids).to(self.device),
+                                   generation_config=config, **{self._cache_kw: cache})
+
