@@ -21,8 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole.data import create_dataset  # noqa: E402
 from recbole.utils import init_logger, init_seed  # noqa: E402
 
+from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
 from recbole_lrgd.data.probes import make_probes  # noqa: E402
-from recbole_lrgd.evaluator.effect import probe_effects, probe_scores  # noqa: E402
+from recbole_lrgd.evaluator.effect import ProbeEffect  # noqa: E402
 from recbole_lrgd.model import LRGD  # noqa: E402
 from recbole_lrgd.quick_start import build_config, prepare_data  # noqa: E402
 from recbole_lrgd.trainer import LRGDTrainer  # noqa: E402
@@ -49,17 +50,18 @@ def main() -> None:
     model = LRGD(config, train._dataset)
     trainer = LRGDTrainer(config, model)
     trainer.fit(train, verbose=False)
-    probes = make_probes(model.pool, args.probe_users, 19, train._dataset.item_num, args.seed)
-    zero_shot = probe_scores(model, probes, [])
+    probes = make_probes(model.ranker.pool, args.probe_users, 19, train._dataset.item_num, args.seed)
+    probe_effect = ProbeEffect(model.ranker, probes, config["effect_temperature"])  # zero-shot scored once
 
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"effect_vs_ndcg_{args.dataset}")
     rows = []
     for s in range(args.sets):
         start = time.time()
-        demo_users = model.pool.random_users(args.num_demos, args.seed + 1 + s)
-        effects = probe_effects(model, probes, demo_users, zero_shot=zero_shot)
-        model.global_demo_users = demo_users
+        demo_users = model.ranker.pool.random_users(args.num_demos, args.seed + 1 + s)
+        choice = DemoChoice.chosen([(u, 0) for u in demo_users], per_user=False)
+        effects = probe_effect.of(choice)
+        model.use_demonstrations(choice)
         init_seed(config["seed"], config["reproducibility"])
         ndcg = trainer.evaluate(test, show_progress=False)["ndcg@10"]
         rows.append({"set": s, "demo_users": " ".join(map(str, demo_users)), "effect_d": float(effects.mean()),

@@ -131,7 +131,7 @@ def make_row(name: str, model: str, dataset: str, digest: str, result: Dict[str,
     state = getattr(model_obj, "demo_state", None)
     if state:
         seconds = state.get("seconds", {})
-        stages = int(model_obj.config["lrgd_stages"] or 2)
+        stages = model_obj.config["lrgd_stages"]
         row.update({f"stage{k}_s": round(float(seconds[f'stage{k}']), 2) for k in range(1, stages + 1)
                     if f"stage{k}" in seconds})
     ndcg = (result.get("test_per_user") or {}).get("ndcg@10")
@@ -166,8 +166,9 @@ def _atomic_write(path: str, data, binary: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def _key(row: Dict[str, Any]) -> str:
-    return f"{row['dataset']}|{row['variant']}|{row['config_hash']}"
+def row_key(dataset: str, variant: str, digest: str) -> str:
+    """Where a finished row is kept in the JSON store."""
+    return f"{dataset}|{variant}|{digest}"
 
 
 def load_rows(path: str) -> Dict[str, Dict[str, Any]]:
@@ -177,7 +178,7 @@ def load_rows(path: str) -> Dict[str, Dict[str, Any]]:
     try:
         with open(path, encoding="utf-8") as f:
             rows = json.load(f)["rows"]
-        return {_key(r): r for r in rows}
+        return {row_key(r["dataset"], r["variant"], r["config_hash"]): r for r in rows}
     except (OSError, ValueError, KeyError, TypeError):
         os.replace(path, path + ".corrupt")
         print(f"warning: {path} was unreadable; moved to {path}.corrupt and starting afresh", file=sys.stderr)
@@ -293,7 +294,7 @@ def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_d
         bar.set_postfix_str(variant)
         model, cfg = variant_config(variant, config_dict, config_files, effectd)
         digest = config_hash(dataset, model, cfg, config_files)
-        key = f"{dataset}|{variant}|{digest}"
+        key = row_key(dataset, variant, digest)
         if key in store:
             rows.append(store[key])
             reused.append(variant)

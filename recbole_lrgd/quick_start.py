@@ -31,8 +31,7 @@ from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator import register_metrics
 from recbole_lrgd.evaluator.collector import PerUserCollector
 from recbole_lrgd.model import LRGD
-from recbole_lrgd.llm.loader import llm_summary
-from recbole_lrgd.model.lrgd import load_config_llm
+from recbole_lrgd.llm.loader import llm_summary, load_config_llm
 from recbole_lrgd.properties_files import properties_dir, run_properties
 from recbole_lrgd.trainer import LRGDTrainer
 from recbole_lrgd.validate import check_values, warn_unknown_keys

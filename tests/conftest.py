@@ -58,6 +58,7 @@ class StubScorer:
     """Stands in for the LLM: ``score_fn(prompt, target_title)`` gives the scores, target known to the test."""
 
     mode = "likelihood"
+    user_batch_size = 1
 
     def __init__(self, tokenizer, targets, score_fn):
         self.tokenizer, self.targets, self.score_fn = tokenizer, targets, score_fn
@@ -65,24 +66,45 @@ class StubScorer:
     def score(self, prompt):
         return np.asarray(self.score_fn(prompt, self.targets[prompt.history]), dtype=np.float64)
 
+    def score_many(self, prompts):
+        return [self.score(p) for p in prompts]
+
 
 def install_stub_scorer(monkeypatch, score_fn):
-    """Make LRGD.predict score with ``score_fn``. The test side reads the label to tell the stub the
-    target (keyed by the user's shown history) and removes it from what the model sees."""
+    """Make LRGD score with ``score_fn``. The test side reads the label to tell the stub the target
+    (keyed by the user's shown history) and removes it from what the model sees."""
     from recbole_lrgd.model.lrgd import LRGD
 
-    original = LRGD.predict
+    original = LRGD.score_users
 
-    def predict(self, interaction):
+    def score_users(self, interaction, *args, **kwargs):
         pos = interaction["label"] == 1
-        targets = {tuple(self.titles[i] for i in seq[:n][-self.max_his_len:]): self.titles[t] for seq, n, t in zip(
+        max_his_len = self.ranker.max_his_len
+        targets = {tuple(self.titles[i] for i in seq[:n][-max_his_len:]): self.titles[t] for seq, n, t in zip(
             interaction[self.ITEM_SEQ][pos].tolist(), interaction[self.ITEM_SEQ_LEN][pos].tolist(),
             interaction[self.ITEM_ID][pos].tolist())}
         label = interaction.interaction.pop("label")  # the model must not need it
-        self._scorer = StubScorer(self.scorer.tokenizer, targets, score_fn)
+        self.ranker.scorer = StubScorer(self.ranker.scorer.tokenizer, targets, score_fn)
         try:
-            return original(self, interaction)
+            return original(self, interaction, *args, **kwargs)
         finally:
             interaction.interaction["label"] = label
 
-    monkeypatch.setattr(LRGD, "predict", predict)
+    monkeypatch.setattr(LRGD, "score_users", score_users)
+
+
+def yaml_config(**overrides):
+    """RecBole's and the plugin's defaults as a mapping (RecBole's overall.yaml, then properties/overall.yaml and
+    properties/model/LRGD.yaml), with ``overrides``: settings built by hand read the YAML, never repeat it."""
+    import recbole
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = {}
+    for path in (os.path.join(os.path.dirname(recbole.__file__), "properties", "overall.yaml"),
+                 os.path.join(root, "properties", "overall.yaml"),
+                 os.path.join(root, "properties", "model", "LRGD.yaml")):
+        with open(path, encoding="utf-8") as f:
+            config.update(yaml.safe_load(f))
+    config.update(overrides)
+    return config

@@ -132,13 +132,13 @@ def test_rows_keep_recboles_per_user_ndcg_without_scoring_twice(tiny_data, tiny_
 
     from recbole_lrgd.model.lrgd import LRGD
 
-    scored, predict = [], LRGD.predict
+    scored, score_users = [], LRGD.score_users
 
-    def counting(self, interaction):
+    def counting(self, interaction, *args, **kwargs):
         scored.extend(dict.fromkeys(interaction[self.USER_ID].tolist()))
-        return predict(self, interaction)
+        return score_users(self, interaction, *args, **kwargs)
 
-    monkeypatch.setattr(LRGD, "predict", counting)
+    monkeypatch.setattr(LRGD, "score_users", counting)
     result = run_benchmark("tiny", ["LRGD-zero-shot", "Pop"], _cfg(tiny_data, tiny_llm_dir),
                            out_dir=str(tmp_path / "out"), plot=False, progress=False)
     for row in result["rows"]:

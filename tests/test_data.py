@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from conftest import write_tiny_dataset
 
+from recbole_lrgd.data.chunks import user_chunks, user_rows
 from recbole_lrgd.data.candidates import draw_negatives, item_distribution, sample_user_subset, user_items
 from recbole_lrgd.data.demonstrations import DemonstrationPool, training_sequences
 from recbole_lrgd.data.titles import UNTITLED, item_titles
@@ -40,17 +41,28 @@ def test_demonstrations_come_from_training_interactions_only(tmp_path, monkeypat
     for uid, seq in seqs.items():
         user = tok["user_id"][uid]
         assert [tok["item_id"][i] for i in seq] == raw[user][:-2]  # validation and test targets left out
-    pool = DemonstrationPool(seqs, ds.item_num)
-    hist, target = pool.demonstration(pool.users[0], max_len=3)
+    pool = DemonstrationPool(seqs, ds.item_num, max_his_len=3)
+    hist, target = pool.demonstration(pool.users[0])
     assert len(hist) <= 3 and target == seqs[int(pool.users[0])][-1]
-    cut, _ = pool.demonstration(pool.users[0], max_len=3, cut=1)  # the optimizer's "shorten a history"
+    cut, _ = pool.demonstration(pool.users[0], cut=1)  # the optimizer's "shorten a history"
     assert list(cut) == list(hist[1:])
-    assert len(pool.demonstration(pool.users[0], max_len=3, cut=99)[0]) == 1  # one item is always kept
+    assert len(pool.demonstration(pool.users[0], cut=99)[0]) == 1  # one item is always kept
+
+
+def test_user_chunks_keep_first_appearance_order_and_every_row():
+    users = np.array([7, 7, 3, 9, 3, 7, 1])
+    rows = user_rows(users)
+    assert [u for u, _ in rows] == [7, 3, 9, 1]
+    assert [r.tolist() for _, r in rows] == [[0, 1, 5], [2, 4], [3], [6]]
+    chunks = user_chunks(users, 3)
+    assert [[(u, r.tolist()) for u, r in chunk] for chunk in chunks] == [[(7, [0, 1, 5]), (3, [2, 4]), (9, [3])],
+                                                                         [(1, [6])]]
+    assert user_rows(np.array([], dtype=np.int64)) == [] and user_chunks([], 2) == []
 
 
 def test_nearest_users_rank_by_item_overlap():
     seqs = {1: np.array([1, 2, 3]), 2: np.array([3, 4, 5]), 3: np.array([1, 2, 6]), 4: np.array([7, 8])}
-    pool = DemonstrationPool(seqs, n_items=10)
+    pool = DemonstrationPool(seqs, n_items=10, max_his_len=10)
     assert pool.nearest_users([1, 2, 3], k=2) == [1, 3]
     assert pool.nearest_users([1, 2, 3], k=2, exclude=1) == [3, 2]
     assert pool.random_users(2, seed=0) == pool.random_users(2, seed=0)

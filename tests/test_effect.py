@@ -78,34 +78,32 @@ def test_baselines_skip_effectd(tiny_data):
 
 
 def test_probe_effects_use_training_targets_and_never_the_probe_itself(tiny_data, tiny_llm_dir):
+    from conftest import StubScorer
+
     from recbole_lrgd.data.probes import make_probes
     from recbole_lrgd.evaluator.effect import probe_effects, single_demonstration_effects
 
     result = _run(tiny_data, tiny_llm_dir, demo_mode="random", eval_users=2)
-    model = result["model_obj"]
-    probes = make_probes(model.pool, n_users=4, n_negatives=9, item_num=len(model.titles), seed=0)
+    ranker = result["model_obj"].ranker
+    probes = make_probes(ranker.pool, n_users=4, n_negatives=9, item_num=len(ranker.titles), seed=0)
     assert len(probes) == 4 and all(len(p.candidates) == 10 for p in probes)
     for p in probes:
-        seq = model.pool.sequences[p.user]
+        seq = ranker.pool.sequences[p.user]
         assert p.candidates[0] == seq[-1] and np.array_equal(p.history, seq[:-1])
         assert not set(p.candidates[1:]) & set(seq.tolist())
 
-    class Stub:  # the target gains 1 when some demonstration is shown, and the probe's own never counts
-        mode, tokenizer = "likelihood", model.scorer.tokenizer
+    def bump_target(prompt, target):  # the target gains 1 when some demonstration is shown
+        return np.array([(1.0 if prompt.demonstrations else 0.0) if c == target else 0.0 for c in prompt.candidates])
 
-        def score(self, prompt):
-            target = model.titles[next(p.candidates[0] for p in probes if tuple(
-                model.titles[i] for i in p.history[-model.max_his_len:]) == prompt.history)]
-            bump = 1.0 if prompt.demonstrations else 0.0
-            return np.array([bump if c == target else 0.0 for c in prompt.candidates])
-
-    model._scorer = Stub()
+    targets = {tuple(ranker.titles[i] for i in p.history[-ranker.max_his_len:]): ranker.titles[p.candidates[0]]
+               for p in probes}
+    ranker.scorer = StubScorer(ranker.scorer.tokenizer, targets, bump_target)
     own = probes[0].user
-    effects = probe_effects(model, probes, [own])
+    effects = probe_effects(ranker, probes, [own], 1.0)
     expected = np.log(10) + np.log(np.e / (np.e + 9))
     assert effects[0] == 0.0  # its own sequence was dropped: zero-shot prompt
     np.testing.assert_allclose(effects[1:], expected, atol=1e-9)
-    single = single_demonstration_effects(model, probes, [own, probes[1].user])
+    single = single_demonstration_effects(ranker, probes, [own, probes[1].user], 1.0)
     assert single[0][0] == 0.0 and single[1][1] == 0.0 and single[1][0] == pytest.approx(expected)
 
 

@@ -3,12 +3,15 @@ import json
 import logging
 import os
 import re
+import types
 
 import numpy as np
 import pytest
 import torch
 
-from recbole_lrgd.model.lrgd import LRGD
+from conftest import StubScorer, yaml_config
+
+from recbole_lrgd.model import lrgd
 from recbole_lrgd.optimizer.objective import Evaluation, copy_bias, drift, redundancy, robust_effect
 from recbole_lrgd.optimizer.perturb import perturb_demonstrations, perturb_history
 from recbole_lrgd.optimizer.two_stage import DemoOptimizer, OptimizerSettings
@@ -24,11 +27,9 @@ def quality(title: str) -> float:
     return ((n * 7) % 11) / 5.0 - 1.0
 
 
-class QualityStub:
+class QualityStub(StubScorer):
     """Scores the first candidate (the probe's target in the optimizer's calls) up by the summed
     quality of the demonstrations shown; counts prompts and can fail after ``fail_after`` calls."""
-
-    mode = "likelihood"
 
     def __init__(self, tokenizer, fail_after=None, record=None):
         self.tokenizer, self.calls, self.fail_after, self.record = tokenizer, 0, fail_after, record
@@ -46,7 +47,7 @@ class QualityStub:
 @pytest.fixture
 def stub(monkeypatch, tiny_llm, tiny_llm_dir):
     holder = {"scorer": QualityStub(tiny_llm[1]), "llm_path": tiny_llm_dir}
-    monkeypatch.setattr(LRGD, "scorer", property(lambda self: holder["scorer"]))
+    monkeypatch.setattr(lrgd, "config_scorer", lambda config: holder["scorer"])  # each model gets the current stub
     LLM_PATH[0] = tiny_llm_dir
     return holder
 
@@ -61,22 +62,31 @@ def _fit(tiny_data, **extra):
 
 
 def _chosen(result):
-    model = result["model_obj"]
-    return [(u, model.demo_cuts[u]) for u in (model.library or model.global_demo_users)]
+    return list(result["model_obj"].choice.specs)
+
+
+def _optimizer(model):
+    """The optimizer of a fitted model's config, set up again: the same seeded probes and pool users."""
+    opt = DemoOptimizer(model.ranker, OptimizerSettings.from_config(model.config))
+    opt.setup(len(model.titles))
+    return opt
+
+
+def _targets(model):
+    """Each pool user's demonstration target title."""
+    return {u: model.titles[seq[-1]] for u, seq in model.ranker.pool.sequences.items()}
 
 
 def test_stage1_picks_the_known_good_demonstrations(tiny_data, stub):
     result = _fit(tiny_data, lrgd_stages=1)
     model = result["model_obj"]
     assert model.demo_mode == "lrgd" and len(model.global_demo_users) == 2
-    targets = {u: model.titles[model.pool.sequences[u][-1]] for u in model.pool.sequences}
-    # the pool the optimizer scored, rebuilt from the same seed
-    opt = DemoOptimizer(model, OptimizerSettings.from_config(model.config))
-    opt.setup(model.pool, len(model.titles))
-    best = sorted((quality(targets[u]) for u in opt.candidates), reverse=True)[:2]
+    targets = _targets(model)
+    opt = _optimizer(model)
+    best = sorted((quality(targets[u]) for u in opt.pool_users), reverse=True)[:2]
     assert sorted((quality(targets[u]) for u in model.global_demo_users), reverse=True) == best
     assert best[0] > 0  # the test means something: the pool holds good demonstrations ...
-    assert min(quality(targets[u]) for u in opt.candidates) < 0  # ... and bad ones
+    assert min(quality(targets[u]) for u in opt.pool_users) < 0  # ... and bad ones
 
 
 def test_stage2_never_ends_below_stage1_and_the_same_seed_gives_the_same_set(tiny_data, stub, tmp_path):
@@ -171,13 +181,12 @@ def test_collapse_guard_reverts_to_the_best_set_seen():
             users = tuple(sorted(u for u, _ in specs))
             return table[(1, 2)] if users == (1, 2) else table["collapse"]
 
-        def demo_items(self, spec):
-            return (1, 2, 3), 4
-
         def fits_budget(self, specs):
             return True
 
-    opt = Fake(model=None, settings=OptimizerSettings(stage2_steps=3, stage2_patience=3, stage2_candidates=2))
+    opt = Fake(ranker=None, settings=OptimizerSettings.from_config(
+        yaml_config(stage2_steps=3, stage2_patience=3, stage2_candidates=2)))
+    opt.pool = types.SimpleNamespace(demonstration=lambda user, cut=0: ((1, 2, 3), 4))
     state = {"stage1": {"set": [[1, 0], [2, 0]], "effect": 0.10, "objective": 0.10}, "stage2": None,
              "history": [], "pool_scores": {"3": {"objective": 1.0}, "4": {"objective": 0.9}}}
     opt.stage2(state)
@@ -208,25 +217,24 @@ def test_perturbations_and_regularizers():
 def test_per_user_scope_optimizes_a_library_users_retrieve_from(tiny_data, stub):
     result = _fit(tiny_data, lrgd_stages=1, lrgd_scope="per_user", library_size=4)
     model = result["model_obj"]
-    assert model.global_demo_users == [] and len(model.library) == 4
-    targets = {u: model.titles[model.pool.sequences[u][-1]] for u in model.pool.sequences}
-    opt = DemoOptimizer(model, OptimizerSettings.from_config(model.config))
-    opt.setup(model.pool, len(model.titles))
-    best = sorted((quality(targets[u]) for u in opt.candidates), reverse=True)[:4]
-    assert sorted((quality(targets[u]) for u in model.library), reverse=True) == best
-    for user in list(model.pool.sequences)[:5]:
-        chosen = model.demo_users_for(user, model.pool.sequences[user])
-        assert len(chosen) == 2 and set(chosen) <= set(model.library) and user not in chosen
+    library = model.choice.users
+    assert model.choice.per_user and model.global_demo_users == [] and len(library) == 4
+    targets = _targets(model)
+    opt = _optimizer(model)
+    best = sorted((quality(targets[u]) for u in opt.pool_users), reverse=True)[:4]
+    assert sorted((quality(targets[u]) for u in library), reverse=True) == best
+    for user in list(model.ranker.pool.sequences)[:5]:
+        chosen = [u for u, _ in model.choice.for_user(model.ranker.pool, user, model.ranker.pool.sequences[user], 2)]
+        assert len(chosen) == 2 and set(chosen) <= set(library) and user not in chosen
 
 
 def test_token_budget_bounds_the_chosen_set(tiny_data, stub):
     result = _fit(tiny_data, demo_token_budget=250)
     model = result["model_obj"]
-    opt = DemoOptimizer(model, OptimizerSettings.from_config(model.config))
-    opt.setup(model.pool, len(model.titles))
+    opt = _optimizer(model)
     chosen = _chosen(result)
     assert 0 < opt.demo_tokens(chosen) <= 250
-    single = {u: opt.demo_tokens([(u, 0)]) for u in opt.candidates}
+    single = {u: opt.demo_tokens([(u, 0)]) for u in opt.pool_users}
     assert sum(sorted(single.values(), reverse=True)[:2]) > 250  # the budget really binds here
 
 
@@ -291,7 +299,7 @@ def test_warm_started_stage2_can_swap_a_demonstration(tiny_data, stub, tiny_llm,
     first = _fit(tiny_data, demo_state_file=path)
     model = first["model_obj"]
     state = json.load(open(path))
-    worth = {int(u): quality(model.titles[model.pool.sequences[int(u)][-1]]) for u in state["pool_scores"]}
+    worth = {int(u): quality(_targets(model)[int(u)]) for u in state["pool_scores"]}
     worst = sorted(worth, key=lambda u: (worth[u], u))[:2]
     state["chosen"] = [[u, 0] for u in worst]  # a poor saved set, so a swap is worth making
     json.dump(state, open(path, "w"))
@@ -305,3 +313,35 @@ def test_warm_started_stage2_can_swap_a_demonstration(tiny_data, stub, tiny_llm,
     assert any(users - set(worst) for users in accepted)  # a demonstration from the pool was swapped in
     assert {u for u, _ in state["chosen"]} != set(worst)
     assert state["warm_start_pool_scores"]  # the stage-1 scores, kept through the warm start
+
+
+def test_settings_come_from_the_yaml_and_a_missing_key_is_an_error():
+    from recbole_lrgd.errors import LRGDError
+
+    settings = OptimizerSettings.from_config(yaml_config())
+    assert (settings.pool_size, settings.scope, settings.token_budget) == tuple(
+        yaml_config()[k] for k in ("pool_size", "lrgd_scope", "demo_token_budget"))
+    assert isinstance(OptimizerSettings.from_config(yaml_config(lambda_std=1)).lambda_std, float)
+    config = yaml_config()
+    del config["demo_token_budget"]
+    with pytest.raises(LRGDError, match="no 'demo_token_budget'"):
+        OptimizerSettings.from_config(config)
+
+
+def test_probe_scoring_is_one_batched_call_per_set(tiny_data, stub):
+    """A set's clean and perturbed prompts go to the scorer in one call, the probes' zero-shot prompts in
+    one more (once); ``probe_effects`` scores its with-demonstration prompts in one call too."""
+    from recbole_lrgd.evaluator.effect import probe_effects
+
+    model = _fit(tiny_data, lrgd_stages=1)["model_obj"]
+    opt = _optimizer(model)
+    scorer, calls = stub["scorer"], []
+    scorer.score_many = lambda prompts: calls.append(len(prompts)) or [scorer.score(p) for p in prompts]
+    n = len(opt.probes)
+    opt.evaluate([(opt.pool_users[0], 0)])
+    assert calls == [2 * n, n]  # clean + one perturbed copy (perturb_num 1), then the zero-shot batch
+    opt.evaluate([(opt.pool_users[1], 0), (opt.pool_users[2], 0)])
+    assert calls[2:] == [2 * n]
+    calls.clear()
+    probe_effects(model.ranker, opt.probes, opt.pool_users[:2], 1.0)
+    assert calls == [n, n]

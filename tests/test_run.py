@@ -41,7 +41,7 @@ def test_demo_modes_run(tiny_data, tiny_llm_dir, mode):
 @pytest.mark.parametrize("invert,expected", [(False, {"hit@1": 1.0, "mrr@10": 1.0}),
                                              (True, {"hit@10": 0.0, "ndcg@10": 0.0})])
 def test_metrics_are_right_when_the_answer_is_known(tiny_data, tiny_llm_dir, monkeypatch, invert, expected):
-    """An oracle scorer ranks the target first (hit@1 = 1) or last of 20 (hit@10 = 0): predict maps
+    """An oracle scorer ranks the target first (hit@1 = 1) or last of 20 (hit@10 = 0): score_users maps
     the shuffled prompt's scores back to RecBole's rows correctly, without reading the label."""
     install_stub_scorer(monkeypatch, lambda prompt, target: np.array(
         [float((c == target) != invert) for c in prompt.candidates]))

@@ -236,7 +236,7 @@ def test_rerun_gives_identical_metrics_from_the_cache_alone(tiny_data, tiny_llm_
 
 def test_flag_off_writes_no_db_file(tiny_data, tiny_llm_dir):
     result = _run(tiny_data, tiny_llm_dir, score_cache=False)
-    assert result["model_obj"].scorer.score_cache is None
+    assert result["model_obj"].ranker.scorer.score_cache is None
     assert not os.path.exists(os.path.join(tiny_data, "saved", "score_cache"))
 
 

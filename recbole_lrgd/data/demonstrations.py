@@ -1,10 +1,22 @@
-"""Demonstrations from training interactions only: another user's history and true next item."""
+"""Demonstrations from training interactions only (another user's history and true next item), and
+which of them each user sees.
+
+A demonstration is named by a ``Spec``, ``(pool user, cut)``: that training user's history (its last
+``max_his_len`` items before its last one, minus the ``cut`` oldest) and its last item. ``DemoChoice``
+is the one place the ``demo_mode`` policies live: none, one global set (random, or lrgd's global
+scope), each user's nearest pool users (nearest) or its nearest of an optimized library (lrgd's
+per-user scope).
+"""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.sparse as sp
+
+Spec = Tuple[int, int]  # (pool user, oldest shown history items cut)
+DemoItems = Tuple[Tuple[int, ...], int]  # (history item ids, oldest first; target item id)
 
 
 def training_sequences(train_dataset) -> Dict[int, np.ndarray]:
@@ -22,11 +34,13 @@ def training_sequences(train_dataset) -> Dict[int, np.ndarray]:
 
 
 class DemonstrationPool:
-    """Candidate demonstrations: per training user, (history without the last item, last item)."""
+    """Candidate demonstrations: per training user, (history without the last item, last item); a
+    prompt shows at most ``max_his_len`` history items."""
 
-    def __init__(self, sequences: Dict[int, np.ndarray], n_items: int):
+    def __init__(self, sequences: Dict[int, np.ndarray], n_items: int, max_his_len: int):
         self.users = np.array([u for u, s in sequences.items() if len(s) >= 2], dtype=np.int64)
         self.sequences = {int(u): sequences[int(u)] for u in self.users}
+        self.max_his_len = int(max_his_len)
         rows = np.repeat(np.arange(len(self.users)), [len(self.sequences[int(u)]) for u in self.users])
         cols = np.concatenate([self.sequences[int(u)] for u in self.users]) if len(self.users) else np.array([], int)
         self.matrix = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(self.users), n_items))
@@ -35,12 +49,12 @@ class DemonstrationPool:
     def __len__(self) -> int:
         return len(self.users)
 
-    def demonstration(self, user: int, max_len: int, cut: int = 0) -> tuple:
-        """(history item ids, target item id) of one pool user; history cut to its last ``max_len``,
-        then its ``cut`` oldest items removed (at least one item is always kept)."""
+    def demonstration(self, user: int, cut: int = 0) -> DemoItems:
+        """The demonstration of pool user ``user``: its history cut to the last ``max_his_len`` items, then
+        its ``cut`` oldest items removed (at least one item is always kept), and its target."""
         seq = self.sequences[int(user)]
-        history = seq[:-1][-max_len:]
-        return history[min(int(cut), len(history) - 1):], int(seq[-1])
+        history = seq[:-1][-self.max_his_len:]
+        return tuple(int(i) for i in history[min(int(cut), len(history) - 1):]), int(seq[-1])
 
     def random_users(self, k: int, seed: int) -> List[int]:
         """A seeded random set of ``k`` pool users (the 'random demonstrations' baseline)."""
@@ -59,3 +73,43 @@ class DemonstrationPool:
             allowed = set(int(u) for u in among) - {int(exclude)}
             order = [o for o in order if int(self.users[o]) in allowed]
         return [int(self.users[o]) for o in order[:k]]
+
+
+@dataclass(frozen=True)
+class DemoChoice:
+    """Which demonstrations a user sees: every one of ``specs`` (a global set), or with ``per_user`` its
+    ``k`` nearest of them, never itself (of the whole pool when ``specs`` is None). No specs: zero-shot."""
+
+    specs: Optional[Tuple[Spec, ...]] = ()
+    per_user: bool = False
+
+    @classmethod
+    def chosen(cls, specs: Sequence[Sequence[int]], per_user: bool) -> "DemoChoice":
+        """The optimizer's choice: a global set, or a library each user retrieves its nearest from."""
+        return cls(tuple((int(u), int(c)) for u, c in specs), per_user)
+
+    @classmethod
+    def for_mode(cls, demo_mode: str, pool: DemonstrationPool, k: int, seed: int) -> "DemoChoice":
+        """The choice of ``demo_mode`` none, random (a seeded global set of ``k``) or nearest."""
+        if demo_mode == "random":
+            return cls(tuple((u, 0) for u in pool.random_users(k, seed)))
+        return cls(None, per_user=True) if demo_mode == "nearest" else cls()
+
+    @property
+    def users(self) -> List[int]:
+        return [u for u, _ in self.specs or ()]
+
+    def for_user(self, pool: Optional[DemonstrationPool], user: int, history: Sequence[int], k: int) -> List[Spec]:
+        """The demonstrations ``user`` (with this history) sees, in prompt order."""
+        if not self.per_user:
+            return list(self.specs)
+        among = None if self.specs is None else self.users
+        cuts = dict(self.specs or ())
+        return [(u, cuts.get(u, 0)) for u in pool.nearest_users(history, k, exclude=user, among=among)]
+
+    def __str__(self) -> str:
+        if self.specs is None:
+            return "per user (most item overlap)"
+        if self.per_user:
+            return f"per user, nearest of the library {self.users}"
+        return f"global set of users {self.users}" if self.specs else "none (zero-shot)"

@@ -4,11 +4,11 @@
 from RecBole's own ``rec.topk`` rows by RecBole's own metric classes: ties count exactly as RecBole
 counts them (``torch.topk`` over the padded score matrix, whose order among equal scores is the
 kernel's, neither the lowest item id nor the candidate order), and the users' mean is RecBole's
-reported value. ``LRGDCollector`` also gathers LRGD's with/without-demonstration scores for EffectD.
+reported value. ``LRGDCollector`` also collects LRGD's with/without-demonstration scores for EffectD.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from recbole.evaluator import Collector
 from recbole.evaluator.base_metric import TopkMetric
 from recbole.evaluator.register import metrics_dict
 
+from recbole_lrgd.data.chunks import user_rows
 from recbole_lrgd.evaluator.effect import EFFECT_KEY, target_first
 
 
@@ -36,7 +37,7 @@ class PerUserCollector(Collector):
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
         super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
         # a ranking batch has one score row per user, in the order of the users' first rows
-        users = list(dict.fromkeys(interaction[self.config["USER_ID_FIELD"]].tolist()))
+        users = [user for user, _ in user_rows(interaction[self.config["USER_ID_FIELD"]].cpu().numpy())]
         if scores_tensor.dim() == 2 and len(users) == scores_tensor.shape[0]:
             self._users += users
         else:
@@ -79,24 +80,26 @@ def _per_user_values(metric: TopkMetric, struct) -> Optional[tuple]:
 
 
 class LRGDCollector(PerUserCollector):
-    """Reads the scores the model recorded during ``predict``; the label is read here, never by the model."""
+    """Also collects, for EffectD, LRGD's scores with and without demonstrations, which the trainer hands
+    over with each batch; the label is read here, never by the model."""
 
-    def __init__(self, config, model):
-        super().__init__(config)
-        self.model = model
+    @property
+    def needs_zero_shot(self) -> bool:
+        """Whether a metric (EffectD) needs the scores without demonstrations."""
+        return self.register.need(EFFECT_KEY)
 
-    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i,
+                           effect_scores: Optional[Tuple[np.ndarray, np.ndarray]] = None):
+        """RecBole's collection, and ``effect_scores``: (with demonstrations, zero-shot) float64 scores of
+        the batch's rows."""
         super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
-        records = self.model.pop_effect_records()
-        if not self.register.need(EFFECT_KEY) or not records:
+        if not self.needs_zero_shot or effect_scores is None:
             return
-        with_demos = np.concatenate([r[0] for r in records])
-        zero_shot = np.concatenate([r[1] for r in records])
+        with_demos, zero_shot = effect_scores
         users = interaction[self.config["USER_ID_FIELD"]].cpu().numpy()
         labels = interaction[self.config["LABEL_FIELD"]].cpu().numpy()
         rows = []
-        for user in dict.fromkeys(users.tolist()):
-            block = np.flatnonzero(users == user)
+        for _, block in user_rows(users):
             target = int(np.flatnonzero(labels[block] > 0)[0])
             rows.append(np.stack([target_first(with_demos[block], target), target_first(zero_shot[block], target)]))
         self.data_struct.update_tensor(EFFECT_KEY, torch.from_numpy(np.stack(rows)))

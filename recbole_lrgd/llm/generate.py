@@ -22,8 +22,6 @@ from recbole_lrgd.llm.prompt import Prompt, encode_parts
 from recbole_lrgd.llm.score_cache import ScoreCache
 from recbole_lrgd.llm.scorer import Scorer
 
-FUZZY_THRESHOLD = 0.8  # kept for model/lrgd.py until it uses make_scorer (the YAML's title_match_threshold)
-
 _BULLET = r"\s*(?:[-*\u2022>]\s*)?"
 _INDEX = re.compile(_BULLET + r"(?:(?:candidate|item|option|no\.?)\s*|#)?"
                     r"(?:\[(\d+)\]|\((\d+)\)|(\d+)\s*[.):\]](?!\d)|(\d+)\s*$)", re.IGNORECASE)

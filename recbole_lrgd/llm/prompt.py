@@ -133,8 +133,7 @@ def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[st
     (``truncate_to_budget``; an ``LRGDError`` naming the minimum when even its shortest prompt is over).
 
     ``list_candidates=None`` lists them only where the scorer needs the list (verbalizer, generate): with title
-    likelihood a listed title is copied, which flattens the scores (ml-100k, SmolLM2-135M, 40
-    users, zero-shot NDCG@10: 0.226 listed, 0.366 not listed).
+    likelihood a listed title is copied, which flattens the scores (the README has the measurement).
     """
     if list_candidates is None:
         list_candidates = mode != "likelihood"

@@ -1,3 +1,4 @@
 from recbole_lrgd.model.lrgd import LRGD
+from recbole_lrgd.model.ranker import ICLRanker
 
-__all__ = ["LRGD"]
+__all__ = ["ICLRanker", "LRGD"]

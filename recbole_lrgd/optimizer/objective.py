@@ -1,4 +1,5 @@
-"""The regularised objective of a demonstration set, from probe scores (pure functions).
+"""The regularised objective of a demonstration set, from probe scores (pure functions; the per-probe
+Effect itself is ``evaluator.effect.ProbeEffect``'s).
 
     objective = robust Effect - lambda_redundancy * redundancy - lambda_copy * copy - lambda_reg * drift
     robust Effect = mean - lambda_std * std   over the clean set and its P perturbed copies
@@ -14,8 +15,6 @@ from typing import Dict, Sequence
 
 import numpy as np
 import torch
-
-from recbole_lrgd.evaluator.effect import effect_per_user
 
 
 def robust_effect(effects: Sequence[float], lambda_std: float) -> float:
@@ -52,11 +51,6 @@ def drift(with_demos: np.ndarray, zero_shot: np.ndarray, temperature: float) -> 
     """Mean KL(zero-shot || with demonstrations) of the ranking distribution over the candidates."""
     p0, pd = _probs(zero_shot, temperature), _probs(with_demos, temperature)
     return float(np.mean(np.sum(p0 * (np.log(p0 + 1e-300) - np.log(pd + 1e-300)), -1)))
-
-
-def mean_effect(with_demos: np.ndarray, zero_shot: np.ndarray, temperature: float) -> np.ndarray:
-    """Per-probe Effect l_0 - l_D on the candidate columns."""
-    return effect_per_user(torch.as_tensor(with_demos), torch.as_tensor(zero_shot), temperature).numpy()
 
 
 @dataclass

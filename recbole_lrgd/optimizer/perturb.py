@@ -8,7 +8,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-DemoItems = Tuple[Tuple[int, ...], int]
+from recbole_lrgd.data.demonstrations import DemoItems
 
 
 def perturb_history(history: Sequence[int], rate: float, items: np.ndarray, rng: np.random.Generator) -> Tuple[int, ...]:

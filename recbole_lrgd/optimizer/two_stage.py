@@ -15,61 +15,59 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from logging import getLogger
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from recbole_lrgd.data.demonstrations import DemonstrationPool
+from recbole_lrgd.data.demonstrations import DemoChoice, Spec
 from recbole_lrgd.data.probes import Probe, make_probes
-from recbole_lrgd.evaluator.effect import resolve_temperature
-from recbole_lrgd.optimizer.objective import Evaluation, combine, copy_bias, drift, mean_effect, redundancy
+from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.evaluator.effect import ProbeEffect
+from recbole_lrgd.optimizer.objective import Evaluation, combine, copy_bias, drift, redundancy
 from recbole_lrgd.optimizer.perturb import perturb_demonstrations
 from recbole_lrgd.optimizer.state import data_fingerprint, digest, load_state, save_state
 
-Spec = Tuple[int, int]  # (pool user, oldest shown history items cut)
 SCOPES = ("global", "per_user")
+YAML_KEYS = {"scope": "lrgd_scope", "token_budget": "demo_token_budget"}  # field -> YAML key, where they differ
+NOT_IN_IDENTITY = ("warm_start",)  # how a saved state is used, not what its scores are
 
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """The YAML keys of the optimizer (``properties/model/LRGD.yaml``)."""
+    """The optimizer's keys of ``properties/model/LRGD.yaml`` (and RecBole's ``seed``), which holds their defaults."""
 
-    num_demos: int = 2
-    scope: str = "global"
-    library_size: int = 8
-    pool_size: int = 12
-    probe_users: int = 16
-    probe_negatives: int = 9
-    perturb_num: int = 1
-    perturb_rate: float = 0.2
-    lambda_std: float = 0.5
-    lambda_redundancy: float = 0.1
-    lambda_copy: float = 0.2
-    lambda_reg: float = 0.1
-    token_budget: Optional[int] = 512
-    stage2_steps: int = 8
-    stage2_patience: int = 4
-    stage2_candidates: int = 6
-    seed: int = 2020
-    effect_temperature: Any = 1.0
+    num_demos: int
+    scope: str
+    library_size: int
+    pool_size: int
+    probe_users: int
+    probe_negatives: int
+    perturb_num: int
+    perturb_rate: float
+    lambda_std: float
+    lambda_redundancy: float
+    lambda_copy: float
+    lambda_reg: float
+    token_budget: Optional[int]  # ~: no budget
+    stage2_steps: int
+    stage2_patience: int
+    stage2_candidates: int
+    seed: int
+    effect_temperature: Union[float, str]
+    warm_start: bool
 
     @classmethod
     def from_config(cls, config) -> "OptimizerSettings":
-        """Settings from a RecBole config; a key it lacks (or sets to ~) keeps the default above."""
-        keys = {"scope": "lrgd_scope", "token_budget": "demo_token_budget"}  # field -> YAML key, where they differ
+        """Settings from a RecBole config (or any mapping); a key it lacks is an ``LRGDError``."""
         values = {}
-        for name, spec in cls.__dataclass_fields__.items():
-            key = keys.get(name, name)
+        for spec in fields(cls):
+            key = YAML_KEYS.get(spec.name, spec.name)
             if key not in config:
-                continue
-            value = config[key]
-            if value is None and name != "token_budget":  # ~ for the budget means none
-                continue
-            values[name] = value if name in ("effect_temperature", "scope") or value is None else type(spec.default)(value)
+                raise LRGDError(f"the config has no {key!r}: properties/model/LRGD.yaml sets every optimizer key")
+            values[spec.name] = float(config[key]) if spec.type in ("float", float) else config[key]
         return cls(**values)
 
     @property
@@ -82,77 +80,66 @@ class OptimizerSettings:
         return {"std": self.lambda_std, "redundancy": self.lambda_redundancy, "copy": self.lambda_copy,
                 "reg": self.lambda_reg}
 
+    def identity(self) -> Dict[str, Any]:
+        """The settings that decide the optimizer's scores and choices."""
+        return {k: v for k, v in asdict(self).items() if k not in NOT_IN_IDENTITY}
 
-def _key(specs: Sequence[Spec]) -> str:
+
+def set_key(specs: Sequence[Spec]) -> str:
+    """A demonstration set as a memo key."""
     return ";".join(f"{u}:{c}" for u, c in specs)
 
 
 class DemoOptimizer:
     """Chooses LRGD's demonstrations by the regularised probe objective; see the module docstring.
 
-    ``model`` is an ``LRGD`` (its prompt builder and scorer are used); ``context`` is what else
-    decides a score (``state.score_context``: the model's identity, the prompt keys), hashed with the
-    settings into the state's identity;
-    ``map_fn(fn, items)`` runs ``fn`` over items (a distributed map shards it over processes);
-    ``is_main`` says whether this process writes the state.
+    ``ranker`` is the ``ICLRanker`` that scores test users (its pool, prompts and scorer); ``context``
+    is what else decides a score (``state.score_context``: the model's identity, the prompt keys),
+    hashed with the settings into the state's identity; ``map_fn(fn, items)`` runs ``fn`` over items
+    (a distributed map shards it over processes); ``is_main`` says whether this process writes the state.
     """
 
-    def __init__(self, model, settings: OptimizerSettings, state_path: Optional[str] = None,
+    def __init__(self, ranker, settings: OptimizerSettings, state_path: Optional[str] = None,
                  context: Optional[Dict[str, Any]] = None, show_progress: bool = False,
                  map_fn: Optional[Callable[[Callable, Sequence], List]] = None, is_main: bool = True,
-                 warm_start: bool = True, round_size: int = 1):
+                 round_size: int = 1):
         if settings.scope not in SCOPES:
-            from recbole_lrgd.errors import LRGDError
             raise LRGDError(f"lrgd_scope {settings.scope!r}: use one of {', '.join(SCOPES)}")
-        self.model, self.settings, self.state_path = model, settings, state_path
-        self.show_progress, self.is_main, self.warm_start = show_progress, is_main, warm_start
+        self.ranker, self.settings, self.state_path = ranker, settings, state_path
+        self.show_progress, self.is_main = show_progress, is_main
         self.map_fn = map_fn or (lambda fn, items: [fn(i) for i in items])
         self.round_size = max(1, int(round_size))  # pool demonstrations scored between saves (the process count)
         self.context = json.loads(json.dumps(context or {}, sort_keys=True, default=str))
-        self.identity = digest({"settings": asdict(settings), "context": self.context})
+        self.identity = digest({"settings": settings.identity(), "context": self.context})
         self.logger = getLogger()
         self._memo: Dict[str, Evaluation] = {}
-        self._zero_shot: Dict[tuple, np.ndarray] = {}
 
     # -- data ----------------------------------------------------------------------------------
-    def setup(self, pool: DemonstrationPool, item_num: int) -> None:
-        """Probe users and pool candidates, disjoint, seeded; negatives from training items only."""
+    def setup(self, item_num: int) -> None:
+        """Probe users and pool users, disjoint, seeded, from the ranker's pool; negatives from training
+        items only."""
         s = self.settings
-        self.pool = pool
+        self.pool = pool = self.ranker.pool
         self.items = np.unique(np.concatenate([pool.sequences[int(u)] for u in pool.users]))
         self.probes: List[Probe] = make_probes(pool, s.probe_users, s.probe_negatives, item_num, s.seed,
-                                               max_his_len=self.model.max_his_len, items=self.items)
+                                               max_his_len=self.ranker.max_his_len, items=self.items)
         probe_users = {p.user for p in self.probes}
         rest = np.array([u for u in pool.users if int(u) not in probe_users], dtype=np.int64)
         rng = np.random.default_rng([s.seed, 11])
-        self.candidates = sorted(int(u) for u in rng.choice(rest, size=min(s.pool_size, len(rest)), replace=False))
-        self.data_id = data_fingerprint(pool.sequences, getattr(self.model, "titles", None))
-        self._temperature: Optional[float] = None
-
-    @property
-    def temperature(self) -> float:
-        """``effect_temperature``, fitted on the probes' zero-shot scores when ``auto`` (scored lazily,
-        so a finished state is reused without scoring)."""
-        if self._temperature is None:
-            setting = self.settings.effect_temperature
-            self._temperature = float(setting) if setting not in (None, "auto") else resolve_temperature(
-                setting, torch.as_tensor(np.stack(self._zero_shot_scores([(p, tuple(p.candidates))
-                                                                          for p in self.probes]))))
-        return self._temperature
-
-    def demo_items(self, spec: Spec) -> Tuple[Tuple[int, ...], int]:
-        history, target = self.pool.demonstration(spec[0], self.model.max_his_len, spec[1])
-        return tuple(int(i) for i in history), target
+        self.pool_users = sorted(int(u) for u in rng.choice(rest, size=min(s.pool_size, len(rest)), replace=False))
+        self.data_id = data_fingerprint(pool.sequences, self.ranker.titles)
+        self.effect = ProbeEffect(self.ranker, self.probes, s.effect_temperature,
+                                  extra_items=[pool.demonstration(u)[1] for u in self.pool_users])
 
     def item_set(self, spec: Spec) -> Tuple[int, ...]:
         """A demonstration's items, history and target (what the redundancy penalty compares)."""
-        history, target = self.demo_items(spec)
+        history, target = self.pool.demonstration(*spec)
         return history + (target,)
 
     def demo_tokens(self, specs: Sequence[Spec]) -> int:
         """Most tokens the demonstrations of one prompt take: the whole set (global scope), or the
         ``num_demos`` longest of the library (per-user scope: a prompt shows only that many)."""
-        tokens = sorted((self.model.demonstration_tokens(*self.demo_items(s)) for s in specs), reverse=True)
+        tokens = sorted((self.ranker.demonstration_tokens(self.pool.demonstration(*s)) for s in specs), reverse=True)
         return sum(tokens if self.settings.scope == "global" else tokens[: self.settings.num_demos])
 
     def fits_budget(self, specs: Sequence[Spec]) -> bool:
@@ -160,74 +147,38 @@ class DemoOptimizer:
         return budget is None or self.demo_tokens(specs) <= budget
 
     # -- scoring ---------------------------------------------------------------------------------
-    def _zero_shot_scores(self, pairs: Sequence[Tuple[Probe, tuple]]) -> List[np.ndarray]:
-        """Zero-shot scores of (probe, candidates) pairs, memoised.
-
-        In likelihood mode a candidate's score does not depend on the others, so every probe's
-        candidates and every pool demonstration's target are scored once, in one fixed batch: the
-        values are then the same in every process, whatever it scored before (exact sharding).
-        """
-        if self.model.scorer.mode == "likelihood":
-            if not self._zero_shot:
-                targets = [self.pool.demonstration(u, 1)[1] for u in self.candidates]
-                full = [tuple(dict.fromkeys([*p.candidates.tolist(), *targets])) for p in self.probes]
-                prompts = [self.model.prompt_with(p.user, p.history, np.array(c), []) for p, c in zip(self.probes, full)]
-                for p, c, scores in zip(self.probes, full, self.model.score_prompts(prompts)):
-                    self._zero_shot.update({(p.user, int(i)): float(v) for i, v in zip(c, scores)})
-            missing = [(p, c) for p, c in pairs if any((p.user, int(i)) not in self._zero_shot for i in c)]
-            prompts = [self.model.prompt_with(p.user, p.history, np.array(c), []) for p, c in missing]
-            for (p, c), scores in zip(missing, self.model.score_prompts(prompts) if prompts else []):
-                self._zero_shot.update({(p.user, int(i)): float(v) for i, v in zip(c, scores)})
-            return [np.array([self._zero_shot[(p.user, int(i))] for i in c]) for p, c in pairs]
-        missing = list({(p.user, c): (p, c) for p, c in pairs if (p.user, c) not in self._zero_shot}.values())
-        prompts = [self.model.prompt_with(p.user, p.history, np.array(c), []) for p, c in missing]
-        for (p, c), scores in zip(missing, self.model.score_prompts(prompts) if prompts else []):
-            self._zero_shot[(p.user, c)] = scores
-        return [self._zero_shot[(p.user, c)] for p, c in pairs]
-
-    def _selected(self, probe: Probe, specs: Sequence[Spec]) -> List[Spec]:
-        """The demonstrations a probe sees: the set (global), or its nearest in the library (per user)."""
-        specs = [s for s in specs if s[0] != probe.user]
-        if self.settings.scope == "global":
-            return specs
-        near = self.pool.nearest_users(probe.history, self.settings.num_demos, exclude=probe.user,
-                                       among=[s[0] for s in specs])
-        return [next(s for s in specs if s[0] == u) for u in near]
-
     def evaluate(self, specs: Sequence[Spec]) -> Evaluation:
-        """The regularised objective of a set on the probes (memoised; scores also go through the
-        score cache, so no prompt is scored twice)."""
-        key = _key(specs)
+        """The regularised objective of a set on the probes (memoised). The clean set's and its perturbed
+        copies' prompts are scored in one call; the clean prompts also list the demonstrations' own
+        targets as extra candidates, to measure the copy bias."""
+        key = set_key(specs)
         if key in self._memo:
             return self._memo[key]
         s = self.settings
-        prompts, extras, clean_candidates = [], [], []
+        choice = DemoChoice.chosen(specs, per_user=s.scope == "per_user")
+        rows, extras = [], []
         for version in range(s.perturb_num + 1):
             for probe in self.probes:
-                chosen = self._selected(probe, specs)
-                demos = [self.demo_items(spec) for spec in chosen]
+                chosen = self.effect.seen_by(probe, choice)
+                demos = [self.pool.demonstration(*spec) for spec in chosen]
                 if version:  # a global set's copies are shared by all probes (one cached prefix each)
                     salt = probe.user if s.scope == "per_user" else 0
                     demos = perturb_demonstrations(demos, s.perturb_rate, self.items,
                                                    [s.seed, 13, version, salt, *np.ravel(chosen)])
-                candidates = list(probe.candidates)
-                if not version:  # the demonstrations' own targets, to measure the copy bias
-                    extra = [t for _, t in demos if t not in candidates]
-                    candidates += list(dict.fromkeys(extra))
+                candidates = [int(i) for i in probe.candidates]
+                if not version:
+                    candidates += list(dict.fromkeys(t for _, t in demos if t not in candidates))
                     extras.append(len(candidates) - len(probe.candidates))
-                    clean_candidates.append(tuple(candidates))
-                prompts.append(self.model.prompt_with(probe.user, probe.history, np.array(candidates), demos))
-        scores = self.model.score_prompts(prompts)
-        n, c = len(self.probes), len(self.probes[0].candidates)
-        zero = self._zero_shot_scores(list(zip(self.probes, clean_candidates)))
-        zero_c = np.stack([z[:c] for z in zero])
-        effects = [float(mean_effect(np.stack([r[:c] for r in scores[v * n:(v + 1) * n]]), zero_c,
-                                     self.temperature).mean()) for v in range(s.perturb_num + 1)]
-        clean = np.stack([r[:c] for r in scores[:n]])
+                rows.append((probe, demos, candidates))
+        scores = self.effect.score(rows)
+        n = len(self.probes)
+        zero = self.effect.zero_shot([c for _, _, c in rows[:n]])
+        effects = [float(self.effect.per_probe(scores[v * n:(v + 1) * n], zero).mean())
+                   for v in range(s.perturb_num + 1)]
+        temperature = self.effect.temperature
         evaluation = combine(
-            effects, redundancy([self.item_set(sp) for sp in specs]),
-            copy_bias(scores[:n], zero, extras, self.temperature), drift(clean, zero_c, self.temperature),
-            s.lambdas)
+            effects, redundancy([self.item_set(sp) for sp in specs]), copy_bias(scores[:n], zero, extras, temperature),
+            drift(self.effect.own_columns(scores[:n]), self.effect.own_columns(zero), temperature), s.lambdas)
         self._memo[key] = evaluation
         return evaluation
 
@@ -235,7 +186,7 @@ class DemoOptimizer:
     def _fresh_state(self) -> Dict[str, Any]:
         return {"identity": self.identity, "identity_context": self.context, "data": self.data_id,
                 "settings": asdict(self.settings), "probe_users": [p.user for p in self.probes],
-                "pool_users": self.candidates,
+                "pool_users": self.pool_users,
                 "pool_scores": {}, "stage1": None, "stage2": None, "history": [], "warm_start_from": None,
                 "warm_start_pool_scores": {}}
 
@@ -256,7 +207,7 @@ class DemoOptimizer:
             self._remember(saved)
             return saved
         state = self._fresh_state()
-        if saved and saved.get("identity") == self.identity and self.warm_start and saved.get("chosen"):
+        if saved and saved.get("identity") == self.identity and self.settings.warm_start and saved.get("chosen"):
             users = set(int(u) for u in self.pool.users)
             start = [tuple(s) for s in saved["chosen"] if int(s[0]) in users]
             if start:
@@ -274,13 +225,13 @@ class DemoOptimizer:
         for entry in entries:
             values = {k: v for k, v in entry.items() if k in fields}
             values["effects"] = tuple(values.get("effects", ()))
-            self._memo[_key([tuple(x) for x in entry["set"]])] = Evaluation(**values)
+            self._memo[set_key([tuple(x) for x in entry["set"]])] = Evaluation(**values)
 
     # -- the two stages --------------------------------------------------------------------------
-    def run(self, pool: DemonstrationPool, item_num: int, stages: int = 2) -> Dict[str, Any]:
+    def run(self, item_num: int, stages: int) -> Dict[str, Any]:
         """Both stages (or stage 1 alone); returns the state, whose ``chosen`` is the final set."""
         begun = time.time()  # stage 1's time includes the probes' zero-shot scores
-        self.setup(pool, item_num)
+        self.setup(item_num)
         state = self.initial_state()
         if state["warm_start_from"] and not state["stage1"]:
             start = [tuple(s) for s in state["warm_start_from"]]
@@ -306,8 +257,8 @@ class DemoOptimizer:
 
     def stage1(self, state: Dict[str, Any]) -> None:
         """Score each pool demonstration alone (sharded by ``map_fn``), then choose greedily."""
-        todo = [u for u in self.candidates if str(u) not in state["pool_scores"]]
-        bar = tqdm(total=len(self.candidates), initial=len(self.candidates) - len(todo), ncols=100,
+        todo = [u for u in self.pool_users if str(u) not in state["pool_scores"]]
+        bar = tqdm(total=len(self.pool_users), initial=len(self.pool_users) - len(todo), ncols=100,
                    desc="LRGD stage 1 (pool)", unit="demo", disable=not self.show_progress)
         chunk = self.round_size  # one demonstration per process, then the state is saved: a fit resumes
         for start in range(0, len(todo), chunk):
@@ -349,7 +300,7 @@ class DemoOptimizer:
         i = int(rng.integers(len(current)))
         used = {u for u, _ in current}
         options = [u for u in ranked[: self.settings.stage2_candidates] if u not in used]
-        history = self.demo_items((current[i][0], 0))[0]
+        history = self.pool.demonstration(current[i][0])[0]
         can_cut = current[i][1] + 1 < len(history)
         if options and (not can_cut or rng.random() < 0.7):
             proposal = current[:i] + [(int(options[int(rng.integers(len(options)))]), 0)] + current[i + 1:]
