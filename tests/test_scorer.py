@@ -1,10 +1,13 @@
 """The scorer: cached likelihood equals the naive full-prompt path; verbalizer reads label logits."""
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from recbole_lrgd.llm.prompt import Demonstration, Prompt, build_prompt, encode_parts, encode_prompt
-from recbole_lrgd.llm.scorer import LLMScorer, make_scorer, mean_token_logprob, naive_likelihood, pack_candidates
+from recbole_lrgd.llm.scorer import (LLMScorer, common_start, make_scorer, mean_token_logprob, naive_likelihood,
+                                     pack_candidates)
 
 
 def _scorer(tiny_llm, mode="likelihood", candidate_batch_size=20, user_batch_size=8, score_cache=None,
@@ -295,9 +298,143 @@ class _OldStyleLM(torch.nn.Module):
 def test_a_past_key_values_model_without_logits_to_keep_scores_the_same(tiny_llm, mode):
     model, tok = tiny_llm
     old_style = _OldStyleLM(model)
-    prompts = _user_prompts(tok, mode=mode, users=3, n_cands=8)
+    prompts = _user_prompts(tok, mode=mode, users=3, n_cands=8) + _per_user_prompts(tok, mode)  # one prefix, several
     want = _scorer(tiny_llm, mode, candidate_batch_size=5).score_many(prompts)
     scorer = _scorer((old_style, tok), mode, candidate_batch_size=5)
     assert (scorer.lm._cache_kw, scorer.lm._keeps_logits) == ("past_key_values", False)
     for got, expected in zip(scorer.score_many(prompts), want):
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+# -- per-user demonstrations: prompts of different prefixes in one forward pass ------------------------
+@pytest.fixture(scope="module")
+def sharp_llm(tiny_llm):
+    """The tiny LLaMA with its queries and keys scaled up: its attention, nearly uniform at random init, is
+    sharp, so a wrong position or a visible pad shows in the scores."""
+    model, tok = tiny_llm
+    sharp = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in sharp.model.layers:
+            layer.self_attn.q_proj.weight.mul_(20)
+            layer.self_attn.k_proj.weight.mul_(20)
+    return sharp, tok
+
+
+DEMO_SETS = [(Demonstration(("Alpha", "Beta gamma"), "Delta"),),
+             (Demonstration(("Omega",), "Psi"), Demonstration(("Chi", "Phi long title"), "Tau")),
+             ()]
+
+
+def _per_user_prompts(tok, mode="likelihood"):
+    """Six users: demonstration sets 0, 1, 0, 2 (zero-shot), 1, 0, so prefixes of three lengths, each shared
+    by some users; user 2 has 9 candidates (two rows of 6 in likelihood mode)."""
+    sets = [0, 1, 0, 2, 1, 0]
+    return [build_prompt(tok, list(DEMO_SETS[s]), [f"Item {'y' * u} {k}" for k in range(u % 3 + 1)],
+                         [f"Candidate {'x' * ((i + u) % 6)} {i}" for i in range(9 if u == 2 else 5)],
+                         seed=(0, u), mode=mode)
+            for u, s in enumerate(sets)]
+
+
+def _one_at_a_time(llm, mode, prompts, **kwargs):
+    """The unbatched path: a fresh scorer per prompt, so each runs alone on its own prefix's cache."""
+    return [_scorer(llm, mode, **kwargs).score(p) for p in prompts]
+
+
+@pytest.mark.parametrize("mode", ["likelihood", "verbalizer"])
+def test_per_user_prefixes_share_one_padded_prefill_and_one_forward(sharp_llm, mode):
+    """Rows of three different prefixes go through ONE forward pass after ONE padded prefill that holds
+    each distinct prefix once, on the kept cache of the start they share (the instruction); each user's
+    scores equal its prompt scored alone."""
+    model, tok = sharp_llm
+    scorer = _scorer(sharp_llm, mode, candidate_batch_size=6, user_batch_size=8)
+    prompts = _per_user_prompts(tok, mode)
+    prefixes = {tuple(encode_parts(tok, p)[0]) for p in prompts}
+    assert len({len(p) for p in prefixes}) == 3  # the shorter prefixes are padded in the prefill, masked after
+    start = common_start(list(prefixes))
+    assert len(start) > 10 and all(p[: len(start)] == start for p in prefixes)
+    shapes, handle = _batch_calls(scorer)
+    try:
+        many = scorer.score_many(prompts)
+    finally:
+        handle.remove()
+    rows = 7 if mode == "likelihood" else 6
+    assert shapes[:2] == [(1, len(start)), (3, max(map(len, prefixes)) - len(start))]
+    assert [s[0] for s in shapes[2:]] == [rows]
+    assert list(scorer._prefixes) == [start]  # the shared start is kept, per-user prefixes are not
+    for p, got, alone in zip(prompts, many, _one_at_a_time(sharp_llm, mode, prompts, candidate_batch_size=6)):
+        np.testing.assert_allclose(got, alone, atol=1e-4)
+        assert np.ptp(got) > 1e-3
+        if mode == "likelihood":
+            np.testing.assert_allclose(got, _naive(scorer, p), atol=1e-4)
+
+
+def test_per_user_prefixes_in_several_forwards_and_beside_an_empty_suffix(sharp_llm):
+    """Two rows a forward (a user's rows straddle forwards, each forward with its own prefill), and a
+    prompt with no user part: its first-token logits come from the padded prefill."""
+    model, tok = sharp_llm
+    prompts = _per_user_prompts(tok) + [_no_suffix(_per_user_prompts(tok)[1])]
+    scorer = _scorer(sharp_llm, candidate_batch_size=6, user_batch_size=2)
+    for p, got, alone in zip(prompts, scorer.score_many(prompts),
+                             _one_at_a_time(sharp_llm, "likelihood", prompts, candidate_batch_size=6)):
+        np.testing.assert_allclose(got, alone, atol=1e-4)
+        np.testing.assert_allclose(got, _naive(scorer, p), atol=1e-4)
+
+
+def test_common_start_leaves_every_sequence_a_token():
+    assert common_start([(1, 2, 3, 4), (1, 2, 5), (1, 2, 3)]) == (1, 2)
+    assert common_start([(1, 2, 3), (1, 2, 3, 4)]) == (1, 2)
+    assert common_start([(1, 2), (3, 2)]) == ()
+
+
+def test_batches_read_the_rows_alone(tiny_llm):
+    """A prefix with a batch's worth of rows keeps its own batches; the rest share batches in order."""
+    scorer = _scorer(tiny_llm, user_batch_size=3)
+    a, b, c = (1,), (2,), (3,)
+    assert scorer.batches([a, b, a, c, a, b]) == [[0, 2, 4], [1, 3, 5]]
+    assert scorer.batches([a, b, a, c, a, a, b, a]) == [[0, 2, 4], [5, 7], [1, 3, 6]]
+    assert scorer.batches([b, c]) == [[0, 1]]
+
+
+def test_per_user_scores_do_not_depend_on_what_ran_before(sharp_llm):
+    """A chunk scores bit for bit the same on a fresh scorer and on one that already keeps the chunk's
+    shared prefix: its scores are a function of the chunk alone (exact sharding)."""
+    model, tok = sharp_llm
+    chunk = _per_user_prompts(tok)
+    fresh = _scorer(sharp_llm, candidate_batch_size=6, user_batch_size=8).score_many(chunk)
+    warm = _scorer(sharp_llm, candidate_batch_size=6, user_batch_size=8)
+    warm.score_many(_user_prompts(tok, demos=DEMO_SETS[0], users=8))  # keeps set 0's prefix
+    assert tuple(encode_parts(tok, chunk[0])[0]) in warm._prefixes
+    for got, want in zip(warm.score_many(chunk), fresh):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.default_llm
+@pytest.mark.parametrize("mode", ["likelihood", "verbalizer"])
+def test_default_llm_per_user_prefixes_equal_one_at_a_time(mode):
+    """SmolLM2: users with their own (nearest-like) demonstrations, some shared, batched in one padded
+    prefill and one forward, score as each prompt alone (fp32)."""
+    from recbole_lrgd.llm.loader import load_llm
+
+    llm = load_llm(None, device="cpu", dtype="float32")
+    tok = llm[1]
+    sets = [[Demonstration(("Toy Story (1995)", "Heat (1995)"), "Fargo (1996)")],
+            [Demonstration(("Star Wars (1977)",), "Return of the Jedi (1983)"),
+             Demonstration(("Scream (1996)", "Evita (1996)", "Contact (1997)"), "Titanic (1997)")],
+            []]
+    cands = ["Babe (1995)", "Casino (1995)", "Jumanji (1995)", "Sabrina (1995)", "GoldenEye (1995)",
+             "Braveheart (1995)", "Apollo 13 (1995)", "Twelve Monkeys (1995)", "Clueless (1995)"]
+    histories = [["Scream (1996)"], ["Evita (1996)", "Heat (1995)"], ["Titanic (1997)", "Scream (1996)"],
+                 ["Fargo (1996)"], ["Heat (1995)", "Contact (1997)", "Babe (1995)"]]
+    prompts = [build_prompt(tok, sets[s], h, cands if u == 2 else cands[:5], seed=(0, u), mode=mode)
+               for u, (s, h) in enumerate(zip([0, 1, 0, 2, 1], histories))]
+    assert len({len(encode_parts(tok, p)[0]) for p in prompts}) == 3
+    scorer = _scorer(llm, mode, candidate_batch_size=6, user_batch_size=8)
+    shapes, handle = _batch_calls(scorer)
+    try:
+        many = scorer.score_many(prompts)
+    finally:
+        handle.remove()
+    assert [s[0] for s in shapes] == [1, 3, 6 if mode == "likelihood" else 5]  # shared start, prefixes, rows
+    for got, alone in zip(many, _one_at_a_time(llm, mode, prompts, candidate_batch_size=6)):
+        np.testing.assert_allclose(got, alone, atol=1e-4)
+        assert np.ptp(got) > 1e-2

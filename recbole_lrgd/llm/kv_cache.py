@@ -72,10 +72,28 @@ class KVModel:
         copied.batch_repeat_interleave(batch)
         return copied
 
-    def prefill(self, ids: Sequence[int]) -> Tuple[object, torch.Tensor]:
-        """The KV cache of ``ids`` (one row) and the logits at its last position: what comes next."""
-        logits, cache = self.forward(torch.tensor([list(ids)]), keep=[len(ids) - 1])
-        return cache, logits[0, -1]
+    def select(self, cache, rows: Sequence[int]):
+        """``cache`` with its rows replaced by rows ``rows`` of it, in that order (a row may repeat)."""
+        cache.batch_select_indices(torch.tensor(list(rows), device=self.device))
+        return cache
+
+    def prefill(self, prompts: Sequence[Sequence[int]], pad: int = 0, cache=None) -> Tuple[object, torch.Tensor]:
+        """The KV cache of ``prompts``, one row each, right-padded with ``pad`` to the longest, and each
+        prompt's logits at its last token (rows, V): what comes next. With ``cache`` (one row per prompt)
+        the prompts continue it and the result is that cache, appended to.
+
+        Causal attention keeps every real token from the pads after it, so a row's real part is what the
+        prompt alone would give; whoever attends to the cache later must mask the pads. One prompt runs
+        unpadded.
+        """
+        lengths = [len(ids) for ids in prompts]
+        ids = torch.full((len(prompts), max(lengths)), pad, dtype=torch.long)
+        for b, row in enumerate(prompts):
+            ids[b, : lengths[b]] = torch.as_tensor(list(row), dtype=torch.long)
+        keep = sorted({n - 1 for n in lengths})
+        logits, cache = self.forward(ids, cache, keep=keep)
+        at = [keep.index(n - 1) for n in lengths]
+        return cache, logits[torch.arange(len(prompts)), at]
 
     def generate(self, ids: torch.Tensor, cache, config) -> torch.Tensor:
         """``model.generate`` continuing ``ids`` (1, T), whose first tokens ``cache`` holds (appended to)."""

@@ -6,10 +6,20 @@ token after the prompt.
 Both are ``LLMScorer``; ``generate`` (the LLM writes a ranked list) is ``GenerateScorer`` in
 ``recbole_lrgd.llm.generate``. ``make_scorer`` builds the one a mode needs; all share ``Scorer``.
 
-There is one way to run the model: ``score_many``. Its prompts are grouped by their shared prefix
-(instruction + demonstrations), whose KV cache is computed once and kept; the users' suffixes (with, in
-likelihood mode, their candidates packed after them) are right-padded rows of ONE forward pass on a
-copy of that cache. ``score(prompt)`` is ``score_many([prompt])[0]``.
+There is one way to run the model: ``score_many``. A prompt is a prefix (instruction + demonstrations)
+and the user's suffix; in likelihood mode its candidates are packed after the suffix. A prompt's row (or rows)
+runs on its prefix's KV cache, ``user_batch_size`` right-padded rows in ONE forward pass:
+
+- a prefix shared by a whole batch of rows (one demonstration set for all users) is encoded once and
+  kept (a small LRU); its rows run on copies of that cache;
+- the other rows (per-user demonstrations: ``nearest``, the optimizer's per-user scope) share batches
+  whatever their prefixes: the batch's distinct prefixes are encoded together, each once, in one padded
+  forward on the kept cache of the start they all share (the instruction), and row b's cache holds its
+  own prefix, the pads masked, its positions continuing it.
+
+Which rows share a batch depends on the prompts of the call alone (``LLMScorer.batches``), never on
+what ran before, so a caller's chunk scores the same wherever it is dealt (sharding).
+``score(prompt)`` is ``score_many([prompt])[0]``.
 
 With a ``ScoreCache`` every score is looked up first and stored after: a prompt whose candidates are
 all cached runs no forward pass.
@@ -31,7 +41,6 @@ if TYPE_CHECKING:
     from recbole_lrgd.llm.generate import ParseStats
 
 SCORER_MODES = ("likelihood", "verbalizer", "generate")
-DEFAULT_MAX_NEW_TOKENS = 100  # kept for model/lrgd.py until it uses make_scorer (the YAML holds the default)
 
 
 @dataclass
@@ -109,7 +118,8 @@ class Scorer:
         if key in self._prefixes:
             self._prefixes.move_to_end(key)
         else:
-            self._prefixes[key] = self.lm.prefill(prefix_ids)
+            cache, last = self.lm.prefill([key])
+            self._prefixes[key] = cache, last[0]
             while len(self._prefixes) > self.PREFIX_CACHE_SIZE:
                 self._prefixes.popitem(last=False)
         return self._prefixes[key]
@@ -136,24 +146,13 @@ class Scorer:
 class LLMScorer(Scorer):
     """Likelihood and verbalizer scores from one forward pass per batch of rows.
 
-    A row is one user's suffix after the shared prefix; in likelihood mode its candidates follow it,
-    packed (``pack_candidates``), at most ``candidate_batch_size`` per row: a user with more candidates
-    takes several rows, each repeating the suffix.
+    A row is one user's suffix after its prefix; in likelihood mode its candidates follow it, packed
+    (``pack_candidates``), at most ``candidate_batch_size`` per row: a user with more candidates takes
+    several rows, each repeating the suffix.
     """
 
-    def __new__(cls, model, tokenizer, mode, *args, **kwargs):
-        """Kept for model/lrgd.py until it uses make_scorer: its ``LLMScorer(...)`` also built generate mode."""
-        if mode == "generate":
-            from recbole_lrgd.llm.generate import GenerateScorer
-
-            return GenerateScorer(model, tokenizer, **{k: kwargs[k] for k in (
-                "user_batch_size", "score_cache", "model_id", "max_new_tokens", "match_threshold")})
-        return super().__new__(cls)
-
     def __init__(self, model, tokenizer, mode: str, candidate_batch_size: int, *, user_batch_size: int,
-                 score_cache: Optional[ScoreCache], model_id: str,
-                 max_new_tokens: Optional[int] = None, match_threshold: Optional[float] = None):
-        # max_new_tokens, match_threshold: ignored, kept for model/lrgd.py until it uses make_scorer
+                 score_cache: Optional[ScoreCache], model_id: str):
         if mode not in ("likelihood", "verbalizer"):
             raise ValueError(f"scorer_mode {mode!r}: use one of {', '.join(SCORER_MODES)}")
         super().__init__(model, tokenizer, mode, user_batch_size=user_batch_size, score_cache=score_cache,
@@ -182,11 +181,11 @@ class LLMScorer(Scorer):
 
         The score cache is consulted per prompt; where some of a prompt's scores are cached, the cached
         value is returned (a fresh one may differ in the last bits through batching), so every run
-        reading the cache sees one score per key. The prompts with a miss are grouped by their prefix's
-        token ids and scored group by group (``_score_group``).
+        reading the cache sees one score per key. The prompts with a miss are scored together
+        (``_score_jobs``).
         """
         results: List[Optional[np.ndarray]] = [None] * len(prompts)
-        groups: "OrderedDict[tuple, List[tuple]]" = OrderedDict()  # prefix ids -> pending prompts
+        pending = []  # (prompt index, prefix ids, suffix ids, items, cache keys, cached scores)
         for i, prompt in enumerate(prompts):
             prefix_ids, suffix_ids = encode_parts(self.tokenizer, prompt)
             items = self._items(prompt)
@@ -196,103 +195,148 @@ class LLMScorer(Scorer):
             if keys is not None and len(found) == len(keys):
                 results[i] = self.caller_order(prompt, [found[k][0] for k in keys])
                 continue
-            groups.setdefault(tuple(prefix_ids), []).append((i, suffix_ids, items, keys, found))
-        for prefix, jobs in groups.items():
-            fresh = self._score_group(prefix, [(suffix, items) for _, suffix, items, _, _ in jobs])
-            for (i, _, _, keys, found), scores in zip(jobs, fresh):
-                if keys is not None:
-                    self.score_cache.put({k: [v] for k, v in zip(keys, scores) if k not in found})
-                    scores = [found[k][0] if k in found else v for k, v in zip(keys, scores)]
-                results[i] = self.caller_order(prompts[i], scores)
+            pending.append((i, tuple(prefix_ids), suffix_ids, items, keys, found))
+        fresh = self._score_jobs([(prefix, suffix, items) for _, prefix, suffix, items, _, _ in pending])
+        for (i, _, _, _, keys, found), scores in zip(pending, fresh):
+            if keys is not None:
+                self.score_cache.put({k: [v] for k, v in zip(keys, scores) if k not in found})
+                scores = [found[k][0] if k in found else v for k, v in zip(keys, scores)]
+            results[i] = self.caller_order(prompts[i], scores)
         return results  # type: ignore[return-value]
 
-    def _score_group(self, prefix: Sequence[int], jobs: Sequence[Tuple[List[int], list]]) -> List[np.ndarray]:
-        """Shown-order scores of ``(suffix, items)`` jobs sharing ``prefix``: their rows go through the model
-        ``user_batch_size`` at a time, each batch ONE forward pass."""
+    def _score_jobs(self, jobs: Sequence[Tuple[tuple, List[int], list]]) -> List[np.ndarray]:
+        """Shown-order scores of ``(prefix, suffix, items)`` jobs: their rows go through the model in the
+        batches ``batches`` makes, each batch ONE forward pass (after the prefill of its new prefixes)."""
         rows, owners = [], []
-        for j, (suffix, items) in enumerate(jobs):
+        for j, (prefix, suffix, items) in enumerate(jobs):
             size = self.candidate_batch_size if self.mode == "likelihood" else max(1, len(items))
             for start in range(0, max(1, len(items)), size):
-                rows.append((suffix, items[start: start + size]))
+                rows.append((prefix, suffix, items[start: start + size]))
                 owners.append(j)
-        parts: List[List[np.ndarray]] = [[] for _ in jobs]
+        scores: List[Optional[np.ndarray]] = [None] * len(rows)
         batch_rows = self._batch_verbalizer if self.mode == "verbalizer" else self._batch_likelihood
-        for start in range(0, len(rows), self.user_batch_size):
-            for j, scores in zip(owners[start:], batch_rows(prefix, rows[start: start + self.user_batch_size])):
-                parts[j].append(scores)
+        for batch in self.batches([prefix for prefix, _, _ in rows]):
+            for r, row_scores in zip(batch, batch_rows([rows[r] for r in batch])):
+                scores[r] = row_scores
+        parts: List[List[np.ndarray]] = [[] for _ in jobs]
+        for j, row_scores in zip(owners, scores):  # a job's rows are consecutive, in item order
+            parts[j].append(row_scores)
         return [np.concatenate(p) for p in parts]
 
-    def _batch_forward(self, prefix: Sequence[int], rows: Sequence[Tuple[List[int], List[int], torch.Tensor]],
-                       needed: Sequence[Sequence[int]]):
-        """ONE forward of right-padded rows on a copy of the prefix's KV cache expanded to the batch.
+    def batches(self, prefixes: Sequence[tuple]) -> List[List[int]]:
+        """Which rows (given by their prefixes) go through the model together, ``user_batch_size`` at most.
 
-        ``rows[b] = (ids, positions, allowed)``: the row's tokens, their positions and a boolean
-        (len, prefix + len) mask of what each may attend to; ``needed[b]`` the row positions whose logits
-        are read, where -1 is the prefix's last token (the first prediction of a row with no suffix).
-        Returns float logits (B, K, V) at the union of the needed positions and a map from row position
-        to its index in K. Padded tokens attend to the prefix only (no empty softmax row) and nothing
-        attends to them.
+        A prefix with at least ``user_batch_size`` rows (a demonstration set shared by a chunk of users)
+        has batches of its own, on its kept cache. The other rows (per-user demonstrations, a short
+        chunk) are batched together in their order, whatever their prefixes. The rule reads the rows
+        alone, so the same rows give the same batches, and the same scores, in any run.
         """
-        cache, last = self._prefix(prefix)
-        p, width = len(prefix), max(len(ids) for ids, _, _ in rows)
+        by_prefix: "OrderedDict[tuple, List[int]]" = OrderedDict()
+        for r, prefix in enumerate(prefixes):
+            by_prefix.setdefault(prefix, []).append(r)
+        step, own, mixed = self.user_batch_size, [], []
+        for rows in by_prefix.values():
+            if len(rows) >= step:
+                own.append(rows)
+            else:
+                mixed += rows
+        return [rows[s: s + step] for rows in own + [sorted(mixed)] for s in range(0, len(rows), step)]
+
+    def _prefix_rows(self, prefixes: Sequence[tuple]):
+        """A KV cache whose row b holds ``prefixes[b]`` (right-padded to the longest) and the logits at
+        each row's last prefix token (B, V).
+
+        One distinct prefix: its kept cache (``_prefix``), repeated. Several: the tokens they all start
+        with (the instruction) come from a kept cache too, and ONE padded forward continues it with the
+        rest of the distinct prefixes, each encoded once (users who share a demonstration set share its
+        row); these are not kept.
+        """
+        distinct = {prefix: k for k, prefix in enumerate(dict.fromkeys(prefixes))}
+        if len(distinct) == 1:
+            cache, last = self._prefix(prefixes[0])
+            return self.lm.expand(cache, len(prefixes)), last.expand(len(prefixes), -1)
+        start = common_start(list(distinct))
+        base = self.lm.expand(self._prefix(start)[0], len(distinct)) if start else None
+        cache, last = self.lm.prefill([prefix[len(start):] for prefix in distinct], pad=self._pad_id, cache=base)
+        rows = [distinct[prefix] for prefix in prefixes]
+        return self.lm.select(cache, rows), last[rows]
+
+    @property
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad
+        return pad or 0
+
+    def _batch_forward(self, rows: Sequence[Tuple[tuple, List[int], List[int], torch.Tensor]],
+                       needed: Sequence[Sequence[int]]):
+        """ONE forward of right-padded rows, each on its own prefix's KV cache (``_prefix_rows``).
+
+        ``rows[b] = (prefix, ids, positions, allowed)``: the row's prefix ids, its tokens, their positions
+        and a boolean (len, len(prefix) + len) mask of what each may attend to, its prefix then its own
+        tokens; ``needed[b]`` the row positions whose logits are read, where -1 is the prefix's last token
+        (the first prediction of a row with no suffix). Returns float logits (B, K, V) at the union of the
+        needed positions and a map from row position to its index in K.
+
+        In the batch cache row b's prefix is padded to the longest prefix, ``span``; its own tokens come
+        after the span. Nothing attends to a pad of either kind, and padded tokens attend to their prefix
+        only (no empty softmax row).
+        """
+        cache, last = self._prefix_rows([prefix for prefix, _, _, _ in rows])
+        span, width = max(len(prefix) for prefix, _, _, _ in rows), max(len(ids) for _, ids, _, _ in rows)
         keep = sorted({pos for row in needed for pos in row if pos >= 0})
         logits = torch.empty((len(rows), 0, last.shape[-1]), device=last.device)
         if keep:
-            pad = self.tokenizer.pad_token_id
-            pad = self.tokenizer.eos_token_id if pad is None else pad
-            ids = torch.full((len(rows), width), pad or 0, dtype=torch.long)
-            positions = torch.full((len(rows), width), p, dtype=torch.long)
-            allowed = torch.zeros((len(rows), width, p + width), dtype=torch.bool)
-            allowed[:, :, :p] = True
-            for b, (row_ids, row_pos, row_allowed) in enumerate(rows):
-                n = len(row_ids)
+            ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+            positions = torch.zeros((len(rows), width), dtype=torch.long)
+            allowed = torch.zeros((len(rows), width, span + width), dtype=torch.bool)
+            for b, (prefix, row_ids, row_pos, row_allowed) in enumerate(rows):
+                p, n = len(prefix), len(row_ids)
                 ids[b, :n] = torch.as_tensor(row_ids, dtype=torch.long)
                 positions[b, :n] = torch.as_tensor(row_pos, dtype=torch.long)
-                allowed[b, :n, : p + n] = row_allowed
-            logits, _ = self.lm.forward(ids, self.lm.expand(cache, len(rows)), positions=positions, allowed=allowed,
-                                        keep=keep)
+                positions[b, n:] = p
+                allowed[b, :, :p] = True
+                allowed[b, :n, :p] = row_allowed[:, :p]
+                allowed[b, :n, span: span + n] = row_allowed[:, p:]
+            logits, _ = self.lm.forward(ids, cache, positions=positions, allowed=allowed, keep=keep)
         index = {pos: k for k, pos in enumerate(keep)}
         if any(-1 in row for row in needed):
-            logits = torch.cat([logits, last.to(logits.device).expand(len(rows), 1, -1)], 1)
+            logits = torch.cat([logits, last.to(logits.device)[:, None]], 1)
             index[-1] = len(keep)
         return logits, index
 
     @staticmethod
-    def _suffix_row(prefix_len: int, suffix: Sequence[int]):
-        """A suffix alone as a batch row: causal after the prefix, positions continuing it."""
-        n = len(suffix)
-        allowed = torch.cat([torch.ones((n, prefix_len), dtype=torch.bool),
-                             torch.ones((n, n), dtype=torch.bool).tril()], 1)
-        return list(suffix), list(range(prefix_len, prefix_len + n)), allowed
+    def _suffix_row(prefix: tuple, suffix: Sequence[int]):
+        """A suffix alone as a batch row: causal after its prefix, positions continuing it."""
+        p, n = len(prefix), len(suffix)
+        allowed = torch.cat([torch.ones((n, p), dtype=torch.bool), torch.ones((n, n), dtype=torch.bool).tril()], 1)
+        return prefix, list(suffix), list(range(p, p + n)), allowed
 
-    def _batch_verbalizer(self, prefix: Sequence[int], rows: Sequence[Tuple[List[int], List[str]]]) -> List[np.ndarray]:
-        """Label logits after each row's suffix, for ``(suffix, labels)`` rows sharing ``prefix``."""
-        logits, index = self._batch_forward(prefix, [self._suffix_row(len(prefix), s) for s, _ in rows],
-                                            [[len(s) - 1] for s, _ in rows])
+    def _batch_verbalizer(self, rows: Sequence[Tuple[tuple, List[int], List[str]]]) -> List[np.ndarray]:
+        """Label logits after each row's suffix, for ``(prefix, suffix, labels)`` rows."""
+        logits, index = self._batch_forward([self._suffix_row(prefix, s) for prefix, s, _ in rows],
+                                            [[len(s) - 1] for _, s, _ in rows])
         return [logits[b, index[len(s) - 1], self.label_token_ids(labels)].double().cpu().numpy()
-                for b, (s, labels) in enumerate(rows)]
+                for b, (_, s, labels) in enumerate(rows)]
 
-    def _batch_likelihood(self, prefix: Sequence[int], rows: Sequence[Tuple[List[int], List[List[int]]]]
-                          ) -> List[np.ndarray]:
-        """Likelihood scores of ``(suffix, candidates)`` rows sharing ``prefix``: each row is the suffix and
-        then its candidates packed as ``pack_candidates`` lays them (each sees the prefix, the whole suffix
-        and its own earlier tokens; positions restart after the suffix)."""
-        p = len(prefix)
+    def _batch_likelihood(self, rows: Sequence[Tuple[tuple, List[int], List[List[int]]]]) -> List[np.ndarray]:
+        """Likelihood scores of ``(prefix, suffix, candidates)`` rows: each row is the suffix and then its
+        candidates packed as ``pack_candidates`` lays them (each sees the prefix, the whole suffix and its
+        own earlier tokens; positions restart after the suffix)."""
         batch, needed, sources = [], [], []
-        for suffix, cands in rows:
-            n = len(suffix)
-            s_ids, s_pos, s_allowed = self._suffix_row(p, suffix)
+        for prefix, suffix, cands in rows:
+            p, n = len(prefix), len(suffix)
+            _, s_ids, s_pos, s_allowed = self._suffix_row(prefix, suffix)
             c_ids, c_pos, c_allowed, source = pack_candidates(cands, p + n)  # c_allowed: (m, p + n + m)
             m = len(c_ids)
             allowed = torch.zeros((n + m, p + n + m), dtype=torch.bool)
             allowed[:n, : p + n] = s_allowed
             allowed[n:] = c_allowed
-            batch.append((s_ids + c_ids.tolist(), s_pos + c_pos.tolist(), allowed))
+            batch.append((prefix, s_ids + c_ids.tolist(), s_pos + c_pos.tolist(), allowed))
             needed.append([n - 1] + [n + pos for _, pos, _ in source])
             sources.append(source)
-        logits, index = self._batch_forward(prefix, batch, needed)
+        logits, index = self._batch_forward(batch, needed)
         picked_b, picked_k, picked_t, owner = [], [], [], []  # every (row, kept position, token) read
-        for b, ((suffix, cands), source) in enumerate(zip(rows, sources)):
+        for b, ((_, suffix, cands), source) in enumerate(zip(rows, sources)):
             n = len(suffix)
             for c, cand in enumerate(cands):  # log p(first token | prompt), after the suffix's last token
                 picked_b.append(b), picked_k.append(index[n - 1]), picked_t.append(cand[0]), owner.append((b, c))
@@ -301,11 +345,21 @@ class LLMScorer(Scorer):
         bi, ki = torch.tensor(picked_b, device=logits.device), torch.tensor(picked_k, device=logits.device)
         lse = torch.logsumexp(logits, -1)  # (B, K): the softmax's normaliser only where read
         logprobs = (logits[bi, ki, torch.tensor(picked_t, device=logits.device)] - lse[bi, ki]).double().cpu()
-        totals = [np.zeros(len(cands), dtype=np.float64) for _, cands in rows]
+        totals = [np.zeros(len(cands), dtype=np.float64) for _, _, cands in rows]
         for (b, c), lp in zip(owner, logprobs.tolist()):
             totals[b][c] += lp
         return [total / np.array([len(c) for c in cands], dtype=np.float64)
-                for total, (_, cands) in zip(totals, rows)]
+                for total, (_, _, cands) in zip(totals, rows)]
+
+
+def common_start(sequences: Sequence[Sequence[int]]) -> tuple:
+    """The longest start all ``sequences`` share, leaving each at least one token of its own."""
+    most = min(len(seq) for seq in sequences) - 1
+    first = sequences[0]
+    n = 0
+    while n < most and all(seq[n] == first[n] for seq in sequences):
+        n += 1
+    return tuple(first[:n])
 
 
 def pack_candidates(candidates: Sequence[Sequence[int]], prefix_len: int):
