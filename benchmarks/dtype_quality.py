@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.evaluator.per_user import ndcg_at, paired_bootstrap  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
@@ -89,9 +90,8 @@ def score_dataset(dataset: str, dtype: str, cfg: dict) -> dict:
         scores = model.predict(interaction).detach().double().numpy()
         seconds += time.time() - start
         labels = interaction["label"].numpy()
-        for user in dict.fromkeys(users.tolist()):
-            rows = np.flatnonzero(users == user)
-            done[int(user)] = (scores[rows], labels[rows].astype(np.int8))
+        for user, rows in user_rows(users):
+            done[user] = (scores[rows], labels[rows].astype(np.int8))
         save_store(path, done, seconds)
         print(f"{dataset} {dtype}: {len(done)} users, {seconds:.0f}s scoring", flush=True)
     return done
