@@ -40,6 +40,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except LRGDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        dist.shutdown()  # every collective is done once run() returns
     if not dist.is_main():
         return 0
     if args.result_file:

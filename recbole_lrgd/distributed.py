@@ -57,6 +57,14 @@ def init() -> None:
     PartialState(cpu=cpu, **({"backend": "gloo"} if cpu else {}))
 
 
+def shutdown() -> None:
+    """Destroy the process group this process started (no-op otherwise), so its backend's threads are
+    joined before the interpreter exits: left to interpreter teardown, gloo can abort the process
+    ("terminate called without an active exception") after a run that succeeded."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def world() -> Tuple[int, int]:
     """``(rank, world_size)`` of this process: ``(0, 1)`` without a launcher."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
