@@ -1,17 +1,21 @@
-"""What bfloat16 costs in ranking quality against float32: same users, same candidates, same prompts.
+"""What bfloat16 and int8 cost in ranking quality: same users, same candidates, same prompts.
 
     OMP_NUM_THREADS=1 python benchmarks/dtype_quality.py --datasets=ml-100k,amazon-beauty --users=500 \\
         --data_path=/work/shared/data
 
-Each dataset is scored twice with the default settings (random demonstrations, the default LLM),
-once per dtype, with the score cache off. Per dataset the report gives the Spearman correlation of
-the per-candidate scores (pooled over all users' candidates, and the median of the per-user
-correlations), the share of users whose target keeps its rank, each dtype's NDCG@10, and the paired
-bootstrap 95% interval of NDCG@10(bf16) - NDCG@10(fp32) over users: an interval below 0 means bf16
-ranks worse. Ranks are counted from the scores, ties against the target.
+Each dataset is scored three times with the default settings (random demonstrations, the default LLM),
+once per dtype, with the score cache off: float32, bfloat16 and int8 (``llm_dtype: int8``, CPU only: the
+float32 model with its linear layers, the LM head included, dynamically quantized to int8 weights and
+int8 activations; everything between the linear layers stays float32). Per dataset and comparison
+(bf16 - fp32, int8 - bf16, int8 - fp32) the report gives the Spearman correlation of the per-candidate
+scores (pooled over all users' candidates, and the median of the per-user correlations), the share of
+users whose target keeps its rank, each side's NDCG@10, and the paired bootstrap 95% interval of the
+NDCG@10 difference over users: an interval below 0 means the first-named dtype ranks worse. Ranks are
+counted from the scores, ties against the target.
 
 Per-user scores go to benchmarks/out/dtype_quality/<dataset>-<dtype>-<settings hash>.npz after
-every loader batch, so an interrupted run resumes; the summary goes to benchmarks/out/dtype_quality.md.
+every loader batch, so an interrupted run resumes (the hash is of the dtype's settings, so adding a dtype
+leaves the others' stores where they were); the summary goes to benchmarks/out/dtype_quality.md.
 """
 import argparse
 import hashlib
@@ -28,7 +32,9 @@ from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.evaluator.per_user import ndcg_at, paired_bootstrap  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "int8")
+SHORT = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}
+PAIRS = (("bfloat16", "float32"), ("int8", "bfloat16"), ("int8", "float32"))  # reported as first - second
 
 
 def settings_for(dataset: str, dtype: str, users: int, data_path: str) -> dict:
@@ -102,41 +108,45 @@ def target_ranks(done: dict) -> dict:
     return {u: int((s[l <= 0] >= s[l > 0][0]).sum()) for u, (s, l) in done.items()}
 
 
-def compare(dataset: str, fp32: dict, bf16: dict, seconds: dict) -> dict:
+def compare(dataset: str, stores: dict, seconds: dict, new: str, base: str) -> dict:
+    """Dtype ``new`` against dtype ``base`` on the users both scored: score agreement and NDCG@10(new - base)."""
     from scipy.stats import spearmanr
 
-    users = sorted(set(fp32) & set(bf16))
+    a_store, b_store = stores[base], stores[new]
+    users = sorted(set(a_store) & set(b_store))
     for u in users:
-        assert np.array_equal(fp32[u][1], bf16[u][1]), f"user {u}: different candidates"
-    a = np.concatenate([fp32[u][0] for u in users])
-    b = np.concatenate([bf16[u][0] for u in users])
-    per_user = [spearmanr(fp32[u][0], bf16[u][0])[0] for u in users]
-    ranks32, ranks16 = target_ranks({u: fp32[u] for u in users}), target_ranks({u: bf16[u] for u in users})
-    n32, n16 = ndcg_at(ranks32), ndcg_at(ranks16)
-    diff, lo, hi, _ = paired_bootstrap(n16, n32)
-    return {"dataset": dataset, "users": len(users), "candidates": len(a),
+        assert np.array_equal(a_store[u][1], b_store[u][1]), f"user {u}: different candidates"
+    a = np.concatenate([a_store[u][0] for u in users])
+    b = np.concatenate([b_store[u][0] for u in users])
+    per_user = [spearmanr(a_store[u][0], b_store[u][0])[0] for u in users]
+    ranks_a, ranks_b = target_ranks({u: a_store[u] for u in users}), target_ranks({u: b_store[u] for u in users})
+    n_a, n_b = ndcg_at(ranks_a), ndcg_at(ranks_b)
+    diff, lo, hi, _ = paired_bootstrap(n_b, n_a)
+    return {"dataset": dataset, "new": new, "base": base, "users": len(users), "candidates": len(a),
             "spearman_pooled": float(spearmanr(a, b)[0]), "spearman_user_median": float(np.nanmedian(per_user)),
-            "same_target_rank": float(np.mean([ranks32[u] == ranks16[u] for u in users])),
-            "ndcg10_fp32": float(np.mean(list(n32.values()))), "ndcg10_bf16": float(np.mean(list(n16.values()))),
+            "same_target_rank": float(np.mean([ranks_a[u] == ranks_b[u] for u in users])),
+            "ndcg10_base": float(np.mean(list(n_a.values()))), "ndcg10_new": float(np.mean(list(n_b.values()))),
             "ndcg10_diff": diff, "ci_lo": lo, "ci_hi": hi, "excludes_0": bool(lo > 0 or hi < 0),
-            "seconds_fp32": seconds["float32"], "seconds_bf16": seconds["bfloat16"]}
+            "seconds_base": seconds[base], "seconds_new": seconds[new]}
 
 
 def report(rows: list, command: str) -> str:
-    lines = ["# bfloat16 vs float32: ranking quality", "", f"`{command}`", "",
+    lines = ["# bfloat16 and int8 vs float32: ranking quality", "", f"`{command}`", "",
              "Same users, candidates and prompts; default settings (random demonstrations, 2 demos); "
-             "score cache off. Spearman: per-candidate scores, pooled over all users' candidates and the "
-             "median of per-user correlations. Diff: NDCG@10(bf16) - NDCG@10(fp32), paired bootstrap "
-             "95% interval over users (10,000 resamples).", "",
-             "| dataset | users | Spearman pooled | Spearman per-user median | same target rank | "
-             "NDCG@10 fp32 | NDCG@10 bf16 | diff | 95% CI | CI excludes 0 | scoring s fp32 / bf16 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "score cache off. int8: the float32 model with its linear layers (LM head included) dynamically "
+             "quantized (int8 weights, int8 activations per call; CPU only). A row compares B with A "
+             "(column comparison: B - A). Spearman: per-candidate scores, pooled over all users' candidates "
+             "and the median of per-user correlations. Diff: NDCG@10(B) - NDCG@10(A), paired bootstrap 95% "
+             "interval over users (10,000 resamples).", "",
+             "| dataset | comparison | users | Spearman pooled | Spearman per-user median | same target rank | "
+             "NDCG@10 A | NDCG@10 B | diff | 95% CI | CI excludes 0 | scoring s A / B |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['users']} | {r['spearman_pooled']:.4f} | "
-                     f"{r['spearman_user_median']:.4f} | "
-                     f"{r['same_target_rank']:.1%} | {r['ndcg10_fp32']:.4f} | {r['ndcg10_bf16']:.4f} | "
+        lines.append(f"| {r['dataset']} | {SHORT[r['new']]} - {SHORT[r['base']]} | {r['users']} | "
+                     f"{r['spearman_pooled']:.4f} | {r['spearman_user_median']:.4f} | "
+                     f"{r['same_target_rank']:.1%} | {r['ndcg10_base']:.4f} | {r['ndcg10_new']:.4f} | "
                      f"{r['ndcg10_diff']:+.4f} | [{r['ci_lo']:+.4f}, {r['ci_hi']:+.4f}] | "
-                     f"{'yes' if r['excludes_0'] else 'no'} | {r['seconds_fp32']:.0f} / {r['seconds_bf16']:.0f} |")
+                     f"{'yes' if r['excludes_0'] else 'no'} | {r['seconds_base']:.0f} / {r['seconds_new']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -154,8 +164,9 @@ def main(argv=None) -> int:
             cfg = settings_for(dataset, dtype, args.users, args.data_path)
             stores[dtype] = score_dataset(dataset, dtype, cfg)
             seconds[dtype] = float(np.load(store_path(dataset, dtype, cfg))["seconds"])
-        rows.append(compare(dataset, stores["float32"], stores["bfloat16"], seconds))
-        print(json.dumps(rows[-1]), flush=True)
+        for new, base in PAIRS:
+            rows.append(compare(dataset, stores, seconds, new, base))
+            print(json.dumps(rows[-1]), flush=True)
     command = "OMP_NUM_THREADS=1 python benchmarks/dtype_quality.py " + " ".join(
         f"--{k}={v}" for k, v in vars(args).items())
     with open(os.path.join(OUT, "dtype_quality.md"), "w") as f:

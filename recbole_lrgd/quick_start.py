@@ -31,9 +31,10 @@ from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator import register_metrics
 from recbole_lrgd.evaluator.collector import PerUserCollector
 from recbole_lrgd.model import LRGD
+from recbole_lrgd.model.retriever import Retriever, check_rerank_keys, load_or_train, source_model
 from recbole_lrgd.llm.loader import llm_summary, load_config_llm
 from recbole_lrgd.properties_files import properties_dir, run_properties
-from recbole_lrgd.trainer import LRGDTrainer
+from recbole_lrgd.trainer import LRGDTrainer, eval_user_count
 from recbole_lrgd.validate import check_values, warn_unknown_keys
 
 PLUGIN_MODELS = {"LRGD": (LRGD, LRGDTrainer)}
@@ -82,9 +83,10 @@ def _read_user_config(files: List[str], config_dict: Optional[Dict[str, Any]]) -
 
 
 def build_config(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optional[List[str]] = None,
-                 config_dict: Optional[Dict[str, Any]] = None) -> Config:
+                 config_dict: Optional[Dict[str, Any]] = None, warn_unknown: bool = True) -> Config:
     """A RecBole Config with the plugin's properties below the user's files and dict, checked: unknown keys
-    get a warning, bad values and data an ``LRGDError``."""
+    get a warning (unless ``warn_unknown`` is False: a second config of the same keys), bad values and data
+    an ``LRGDError``."""
     compat.apply()  # RecBole 1.2.1 on this stack; before the first Config(), for every entry point
     register_metrics()  # ``metrics: [..., EffectD]``
     user_files = _read_user_config(list(config_file_list or []), config_dict)
@@ -103,7 +105,7 @@ def build_config(model: str = "LRGD", dataset: str = "ml-100k", config_file_list
                             config_dict={**(config_dict or {}), "train_neg_sample_args": None})
     except ValueError as exc:
         raise LRGDError(f"{str(exc).splitlines()[0]}") from None
-    if dist.is_main():
+    if dist.is_main() and warn_unknown:
         given = {f"in {path}": list(keys) for path, keys in user_files.items()}
         given.update({"in config_dict": list(config_dict or {}), "on the command line": list(config.cmd_config_dict)})
         warn_unknown_keys(given, glob.glob(os.path.join(properties_dir(), "**", "*.yaml"), recursive=True))
@@ -143,6 +145,8 @@ def validate_config(config: Config, is_plugin: bool) -> None:
             raise LRGDError(f"eval_batch_size {config['eval_batch_size']} is smaller than one user's block "
                             f"of {block} rows (1 positive + {test_neg['sample_num']} negatives)")
     check_atomic_files(config)
+    if is_plugin:
+        _check_rerank(config)
     candidates_file = config["candidates_file"]
     if candidates_file:
         if not os.path.isfile(candidates_file):
@@ -154,26 +158,50 @@ def validate_config(config: Config, is_plugin: bool) -> None:
             raise LRGDError(f"candidates_file needs a sampled eval mode (uniN or popN, N-1 negatives per user), "
                             f"not {_eval_mode(config, 'test')!r}")
     if is_plugin:
-        if not sampled:
+        if not sampled and not config["candidate_source"]:
             raise LRGDError(f"LRGD ranks sampled candidates: eval_args mode {_eval_mode(config, 'test')!r} must be "
-                            "uniN or popN (e.g. uni19)")
+                            "uniN or popN (e.g. uni19), or set candidate_source to re-rank a retriever's full ranking")
         if config["title_field"] not in item_file_header(data_path, dataset):
             raise LRGDError(f"{os.path.join(data_path, dataset + '.item')} has no title field "
                             f"{config['title_field']!r}: set title_field to one of its columns")
 
 
+def _check_rerank(config: Config) -> None:
+    """``candidate_source`` and its keys: the retriever's full ranking is re-ranked on the test users only,
+    with one held-out item each, by RecBole's top-k metrics (EffectD compares sampled candidate lists)."""
+    check_rerank_keys(config)
+    if not config["candidate_source"]:
+        return
+    if config["candidates_file"]:
+        raise LRGDError("candidates_file and candidate_source both set: give fixed candidates or a retriever, not both")
+    full = {"split": {"LS": "valid_and_test"}, "group_by": "user", "order": "TO", "mode": "full"}
+    if _eval_mode(config, "test") != "full":
+        raise LRGDError(f"candidate_source re-ranks a full ranking: set eval_args to {full} "
+                        f"(test mode {_eval_mode(config, 'test')!r} now)")
+    if "LS" not in (config["eval_args"]["split"] or {}):
+        raise LRGDError(f"candidate_source needs one held-out test item per user: eval_args split {{'LS': ...}}, "
+                        f"as in {full}")
+    if _eval_mode(config, "valid") == "full" and config["valid_users"] is not None:
+        raise LRGDError("candidate_source re-ranks test users only: validate LRGD on sampled candidates "
+                        "(eval_args mode {'valid': 'uni19', 'test': 'full'}) or set valid_users to ~")
+    if any(m.lower() in PLUGIN_ONLY_METRICS for m in config["metrics"]):
+        raise LRGDError("EffectD compares sampled candidate lists: drop it from metrics with candidate_source")
+
+
 def _eval_loader(config: Config, used, dataset, sampler, phase: str, n_users: Optional[int]):
-    """The eval loader of a phase: a seeded user sample with fixed, pre-drawn candidates."""
+    """The eval loader of a phase: a seeded user sample (the same for every model and eval mode), with
+    fixed, pre-drawn candidates in a sampled mode."""
     loader_cls = get_dataloader(config, phase)
-    if not issubclass(loader_cls, NegSampleEvalDataLoader) or sampler is None:
-        return loader_cls(config, dataset, sampler, shuffle=False)
-    if phase == "test" and config["candidates_file"]:
+    sampled = issubclass(loader_cls, NegSampleEvalDataLoader) and sampler is not None
+    if sampled and phase == "test" and config["candidates_file"]:
         return _candidates_file_loader(config, dataset, sampler)
     uid_field = dataset.uid_field
     keep = sample_user_subset(dataset.inter_feat[uid_field].numpy(), n_users, config["seed"])
     if len(keep) < len(dataset.inter_feat[uid_field].unique()):
         mask = torch.isin(dataset.inter_feat[uid_field], torch.as_tensor(keep))
         dataset = dataset.copy(dataset.inter_feat[mask])
+    if not sampled:
+        return loader_cls(config, dataset, sampler, shuffle=False)
     args = config[f"{phase}_neg_sample_args"]
     probs = item_distribution(used["item_ids"], dataset.item_num, args["distribution"], args.get("alpha", 1.0))
     negatives = draw_negatives(used["items"], probs, dataset, int(args["sample_num"]),
@@ -210,6 +238,27 @@ def prepare_data(config: Config, dataset) -> Tuple[Any, Any, Any]:
     return train, valid, test
 
 
+def _retriever_config(source: str, dataset: str, config_file_list: Optional[List[str]],
+                      config_dict: Optional[Dict[str, Any]]) -> Config:
+    """The Config of ``candidate_source``'s model: RecBole's defaults for it under the run's own files and keys
+    (data, split, seed, training), as ``run(<model>, ...)`` builds it, so the retriever is the model of the
+    retriever-alone row. Its test loader holds every test user: LRGD's sample is among them."""
+    config = build_config(source_model(source), dataset, config_file_list, config_dict, warn_unknown=False)
+    config["eval_users"] = None
+    return config
+
+
+def prepare_retriever(config: Config, source: str) -> Retriever:
+    """The retriever over its own Config's data, built and seeded as ``run`` does: loaded from a checkpoint,
+    or trained (and cached) first. Rank 0 goes first, so under a launcher it trains and the others load."""
+    init_seed(config["seed"], config["reproducibility"])
+    with dist.main_first():
+        dataset = create_dataset(config)
+        seen = user_items(dataset)  # every item of each user, before a sequential build() augments the rows
+        train, valid, test = prepare_data(config, dataset)
+        return load_or_train(config, source, train, valid, test, seen)
+
+
 def _configure_rank(config: Config, visible: Optional[str]) -> None:
     """Under a launcher: this rank's own device (``cuda:{local_rank}``), nothing written and no progress
     bars off rank 0, and no ``llm_device_map`` with several processes on one machine."""
@@ -237,12 +286,20 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
     ranks return the metrics of a single-process run; only rank 0 logs to the console and the log
     file and may write a saved dataset (the others wait for it). A RecBole baseline is not sharded:
     rank 0 runs it alone and the other ranks return None at once.
+
+    With ``candidate_source`` LRGD re-ranks a retriever's full-sort top-N: the retriever gets its own
+    Config and data (``_retriever_config``), is trained or loaded (``prepare_retriever``, rank 0 first)
+    after LRGD's data, and goes to the trainer, whose ``evaluate`` ranks the whole catalogue with it.
     """
     dist.init()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     config = build_config(model, dataset, config_file_list, config_dict)
+    source = config["candidate_source"] if model in PLUGIN_MODELS else None
+    retriever_config = _retriever_config(source, dataset, config_file_list, config_dict) if source else None
     if dist.launched():
-        _configure_rank(config, visible)
+        for each in (config, retriever_config):
+            if each is not None:
+                _configure_rank(each, visible)
         if model not in PLUGIN_MODELS and not dist.is_main():
             return None
     if model in PLUGIN_MODELS:  # fail on a model that will not load before anything is written
@@ -262,6 +319,11 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
         dataset_obj = create_dataset(config)
     logger.info(dataset_obj)
     train_data, valid_data, test_data = prepare_data(config, dataset_obj)
+    retriever, retriever_time = None, 0.0
+    if retriever_config is not None:
+        start = time.time()
+        retriever = prepare_retriever(retriever_config, source)
+        retriever_time = time.time() - start
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     if model in PLUGIN_MODELS:
@@ -271,6 +333,8 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
     model_obj = model_cls(config, train_data._dataset).to(config["device"])
     logger.info(model_obj)
     trainer = trainer_cls(config, model_obj)
+    if retriever is not None:
+        trainer.use_retriever(retriever)
     PerUserCollector.install(trainer)  # per-user test metrics from RecBole's own ranking, for the benchmark
 
     start = time.time()
@@ -284,11 +348,13 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
     eval_time = time.time() - start
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
-    logger.info(f"fit time {fit_time:.1f}s, test time {eval_time:.1f}s, test users {len(test_data.uid_list)}")
+    test_users = eval_user_count(test_data)
+    logger.info(f"fit time {fit_time:.1f}s, test time {eval_time:.1f}s, test users {test_users}"
+                + (f", retriever {retriever_time:.1f}s" if retriever is not None else ""))
     return {
         "model": config["model"], "dataset": config["dataset"],
         "best_valid_score": best_valid_score, "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result, "test_result": dict(test_result or {}),
-        "fit_time": fit_time, "eval_time": eval_time, "test_users": len(test_data.uid_list),
+        "fit_time": fit_time, "eval_time": eval_time, "test_users": test_users, "retriever_time": retriever_time,
         "test_data": test_data, "model_obj": model_obj, "test_per_user": trainer.eval_collector.per_user_metrics(),
     }

@@ -1,14 +1,21 @@
 """LRGD's trainer: fit chooses the demonstrations (no gradient steps); evaluate scores users through
-``LRGD.score_users`` in RecBole's evaluation loop, sharded over processes under a launcher."""
+``LRGD.score_users`` in RecBole's evaluation loop, sharded over processes under a launcher.
+
+Two evaluation paths: the sampled one (uniN/popN: each user's target and its negatives), and with
+``candidate_source`` the full-sort one, where LRGD re-ranks a retriever's top ``rerank_top`` of the whole
+catalogue and RecBole's collector ranks every item (``reranked_row``).
+"""
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import astuple
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
+from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.data.interaction import Interaction
 from recbole.trainer import Trainer
 from recbole.utils import EvaluatorType, set_color
 from tqdm import tqdm
@@ -16,10 +23,60 @@ from tqdm import tqdm
 from recbole_lrgd import distributed as dist
 from recbole_lrgd.data.chunks import user_chunks
 from recbole_lrgd.data.demonstrations import DemoChoice
+from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator.collector import LRGDCollector
 from recbole_lrgd.llm.scorer import ScoreCounts
+from recbole_lrgd.model.retriever import Retriever
 from recbole_lrgd.optimizer import DemoOptimizer, OptimizerSettings
 from recbole_lrgd.optimizer.state import score_context
+
+
+def eval_user_count(eval_data) -> int:
+    """Users an eval loader evaluates: RecBole's ``uid_list``, which a sequential model's full-sort loader
+    lacks (it has one row per test interaction)."""
+    uids = getattr(eval_data, "uid_list", None)
+    if uids is None:
+        uids = eval_data._dataset.inter_feat[eval_data._dataset.uid_field].unique()
+    return len(uids)
+
+
+def top_candidates(scores: torch.Tensor, n: int) -> List[np.ndarray]:
+    """Each row's ``n`` highest-scored items, best first (``torch.topk``, the op RecBole's collector ranks
+    with), without the -inf ones (padding, history): fewer than ``n`` where fewer are left."""
+    values, items = torch.topk(scores, min(n, scores.shape[1]), dim=1)
+    return [row_items[torch.isfinite(row_values)].numpy() for row_values, row_items in zip(values, items)]
+
+
+def standardised(x: np.ndarray) -> np.ndarray:
+    """(x - mean) / std over one user's candidates; zeros where they all tie."""
+    std = x.std()
+    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+
+
+def _dense_ranks(values: torch.Tensor) -> torch.Tensor:
+    """1 for the lowest value, 2 for the next distinct one...: equal values get equal ranks."""
+    return torch.unique(values, sorted=True, return_inverse=True)[1].to(torch.float32) + 1
+
+
+def reranked_row(retrieved: torch.Tensor, candidates: np.ndarray, llm: np.ndarray, blend: float) -> torch.Tensor:
+    """One user's row of the full score matrix: the ``candidates`` above every other item, ordered by
+    (1 - blend) z(llm) + blend z(retriever) (z: standardised over the candidates); every other finite item
+    below them in the retriever's order; -inf where the retriever has -inf (padding, history).
+
+    The values are dense ranks (equal scores stay equal), exact in float32: where the combined order is the
+    retriever's, the row compares every pair of items as the retriever's own row does, ties included (but
+    for a tie across the top-N boundary), so RecBole's top-k picks the same items from both."""
+    row = torch.full(retrieved.shape, -np.inf, dtype=torch.float32)
+    chosen = torch.from_numpy(candidates.astype(np.int64))
+    rest = torch.isfinite(retrieved)
+    rest[chosen] = False
+    below = _dense_ranks(retrieved[rest])
+    row[rest] = below
+    if len(candidates):
+        combined = (1 - blend) * standardised(np.asarray(llm, dtype=np.float64)) \
+            + blend * standardised(retrieved[chosen].double().numpy())
+        row[chosen] = (below.max() if len(below) else 0) + _dense_ranks(torch.from_numpy(combined))
+    return row
 
 
 class LRGDTrainer(Trainer):
@@ -28,6 +85,11 @@ class LRGDTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.eval_collector = LRGDCollector(config)
+        self.retriever: Optional[Retriever] = None  # candidate_source: full-sort loaders re-rank its top-N
+
+    def use_retriever(self, retriever: Retriever) -> None:
+        """Evaluate full-sort loaders by re-ranking this retriever's top ``rerank_top`` (``candidate_source``)."""
+        self.retriever = retriever
 
     def _build_optimizer(self, **kwargs):
         return None  # nothing to optimise with gradients
@@ -77,16 +139,24 @@ class LRGDTrainer(Trainer):
         over users while the LLM scores them; hands the zero-shot scores EffectD needs to the collector,
         logs the score cache's hit rate and, in generate mode, adds the parse-failure rates to the result.
         Under a launcher each rank scores its share of each batch's user chunks and every rank collects
-        everyone's scores, so all compute the metrics of a single process. LRGD has no weights to load."""
+        everyone's scores, so all compute the metrics of a single process. LRGD has no weights to load.
+        A full-sort loader (``candidate_source``) goes through ``_collect_reranked`` instead."""
         if not eval_data:
             return None
+        full_sort = isinstance(eval_data, FullSortEvalDataLoader)
+        if full_sort and self.retriever is None:
+            raise LRGDError("LRGD ranks a full-sort loader only by re-ranking a retriever: set candidate_source")
         self.model.eval()
         self.tot_item_num = eval_data._dataset.item_num
-        bar = tqdm(total=len(eval_data.uid_list), ncols=100, desc=set_color("LLM scoring", "pink"),
+        bar = tqdm(total=eval_user_count(eval_data), ncols=100, desc=set_color("LLM scoring", "pink"),
                    unit="user", disable=not show_progress)
         before = self.model.score_counts()
         try:
-            for interaction, row_idx, positive_u, positive_i in eval_data:
+            for batch in eval_data:
+                if full_sort:
+                    self._collect_reranked(batch, bar.update)
+                    continue
+                interaction, row_idx, positive_u, positive_i = batch
                 scores, zero_shot = self._score_batch(interaction, self.eval_collector.needs_zero_shot, bar.update)
                 scores_tensor = torch.from_numpy(scores).float().to(self.device)
                 if self.config["eval_type"] == EvaluatorType.RANKING:  # as Trainer._neg_sample_batch_eval
@@ -102,6 +172,23 @@ class LRGDTrainer(Trainer):
         self.wandblogger.log_eval_metrics(result, head="eval")
         self._log_score_counts(self.model.score_counts() - before, result)
         return result
+
+    def _collect_reranked(self, batch, progress: Callable[[int], None]) -> None:
+        """One full-sort batch (one row per user, its held-out item in ``positive_i``) to the collector: the
+        retriever's scores over the catalogue, the LLM's scores of each user's top ``rerank_top`` (through
+        ``_score_batch``: the sampled path's chunks, prompts and sharding), and their ``reranked_row``s."""
+        interaction, _, positive_u, positive_i = batch
+        users = interaction[self.model.USER_ID].cpu().numpy()
+        retrieved = self.retriever.scores(users, positive_i.cpu().numpy())
+        candidates = top_candidates(retrieved, self.config["rerank_top"])
+        counts = [len(c) for c in candidates]
+        rows = interaction[torch.from_numpy(np.repeat(np.arange(len(users)), counts))]  # a row per candidate
+        rows.update(Interaction({self.model.ITEM_ID: torch.from_numpy(np.concatenate(candidates).astype(np.int64))}))
+        llm, _ = self._score_batch(rows, False, progress)
+        per_user = np.split(llm, np.cumsum(counts)[:-1])
+        matrix = torch.stack([reranked_row(retrieved[k], candidates[k], per_user[k], self.config["rerank_blend"])
+                              for k in range(len(users))])
+        self.eval_collector.eval_batch_collect(matrix.to(self.device), interaction, positive_u, positive_i)
 
     def _score_batch(self, interaction, zero_shot: bool, progress: Callable[[int], None]
                      ) -> Tuple[np.ndarray, Optional[np.ndarray]]:

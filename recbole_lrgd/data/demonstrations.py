@@ -45,6 +45,7 @@ class DemonstrationPool:
         cols = np.concatenate([self.sequences[int(u)] for u in self.users]) if len(self.users) else np.array([], int)
         self.matrix = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(self.users), n_items))
         self.matrix.data[:] = 1.0  # a user who repeats an item counts it once
+        self.items = np.unique(cols)  # the training items: where a demonstration's others come from
 
     def __len__(self) -> int:
         return len(self.users)
@@ -55,6 +56,19 @@ class DemonstrationPool:
         seq = self.sequences[int(user)]
         history = seq[:-1][-self.max_his_len:]
         return tuple(int(i) for i in history[min(int(cut), len(history) - 1):]), int(seq[-1])
+
+    def negatives(self, demo: DemoItems, n: int, seed: int) -> Tuple[int, ...]:
+        """``n`` training items a demonstration shows as not chosen (fewer where there are not so many):
+        none of its history or target, seeded by (seed, its items), so it shows the same others in every prompt."""
+        history, target = demo
+        outside = np.setdiff1d(self.items, [*history, target])
+        rng = np.random.default_rng([int(seed), 19, int(target), *map(int, history)])
+        return tuple(int(i) for i in rng.choice(outside, size=min(int(n), len(outside)), replace=False))
+
+    def target_slot(self, demo: DemoItems, n: int, seed: int) -> int:
+        """Where, among its ``n`` others, a demonstration's target is listed (0..n), seeded by (seed, its items)."""
+        history, target = demo
+        return int(np.random.default_rng([int(seed), 23, int(target), *map(int, history)]).integers(int(n) + 1))
 
     def random_users(self, k: int, seed: int) -> List[int]:
         """A seeded random set of ``k`` pool users (the 'random demonstrations' baseline)."""

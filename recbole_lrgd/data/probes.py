@@ -6,7 +6,7 @@ validation or test target.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Collection, List, Optional
 
 import numpy as np
 
@@ -23,10 +23,13 @@ class Probe:
 
 
 def make_probes(pool: DemonstrationPool, n_users: int, n_negatives: int, item_num: int, seed: int,
-                max_his_len: int = 50, items: Optional[np.ndarray] = None) -> List[Probe]:
-    """A seeded sample of pool users; negatives are items outside the user's training sequence,
-    drawn from ``items`` when given (the optimizer passes the training items: nothing else is seen)."""
-    eligible = np.array([u for u in pool.users if len(pool.sequences[int(u)]) >= 3], dtype=np.int64)
+                max_his_len: int = 50, items: Optional[np.ndarray] = None,
+                exclude: Collection[int] = ()) -> List[Probe]:
+    """A seeded sample of pool users (none of ``exclude``); negatives are items outside the user's training
+    sequence, drawn from ``items`` when given (the optimizer passes the training items: nothing else is seen)."""
+    skip = {int(u) for u in exclude}
+    eligible = np.array([u for u in pool.users if len(pool.sequences[int(u)]) >= 3 and int(u) not in skip],
+                        dtype=np.int64)
     rng = np.random.default_rng([int(seed), 7])
     chosen = np.sort(rng.choice(eligible, size=min(n_users, len(eligible)), replace=False))
     probes = []

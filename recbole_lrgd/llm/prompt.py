@@ -4,8 +4,8 @@ Everything here is a pure function of titles and a tokenizer, so it is tested wi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,10 +24,14 @@ USER_MARKER = "Now the user."  # where the part shared by all users (instruction
 
 @dataclass(frozen=True)
 class Demonstration:
-    """Another user's history (titles, oldest first) and the item they really chose next."""
+    """Another user's history (titles, oldest first) and the item they really chose next; ``others``
+    are items that user did not choose, which some formats show (``slot``: where ``listed`` puts the
+    target among them)."""
 
     history: Tuple[str, ...]
     target: str
+    others: Tuple[str, ...] = ()
+    slot: int = 0
 
 
 @dataclass
@@ -56,19 +60,65 @@ def format_history(titles: Sequence[str]) -> str:
     return "; ".join(titles) if titles else "(none)"
 
 
-def render_demonstration(k: int, demo: Demonstration) -> List[str]:
-    """The lines of the k-th demonstration (1-based) in a prompt."""
-    return [f"Example {k}.", f"History: {format_history(demo.history)}", f"Next item: {demo.target}", ""]
+class DemoFormat:
+    """How a demonstration is shown: its number and history, then the lines of ``answer``. A small LLM
+    copies a demonstration's target; the formats differ in what surrounds that target."""
+
+    uses_others = False  # whether a demonstration needs its ``others`` filled
+
+    def lines(self, k: int, demo: Demonstration) -> List[str]:
+        """The lines of the k-th demonstration (1-based) in a prompt."""
+        return [f"Example {k}.", f"History: {format_history(demo.history)}", *self.answer(demo), ""]
+
+    def answer(self, demo: Demonstration) -> List[str]:
+        raise NotImplementedError
+
+
+class NextItem(DemoFormat):
+    """The item chosen next, alone."""
+
+    def answer(self, demo: Demonstration) -> List[str]:
+        return [f"Next item: {demo.target}"]
+
+
+class Listed(DemoFormat):
+    """The demonstration's own candidates (its others, the target at ``slot``), then the one chosen: the
+    same task as the user's, answered."""
+
+    uses_others = True
+
+    def answer(self, demo: Demonstration) -> List[str]:
+        shown = list(demo.others)
+        shown.insert(demo.slot, demo.target)
+        return [f"Candidates: {format_history(shown)}", f"Chose: {demo.target}"]
+
+
+class Contrast(DemoFormat):
+    """Items the demonstration's user did not choose, then the one chosen next."""
+
+    uses_others = True
+
+    def answer(self, demo: Demonstration) -> List[str]:
+        return [f"Not chosen: {format_history(demo.others)}", f"Next item: {demo.target}"]
+
+
+DEMO_FORMATS: Dict[str, DemoFormat] = {"next_item": NextItem(), "listed": Listed(), "contrast": Contrast()}
+
+
+def render_demonstration(k: int, demo: Demonstration, demo_format: str = "next_item") -> List[str]:
+    """The lines of the k-th demonstration (1-based) in a prompt, in the format named ``demo_format``."""
+    return DEMO_FORMATS[demo_format].lines(k, demo)
 
 
 def render_message(instruction: str, demos: Sequence[Demonstration], history: Sequence[str],
                    shown: Sequence[str], labels: Sequence[str] = (), list_candidates: bool = True,
-                   question: str = LETTER_QUESTION) -> str:
-    """The user turn of the chat: demonstrations first (their shared text is a common prefix).
-    ``question`` follows a labelled list (letters for the verbalizer, numbers for generate mode)."""
+                   question: str = LETTER_QUESTION, demo_format: str = "next_item") -> str:
+    """The user turn of the chat: demonstrations first (their shared text is a common prefix), each in
+    ``demo_format``. ``question`` follows a labelled list (letters for the verbalizer, numbers for
+    generate mode)."""
     lines = [instruction, ""]
     for k, demo in enumerate(demos, 1):
-        lines += render_demonstration(k, demo)
+        lines += render_demonstration(k, demo, demo_format)
     lines += [USER_MARKER, f"History: {format_history(history)}"]
     if labels:
         lines += ["Candidates:"] + [f"{label}. {title}" for label, title in zip(labels, shown)]
@@ -110,13 +160,14 @@ def truncate_to_budget(demos: Sequence[Demonstration], history: Sequence[str],
     """Drop the oldest history items until ``fits``; candidates are never touched.
 
     Order of sacrifice: the oldest item of the longest demonstration history, down to one item each;
-    then the user's oldest items, down to one; then whole demonstrations, the last first.
+    then the user's oldest items, down to one; then whole demonstrations, the last first. A shortened
+    demonstration keeps its target and others.
     """
-    demos, history = [Demonstration(tuple(d.history), d.target) for d in demos], list(history)
+    demos, history = [replace(d, history=tuple(d.history)) for d in demos], list(history)
     while not fits(demos, history):
         longest = max(range(len(demos)), key=lambda k: len(demos[k].history), default=None)
         if longest is not None and len(demos[longest].history) > 1:
-            demos[longest] = Demonstration(demos[longest].history[1:], demos[longest].target)
+            demos[longest] = replace(demos[longest], history=demos[longest].history[1:])
         elif len(history) > 1:
             history = history[1:]
         elif demos:
@@ -128,9 +179,11 @@ def truncate_to_budget(demos: Sequence[Demonstration], history: Sequence[str],
 
 def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[str], candidates: Sequence[str],
                  *, seed: Sequence[int], mode: str = "likelihood", max_tokens: Optional[int] = None,
-                 instruction: str = DEFAULT_INSTRUCTION, list_candidates: Optional[bool] = None) -> Prompt:
+                 instruction: str = DEFAULT_INSTRUCTION, list_candidates: Optional[bool] = None,
+                 demo_format: str = "next_item") -> Prompt:
     """Render the full prompt text for one user, shuffling candidates with ``seed``, within ``max_tokens``
     (``truncate_to_budget``; an ``LRGDError`` naming the minimum when even its shortest prompt is over).
+    Demonstrations are shown in ``demo_format`` (a key of ``DEMO_FORMATS``).
 
     ``list_candidates=None`` lists them only where the scorer needs the list (verbalizer, generate): with title
     likelihood a listed title is copied, which flattens the scores (the README has the measurement).
@@ -150,7 +203,7 @@ def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[st
 
     def render(d, h) -> Prompt:
         text = apply_template(tokenizer, render_message(instruction, d, h, shown, labels, list_candidates,
-                                                        question))
+                                                        question, demo_format))
         return Prompt(text, order, list(candidates), labels, tuple(h), tuple(d))
 
     if not max_tokens:

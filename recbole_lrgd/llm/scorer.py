@@ -1,6 +1,7 @@
 """The scorers: a score per candidate for a rendered prompt, in the caller's candidate order.
 
-``likelihood``: length-normalised log-likelihood of each candidate's title after the prompt.
+``likelihood``: log-likelihood of each candidate's title after the prompt, reduced over its tokens as
+``title_score`` says (``title_logprob``: their mean, their sum, or the mean of the first few).
 ``verbalizer``: candidates are labelled A, B, C...; the score of a candidate is the logit of its label's
 token after the prompt.
 Both are ``LLMScorer``; ``generate`` (the LLM writes a ranked list) is ``GenerateScorer`` in
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from recbole_lrgd.llm.generate import ParseStats
 
 SCORER_MODES = ("likelihood", "verbalizer", "generate")
+TITLE_SCORES = ("mean", "sum", "first")  # likelihood mode: how a title's token log-probs make its score
 
 
 @dataclass
@@ -148,16 +150,29 @@ class LLMScorer(Scorer):
 
     A row is one user's suffix after its prefix; in likelihood mode its candidates follow it, packed
     (``pack_candidates``), at most ``candidate_batch_size`` per row: a user with more candidates takes
-    several rows, each repeating the suffix.
+    several rows, each repeating the suffix. ``title_score`` and ``title_score_tokens`` are
+    ``title_logprob``'s ``how`` and ``first_tokens`` (likelihood mode); ``mean`` needs no tokens.
     """
 
     def __init__(self, model, tokenizer, mode: str, candidate_batch_size: int, *, user_batch_size: int,
-                 score_cache: Optional[ScoreCache], model_id: str):
+                 score_cache: Optional[ScoreCache], model_id: str, title_score: str = "mean",
+                 title_score_tokens: Optional[int] = None):
         if mode not in ("likelihood", "verbalizer"):
             raise ValueError(f"scorer_mode {mode!r}: use one of {', '.join(SCORER_MODES)}")
+        check_title_score(title_score, title_score_tokens)
         super().__init__(model, tokenizer, mode, user_batch_size=user_batch_size, score_cache=score_cache,
                          model_id=model_id)
         self.candidate_batch_size = max(1, int(candidate_batch_size))
+        self.title_score, self.title_score_tokens = title_score, title_score_tokens
+
+    @property
+    def score_settings(self) -> tuple:
+        """The settings besides model, mode and prompt that a score depends on, for the cache digest: none
+        for verbalizer labels and for the mean (so the keys of the mean are those from before
+        ``title_score`` existed), the reduction otherwise, with its token count for ``first``."""
+        if self.mode != "likelihood" or self.title_score == "mean":
+            return ()
+        return (self.title_score, self.title_score_tokens) if self.title_score == "first" else (self.title_score,)
 
     def candidate_ids(self, title: str) -> List[int]:
         ids = self.tokenizer(title, add_special_tokens=False).input_ids
@@ -189,7 +204,7 @@ class LLMScorer(Scorer):
         for i, prompt in enumerate(prompts):
             prefix_ids, suffix_ids = encode_parts(self.tokenizer, prompt)
             items = self._items(prompt)
-            digest = self._digest(prefix_ids + suffix_ids)
+            digest = self._digest(prefix_ids + suffix_ids, *self.score_settings)
             keys = None if digest is None else [item_key(digest, item) for item in items]
             found = self._lookup(keys)
             if keys is not None and len(found) == len(keys):
@@ -321,7 +336,8 @@ class LLMScorer(Scorer):
     def _batch_likelihood(self, rows: Sequence[Tuple[tuple, List[int], List[List[int]]]]) -> List[np.ndarray]:
         """Likelihood scores of ``(prefix, suffix, candidates)`` rows: each row is the suffix and then its
         candidates packed as ``pack_candidates`` lays them (each sees the prefix, the whole suffix and its
-        own earlier tokens; positions restart after the suffix)."""
+        own earlier tokens; positions restart after the suffix). A candidate's token log-probs, in float64
+        and in its token order, go to ``title_logprob``."""
         batch, needed, sources = [], [], []
         for prefix, suffix, cands in rows:
             p, n = len(prefix), len(suffix)
@@ -335,21 +351,29 @@ class LLMScorer(Scorer):
             needed.append([n - 1] + [n + pos for _, pos, _ in source])
             sources.append(source)
         logits, index = self._batch_forward(batch, needed)
-        picked_b, picked_k, picked_t, owner = [], [], [], []  # every (row, kept position, token) read
+        starts = np.cumsum([0] + [len(cands) for _, _, cands in rows])  # row b's candidates in the flat list
+        # every (row, kept position, token) read, and its slot: (flat candidate, index of the token in it)
+        picked_b, picked_k, picked_t, slot = [], [], [], []
         for b, ((_, suffix, cands), source) in enumerate(zip(rows, sources)):
             n = len(suffix)
             for c, cand in enumerate(cands):  # log p(first token | prompt), after the suffix's last token
-                picked_b.append(b), picked_k.append(index[n - 1]), picked_t.append(cand[0]), owner.append((b, c))
+                picked_b.append(b), picked_k.append(index[n - 1]), picked_t.append(cand[0])
+                slot.append((starts[b] + c, 0))
+            read = [1] * len(cands)  # the source triples of a candidate come in its token order
             for (c, pos, token) in source:
-                picked_b.append(b), picked_k.append(index[n + pos]), picked_t.append(token), owner.append((b, c))
+                picked_b.append(b), picked_k.append(index[n + pos]), picked_t.append(token)
+                slot.append((starts[b] + c, read[c]))
+                read[c] += 1
         bi, ki = torch.tensor(picked_b, device=logits.device), torch.tensor(picked_k, device=logits.device)
         lse = torch.logsumexp(logits, -1)  # (B, K): the softmax's normaliser only where read
         logprobs = (logits[bi, ki, torch.tensor(picked_t, device=logits.device)] - lse[bi, ki]).double().cpu()
-        totals = [np.zeros(len(cands), dtype=np.float64) for _, _, cands in rows]
-        for (b, c), lp in zip(owner, logprobs.tolist()):
-            totals[b][c] += lp
-        return [total / np.array([len(c) for c in cands], dtype=np.float64)
-                for total, (_, _, cands) in zip(totals, rows)]
+        longest = max((len(c) for _, _, cands in rows for c in cands), default=1)
+        token_logprobs = torch.zeros((int(starts[-1]), longest), dtype=torch.float64)
+        mask = torch.zeros_like(token_logprobs)
+        ci, ti = torch.tensor(slot, dtype=torch.long).reshape(-1, 2).unbind(1)
+        token_logprobs[ci, ti], mask[ci, ti] = logprobs, 1.0
+        scores = title_logprob(token_logprobs, mask, self.title_score, self.title_score_tokens).numpy()
+        return np.split(scores, starts[1:-1])
 
 
 def common_start(sequences: Sequence[Sequence[int]]) -> tuple:
@@ -387,34 +411,68 @@ def pack_candidates(candidates: Sequence[Sequence[int]], prefix_len: int):
 
 def make_scorer(model, tokenizer, *, mode: str, candidate_batch_size: int, user_batch_size: int,
                 score_cache: Optional[ScoreCache], model_id: str, max_new_tokens: int,
-                match_threshold: float) -> Scorer:
+                match_threshold: float, title_score: str = "mean", title_score_tokens: Optional[int] = None
+                ) -> Scorer:
     """The scorer for ``mode``: an ``LLMScorer`` (likelihood, verbalizer) or a ``GenerateScorer``, each given
-    the settings its mode uses (their defaults live in properties/model/LRGD.yaml)."""
+    the settings its mode uses (their defaults live in properties/model/LRGD.yaml; ``title_score`` falls
+    back to the mean for callers without a config)."""
     from recbole_lrgd.llm.generate import GenerateScorer  # generate.py builds on Scorer, above
 
     if mode == "generate":
         return GenerateScorer(model, tokenizer, user_batch_size=user_batch_size, score_cache=score_cache,
                               model_id=model_id, max_new_tokens=max_new_tokens, match_threshold=match_threshold)
     return LLMScorer(model, tokenizer, mode, candidate_batch_size, user_batch_size=user_batch_size,
-                     score_cache=score_cache, model_id=model_id)
+                     score_cache=score_cache, model_id=model_id, title_score=title_score,
+                     title_score_tokens=title_score_tokens)
+
+
+# -- a title's score from its tokens' log-probs: the one reduction of both paths -----------------
+def check_title_score(how: str, first_tokens: Optional[int]) -> None:
+    """``how`` is a ``TITLE_SCORES`` reduction, and ``first`` has a token count to read."""
+    if how not in TITLE_SCORES:
+        raise ValueError(f"title_score {how!r}: use one of {', '.join(TITLE_SCORES)}")
+    if how == "first" and (first_tokens is None or first_tokens < 1):
+        raise ValueError(f"title_score first reads title_score_tokens >= 1 tokens, not {first_tokens!r}")
+
+
+def title_logprob(token_logprobs: torch.Tensor, mask: torch.Tensor, how: str,
+                  first_tokens: Optional[int] = None) -> torch.Tensor:
+    """Each title's score (n,) from its tokens' log-probs (n, m), pads masked out (``mask`` 0).
+
+    ``mean``: their mean; ``sum``: their total; ``first``: the mean of the first ``first_tokens`` unmasked
+    ones (all of a shorter title). The total is a running sum along the tokens (``cumsum``, sequential on a
+    CPU), so a float64 title's score does not depend on how many pads its batch gave it.
+    """
+    check_title_score(how, first_tokens)
+    read = mask
+    if how == "first":
+        read = mask * (mask.cumsum(-1) <= first_tokens)
+    total = (token_logprobs * read).cumsum(-1)[..., -1]
+    return total if how == "sum" else total / read.sum(-1).clamp(min=1)
+
+
+def target_logprobs(logprobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The log-probs (n, m) of ``targets`` (n, m) under next-token ``logprobs`` (n, m, V)."""
+    return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def mean_token_logprob(logprobs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean log-probability of ``targets`` (n, m) under ``logprobs`` (n, m, V), ignoring masked pads."""
+    return title_logprob(target_logprobs(logprobs, targets), mask, "mean")
 
 
 # -- the reference the batched path is tested and benchmarked against ----------------------------
-def mean_token_logprob(logprobs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean log-probability of ``targets`` (n, m) under ``logprobs`` (n, m, V), ignoring masked pads."""
-    picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (picked * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-
-
 @torch.inference_mode()
-def naive_likelihood(model, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]) -> np.ndarray:
-    """Reference likelihood scores: the full prompt + one candidate per forward pass, no KV cache (slow)."""
+def naive_likelihood(model, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]], how: str = "mean",
+                     first_tokens: Optional[int] = None) -> np.ndarray:
+    """Reference likelihood scores: the full prompt + one candidate per forward pass, no KV cache (slow);
+    ``how`` and ``first_tokens`` as in ``title_logprob``."""
     out = []
     device = next(model.parameters()).device
     for cand in candidates:
         ids = torch.tensor([list(prompt_ids) + list(cand)], device=device)
         logits = model(input_ids=ids).logits.float()
         logprobs = torch.log_softmax(logits[:, len(prompt_ids) - 1: -1], -1)
-        target = torch.tensor([list(cand)], device=logprobs.device)
-        out.append(mean_token_logprob(logprobs, target, torch.ones_like(target, dtype=logprobs.dtype)).item())
+        picked = target_logprobs(logprobs, torch.tensor([list(cand)], device=logprobs.device))
+        out.append(title_logprob(picked, torch.ones_like(picked), how, first_tokens).item())
     return np.array(out, dtype=np.float64)

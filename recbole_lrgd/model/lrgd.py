@@ -37,7 +37,8 @@ def config_scorer(config) -> Scorer:
     return make_scorer(model, tokenizer, mode=config["scorer_mode"],
                        candidate_batch_size=config["candidate_batch_size"], user_batch_size=config["user_batch_size"],
                        score_cache=cache, model_id=model_id, max_new_tokens=config["max_new_tokens"],
-                       match_threshold=config["title_match_threshold"])
+                       match_threshold=config["title_match_threshold"], title_score=config["title_score"],
+                       title_score_tokens=config["title_score_tokens"])
 
 
 class LRGD(SequentialRecommender):
@@ -58,7 +59,8 @@ class LRGD(SequentialRecommender):
             self.titles, config_scorer(config), num_demos=config["num_demos"], max_his_len=config["max_his_len"],
             max_prompt_tokens=config["max_prompt_tokens"],
             instruction=config["prompt_instruction"] or DEFAULT_INSTRUCTION,
-            list_candidates=None if listed in (None, "auto") else bool(listed), seed=config["seed"])
+            list_candidates=None if listed in (None, "auto") else bool(listed), seed=config["seed"],
+            demo_format=config["demo_format"], demo_negatives=config["demo_negatives"])
         self.choice: Optional[DemoChoice] = DemoChoice() if self.demo_mode == "none" else None  # set by fit
         self.demo_state: Optional[dict] = None  # lrgd: the optimizer's state (sets, objectives, seconds)
 
@@ -89,7 +91,8 @@ class LRGD(SequentialRecommender):
     @torch.no_grad()
     def score_users(self, interaction, zero_shot: bool = False, progress: Optional[Callable[[int], None]] = None
                     ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """Float64 scores of RecBole's uniN/popN rows (grouped by user; the label is never read) and, with
+        """Float64 scores of RecBole's uniN/popN rows, or of each user's rows of a retriever's top-N (full
+        ranking: ``LRGDTrainer._collect_reranked``), grouped by user (the label is never read) and, with
         ``zero_shot``, the same rows without demonstrations (for EffectD; else None). Users are scored a
         ``user_chunks`` chunk of ``user_batch_size`` at a time; ``progress(n)`` follows each chunk of n users."""
         if self.choice is None:
@@ -119,4 +122,5 @@ class LRGD(SequentialRecommender):
         raise LRGDError("LRGD has no trainable weights: use LRGDTrainer, whose fit prepares demonstrations")
 
     def full_sort_predict(self, interaction):
-        raise LRGDError("LRGD ranks sampled candidates: set eval_args mode to uni19 or pop19, not full")
+        raise LRGDError("LRGD ranks sampled candidates (eval_args mode uni19 or pop19), or in mode full a retriever's "
+                        "top-N through LRGDTrainer.evaluate (candidate_source); it has no full_sort_predict")

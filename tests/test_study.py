@@ -1,0 +1,151 @@
+"""The study (benchmarks/study.py, study_report.py): its statistics, its stores and its agreement with RecBole."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import study  # noqa: E402
+import study_report as report  # noqa: E402
+
+
+# -- statistics --------------------------------------------------------------------------------
+def test_ranks_count_ties_against_the_target_and_ndcg_follows():
+    store = {1: np.array([0.5, 0.1, 0.9, 0.5]), 2: np.array([2.0, 1.0, 0.0, -1.0])}
+    assert report.target_ranks(store) == {1: 2, 2: 0}
+    assert report.ndcg10(store) == {1: pytest.approx(1 / np.log2(4)), 2: 1.0}
+
+
+def test_effect_is_the_listwise_loss_drop():
+    zero = {7: np.log(np.array([0.25, 0.25, 0.5]))}
+    with_demos = {7: np.log(np.array([0.5, 0.25, 0.25]))}
+    assert report.effects(with_demos, zero)[7] == pytest.approx(np.log(2))
+
+
+def test_split_half_is_one_without_noise_and_near_zero_with_only_noise():
+    rng = np.random.default_rng(0)
+    users = range(400)
+    clean = [{u: float(k) for u in users} for k in range(10)]
+    assert report.split_half(clean, splits=20) == pytest.approx(1.0)
+    noise = [{u: float(rng.normal()) for u in users} for _ in range(10)]
+    assert abs(report.split_half(noise, splits=50)) < 0.35
+    mixed = [{u: k / 10 + float(rng.normal()) for u in users} for k in range(10)]
+    assert 0.4 < report.split_half(mixed, splits=50) < 1.0  # signal sd 0.29 per set vs noise sd 0.07: reliable
+
+
+def test_spearman_ci_of_a_monotone_relation_is_one():
+    rho, lo, hi = report.spearman_ci(np.arange(12.0), np.arange(12.0) ** 3)
+    assert (rho, lo, hi) == pytest.approx((1.0, 1.0, 1.0))
+    rho, lo, hi = report.spearman_ci(np.arange(12.0), -np.arange(12.0))
+    assert rho == pytest.approx(-1.0) and hi == pytest.approx(-1.0)
+
+
+# -- stores and the agreement with RecBole -----------------------------------------------------
+@pytest.fixture
+def tiny_study(tiny_data, tiny_llm_dir, tmp_path):
+    return study.Study("smollm2", "tiny", None, llm_path=tiny_llm_dir, data_path=tiny_data,
+                       out=str(tmp_path / "study"), effect_users=10, probes=8)
+
+
+def test_probes_are_disjoint_from_the_effect_users_and_never_see_their_own_demonstration(tiny_study):
+    effect_users = {r[0] for r in tiny_study.tests[:10]}
+    probes = [p.user for p in tiny_study.probes]
+    assert len(probes) == 8 and not effect_users & set(probes)
+    probe = tiny_study.probes[0]
+    choice = study.DemoChoice.chosen([(probe.user, 0), (tiny_study.pool.users[0], 0)], False)
+    other = tiny_study.pool.demonstration(tiny_study.pool.users[0])
+    assert tiny_study.pool.users[0] != probe.user
+    shown = tiny_study.prompt("probe", probe.user, probe.history, probe.candidates, choice).demonstrations
+    assert [d.target for d in shown] == [tiny_study.ranker.titles[other[1]]]
+    test_user, history, candidates = tiny_study.tests[0]
+    assert len(tiny_study.prompt("test", test_user, history, candidates, choice).demonstrations) == 2
+
+
+def test_copy_bias_populations_score_the_demonstrations_targets_with_and_without_them(tiny_study):
+    user, history, candidates = tiny_study.tests[0]
+    choice = study.DemoChoice.chosen([(u, 0) for u in tiny_study.pool.users[:2]], False)
+    targets = [tiny_study.ranker.titles[tiny_study.pool.demonstration(u)[1]] for u in tiny_study.pool.users[:2]]
+    with_demos = tiny_study.prompt("targets", user, history, candidates, choice)
+    without = tiny_study.prompt("targets0", user, history, candidates, choice)
+    assert with_demos.candidates == without.candidates == targets
+    assert len(with_demos.demonstrations) == 2 and without.demonstrations == ()
+
+
+def test_a_store_resumes_and_a_changed_key_starts_afresh(tiny_study, monkeypatch):
+    first = tiny_study.run(study.random_set(0), "test", 10)
+    assert len(first) == 10
+    monkeypatch.setattr(tiny_study.ranker, "score", lambda prompts: pytest.fail("a finished store was rescored"))
+    again = tiny_study.run(study.random_set(0), "test", 10)
+    assert all(np.array_equal(first[u], again[u]) for u in first)
+    path = os.path.join(tiny_study.folder, "random2-d0-test.npz")
+    assert study.load_store(path, {"other": "key"}) == ({}, 0.0)
+
+
+def test_study_scores_equal_recboles_evaluation_of_the_same_demonstrations(tiny_study, tiny_data, tiny_llm_dir):
+    """random2-d0 is the product's demo_mode random (same seed): the study's per-user NDCG@10 must be
+    RecBole's own, user for user."""
+    from recbole_lrgd.quick_start import run
+
+    result = run("LRGD", "tiny", config_dict={
+        "data_path": tiny_data, "llm_path": tiny_llm_dir, "eval_users": None, "demo_mode": "random",
+        "seed": study.SEED, "score_cache": False, "show_progress": False, "use_gpu": False, "state": "WARNING"})
+    theirs = result["test_per_user"]["ndcg@10"]
+    test_ids = result["test_data"]._dataset.field2id_token[result["test_data"]._dataset.uid_field]
+    assert len(theirs) == len(tiny_study.tests) and test_ids is not None
+    ours = report.ndcg10(tiny_study.run(study.random_set(0), "test", None))
+    assert ours.keys() == theirs.keys()
+    assert all(ours[u] == pytest.approx(theirs[u], abs=1e-9) for u in ours)
+
+
+def test_report_tables_from_stores(tiny_study, tmp_path):
+    """The claim (b) table is computed from complete sets only; the methods table from shared users."""
+    for condition in [study.zero_shot()] + [study.random_set(d) for d in range(5)] + [study.nearest()]:
+        tiny_study.run(condition, "probe")
+        tiny_study.run(condition, "test", 10)
+    stores = report.load_folder(tiny_study.folder)
+    table = report.effect_table(stores, min_probes=8, min_test=10)
+    assert len(table["rows"]) == 6 and table["probes"] == 8 and table["test"] == 10
+    zero = stores[("zero-shot", "probe")][0]
+    assert table["effect"][0] == pytest.approx(np.mean(list(report.effects(
+        stores[(table["rows"][0]["condition"], "probe")][0], zero).values())))
+    assert report.effect_table(stores, min_probes=9, min_test=10) is None  # too few probes: not reported
+    assert report.method_table(stores, min_users=11) is None
+    methods = report.method_table(stores, min_users=10)
+    assert methods["users"] == 10 and methods["draws"]["random2"] == 5 and methods["draws"]["nearest2"] == 1
+    page = report.write_report(str(tmp_path / "study"), str(tmp_path / "docs"))
+    assert "| smollm2 | tiny | 10 |" in page  # zero-shot row
+    identity = json.load(open(os.path.join(tiny_study.folder, "identity.json")))
+    assert len(identity["sha256"]) == 64
+
+
+def test_target_mass_is_the_softmax_share_of_the_appended_items():
+    assert report.target_mass(np.log(np.array([1.0, 1.0])), np.log(np.array([2.0]))) == pytest.approx(0.5)
+
+
+def test_bias_table_groups_draws_and_measures_copy_bias(tiny_study):
+    tiny_study.run(study.zero_shot(), "test", 10)
+    for condition in (study.nested_set(0, 1), study.nested_set(1, 1)):
+        for population in ("test", "targets", "targets0"):
+            tiny_study.run(condition, population, 10)
+    stores = report.load_folder(tiny_study.folder)
+    table = report.setting_table(stores, report.BIAS)
+    assert list(table) == ["nested1"] and table["nested1"]["draws"] == 2 and table["nested1"]["users"] == 10
+    user = sorted(table["nested1"]["copy_bias"])[0]
+    expected = np.mean([report.target_mass(stores[(c, "test")][0][user], stores[(c, "targets")][0][user]) -
+                        report.target_mass(stores[("zero-shot", "test")][0][user], stores[(c, "targets0")][0][user])
+                        for c in ("nested1-d0", "nested1-d1")])
+    assert table["nested1"]["copy_bias"][user] == pytest.approx(expected)
+
+
+def test_a_prompt_key_condition_scores_otherwise_and_restores_the_ranker(tiny_study):
+    base = tiny_study.run(study.random_set(0), "test", 10)
+    listed = tiny_study.run(study.random_set(0).named("listed", demo_format="listed"), "test", 10)
+    summed = tiny_study.run(study.zero_shot().named("sum", title_score="sum"), "test", 10)
+    zero = tiny_study.run(study.zero_shot(), "test", 10)
+    assert all(not np.allclose(base[u], listed[u]) for u in base)
+    assert all(np.all(summed[u] < zero[u]) for u in zero)  # sums of >= 2 negative log-probs < their mean
+    assert tiny_study.ranker.demo_format == "next_item" and tiny_study.ranker.scorer.title_score == "mean"
+    assert os.path.isfile(os.path.join(tiny_study.folder, "listed-random2-d0-test.npz"))

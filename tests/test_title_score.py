@@ -1,0 +1,176 @@
+"""title_score: a likelihood title's score is the mean, the sum or the mean of the first tokens of its
+token log-probs; the batched scorer equals the naive reference in each, and each has its own cache keys."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import yaml_config
+
+from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_parts, encode_prompt
+from recbole_lrgd.llm.score_cache import ScoreCache, prompt_digest
+from recbole_lrgd.llm.scorer import make_scorer, naive_likelihood, title_logprob
+from recbole_lrgd.optimizer.state import SCORE_KEYS
+from recbole_lrgd.validate import check_values
+
+MODES = [("mean", None), ("sum", None), ("first", 3)]
+
+
+def _scorer(tiny_llm, title_score="mean", title_score_tokens=None, mode="likelihood", score_cache=None):
+    return make_scorer(*tiny_llm, mode=mode, candidate_batch_size=7, user_batch_size=8, score_cache=score_cache,
+                       model_id="tiny", max_new_tokens=8, match_threshold=0.8, title_score=title_score,
+                       title_score_tokens=title_score_tokens)
+
+
+def _prompts(tok, mode="likelihood"):
+    """Three users, two demonstration sets and none (mixed prefixes in one batch); titles of 12..19 tokens
+    that differ from their first token on."""
+    cands = [f"{i} candidate {'x' * (i % 7)}" for i in range(20)]
+    demos = [[Demonstration(("Alpha", "Beta gamma"), "Delta")], [Demonstration(("Omega",), "Psi")], []]
+    return [build_prompt(tok, d, [f"Epsilon {u}", "Zeta"], cands, seed=(0, u), mode=mode)
+            for u, d in enumerate(demos)]
+
+
+def _lengths(scorer, prompt):
+    return np.array([len(scorer.candidate_ids(c)) for c in prompt.candidates])
+
+
+def test_title_logprob_known_answers():
+    """Two titles, the second padded: the reduction reads unmasked tokens only, the first k for first."""
+    lp = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -6.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    assert title_logprob(lp, mask, "mean").tolist() == [-2.0, -5.0]
+    assert title_logprob(lp, mask, "sum").tolist() == [-6.0, -10.0]
+    assert title_logprob(lp, mask, "first", 2).tolist() == [-1.5, -5.0]
+    assert title_logprob(lp, mask, "first", 1).tolist() == [-1.0, -4.0]
+    assert title_logprob(lp, mask, "first", 9).tolist() == [-2.0, -5.0]
+    with pytest.raises(ValueError, match="title_score 'median'"):
+        title_logprob(lp, mask, "median")
+    with pytest.raises(ValueError, match="title_score_tokens >= 1"):
+        title_logprob(lp, mask, "first")
+
+
+@pytest.mark.parametrize("how,tokens", MODES)
+def test_batched_scores_equal_the_naive_reference(tiny_llm, how, tokens):
+    """Several prompts of different prefixes, 20 candidates packed 7 to a row: each score equals one
+    full-prompt forward per candidate, reduced the same way."""
+    scorer = _scorer(tiny_llm, how, tokens)
+    prompts = _prompts(tiny_llm[1])
+    for prompt, got in zip(prompts, scorer.score_many(prompts)):
+        naive = naive_likelihood(scorer.model, encode_prompt(scorer.tokenizer, prompt),
+                                 [scorer.candidate_ids(c) for c in prompt.candidates], how, tokens)
+        np.testing.assert_allclose(got, naive, atol=1e-4)
+        assert np.ptp(got) > 1e-3
+
+
+def test_sum_is_mean_times_token_count_and_first_differs(tiny_llm):
+    prompts = _prompts(tiny_llm[1])
+    mean = _scorer(tiny_llm, "mean").score_many(prompts)
+    total = _scorer(tiny_llm, "sum").score_many(prompts)
+    first = _scorer(tiny_llm, "first", 3).score_many(prompts)
+    for prompt, m, s, f in zip(prompts, mean, total, first):
+        lengths = _lengths(_scorer(tiny_llm), prompt)
+        assert lengths.min() > 3  # so first 3 reads part of every title
+        np.testing.assert_allclose(s, m * lengths, rtol=1e-12)
+        assert np.abs(f - m).min() > 1e-6
+
+
+def test_first_with_enough_tokens_is_the_mean(tiny_llm):
+    prompts = _prompts(tiny_llm[1])
+    longest = max(_lengths(_scorer(tiny_llm), p).max() for p in prompts)
+    mean = _scorer(tiny_llm, "mean").score_many(prompts)
+    for tokens in (longest, longest + 5):
+        for m, f in zip(mean, _scorer(tiny_llm, "first", int(tokens)).score_many(prompts)):
+            assert f.tobytes() == m.tobytes()
+
+
+def test_cache_keys_differ_between_title_scores(tiny_llm, tmp_path):
+    """The mean keeps the keys from before title_score (no setting in the digest); sum and first (per token
+    count) have their own; verbalizer labels do not depend on title_score."""
+    prompt = _prompts(tiny_llm[1])[0]
+    ids = sum(encode_parts(tiny_llm[1], prompt), [])
+    cache = ScoreCache(str(tmp_path / "keys.sqlite"))
+
+    def digest(*args, mode="likelihood"):
+        scorer = _scorer(tiny_llm, *args, mode=mode, score_cache=cache)
+        return scorer._digest(ids, *scorer.score_settings)
+
+    keys = [digest("mean"), digest("sum"), digest("first", 3), digest("first", 4)]
+    assert len(set(keys)) == 4
+    assert keys[0] == prompt_digest("tiny", "likelihood", ids)
+    verbalizer = {digest(*args, mode="verbalizer") for args in (("mean",), ("sum",), ("first", 3))}
+    assert verbalizer == {prompt_digest("tiny", "verbalizer", ids)}
+
+
+def test_a_shared_cache_file_serves_each_title_score_its_own_scores(tiny_llm, tmp_path):
+    path = str(tmp_path / "scores.sqlite")
+    prompt = _prompts(tiny_llm[1])[0]
+    runs = [("mean", None), ("sum", None), ("first", 3), ("first", 4), ("sum", None)]
+    got = []
+    for how, tokens in runs:
+        scorer = _scorer(tiny_llm, how, tokens, score_cache=ScoreCache(path))
+        got.append(scorer.score(prompt))
+        fresh = _scorer(tiny_llm, how, tokens).score(prompt)
+        np.testing.assert_allclose(got[-1], fresh, atol=1e-12)
+        hits = scorer.counts.cache_hits
+        assert hits == (20 if (how, tokens) in runs[: len(got) - 1] else 0), (how, tokens)
+    assert got[4].tobytes() == got[1].tobytes()
+
+
+def test_both_keys_are_in_the_optimizer_state_identity():
+    assert {"title_score", "title_score_tokens"} <= set(SCORE_KEYS)
+
+
+@pytest.mark.parametrize("keys,match", [
+    ({"title_score": "median"}, "title_score must be one of mean, sum, first, not 'median'"),
+    ({"title_score": None}, "title_score must be one of mean, sum, first, not None"),
+    ({"title_score_tokens": 0}, "title_score_tokens must be a positive integer, not 0"),
+    ({"title_score_tokens": 2.5}, "title_score_tokens must be a positive integer, not 2.5"),
+    ({"title_score_tokens": True}, "title_score_tokens must be a positive integer, not True"),
+])
+def test_bad_values_are_one_line_errors(keys, match):
+    with pytest.raises(LRGDError, match=match) as info:
+        check_values(yaml_config(**keys))
+    assert "\n" not in str(info.value)
+    check_values(yaml_config(title_score="first", title_score_tokens=1))
+
+
+def test_a_bad_title_score_stops_the_run_before_anything_is_written(tiny_data, tiny_llm_dir, monkeypatch):
+    import recbole_lrgd.quick_start as quick_start
+
+    monkeypatch.setattr(sys, "argv", ["run_recbole_lrgd.py"])
+    monkeypatch.setattr(quick_start, "load_config_llm", lambda config: pytest.fail("the LLM was loaded"))
+    with pytest.raises(LRGDError, match="title_score must be one of mean, sum, first, not 'sum '"):
+        quick_start.run("LRGD", "tiny", config_dict={"data_path": tiny_data, "llm_path": tiny_llm_dir,
+                                                     "use_gpu": False, "title_score": "sum "}, saved=False)
+    assert not os.path.exists("log") and not os.path.exists("saved")
+
+
+def test_a_run_with_sum_scores_otherwise_than_with_mean(tiny_data, tiny_llm_dir, monkeypatch):
+    """Two runs on the tiny dataset sharing one score cache (the default): sum is a score of its own,
+    recomputed, not the mean's read back."""
+    from recbole_lrgd.model.lrgd import LRGD
+    from recbole_lrgd.quick_start import run
+
+    recorded, original = [], LRGD.score_users
+
+    def score_users(self, *args, **kwargs):
+        got = original(self, *args, **kwargs)
+        recorded[-1].append(got[0])
+        return got
+
+    monkeypatch.setattr(LRGD, "score_users", score_users)
+    results = {}
+    for how in ("mean", "sum"):
+        recorded.append([])
+        cfg = {"data_path": tiny_data, "eval_users": 12, "show_progress": False, "use_gpu": False,
+               "eval_batch_size": 100, "llm_path": tiny_llm_dir, "state": "WARNING", "num_demos": 2,
+               "demo_mode": "random", "metrics": ["Hit", "NDCG", "MRR"], "title_score": how}
+        results[how] = run("LRGD", "tiny", config_dict=cfg, saved=False)
+        assert results[how]["model_obj"].score_counts().cache_hits == 0
+    mean, total = np.concatenate(recorded[0]), np.concatenate(recorded[1])
+    assert mean.shape == total.shape and mean.size > 0
+    assert np.all(total < mean)  # a title of n >= 2 tokens: sum = n * mean < mean, log-probs being < 0
