@@ -357,4 +357,6 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
         "best_valid_result": best_valid_result, "test_result": dict(test_result or {}),
         "fit_time": fit_time, "eval_time": eval_time, "test_users": test_users, "retriever_time": retriever_time,
         "test_data": test_data, "model_obj": model_obj, "test_per_user": trainer.eval_collector.per_user_metrics(),
+        # candidate_source: the share of test users whose held-out item is among the retriever's top rerank_top
+        "target_in_top_n": getattr(trainer, "target_in_top_n", None),
     }

@@ -86,6 +86,8 @@ class LRGDTrainer(Trainer):
         super().__init__(config, model)
         self.eval_collector = LRGDCollector(config)
         self.retriever: Optional[Retriever] = None  # candidate_source: full-sort loaders re-rank its top-N
+        # the last full-sort evaluation's share of users whose held-out item was among their top-N candidates
+        self.target_in_top_n: Optional[float] = None
 
     def use_retriever(self, retriever: Retriever) -> None:
         """Evaluate full-sort loaders by re-ranking this retriever's top ``rerank_top`` (``candidate_source``)."""
@@ -151,10 +153,11 @@ class LRGDTrainer(Trainer):
         bar = tqdm(total=eval_user_count(eval_data), ncols=100, desc=set_color("LLM scoring", "pink"),
                    unit="user", disable=not show_progress)
         before = self.model.score_counts()
+        offered: List[bool] = []  # full sort: per user, whether the target is among the candidates
         try:
             for batch in eval_data:
                 if full_sort:
-                    self._collect_reranked(batch, bar.update)
+                    offered += self._collect_reranked(batch, bar.update)
                     continue
                 interaction, row_idx, positive_u, positive_i = batch
                 scores, zero_shot = self._score_batch(interaction, self.eval_collector.needs_zero_shot, bar.update)
@@ -167,28 +170,40 @@ class LRGDTrainer(Trainer):
                                                        effect_scores=None if zero_shot is None else (scores, zero_shot))
         finally:
             bar.close()
+        if full_sort:
+            self.target_in_top_n = float(np.mean(offered)) if offered else None
         self.eval_collector.model_collect(self.model)
         result = self.evaluator.evaluate(self.eval_collector.get_data_struct())
         self.wandblogger.log_eval_metrics(result, head="eval")
         self._log_score_counts(self.model.score_counts() - before, result)
         return result
 
-    def _collect_reranked(self, batch, progress: Callable[[int], None]) -> None:
+    def _collect_reranked(self, batch, progress: Callable[[int], None]) -> List[bool]:
         """One full-sort batch (one row per user, its held-out item in ``positive_i``) to the collector: the
         retriever's scores over the catalogue, the LLM's scores of each user's top ``rerank_top`` (through
-        ``_score_batch``: the sampled path's chunks, prompts and sharding), and their ``reranked_row``s."""
+        ``_score_batch``: the sampled path's chunks, prompts and sharding), and their ``reranked_row``s. At
+        ``rerank_blend`` 1 the order is the retriever's whatever the LLM says, so the LLM is not asked.
+
+        Returns, per user, whether the held-out item is among the candidates. Every rank ranks every user's
+        catalogue (only the LLM's scoring is sharded), so under a launcher each rank has all users' answers."""
         interaction, _, positive_u, positive_i = batch
-        users = interaction[self.model.USER_ID].cpu().numpy()
-        retrieved = self.retriever.scores(users, positive_i.cpu().numpy())
+        users, targets = interaction[self.model.USER_ID].cpu().numpy(), positive_i.cpu().numpy()
+        retrieved = self.retriever.scores(users, targets)
         candidates = top_candidates(retrieved, self.config["rerank_top"])
-        counts = [len(c) for c in candidates]
-        rows = interaction[torch.from_numpy(np.repeat(np.arange(len(users)), counts))]  # a row per candidate
-        rows.update(Interaction({self.model.ITEM_ID: torch.from_numpy(np.concatenate(candidates).astype(np.int64))}))
-        llm, _ = self._score_batch(rows, False, progress)
-        per_user = np.split(llm, np.cumsum(counts)[:-1])
-        matrix = torch.stack([reranked_row(retrieved[k], candidates[k], per_user[k], self.config["rerank_blend"])
-                              for k in range(len(users))])
+        blend = self.config["rerank_blend"]
+        if blend == 1:
+            per_user = [np.zeros(len(c)) for c in candidates]
+            progress(len(users))
+        else:
+            counts = [len(c) for c in candidates]
+            rows = interaction[torch.from_numpy(np.repeat(np.arange(len(users)), counts))]  # a row per candidate
+            items = torch.from_numpy(np.concatenate(candidates).astype(np.int64))
+            rows.update(Interaction({self.model.ITEM_ID: items}))
+            llm, _ = self._score_batch(rows, False, progress)
+            per_user = np.split(llm, np.cumsum(counts)[:-1])
+        matrix = torch.stack([reranked_row(retrieved[k], candidates[k], per_user[k], blend) for k in range(len(users))])
         self.eval_collector.eval_batch_collect(matrix.to(self.device), interaction, positive_u, positive_i)
+        return [bool((c == t).any()) for c, t in zip(candidates, targets)]
 
     def _score_batch(self, interaction, zero_shot: bool, progress: Callable[[int], None]
                      ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
