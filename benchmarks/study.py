@@ -371,58 +371,35 @@ def save_store(path: str, key: dict, done: Dict[int, np.ndarray], seconds: float
 
 
 # -- parts -------------------------------------------------------------------------------------
-def shard(conditions: List[Condition], index: int, count: int) -> List[Condition]:
-    """Every ``count``-th condition from ``index``: processes that share the stores but not the work."""
-    return conditions[index::count]
+COPY = ("test", "targets", "targets0")  # NDCG@10 and the copy bias
+# part -> (its conditions, the populations each is scored on, whether its test users are --users rather than
+# the effect part's first 500)
+PARTS: Dict[str, Tuple[Callable[[], List[Condition]], Tuple[str, ...], bool]] = {
+    "effect": (lambda: [zero_shot()] + effect_sets(), ("probe", "test"), False),  # claim (b)
+    "single": (single_sets, ("probe", "test"), False),  # claim (b), per demonstration
+    "bias": (bias_conditions, COPY, False),  # copy bias, K, history length
+    "format": (format_conditions, COPY, False),  # demonstration formats
+    "scorer": (scorer_conditions, ("test",), False),  # title-score reductions
+    "methods": (method_conditions, ("test",), True),  # claim (c)
+    "zero-shot": (lambda: [zero_shot()], ("test",), True),  # each model's zero-shot NDCG@10
+}
+Task = Tuple[Condition, List[Tuple[str, Optional[int]]]]  # a condition and its (population, users) to score
 
 
-def part_effect(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
-    """Claim (b): every set's scores on the probes and the effect part's test users, zero-shot first."""
-    for condition in shard([zero_shot()] + effect_sets(), index, count):
-        study.run(condition, "probe")
-        study.run(condition, "test", study.effect_users)
+def part_tasks(part: str, users: Optional[int], effect_users: int = EFFECT_TEST_USERS) -> List[Task]:
+    """What a part scores: each condition on each of its populations, the first ``users`` test users (all
+    probes)."""
+    conditions, populations, own_users = PARTS[part]
+    size = users if own_users else effect_users
+    return [(c, [(p, None if p == "probe" else size) for p in populations]) for c in conditions()]
 
 
-def part_single(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
-    """The per-demonstration form: single demonstrations on the same probes and test users."""
-    for condition in shard(single_sets(), index, count):
-        study.run(condition, "probe")
-        study.run(condition, "test", study.effect_users)
-
-
-def part_bias(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
-    """Copy bias, K and history length: test NDCG@10 and the mass on the demonstrations' targets."""
-    for condition in shard(bias_conditions(), index, count):
-        for population in ("test", "targets", "targets0"):
-            study.run(condition, population, study.effect_users)
-
-
-def part_format(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
-    """Demonstration formats: test NDCG@10 and the copy bias, as the bias part."""
-    for condition in shard(format_conditions(), index, count):
-        for population in ("test", "targets", "targets0"):
-            study.run(condition, population, study.effect_users)
-
-
-def part_scorer(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
-    """Title-score reductions per model, on the first ``n`` test users."""
-    for condition in shard(scorer_conditions(), index, count):
-        study.run(condition, "test", n or study.effect_users)
-
-
-def part_methods(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
-    """Claim (c): each method on the first ``n`` test users (all when ~)."""
-    for condition in shard(method_conditions(), index, count):
-        study.run(condition, "test", n)
-
-
-def part_zero_shot(study: Study, n: Optional[int] = None, index: int = 0, count: int = 1) -> None:
-    """Each model's zero-shot NDCG@10 (item 1), on the first ``n`` test users."""
-    study.run(zero_shot(), "test", n)
-
-
-PARTS = {"effect": part_effect, "single": part_single, "bias": part_bias, "format": part_format,
-         "scorer": part_scorer, "methods": part_methods, "zero-shot": part_zero_shot}
+def run_part(study: Study, part: str, users: Optional[int], index: int = 0, count: int = 1) -> None:
+    """Score a part's conditions ``index``, ``index + count``, ...: processes that share the stores, not the
+    work (a condition stays on one process, so an optimizer is fitted once)."""
+    for condition, populations in part_tasks(part, users, study.effect_users)[index::count]:
+        for population, n in populations:
+            study.run(condition, population, n)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -446,7 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     study = Study(args.model, args.dataset, args.test_users or None)
     n = args.users or None
     index, count = (int(x) for x in args.shard.split("/"))
-    PARTS[args.part](study, n, index, count)
+    run_part(study, args.part, n, index, count)
     return 0
 
 

@@ -282,6 +282,23 @@ def plot_methods(tables: Dict[str, dict], path: str) -> None:
     plt.close(fig)
 
 
+NOMINAL_USERS = {"methods": 1000, "zero-shot": 500}  # the test users a finished part has (or all there are)
+
+
+def coverage(stores, identity: dict) -> Dict[str, Tuple[int, int]]:
+    """Per part of ``benchmarks/study.py``: (stores finished, stores the part has) for one model and dataset."""
+    from study import PARTS, part_tasks
+
+    out = {}
+    for part in PARTS:
+        users = min(NOMINAL_USERS.get(part, 500), identity["test_users_available"])
+        wanted = [(c.name, p, n if n is not None else identity["probes"])
+                  for c, populations in part_tasks(part, users) for p, n in populations]
+        done = sum((c, p) in stores and len(stores[(c, p)][0]) >= n for c, p, n in wanted)
+        out[part] = (done, len(wanted))
+    return out
+
+
 def write_report(out: str, docs: str) -> str:
     """Write ``docs/RESULTS.md`` (and its PNGs under ``docs/results/``) from the stores; returns the page."""
     os.makedirs(os.path.join(docs, "results"), exist_ok=True)
@@ -307,10 +324,22 @@ def write_report(out: str, docs: str) -> str:
             seen.add(model)
             lines.append(f"| {model} | {ident['weights_file']} | `{ident['sha256']}` | {ident['dtype']} |")
 
+    lines += ["", "## What is stored", "", "Stores finished / stores planned, per part of `benchmarks/study.py` "
+              "(effect: claim (b); single: its per-demonstration form; bias: copy bias, K and history length; "
+              "format: demonstration formats; scorer: title-score reductions; methods: claim (c); zero-shot: "
+              "each model's zero-shot NDCG@10). A part not finished is reported below on what it has.", ""]
+    all_stores = {key: load_folder(os.path.dirname(p)) for key, p in zip(identities, folders)}
+    parts = None
+    for (model, dataset), stores in sorted(all_stores.items()):
+        cov = coverage(stores, identities[(model, dataset)])
+        if parts is None:
+            parts = list(cov)
+            lines += ["| model | dataset | " + " | ".join(parts) + " |", "|---|---|" + "---|" * len(parts)]
+        lines.append(f"| {model} | {dataset} | " + " | ".join(f"{cov[p][0]}/{cov[p][1]}" for p in parts) + " |")
+
     # zero-shot
     lines += ["", "## Zero-shot NDCG@10 per model and dataset", "", "| model | dataset | test users | NDCG@10 [95% CI] |",
               "|---|---|---|---|"]
-    all_stores = {key: load_folder(os.path.dirname(p)) for key, p in zip(identities, folders)}
     for (model, dataset), stores in sorted(all_stores.items()):
         if ("zero-shot", "test") in stores:
             n = ndcg10(stores[("zero-shot", "test")][0])

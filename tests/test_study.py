@@ -149,3 +149,16 @@ def test_a_prompt_key_condition_scores_otherwise_and_restores_the_ranker(tiny_st
     assert all(np.all(summed[u] < zero[u]) for u in zero)  # sums of >= 2 negative log-probs < their mean
     assert tiny_study.ranker.demo_format == "next_item" and tiny_study.ranker.scorer.title_score == "mean"
     assert os.path.isfile(os.path.join(tiny_study.folder, "listed-random2-d0-test.npz"))
+
+
+def test_parts_shard_by_condition_and_coverage_counts_finished_stores(tiny_study):
+    tasks = study.part_tasks("effect", None, effect_users=10)
+    assert [c.name for c, _ in tasks][:3] == ["zero-shot", "random2-d0", "nearest2"]
+    assert tasks[0][1] == [("probe", None), ("test", 10)]
+    assert study.part_tasks("methods", 7)[0][1] == [("test", 7)]
+    study.run_part(tiny_study, "zero-shot", 10)
+    tiny_study.run(study.zero_shot(), "probe")
+    identity = json.load(open(os.path.join(tiny_study.folder, "identity.json")))
+    cov = report.coverage(report.load_folder(tiny_study.folder), {**identity, "test_users_available": 10})
+    # effect: the probe store only (its test users are the nominal 500); methods: all 10 users there are
+    assert cov["zero-shot"] == (1, 1) and cov["effect"] == (1, 62) and cov["methods"] == (1, 9)
