@@ -459,8 +459,9 @@ def write_report(out: str, docs: str) -> str:
                       "| setting | draws | users | NDCG@10 [95% CI] | − zero-shot [95% CI] |" +
                       (" copy bias [95% CI] |" if with_bias else ""), "|---|---|---|---|---|" + ("---|" if with_bias else "")]
             for label, t in table.items():
+                versus = "" if label == "zero-shot" else fmt_ci(*paired_bootstrap(t["ndcg"], t["zero"])[:3], sign=True)
                 lines.append(f"| {label} | {t['draws']} | {t['users']} | {fmt_ci(*mean_ci(list(t['ndcg'].values())))} | "
-                             f"{fmt_ci(*paired_bootstrap(t['ndcg'], t['zero'])[:3], sign=True)} |" +
+                             f"{versus} |" +
                              (f" {fmt_ci(*mean_ci(list(t['copy_bias'].values())), sign=True)} |" if with_bias else ""))
             lines.append("")
 
