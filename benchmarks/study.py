@@ -118,7 +118,7 @@ class Condition:
 
 
 # where each prompt key lives: the ranker builds the prompt, the scorer reduces a title's token log-probs
-PROMPT_KEYS = {"demo_format": "ranker", "demo_negatives": "ranker", "title_score": "scorer",
+PROMPT_KEYS = {"num_demos": "ranker", "demo_format": "ranker", "demo_negatives": "ranker", "title_score": "scorer",
                "title_score_tokens": "scorer"}
 
 
@@ -267,11 +267,14 @@ class Study:
                          **{k: config[k] for k in SCORE_KEYS if LATER_KEYS.get(k, object()) != config[k]}}
         if test_users:  # the sampled users decide each user's negatives (all users: recorded as nothing)
             self.identity["eval_users"] = test_users
+        if (effect_users, probes) != (EFFECT_TEST_USERS, PROBES):  # they decide who the probes are
+            self.identity["effect_users"], self.identity["probes"] = effect_users, probes
         self.folder = os.path.join(out, model, dataset)
         os.makedirs(self.folder, exist_ok=True)
         with open(os.path.join(self.folder, "identity.json"), "w") as f:
             json.dump({**self.identity, "weights_file": os.path.basename(weights),
-                       "test_users_available": len(self.tests), "probes": len(self.probes)}, f, indent=1)
+                       "test_users_available": len(self.tests), "probes": len(self.probes),
+                       "effect_users": [int(r[0]) for r in self.tests[:effect_users]]}, f, indent=1)
 
     # -- optimizer -------------------------------------------------------------------------------
     def fit(self, name: str, stages: int, seed: int, profile: str, overrides: dict) -> Tuple[DemoChoice, float]:
@@ -314,18 +317,19 @@ class Study:
         return self.ranker.prompt(user, history, candidates, demos)
 
     def run(self, condition: Condition, population: str, n: Optional[int] = None) -> Dict[int, np.ndarray]:
-        """Score ``condition`` on the first ``n`` users of ``population`` (resuming its store)."""
-        self.ranker.num_demos = condition.num_demos
-        choice, fit_seconds = condition.choose(self)
-        self.ranker.num_demos = condition.num_demos
-        key = {**self.identity, "condition": condition.name, "population": population, "num_demos":
-               condition.num_demos, "choice": [list(choice.specs)] if choice.specs is not None else "nearest",
-               "per_user": choice.per_user, **dict(condition.prompt)}
+        """Score ``condition`` on the first ``n`` users of ``population`` (resuming its store). Its prompt keys and
+        num_demos hold while it chooses (an optimizer fits in them) and scores; then the ranker's are restored."""
         owners = {"ranker": self.ranker, "scorer": self.ranker.scorer}
-        before = {k: getattr(owners[PROMPT_KEYS[k]], k) for k, _ in condition.prompt}
+        keys = (("num_demos", condition.num_demos),) + condition.prompt
+        before = {k: getattr(owners[PROMPT_KEYS[k]], k) for k, _ in keys}
         try:
-            for k, v in condition.prompt:
+            for k, v in keys:
                 setattr(owners[PROMPT_KEYS[k]], k, v)
+            choice, fit_seconds = condition.choose(self)
+            self.ranker.num_demos = condition.num_demos  # an optimizer sets its own
+            key = {**self.identity, "condition": condition.name, "population": population, "num_demos":
+                   condition.num_demos, "choice": [list(choice.specs)] if choice.specs is not None else "nearest",
+                   "per_user": choice.per_user, **dict(condition.prompt)}
             return self._score(condition, population, n, choice, key, fit_seconds)
         finally:
             for k, v in before.items():

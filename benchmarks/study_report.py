@@ -110,6 +110,8 @@ def load_folder(folder: str) -> Dict[Tuple[str, str], Tuple[Store, dict]]:
     found = {}
     for path in sorted(glob.glob(os.path.join(folder, "*.npz"))):
         name = os.path.basename(path)[: -len(".npz")]
+        if ".tmp" in name:  # a store being written (or left by a killed run)
+            continue
         condition, population = name.rsplit("-", 1)
         found[(condition, population)] = read_store(path)
     return found
@@ -119,23 +121,28 @@ EFFECT_SETS = re.compile(r"random2-d\d+|anchor2-d\d+|nearest2|lrgd-default-.*") 
 SINGLE_SETS = re.compile(r"random1-d\d+")  # the per-demonstration form
 
 
-def effect_table(stores, min_probes: int = 200, min_test: int = 500, sets: re.Pattern = EFFECT_SETS
-                 ) -> Optional[dict]:
-    """Claim (b) of one model and dataset: each complete set's probe EffectD and test NDCG@10, and statistics."""
+def only(store: Store, users: Optional[Sequence[int]]) -> Store:
+    """The store's scores of ``users`` it holds (all of them when None)."""
+    return store if users is None else {int(u): store[int(u)] for u in users if int(u) in store}
+
+
+def effect_table(stores, min_probes: int = 200, min_test: int = 500, sets: re.Pattern = EFFECT_SETS,
+                 users: Optional[Sequence[int]] = None) -> Optional[dict]:
+    """Claim (b) of one model and dataset: each complete set's probe EffectD and test NDCG@10 on ``users`` (the
+    effect part's test users, disjoint from the probes: other parts may add users to the same stores), and
+    statistics."""
     if ("zero-shot", "probe") not in stores or ("zero-shot", "test") not in stores:
         return None
-    zero_probe, zero_test = stores[("zero-shot", "probe")][0], stores[("zero-shot", "test")][0]
+    zero_probe, zero_test = stores[("zero-shot", "probe")][0], only(stores[("zero-shot", "test")][0], users)
     rows = []
     for (condition, population), (probe, _) in sorted(stores.items()):
         if population != "probe" or not sets.fullmatch(condition) or (condition, "test") not in stores:
             continue
-        test = stores[(condition, "test")][0]
+        test = only(stores[(condition, "test")][0], users)
         if len(probe) < min_probes or len(test) < min_test:
             continue
-        test_users = sorted(test)[:]  # the effect part's users: the test store holds only them
-        rows.append({"condition": condition, "kind": kind(condition),
-                     "effect_probe": effects(probe, zero_probe), "ndcg_test": ndcg10({u: test[u] for u in test_users}),
-                     "effect_test": effects({u: test[u] for u in test_users}, zero_test)})
+        rows.append({"condition": condition, "kind": kind(condition), "effect_probe": effects(probe, zero_probe),
+                     "ndcg_test": ndcg10(test), "effect_test": effects(test, zero_test)})
     if len(rows) < 5:
         return None
     e = [np.mean(list(r["effect_probe"].values())) for r in rows]
@@ -149,29 +156,48 @@ def effect_table(stores, min_probes: int = 200, min_test: int = 500, sets: re.Pa
             "zero_ndcg": float(np.mean(list(ndcg10({u: zero_test[u] for u in rows[0]["ndcg_test"]}).values())))}
 
 
-METHOD = re.compile(r"zero-shot|random2-d\d+|nearest2|lrgd-.*")  # claim (c)'s conditions
+EFFECT_METHODS = re.compile(r"zero-shot|random2-d\d+|nearest2|lrgd-default-.*")  # the effect part's, as methods
 
 
-def method_table(stores, min_users: int = 500) -> Optional[dict]:
-    """Each method's NDCG@10 on the test users its stores share (random: mean over draws); a store with
-    fewer than ``min_users`` (one still being written) is left out."""
-    tests = {c: s for (c, p), (s, _) in stores.items()
-             if p == "test" and METHOD.fullmatch(c) and len(s) >= min_users}
+def method_label(condition: str) -> str:
+    """A method's name: random draws and optimizer seeds pool into one method."""
+    return re.sub(r"-seed\d+$", "", re.sub(r"-d\d+$", "", condition))
+
+
+def method_table(stores, conditions, min_users: int = 500, users: Optional[Sequence[int]] = None
+                 ) -> Optional[dict]:
+    """Each method's NDCG@10 on the test users its stores share (of ``users`` when given), ``conditions`` a
+    pattern or a set of names; a store with fewer than ``min_users`` of them (still being written) is left out.
+    Keeps every set's per-user NDCG@10, for the two-level bootstrap."""
+    pick = conditions.fullmatch if isinstance(conditions, re.Pattern) else conditions.__contains__
+    tests = {c: only(s, users) for (c, p), (s, _) in stores.items() if p == "test" and pick(c)}
+    tests = {c: s for c, s in tests.items() if len(s) >= min_users}
     if "zero-shot" not in tests:
         return None
     methods: Dict[str, List[str]] = {}
-    for c in tests:
-        label = re.sub(r"-d\d+$", "", c)  # random draws pool into one method
-        label = re.sub(r"-seed\d+$", "", label)  # so do the optimizer's seeds
-        methods.setdefault(label, []).append(c)
-    users = sorted(set.intersection(*(set(tests[c]) for c in tests)))
-    per_user = {m: {u: float(np.mean([ndcg10({u: tests[c][u]})[u] for c in cs])) for u in users}
-                for m, cs in methods.items()}
+    for c in sorted(tests):
+        methods.setdefault(method_label(c), []).append(c)
+    shared = sorted(set.intersection(*(set(tests[c]) for c in tests)))
+    sets = {m: np.array([[ndcg10({u: tests[c][u]})[u] for u in shared] for c in cs]) for m, cs in methods.items()}
     fits = {m: [stores[(c, "test")][1]["fit_seconds"] for c in cs] for m, cs in methods.items()}
-    return {"users": len(users), "per_user": per_user, "draws": {m: len(cs) for m, cs in methods.items()},
+    return {"users": len(shared), "sets": sets, "draws": {m: len(cs) for m, cs in methods.items()},
+            "per_user": {m: dict(zip(shared, a.mean(0).tolist())) for m, a in sets.items()},
             "fit_seconds": {m: float(np.mean(v)) for m, v in fits.items()},
-            "draw_means": {m: [float(np.mean([ndcg10({u: tests[c][u]})[u] for u in users])) for c in cs]
-                           for m, cs in methods.items()}}
+            "draw_means": {m: a.mean(1).tolist() for m, a in sets.items()}}
+
+
+def two_level_diff(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Tuple[float, float, float]:
+    """Mean NDCG@10 of method a minus method b, each a (sets x users) array over the same users, with a 95%
+    bootstrap interval that resamples users (paired) and each method's sets (draws, seeds): a method measured
+    on one set carries no set-to-set variance, so its interval is a lower bound on the real spread."""
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(2000):
+        u = rng.integers(0, a.shape[1], size=a.shape[1])
+        diffs.append(a[rng.integers(0, len(a), size=len(a))][:, u].mean()
+                     - b[rng.integers(0, len(b), size=len(b))][:, u].mean())
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    return float(a.mean() - b.mean()), float(lo), float(hi)
 
 
 def target_mass(candidates: np.ndarray, targets: np.ndarray) -> float:
@@ -229,14 +255,13 @@ def verdict_b(t: dict) -> str:
 
 
 def verdict_c(method: str, t: dict) -> str:
-    """The optimizer's set against random and zero-shot, from the paired CIs."""
-    pu = t["per_user"]
+    """The optimizer's sets against random and zero-shot, from the two-level CIs (users and sets resampled)."""
     parts = []
-    for other in [m for m in pu if m.startswith("random2")] + ["zero-shot"]:
-        d, lo, hi, _ = paired_bootstrap(pu[method], pu[other])
+    for other in [m for m in t["sets"] if m.startswith("random2")] + ["zero-shot"]:
+        d, lo, hi = two_level_diff(t["sets"][method], t["sets"][other])
         word = "beats" if lo > 0 else "loses to" if hi < 0 else "ties with"
         parts.append(f"{word} {other} ({d:+.4f} [{lo:+.4f}, {hi:+.4f}])")
-    return f"{method} " + " and ".join(parts) + f" on {t['users']} users"
+    return (f"{method} ({t['draws'][method]} fit(s)) " + " and ".join(parts) + f" on {t['users']} users")
 
 
 def plot_effect(t: dict, title: str, path: str) -> None:
@@ -370,8 +395,9 @@ def write_report(out: str, docs: str) -> str:
               "| model | dataset | sets | probes | test users | rho(Effect_D, NDCG@10) | reliability Effect_D | "
               "reliability NDCG@10 | noise ceiling | in-sample rho | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     effect_tables = {}
+    effect_users = {k: identities[k].get("effect_users") for k in all_stores}
     for (model, dataset), stores in sorted(all_stores.items()):
-        t = effect_table(stores)
+        t = effect_table(stores, users=effect_users[(model, dataset)])
         if t is None:
             continue
         effect_tables[(model, dataset)] = t
@@ -391,7 +417,7 @@ def write_report(out: str, docs: str) -> str:
                 lines.append(f"| {label} | {len(idx)} | {np.mean([t['effect'][i] for i in idx]):+.4f} | "
                              f"{np.mean([t['ndcg'][i] for i in idx]):.4f} |")
 
-    singles = {k: effect_table(stores, sets=SINGLE_SETS) for k, stores in sorted(all_stores.items())}
+    singles = {k: effect_table(stores, sets=SINGLE_SETS, users=effect_users[k]) for k, stores in sorted(all_stores.items())}
     if any(singles.values()):
         lines += ["", "Per-demonstration form: one random pool user's demonstration alone (K = 1). Effect_D on the "
                   "probes vs the NDCG@10 change it causes on the test users (NDCG@10 with it minus zero-shot).", "",
@@ -404,30 +430,39 @@ def write_report(out: str, docs: str) -> str:
                              f"{t['ceiling']:.3f} | {np.mean(t['ndcg']) - t['zero_ndcg']:+.4f} |")
 
     # claim c
+    from study import part_tasks
+
+    methods_part = {c.name for c, _ in part_tasks("methods", None)}
     lines += ["", "## Claim (c): do the optimizer's demonstrations beat the others?", "",
-              "NDCG@10 per method on the test users every method's store shares. random: the per-user mean "
-              "over its draws (the spread of the draws' means is given); lrgd-default: the YAML defaults' "
-              "optimizer (several seeds averaged per user); lrgd-study: `benchmarks/study_profile.yaml`. "
-              "Differences are paired bootstraps over users (10,000 resamples).", ""]
+              "NDCG@10 per method on the test users its stores share. random2: each user's mean over the random "
+              "draws (the spread of the draws' means is given); lrgd-default-s2: the optimizer with the YAML "
+              "defaults (16 probes, pool 12), each user's mean over its seeds; lrgd-study-*: "
+              "`benchmarks/study_profile.yaml`. Differences: a two-level bootstrap (users paired, and each "
+              "method's draws or seeds resampled, 2,000 resamples), so the set-to-set spread of random "
+              "demonstrations counts; a method with one set has no spread of its own.", ""]
     method_tables = {}
     for (model, dataset), stores in sorted(all_stores.items()):
-        t = method_table(stores)
-        if t is None or len(t["per_user"]) < 2:
-            continue
-        method_tables[f"{model} {dataset}"] = t
-        lines += [f"### {model}, {dataset} ({t['users']} test users)", "",
-                  "| method | draws | NDCG@10 [95% CI] | spread of draws | − zero-shot [95% CI] | − random [95% CI] | fit s |",
-                  "|---|---|---|---|---|---|---|"]
-        for m in sorted(t["per_user"], key=lambda m: (m != "zero-shot", m)):
-            pu = t["per_user"][m]
-            spread = t["draw_means"][m]
-            d0 = fmt_ci(*paired_bootstrap(pu, t["per_user"]["zero-shot"])[:3], sign=True) if m != "zero-shot" else ""
-            rand = next((r for r in t["per_user"] if r.startswith("random2")), None)
-            dr = fmt_ci(*paired_bootstrap(pu, t["per_user"][rand])[:3], sign=True) if rand and m != rand else ""
-            lines.append(f"| {m} | {t['draws'][m]} | {fmt_ci(*mean_ci(list(pu.values())))} | "
-                         f"{(f'{min(spread):.4f}–{max(spread):.4f}' if len(spread) > 1 else '')} | {d0} | {dr} | "
-                         f"{t['fit_seconds'][m]:.0f} |")
-        lines.append("")
+        identity = identities[(model, dataset)]
+        for title, conditions, min_users, users in (
+                ("the effect part's test users and sets", EFFECT_METHODS, 500, effect_users[(model, dataset)]),
+                ("the methods part", methods_part, min(NOMINAL_USERS["methods"], identity["test_users_available"]),
+                 None)):
+            t = method_table(stores, conditions, min_users, users)
+            if t is None or len(t["per_user"]) < 2:
+                continue
+            method_tables[f"{model} {dataset}, {title}"] = t
+            lines += [f"### {model}, {dataset}: {title} ({t['users']} test users)", "",
+                      "| method | sets | NDCG@10 [95% CI] | spread of sets | − zero-shot [95% CI] | − random [95% CI] "
+                      "| fit s |", "|---|---|---|---|---|---|---|"]
+            rand = next((r for r in t["sets"] if r.startswith("random2")), None)
+            for m in sorted(t["sets"], key=lambda m: (m != "zero-shot", m)):
+                spread = t["draw_means"][m]
+                d0 = fmt_ci(*two_level_diff(t["sets"][m], t["sets"]["zero-shot"]), sign=True) if m != "zero-shot" else ""
+                dr = fmt_ci(*two_level_diff(t["sets"][m], t["sets"][rand]), sign=True) if rand and m != rand else ""
+                lines.append(f"| {m} | {t['draws'][m]} | {fmt_ci(*mean_ci(list(t['per_user'][m].values())))} | "
+                             f"{(f'{min(spread):.4f}–{max(spread):.4f}' if len(spread) > 1 else '')} | {d0} | {dr} | "
+                             f"{t['fit_seconds'][m]:.0f} |")
+            lines.append("")
     if method_tables:
         plot_methods(method_tables, os.path.join(docs, "results", "methods.png"))
         lines += ["![NDCG@10 per method with 95% CIs](results/methods.png)", ""]

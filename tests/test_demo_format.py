@@ -92,7 +92,35 @@ def test_negatives_are_training_items_outside_the_demonstration_and_fixed_per_se
             assert got == pool.negatives(demo, 3, seed) == _pool().negatives(demo, 3, seed)
         assert len({pool.negatives(demo, 3, seed) for seed in range(5)}) > 1
     demo = pool.demonstration(1)
-    assert len(pool.negatives(demo, 99, 0)) == len(pool.items) - len({*demo[0], demo[1]})  # as many as there are
+    assert len(pool.negatives(demo, 99, 0)) == len(pool.items) - len(set(SEQS[1]))  # as many as there are
+
+
+# longer than the shown window (max_his_len 3); users 1 and 2 both end with item 7
+LONG = {1: np.array([1, 2, 3, 4, 5, 6, 7]), 2: np.array([8, 9, 10, 11, 12, 13, 7]),
+        3: np.array([1, 9, 14, 15, 16, 17, 18]), 4: np.array([2, 8, 14, 19, 3, 10])}
+
+
+def test_negatives_are_none_of_the_users_items_not_only_the_shown_ones():
+    pool = DemonstrationPool(LONG, n_items=30, max_his_len=3)
+    for user, seq in LONG.items():
+        for cut in range(3):
+            demo = pool.demonstration(user, cut)
+            assert len(demo[0]) == 3 - cut < len(seq) - 1 and pool.owner(demo) == user
+            assert set(pool.negatives(demo, 99, 0)) == set(pool.items) - set(seq)  # all the others there are
+            for seed in range(5):
+                assert not set(pool.negatives(demo, 3, seed)) & set(seq)
+    assert pool.owner(((8, 9), 7)) is None and pool.owner(((4, 5, 6), 18)) is None  # not any user's window
+    tied = DemonstrationPool({**LONG, 5: np.array([20, 4, 5, 6, 7])}, n_items=30, max_his_len=3)
+    assert tied.owner(tied.demonstration(5)) == 1  # the same window and target: the lowest id
+
+
+def test_a_perturbed_history_excludes_only_what_it_shows_and_stays_fixed():
+    pool = DemonstrationPool(LONG, n_items=30, max_his_len=3)
+    perturbed = ((4, 25, 6), 7)  # user 1's demonstration, item 5 replaced by an item no user has
+    assert pool.owner(perturbed) is None
+    assert set(pool.negatives(perturbed, 99, 0)) == set(pool.items) - {4, 6, 7}  # 1, 2, 3 and 5 among them
+    assert pool.negatives(perturbed, 3, 4) == pool.negatives(perturbed, 3, 4) == \
+        DemonstrationPool(LONG, n_items=30, max_his_len=3).negatives(perturbed, 3, 4)
 
 
 def test_the_ranker_fills_others_and_seeds_the_listed_position():

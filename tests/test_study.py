@@ -93,8 +93,7 @@ def test_study_scores_equal_recboles_evaluation_of_the_same_demonstrations(tiny_
         "data_path": tiny_data, "llm_path": tiny_llm_dir, "eval_users": None, "demo_mode": "random",
         "seed": study.SEED, "score_cache": False, "show_progress": False, "use_gpu": False, "state": "WARNING"})
     theirs = result["test_per_user"]["ndcg@10"]
-    test_ids = result["test_data"]._dataset.field2id_token[result["test_data"]._dataset.uid_field]
-    assert len(theirs) == len(tiny_study.tests) and test_ids is not None
+    assert len(theirs) == len(tiny_study.tests)
     ours = report.ndcg10(tiny_study.run(study.random_set(0), "test", None))
     assert ours.keys() == theirs.keys()
     assert all(ours[u] == pytest.approx(theirs[u], abs=1e-9) for u in ours)
@@ -112,8 +111,12 @@ def test_report_tables_from_stores(tiny_study, tmp_path):
     assert table["effect"][0] == pytest.approx(np.mean(list(report.effects(
         stores[(table["rows"][0]["condition"], "probe")][0], zero).values())))
     assert report.effect_table(stores, min_probes=9, min_test=10) is None  # too few probes: not reported
-    assert report.method_table(stores, min_users=11) is None
-    methods = report.method_table(stores, min_users=10)
+    assert report.method_table(stores, report.EFFECT_METHODS, min_users=11) is None
+    methods = report.method_table(stores, report.EFFECT_METHODS, min_users=10)
+    assert methods["sets"]["random2"].shape == (5, 10)
+    few = report.effect_table(stores, min_probes=8, min_test=4, users=[r[0] for r in tiny_study.tests[:4]])
+    assert few["test"] == 4 and report.effect_table(stores, min_probes=8, min_test=5,
+                                                    users=[r[0] for r in tiny_study.tests[:4]]) is None
     assert methods["users"] == 10 and methods["draws"]["random2"] == 5 and methods["draws"]["nearest2"] == 1
     page = report.write_report(str(tmp_path / "study"), str(tmp_path / "docs"))
     assert "| smollm2 | tiny | 10 |" in page  # zero-shot row
@@ -162,3 +165,28 @@ def test_parts_shard_by_condition_and_coverage_counts_finished_stores(tiny_study
     cov = report.coverage(report.load_folder(tiny_study.folder), {**identity, "test_users_available": 10})
     # effect: the probe store only (its test users are the nominal 500); methods: all 10 users there are
     assert cov["zero-shot"] == (1, 1) and cov["effect"] == (1, 62) and cov["methods"] == (1, 9)
+
+
+def test_two_level_diff_known_answers_and_set_spread_widens_it():
+    rng = np.random.default_rng(0)
+    b = rng.random((1, 300))
+    d, lo, hi = report.two_level_diff(b + 0.1, b)
+    assert (d, lo, hi) == pytest.approx((0.1, 0.1, 0.1))
+    a_one = b + 0.05
+    a_spread = np.concatenate([b + 0.0, b + 0.1])  # two sets whose means differ: the same mean offset, more spread
+    _, lo1, hi1 = report.two_level_diff(a_one, b)
+    _, lo2, hi2 = report.two_level_diff(a_spread, b)
+    assert hi2 - lo2 > hi1 - lo1 + 0.05
+
+
+def test_the_same_condition_name_with_other_demonstrations_is_scored_again(tiny_study, monkeypatch):
+    users = tiny_study.pool.users
+    first = study.Condition("x", lambda st: (study.DemoChoice.chosen([(users[0], 0)], False), 0.0))
+    second = study.Condition("x", lambda st: (study.DemoChoice.chosen([(users[1], 0)], False), 0.0))
+    tiny_study.run(first, "test", 4)
+    calls, score = [], tiny_study.ranker.score
+    monkeypatch.setattr(tiny_study.ranker, "score", lambda prompts: calls.append(len(prompts)) or score(prompts))
+    tiny_study.run(first, "test", 4)
+    assert calls == []
+    tiny_study.run(second, "test", 4)
+    assert sum(calls) == 4

@@ -46,6 +46,9 @@ class DemonstrationPool:
         self.matrix = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(self.users), n_items))
         self.matrix.data[:] = 1.0  # a user who repeats an item counts it once
         self.items = np.unique(cols)  # the training items: where a demonstration's others come from
+        self._by_target: Dict[int, List[int]] = {}  # last item -> the pool users whose sequence ends with it
+        for u in sorted(int(u) for u in self.users):
+            self._by_target.setdefault(int(self.sequences[u][-1]), []).append(u)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -57,11 +60,27 @@ class DemonstrationPool:
         history = seq[:-1][-self.max_his_len:]
         return tuple(int(i) for i in history[min(int(cut), len(history) - 1):]), int(seq[-1])
 
-    def negatives(self, demo: DemoItems, n: int, seed: int) -> Tuple[int, ...]:
-        """``n`` training items a demonstration shows as not chosen (fewer where there are not so many):
-        none of its history or target, seeded by (seed, its items), so it shows the same others in every prompt."""
+    def owner(self, demo: DemoItems) -> Optional[int]:
+        """The pool user whose demonstration this is (clean or cut): its target is that user's last item and its
+        history ends that user's uncut history (lowest id on ties). None for a history no user shows, such as
+        the optimizer's perturbed copies."""
         history, target = demo
-        outside = np.setdiff1d(self.items, [*history, target])
+        if not history:
+            return None
+        for user in self._by_target.get(int(target), ()):
+            uncut = self.sequences[user][:-1][-self.max_his_len:]
+            if len(history) <= len(uncut) and tuple(int(i) for i in uncut[-len(history):]) == tuple(history):
+                return user
+        return None
+
+    def negatives(self, demo: DemoItems, n: int, seed: int) -> Tuple[int, ...]:
+        """``n`` training items a demonstration shows as not chosen (fewer where there are not so many): items
+        its user did not choose (for a perturbed copy with no exact owner: items it does not show), seeded by
+        (seed, its items), so it shows the same others in every prompt."""
+        history, target = demo
+        user = self.owner(demo)
+        chosen = self.sequences[user] if user is not None else [*history, target]
+        outside = np.setdiff1d(self.items, chosen)
         rng = np.random.default_rng([int(seed), 19, int(target), *map(int, history)])
         return tuple(int(i) for i in rng.choice(outside, size=min(int(n), len(outside)), replace=False))
 

@@ -82,8 +82,7 @@ class NextItem(DemoFormat):
 
 
 class Listed(DemoFormat):
-    """The demonstration's own candidates (its others, the target at ``slot``), then the one chosen: the
-    same task as the user's, answered."""
+    """The demonstration's candidates (its others, the target at ``slot``), then the one it chose."""
 
     uses_others = True
 
