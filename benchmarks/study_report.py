@@ -149,7 +149,10 @@ def effect_table(stores, min_probes: int = 200, min_test: int = 500, sets: re.Pa
     n = [np.mean(list(r["ndcg_test"].values())) for r in rows]
     et = [np.mean(list(r["effect_test"].values())) for r in rows]
     rel_e, rel_n = split_half([r["effect_probe"] for r in rows]), split_half([r["ndcg_test"] for r in rows])
-    return {"rows": rows, "effect": e, "ndcg": n, "effect_test": et, "rho": spearman_ci(e, n),
+    rand = [i for i, r in enumerate(rows) if r["kind"] == "random"]
+    rho_random = spearman_ci([e[i] for i in rand], [n[i] for i in rand]) if len(rand) >= 5 else None
+    return {"rows": rows, "effect": e, "ndcg": n, "effect_test": et, "rho": spearman_ci(e, n), "rho_random": rho_random,
+            "random_sets": len(rand),
             "rho_in_sample": spearman_ci(et, n), "rel_effect": rel_e, "rel_ndcg": rel_n,
             "ceiling": float(np.sqrt(max(rel_e, 0) * max(rel_n, 0))),
             "probes": min(len(r["effect_probe"]) for r in rows), "test": min(len(r["ndcg_test"]) for r in rows),
@@ -392,8 +395,9 @@ def write_report(out: str, docs: str) -> str:
               "Reliability: split-half (Spearman-Brown) of the set means over users; the noise ceiling "
               "sqrt(rel_E x rel_N) is the highest rho the noise allows. In-sample: Effect_D measured on the "
               "test users themselves (an upper reference, not a usable selector).", "",
-              "| model | dataset | sets | probes | test users | rho(Effect_D, NDCG@10) | reliability Effect_D | "
-              "reliability NDCG@10 | noise ceiling | in-sample rho | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| model | dataset | sets | probes | test users | rho(Effect_D, NDCG@10) | rho, random sets only | "
+              "reliability Effect_D | reliability NDCG@10 | noise ceiling | in-sample rho | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     effect_tables = {}
     effect_users = {k: identities[k].get("effect_users") for k in all_stores}
     for (model, dataset), stores in sorted(all_stores.items()):
@@ -402,8 +406,10 @@ def write_report(out: str, docs: str) -> str:
             continue
         effect_tables[(model, dataset)] = t
         rho, lo, hi = t["rho"]
+        rr = t["rho_random"]
+        within = f"{rr[0]:+.3f} [{rr[1]:+.3f}, {rr[2]:+.3f}] ({t['random_sets']})" if rr else ""
         lines.append(f"| {model} | {dataset} | {len(t['rows'])} | {t['probes']} | {t['test']} | "
-                     f"{rho:+.3f} [{lo:+.3f}, {hi:+.3f}] | {t['rel_effect']:.3f} | {t['rel_ndcg']:.3f} | "
+                     f"{rho:+.3f} [{lo:+.3f}, {hi:+.3f}] | {within} | {t['rel_effect']:.3f} | {t['rel_ndcg']:.3f} | "
                      f"{t['ceiling']:.3f} | {t['rho_in_sample'][0]:+.3f} | {verdict_b(t)} |")
         png = f"effect_vs_ndcg_{model}_{dataset}.png"
         plot_effect(t, f"{model} {dataset}", os.path.join(docs, "results", png))
