@@ -26,7 +26,7 @@ from recbole_lrgd.quick_start import run  # noqa: E402
 def scorer_equality(path: str, device: str, dtype: str) -> float:
     model, tok = load_llm(path, device=device, dtype=dtype)
     scorer = make_scorer(model, tok, mode="likelihood", candidate_batch_size=7, user_batch_size=8, score_cache=None,
-                         model_id="", max_new_tokens=100, match_threshold=0.8)
+                         model_id="", max_new_tokens=100, match_threshold=0.8, title_score="mean", title_score_tokens=3)
     cands = [f"Candidate {'x' * (i % 5)} {i}" for i in range(20)]
     worst = 0.0
     for user in range(3):

@@ -27,7 +27,7 @@ def test_default_llm_cached_scores_equal_naive_scores():
 
     model, tok = load_llm(None, device="cpu", dtype="float32")
     scorer = make_scorer(model, tok, mode="likelihood", candidate_batch_size=8, user_batch_size=8, score_cache=None,
-                         model_id="", max_new_tokens=100, match_threshold=0.8)
+                         model_id="", max_new_tokens=100, match_threshold=0.8, title_score="mean", title_score_tokens=3)
     demos = [Demonstration(("Toy Story (1995)", "Heat (1995)"), "Fargo (1996)")]
     cands = ["Star Wars (1977)", "Babe (1995)", "Casino (1995)", "Jumanji (1995)", "Sabrina (1995)",
              "GoldenEye (1995)", "Braveheart (1995)", "Apollo 13 (1995)", "Twelve Monkeys (1995)", "Clueless (1995)"]
@@ -49,7 +49,7 @@ def test_default_llm_batched_users_equal_naive_scores():
 
     model, tok = load_llm(None, device="cpu", dtype="float32")
     scorer = make_scorer(model, tok, mode="likelihood", candidate_batch_size=8, user_batch_size=4, score_cache=None,
-                         model_id="", max_new_tokens=100, match_threshold=0.8)
+                         model_id="", max_new_tokens=100, match_threshold=0.8, title_score="mean", title_score_tokens=3)
     demos = [Demonstration(("Toy Story (1995)", "Heat (1995)"), "Fargo (1996)")]
     cands = ["Star Wars (1977)", "Babe (1995)", "Casino (1995)", "Jumanji (1995)", "Sabrina (1995)",
              "Twelve Monkeys (1995)"]

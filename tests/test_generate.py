@@ -82,7 +82,8 @@ def _scorer(tiny_llm, max_new_tokens, **kw):
     from recbole_lrgd.llm.scorer import make_scorer
 
     return make_scorer(*tiny_llm, mode="generate", candidate_batch_size=20, user_batch_size=8, score_cache=None,
-                       model_id="", max_new_tokens=max_new_tokens, match_threshold=THRESHOLD, **kw)
+                       model_id="", max_new_tokens=max_new_tokens, match_threshold=THRESHOLD,
+                       **{"title_score": "mean", "title_score_tokens": 3, **kw})
 
 
 def test_scores_follow_the_parsed_ranking_in_caller_order(tiny_llm, monkeypatch):

@@ -14,7 +14,7 @@ def _scorer(tiny_llm, mode="likelihood", candidate_batch_size=20, user_batch_siz
             model_id="", max_new_tokens=8):
     return make_scorer(*tiny_llm, mode=mode, candidate_batch_size=candidate_batch_size,
                        user_batch_size=user_batch_size, score_cache=score_cache, model_id=model_id,
-                       max_new_tokens=max_new_tokens, match_threshold=0.8)
+                       max_new_tokens=max_new_tokens, match_threshold=0.8, title_score="mean", title_score_tokens=3)
 
 
 def _naive(scorer, prompt):
@@ -269,7 +269,7 @@ def test_every_mode_has_the_scorer_interface(tiny_llm):
         assert scorer.user_batch_size == 5 and scorer.counts == ScoreCounts()
     with pytest.raises(TypeError, match="candidate_batch_size"):  # no defaults: the YAML holds them
         make_scorer(*tiny_llm, mode="likelihood", user_batch_size=8, score_cache=None, model_id="",
-                    max_new_tokens=8, match_threshold=0.8)
+                    max_new_tokens=8, match_threshold=0.8, title_score="mean", title_score_tokens=3)
 
 
 class _OldStyleLM(torch.nn.Module):

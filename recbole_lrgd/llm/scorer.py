@@ -155,8 +155,8 @@ class LLMScorer(Scorer):
     """
 
     def __init__(self, model, tokenizer, mode: str, candidate_batch_size: int, *, user_batch_size: int,
-                 score_cache: Optional[ScoreCache], model_id: str, title_score: str = "mean",
-                 title_score_tokens: Optional[int] = None):
+                 score_cache: Optional[ScoreCache], model_id: str, title_score: str,
+                 title_score_tokens: Optional[int]):
         if mode not in ("likelihood", "verbalizer"):
             raise ValueError(f"scorer_mode {mode!r}: use one of {', '.join(SCORER_MODES)}")
         check_title_score(title_score, title_score_tokens)
@@ -411,11 +411,9 @@ def pack_candidates(candidates: Sequence[Sequence[int]], prefix_len: int):
 
 def make_scorer(model, tokenizer, *, mode: str, candidate_batch_size: int, user_batch_size: int,
                 score_cache: Optional[ScoreCache], model_id: str, max_new_tokens: int,
-                match_threshold: float, title_score: str = "mean", title_score_tokens: Optional[int] = None
-                ) -> Scorer:
+                match_threshold: float, title_score: str, title_score_tokens: Optional[int]) -> Scorer:
     """The scorer for ``mode``: an ``LLMScorer`` (likelihood, verbalizer) or a ``GenerateScorer``, each given
-    the settings its mode uses (their defaults live in properties/model/LRGD.yaml; ``title_score`` falls
-    back to the mean for callers without a config)."""
+    the settings its mode uses (their defaults live in properties/model/LRGD.yaml)."""
     from recbole_lrgd.llm.generate import GenerateScorer  # generate.py builds on Scorer, above
 
     if mode == "generate":
