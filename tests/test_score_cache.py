@@ -2,6 +2,7 @@
 import logging
 import multiprocessing
 import os
+import sqlite3
 
 import numpy as np
 import pytest
@@ -142,6 +143,50 @@ def _truncated(path):
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.truncate(size // 2)
+
+
+def _opener(path: str, barrier, results) -> None:
+    barrier.wait(60)
+    results.put(ScoreCache(path).enabled)
+
+
+def test_processes_opening_a_new_db_at_once_all_get_the_cache(tmp_path):
+    """Two connections switching a fresh file to WAL at once can get 'database is locked' without SQLite's
+    busy wait; the open retries it (before the retry about 1 open in 80 here came back disabled)."""
+    ctx = multiprocessing.get_context("spawn")
+    enabled = []
+    for round_ in range(8):
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        path = str(tmp_path / f"race-{round_}.sqlite")
+        procs = [ctx.Process(target=_opener, args=(path, barrier, results), daemon=True) for _ in range(4)]
+        for p in procs:
+            p.start()
+        enabled += [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(60)
+    assert enabled == [True] * 32
+
+
+def test_open_retries_a_locked_db_until_it_is_free(tmp_path, monkeypatch):
+    real, calls = ScoreCache._connect, []
+
+    def locked_twice(self):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real(self)
+    monkeypatch.setattr(ScoreCache, "_connect", locked_twice)
+    cache = ScoreCache(str(tmp_path / "s.sqlite"), busy_timeout_s=5)
+    assert cache.enabled and len(calls) == 3
+
+
+def test_a_db_locked_past_the_timeout_turns_the_cache_off(tmp_path, monkeypatch, caplog):
+    def always_locked(self):
+        raise sqlite3.OperationalError("database is locked")
+    monkeypatch.setattr(ScoreCache, "_connect", always_locked)
+    with caplog.at_level(logging.WARNING):
+        cache = ScoreCache(str(tmp_path / "s.sqlite"), busy_timeout_s=0.3)
+    assert not cache.enabled and "is off for this run: database is locked" in caplog.text
 
 
 @pytest.mark.parametrize("damage", [_garbage, _truncated])

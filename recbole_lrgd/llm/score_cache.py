@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import time
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -24,6 +25,7 @@ BUSY_TIMEOUT_S = 60.0
 _TABLE = "scores_v1"
 _CORRUPT_NAMES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 _CORRUPT_TEXT = ("not a database", "malformed", "corrupt")
+_BUSY_NAMES = ("SQLITE_BUSY", "SQLITE_LOCKED")
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,14 @@ def is_corruption(exc: BaseException) -> bool:
     return name.startswith(_CORRUPT_NAMES) or any(t in str(exc).lower() for t in _CORRUPT_TEXT)
 
 
+def is_contention(exc: BaseException) -> bool:
+    """'database is locked' / busy: another process holds the file for a moment. SQLite returns it without
+    waiting in a few cases (two connections switching a new file to WAL at once), so opening retries it."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        name.startswith(_BUSY_NAMES) or any(t in str(exc).lower() for t in ("locked", "busy")))
+
+
 def quarantine(path: str) -> None:
     """Move a corrupt file aside to ``*.corrupt`` (a DB with its WAL/shared-memory files, which would
     replay onto a fresh DB); the optimizer's state file uses it too."""
@@ -135,13 +145,20 @@ class ScoreCache:
         return conn
 
     def _open(self) -> None:
-        """Open the DB; a corrupt one is moved aside once and replaced by a fresh one."""
-        for attempt in range(2):
+        """Open the DB; contention is retried until the busy timeout, a corrupt file is moved aside once and
+        replaced by a fresh one."""
+        deadline, pause, moved = time.monotonic() + self.busy_timeout_s, 0.01, False
+        while True:
             try:
                 self._conn = self._connect()
                 return
             except (sqlite3.Error, OSError) as exc:
-                if attempt == 0 and isinstance(exc, sqlite3.Error) and is_corruption(exc):
+                if is_contention(exc) and time.monotonic() + pause < deadline:
+                    time.sleep(pause)
+                    pause = min(2 * pause, 0.5)
+                    continue
+                if not moved and isinstance(exc, sqlite3.Error) and is_corruption(exc):
+                    moved = True
                     logger.warning(f"score cache {self.path} is corrupt ({exc}): moved to "
                                    f"{self.path}.corrupt, starting a fresh one")
                     try:
