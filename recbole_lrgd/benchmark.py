@@ -238,6 +238,7 @@ def make_row(name: str, model: str, dataset: str, digest: str, result: Dict[str,
     model_obj = result.get("model_obj")
     if result.get("target_in_top_n") is not None:
         row["rerank_top"] = int(model_obj.config["rerank_top"])
+        row["retriever_time_s"] = round(float(result["retriever_time"]), 2)
     state = getattr(model_obj, "demo_state", None)
     if state:
         seconds = state.get("seconds", {})
@@ -315,10 +316,12 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def markdown_table(rows: List[Dict[str, Any]], protocol: str = "sampled") -> str:
     show = [(k, label) for k, label in PROTOCOLS[protocol].metrics
             if k not in OPTIONAL_COLUMNS or any(r.get(k) is not None for r in rows)]
-    head = ["Model"] + [label for _, label in show] + ["fit s", "eval s", "users"]
+    retriever = any(r.get("retriever_time_s") is not None for r in rows)
+    head = ["Model"] + [label for _, label in show] + ["retriever s"] * retriever + ["fit s", "eval s", "users"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["variant"]] + [_fmt(r.get(k)) for k, _ in show]
+        cells += [_fmt(r.get("retriever_time_s"), 1)] * retriever
         cells += [_fmt(r["fit_time_s"], 1), _fmt(r["eval_time_s"], 1), str(r["test_users"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -336,7 +339,8 @@ def _full_ranking_lines(rows: List[Dict[str, Any]]) -> List[str]:
         lines += [f"`X>LRGD-...`: LRGD re-ranks retriever X's top {'/'.join(map(str, tops))} (the user's history "
                   "excluded); `X>alone` is X's own order over the same items (rerank_blend 1, no LLM), the "
                   "retriever-alone row. in top-N: the share of test users whose held-out item is in X's top N "
-                  "(a re-ranking can only reorder those).", ""]
+                  "(a re-ranking can only reorder those). retriever s: training X, or loading its cached "
+                  "checkpoint; a row's wall time is retriever s + fit s + eval s.", ""]
     return lines
 
 
@@ -367,7 +371,8 @@ def markdown_report(dataset: str, rows: List[Dict[str, Any]], failed: Dict[str, 
 
 def csv_columns(protocol: str = "sampled") -> List[str]:
     """The CSV's columns: ``CSV_COLUMNS`` with the protocol's metric columns."""
-    return ["variant", "model"] + [k for k, _ in PROTOCOLS[protocol].metrics] + CSV_TAIL
+    spec = PROTOCOLS[protocol]
+    return ["variant", "model"] + [k for k, _ in spec.metrics] + ["retriever_time_s"] * spec.full_ranking + CSV_TAIL
 
 
 def csv_text(rows: List[Dict[str, Any]], protocol: str = "sampled") -> str:

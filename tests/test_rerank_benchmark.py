@@ -137,7 +137,7 @@ def test_full_protocol_benchmark(tiny_data, tiny_llm_dir, tmp_path, monkeypatch)
     paths = first["paths"]
     assert paths["md"] == os.path.join(out, "compare_tiny_full.md")
     md = open(paths["md"]).read()
-    assert "| Model | Recall@10 | NDCG@10 | MRR@10 | in top-N | fit s | eval s | users |" in md
+    assert "| Model | Recall@10 | NDCG@10 | MRR@10 | in top-N | retriever s | fit s | eval s | users |" in md
     assert "30 test users, the same users for every row" in md
     assert f"| BPR>alone | {rows['BPR>alone']['recall@10']:.4f} |" in md and f"| {share:.4f} |" in md
     assert "BPR>LRGD-zero-shot vs BPR>alone: NDCG@10 difference" in md
@@ -145,9 +145,12 @@ def test_full_protocol_benchmark(tiny_data, tiny_llm_dir, tmp_path, monkeypatch)
     with open(paths["csv"]) as f:
         reader = csv.DictReader(f)
         table = list(reader)
-    assert reader.fieldnames == ["variant", "model", "recall@10", "ndcg@10", "mrr@10", "target_in_top_n"] + CSV_TAIL
+    assert reader.fieldnames == ["variant", "model", "recall@10", "ndcg@10", "mrr@10", "target_in_top_n",
+                                 "retriever_time_s"] + CSV_TAIL
     assert [r["variant"] for r in table] == MODELS
     assert [r["target_in_top_n"] for r in table] == ["", ""] + [str(share)] * 3
+    assert [r["retriever_time_s"] == "" for r in table] == [True, True, False, False, False]
+    assert all(float(r["retriever_time_s"]) == rows[r["variant"]]["retriever_time_s"] >= 0 for r in table[2:])
     with open(paths["png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
