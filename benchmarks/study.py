@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -195,11 +196,11 @@ def format_conditions(draws: int = 3) -> List[Condition]:
 
 
 def scorer_conditions() -> List[Condition]:
-    """Other reductions of a title's token log-probs, zero-shot and with the product's random set (the mean is
-    zero-shot and random2-d0)."""
-    return [c.named(name, **keys) for name, keys in (("sum", {"title_score": "sum"}),
-                                                      ("first3", {"title_score": "first", "title_score_tokens": 3}))
-            for c in (zero_shot(), random_set(0))]
+    """Other reductions of a title's token log-probs, zero-shot first, then with the product's random set (the
+    mean is zero-shot and random2-d0; the report derives a length prior from the mean and the sum)."""
+    return [c.named(name, **keys) for c in (zero_shot(), random_set(0))
+            for name, keys in (("sum", {"title_score": "sum"}),
+                               ("first3", {"title_score": "first", "title_score_tokens": 3}))]
 
 
 def method_conditions() -> List[Condition]:
@@ -398,10 +399,13 @@ def part_tasks(part: str, users: Optional[int], effect_users: int = EFFECT_TEST_
     return [(c, [(p, None if p == "probe" else size) for p in populations]) for c in conditions()]
 
 
-def run_part(study: Study, part: str, users: Optional[int], index: int = 0, count: int = 1) -> None:
+def run_part(study: Study, part: str, users: Optional[int], index: int = 0, count: int = 1,
+             only: Optional[str] = None) -> None:
     """Score a part's conditions ``index``, ``index + count``, ...: processes that share the stores, not the
-    work (a condition stays on one process, so an optimizer is fitted once)."""
-    for condition, populations in part_tasks(part, users, study.effect_users)[index::count]:
+    work (a condition stays on one process, so an optimizer is fitted once). ``only``: a regular expression
+    the conditions' names must match."""
+    tasks = [t for t in part_tasks(part, users, study.effect_users) if not only or re.fullmatch(only, t[0].name)]
+    for condition, populations in tasks[index::count]:
         for population, n in populations:
             study.run(condition, population, n)
 
@@ -417,6 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--users", type=int, default=0,
                         help="methods, zero-shot: score the first N of them (0: all sampled)")
     parser.add_argument("--shard", default="0/1", help="i/n: this process runs every n-th condition from i")
+    parser.add_argument("--only", default=None, help="run only the part's conditions whose names match this regex")
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     if args.command == "report":
@@ -427,7 +432,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     study = Study(args.model, args.dataset, args.test_users or None)
     n = args.users or None
     index, count = (int(x) for x in args.shard.split("/"))
-    run_part(study, args.part, n, index, count)
+    run_part(study, args.part, n, index, count, args.only)
     return 0
 
 

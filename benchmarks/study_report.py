@@ -213,7 +213,26 @@ def target_mass(candidates: np.ndarray, targets: np.ndarray) -> float:
 # the conditions of the settings tables, grouped by setting (a condition's name without its draw)
 BIAS = re.compile(r"(nested\d+(?:-cut\d+)?|nearest\d+)(?:-d\d+)?")  # K and history length
 FORMAT = re.compile(r"((?:listed-|contrast-)?(?:random2|nearest2))(?:-d[012])?")  # formats, next_item beside
-SCORER = re.compile(r"((?:sum-|first3-)?(?:zero-shot|random2))(?:-d0)?")  # title-score reductions
+SCORER = re.compile(r"((?:sum-|first3-|len[\d.]+-)?(?:zero-shot|random2))(?:-d0)?")  # title-score reductions
+LENGTH_PRIORS = (0.25, 0.5, 0.75)
+
+
+def with_length_priors(stores, alphas: Sequence[float] = LENGTH_PRIORS):
+    """``stores`` plus a title score between the sum and the mean, sum / L^alpha (a length prior; alpha 1 is the
+    mean, 0 the sum), derived where a condition's mean (``X``) and sum (``sum-X``) stores score the same prompts:
+    a title's token count L is sum / mean. No LLM pass: the same forward gives both."""
+    out = dict(stores)
+    for (c, p), (summed, meta) in stores.items():
+        if not c.startswith("sum-") or (c[len("sum-"):], p) not in stores:
+            continue
+        mean = stores[(c[len("sum-"):], p)][0]
+        for alpha in alphas:
+            derived = {}
+            for u in set(summed) & set(mean):
+                length = np.maximum(np.rint(summed[u] / np.where(mean[u] == 0, -1e-300, mean[u])), 1)
+                derived[u] = summed[u] / length ** alpha
+            out[(f"len{alpha}-{c[len('sum-'):]}", p)] = (derived, meta)
+    return out
 
 
 def setting_table(stores, pattern: re.Pattern, copy_bias: bool = True) -> Dict[str, dict]:
@@ -484,9 +503,12 @@ def write_report(out: str, docs: str) -> str:
          "did not choose. The same demonstrations (3 random draws, nearest) in every format."),
         ("Title-score reductions", SCORER, False,
          "zero-shot and random2 (draw 0) with a title's score the mean (no prefix), the sum (sum-) or the mean of "
-         "its first 3 tokens (first3-) of its token log-probabilities.")]
+         "its first 3 tokens (first3-) of its token log-probabilities, or a length prior between sum and mean, "
+         "sum / L^alpha for a title of L tokens (lenalpha-; derived from the sum and mean stores, no extra LLM "
+         "pass; three alphas, so read them as exploratory).")]
     for title, pattern, with_bias, explain in sections:
-        tables = {(m, d): setting_table(stores, pattern, with_bias) for (m, d), stores in sorted(all_stores.items())}
+        tables = {(m, d): setting_table(with_length_priors(stores) if pattern is SCORER else stores, pattern,
+                                        with_bias) for (m, d), stores in sorted(all_stores.items())}
         if not any(tables.values()):
             continue
         lines += [f"## {title}", "", explain + (" Copy bias: the softmax mass on the demonstrations' own targets, "

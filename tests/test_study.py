@@ -190,3 +190,19 @@ def test_the_same_condition_name_with_other_demonstrations_is_scored_again(tiny_
     assert calls == []
     tiny_study.run(second, "test", 4)
     assert sum(calls) == 4
+
+
+def test_length_prior_is_derived_from_the_sum_and_mean_stores(tiny_study):
+    study.run_part(tiny_study, "scorer", None, only="sum-zero-shot")  # --only: that one of the part's four
+    assert sorted(os.listdir(tiny_study.folder)) == ["identity.json", "sum-zero-shot-test.npz"]
+    summed = tiny_study.run(study.zero_shot().named("sum", title_score="sum"), "test", 10)
+    mean = tiny_study.run(study.zero_shot(), "test", 10)
+    stores = report.with_length_priors(report.load_folder(tiny_study.folder), alphas=(0.0, 0.5, 1.0))
+    for u in mean:
+        np.testing.assert_allclose(stores[("len0.0-zero-shot", "test")][0][u], summed[u], rtol=1e-12)
+        np.testing.assert_allclose(stores[("len1.0-zero-shot", "test")][0][u], mean[u], rtol=1e-6)
+    user, _, candidates = tiny_study.tests[0]
+    tokens = [len(tiny_study.ranker.scorer.candidate_ids(tiny_study.ranker.titles[i])) for i in candidates]
+    np.testing.assert_allclose(stores[("len0.5-zero-shot", "test")][0][user], summed[user] / np.sqrt(tokens))
+    table = report.setting_table(stores, report.SCORER, copy_bias=False)
+    assert {"zero-shot", "sum-zero-shot", "len0.5-zero-shot"} <= set(table)
