@@ -158,7 +158,7 @@ def optimized(stages: int, seed: int, profile: str = "default", **overrides) -> 
     """The two-stage optimizer's set (``profile``: the YAML defaults or ``benchmarks/study_profile.yaml``),
     fitted on training users with its own probes; its state is kept beside the stores (a fit resumes)."""
     extra = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
-    name = f"lrgd-{profile}-s{stages}-seed{seed}{extra}"
+    name = f"lrgd-{profile}-s{stages}{extra}-seed{seed}"  # the seed last: the report pools seeds
 
     def choose(st: "Study") -> Tuple[DemoChoice, float]:
         return st.fit(name, stages, seed, profile, overrides)
@@ -207,6 +207,16 @@ def method_conditions() -> List[Condition]:
     """Claim (c): zero-shot, 5 random draws, nearest, and the study profile's stage 1 and stage 1+2."""
     return ([zero_shot()] + [random_set(d) for d in range(5)] + [nearest()] +
             [optimized(1, SEED, "study"), optimized(2, SEED, "study")])
+
+
+ABLATIONS = ({"perturb_num": 0}, {"lambda_std": 0}, {"lambda_redundancy": 0}, {"lambda_copy": 0}, {"lambda_reg": 0})
+
+
+def ablation_conditions(seeds: int = 2) -> List[Condition]:
+    """What each part of the optimizer contributes: the YAML-default fit (the effect part's lrgd-default-s2, 4 seeds)
+    without perturbations, without each regularizer, and stage 1 alone, on its first ``seeds`` seeds."""
+    return [c for d in range(seeds) for c in
+            [optimized(2, SEED + d, **off) for off in ABLATIONS] + [optimized(1, SEED + d)]]
 
 
 # -- the study of one model on one dataset -----------------------------------------------------
@@ -386,6 +396,7 @@ PARTS: Dict[str, Tuple[Callable[[], List[Condition]], Tuple[str, ...], bool]] = 
     "format": (format_conditions, COPY, False),  # demonstration formats
     "scorer": (scorer_conditions, ("test",), False),  # title-score reductions
     "methods": (method_conditions, ("test",), True),  # claim (c)
+    "ablation": (ablation_conditions, ("test",), False),  # claim (c), part by part
     "zero-shot": (lambda: [zero_shot()], ("test",), True),  # each model's zero-shot NDCG@10
 }
 Task = Tuple[Condition, List[Tuple[str, Optional[int]]]]  # a condition and its (population, users) to score

@@ -206,3 +206,26 @@ def test_length_prior_is_derived_from_the_sum_and_mean_stores(tiny_study):
     np.testing.assert_allclose(stores[("len0.5-zero-shot", "test")][0][user], summed[user] / np.sqrt(tokens))
     table = report.setting_table(stores, report.SCORER, copy_bias=False)
     assert {"zero-shot", "sum-zero-shot", "len0.5-zero-shot"} <= set(table)
+
+
+def test_ablation_fits_with_the_part_switched_off_and_is_reported_against_the_full_fit(tiny_study, tmp_path,
+                                                                                        monkeypatch):
+    names = [c.name for c in study.ablation_conditions(seeds=1)]
+    assert names == ["lrgd-default-s2-perturb_num0-seed2020", "lrgd-default-s2-lambda_std0-seed2020",
+                     "lrgd-default-s2-lambda_redundancy0-seed2020", "lrgd-default-s2-lambda_copy0-seed2020",
+                     "lrgd-default-s2-lambda_reg0-seed2020", "lrgd-default-s1-seed2020"]
+    for condition in (study.zero_shot(), study.random_set(0), study.optimized(2, study.SEED)):
+        tiny_study.run(condition, "test", 10)
+    import recbole_lrgd.optimizer as optimizer
+
+    real, settings = optimizer.DemoOptimizer, []
+
+    def recording(ranker, fit_settings, **kwargs):
+        settings.append(fit_settings)
+        return real(ranker, fit_settings, **kwargs)
+    monkeypatch.setattr(optimizer, "DemoOptimizer", recording)
+    study.run_part(tiny_study, "ablation", None, only="lrgd-default-s2-lambda_copy0-seed2020")
+    assert [(s.lambda_copy, s.lambda_reg, s.perturb_num, s.seed) for s in settings] == [(0, 0.1, 1, study.SEED)]
+    page = report.write_report(str(tmp_path / "study"), str(tmp_path / "docs"))
+    assert "ablations of the YAML-default optimizer (10 test users)" in page
+    assert "| lrgd-default-s2-lambda_copy0 | 1 |" in page and "| lrgd-default-s2 | 1 |" in page
