@@ -209,6 +209,12 @@ def method_conditions() -> List[Condition]:
             [optimized(1, SEED, "study"), optimized(2, SEED, "study")])
 
 
+def confirm_conditions() -> List[Condition]:
+    """The candidate default beside today's: zero-shot, the product's random set (random2-d0, ``demo_mode: random``)
+    and per-user nearest with K = 2 and 4, on any dataset (the bias part chose nearest4 on ml-100k)."""
+    return [zero_shot(), random_set(0), nearest(2), nearest(4)]
+
+
 ABLATIONS = ({"perturb_num": 0}, {"lambda_std": 0}, {"lambda_redundancy": 0}, {"lambda_copy": 0}, {"lambda_reg": 0})
 
 
@@ -397,6 +403,7 @@ PARTS: Dict[str, Tuple[Callable[[], List[Condition]], Tuple[str, ...], bool]] = 
     "scorer": (scorer_conditions, ("test",), False),  # title-score reductions
     "methods": (method_conditions, ("test",), True),  # claim (c)
     "ablation": (ablation_conditions, ("test",), False),  # claim (c), part by part
+    "confirm": (confirm_conditions, ("test",), True),  # a candidate default on the confirming datasets
     "zero-shot": (lambda: [zero_shot()], ("test",), True),  # each model's zero-shot NDCG@10
 }
 Task = Tuple[Condition, List[Tuple[str, Optional[int]]]]  # a condition and its (population, users) to score
@@ -430,7 +437,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--test_users", type=int, default=1000,
                         help="test users RecBole samples (0: all); keep one value per dataset")
     parser.add_argument("--users", type=int, default=0,
-                        help="methods, zero-shot: score the first N of them (0: all sampled)")
+                        help="methods, zero-shot, confirm: score the first N of them (0: all sampled)")
     parser.add_argument("--shard", default="0/1", help="i/n: this process runs every n-th condition from i")
     parser.add_argument("--only", default=None, help="run only the part's conditions whose names match this regex")
     args = parser.parse_args(argv)

@@ -229,3 +229,20 @@ def test_ablation_fits_with_the_part_switched_off_and_is_reported_against_the_fu
     page = report.write_report(str(tmp_path / "study"), str(tmp_path / "docs"))
     assert "ablations of the YAML-default optimizer (10 test users)" in page
     assert "| lrgd-default-s2-lambda_copy0 | 1 |" in page and "| lrgd-default-s2 | 1 |" in page
+
+
+def test_confirm_part_compares_nearest4_with_the_default_random_set(tiny_study, tmp_path):
+    assert [c.name for c, _ in study.part_tasks("confirm", 10)] == ["zero-shot", "random2-d0", "nearest2", "nearest4"]
+    study.run_part(tiny_study, "confirm", None)  # all the test users there are
+    stores = report.load_folder(tiny_study.folder)
+    ndcg = {c: np.mean(list(report.ndcg10(stores[(c, "test")][0]).values())) for c in ("random2-d0", "nearest4")}
+    page = report.write_report(str(tmp_path / "study"), str(tmp_path / "docs"))
+    n = len(tiny_study.tests)
+    identity = json.load(open(os.path.join(tiny_study.folder, "identity.json")))
+    assert report.coverage(stores, identity)["confirm"] == (4, 4)
+    row = next(line for line in page.splitlines() if line.startswith(f"| smollm2 | tiny | {n} |")
+               and line.count("|") == 10)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[4]) == pytest.approx(ndcg["random2-d0"], abs=1e-4)
+    assert float(cells[6]) == pytest.approx(ndcg["nearest4"], abs=1e-4)
+    assert cells[7].startswith(f"{ndcg['nearest4'] - ndcg['random2-d0']:+.4f}")
