@@ -237,11 +237,14 @@ def with_length_priors(stores, alphas: Sequence[float] = LENGTH_PRIORS):
     return out
 
 
-def setting_table(stores, pattern: re.Pattern, copy_bias: bool = True) -> Dict[str, dict]:
+def setting_table(stores, pattern: re.Pattern, copy_bias: bool = True,
+                  users: Optional[Sequence[int]] = None) -> Dict[str, dict]:
     """Per setting (``pattern``'s group 1): per-user NDCG@10 and, with ``copy_bias``, the copy bias (mass on the
-    demonstrations' targets with them minus without them), each user's mean over the setting's draws. A
-    condition counts only with every store the table reads."""
+    demonstrations' targets with them minus without them), each user's mean over the setting's draws, on
+    ``users`` (the effect part's; all when None) that its stores hold. A condition counts only with every store
+    the table reads."""
     zero = stores.get(("zero-shot", "test"), (None,))[0]
+    zero = None if zero is None else only(zero, users)
     needed = ("test", "targets", "targets0") if copy_bias else ("test",)
     groups: Dict[str, List[str]] = {}
     for (c, p) in stores:
@@ -531,7 +534,7 @@ def write_report(out: str, docs: str) -> str:
          "pass; three alphas, so read them as exploratory).")]
     for title, pattern, with_bias, explain in sections:
         tables = {(m, d): setting_table(with_length_priors(stores) if pattern is SCORER else stores, pattern,
-                                        with_bias) for (m, d), stores in sorted(all_stores.items())}
+                                        with_bias, effect_users[(m, d)]) for (m, d), stores in sorted(all_stores.items())}
         if not any(tables.values()):
             continue
         lines += [f"## {title}", "", explain + (" Copy bias: the softmax mass on the demonstrations' own targets, "
@@ -585,9 +588,21 @@ def write_report(out: str, docs: str) -> str:
         lines.append("- Nothing decided yet: no part has finished.")
     lines.append("")
 
-    lines += ["## Commands", "", "```",
-              "OMP_NUM_THREADS=1 python benchmarks/study.py run --part=effect --model=smollm2 --dataset=ml-100k "
-              "--test_users=0 --shard=0/2   # and --shard=1/2 beside it",
+    lines += ["## Commands", "", "Each part of each model and dataset is one resumable command (ml-100k with "
+              "`--test_users=0`, all its users; the Amazon datasets sample 1,000); processes share the stores, "
+              "so run different parts or `--shard=i/n` of one part side by side, one thread each.", "", "```",
+              "export OMP_NUM_THREADS=1",
+              "python benchmarks/study.py run --part=effect --model=smollm2 --dataset=ml-100k --test_users=0 "
+              "--shard=0/2   # and --shard=1/2 beside it",
+              "python benchmarks/study.py run --part=bias --model=smollm2 --dataset=ml-100k --test_users=0",
+              "python benchmarks/study.py run --part=scorer --model=smollm2 --dataset=ml-100k --test_users=0",
+              "python benchmarks/study.py run --part=ablation --model=smollm2 --dataset=ml-100k --test_users=0",
+              "python benchmarks/study.py run --part=methods --model=smollm2 --dataset=ml-100k --test_users=0",
+              "python benchmarks/study.py run --part=confirm --model=smollm2 --dataset=amazon-toys-games --users=500",
+              "python benchmarks/study.py run --part=zero-shot --model=qwen2.5-1.5b --dataset=amazon-video-games-18 "
+              "--users=500",
+              "python benchmarks/study.py run --part=scorer --model=qwen2.5-1.5b --dataset=amazon-video-games-18 "
+              "--only='.*-zero-shot'",
               "python benchmarks/study.py report", "```", ""]
     page = "\n".join(lines)
     with open(os.path.join(docs, "RESULTS.md"), "w", encoding="utf-8") as f:
