@@ -44,6 +44,9 @@ EFFECT_TEST_USERS = 500  # the effect part's test users: the first 500 of the se
 PROBES = 200
 PROBE_NEGATIVES = 19  # the probes rank 20 candidates, as test users do (uni19)
 BATCH = 32  # prompts scored between saves
+# the product defaults the study was started with, held here so that a default that changes on its evidence
+# (demo_mode, num_demos) does not change what the study's conditions, "lrgd-default" fits included, mean
+PINNED = {"demo_mode": "random", "num_demos": 2}
 # prompt keys added after the first stores were written, with the value that gives the earlier prompts:
 # recorded in a store's key only when set otherwise, so the earlier stores stay valid
 LATER_KEYS = {"demo_format": "next_item", "demo_negatives": 3, "title_score": "mean", "title_score_tokens": 3}
@@ -262,7 +265,7 @@ class Study:
         self.model_name, self.dataset, self.effect_users = model, dataset, effect_users
         llm_path = llm_path or MODELS[model]()
         cfg = {"llm_path": llm_path, "eval_users": test_users, "score_cache": False, "show_progress": False,
-               "state": "WARNING", "use_gpu": False, "seed": SEED}
+               "state": "WARNING", "use_gpu": False, "seed": SEED, **PINNED}
         if os.path.isdir(os.path.join(data_path, dataset)):
             cfg["data_path"] = data_path
         config = self.config = build_config("LRGD", dataset, config_dict=cfg)
