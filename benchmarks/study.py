@@ -292,7 +292,7 @@ class Study:
         self.folder = os.path.join(out, model, dataset)
         os.makedirs(self.folder, exist_ok=True)
         with open(os.path.join(self.folder, "identity.json"), "w") as f:
-            json.dump({**self.identity, "weights_file": os.path.basename(weights),
+            json.dump({**self.identity, "pinned": PINNED, "weights_file": os.path.basename(weights),
                        "test_users_available": len(self.tests), "probes": len(self.probes),
                        "effect_users": [int(r[0]) for r in self.tests[:effect_users]]}, f, indent=1)
 
@@ -442,7 +442,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--users", type=int, default=0,
                         help="methods, zero-shot, confirm: score the first N of them (0: all sampled)")
     parser.add_argument("--shard", default="0/1", help="i/n: this process runs every n-th condition from i")
-    parser.add_argument("--only", default=None, help="run only the part's conditions whose names match this regex")
+    parser.add_argument("--only", default=None, help="run only the part's conditions whose names fully match this regex")
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     if args.command == "report":

@@ -161,7 +161,7 @@ def effect_table(stores, min_probes: int = 200, min_test: int = 500, sets: re.Pa
 
 EFFECT_METHODS = re.compile(r"zero-shot|random2-d\d+|nearest2|lrgd-default-s2-seed\d+")  # the effect part's sets
 CONFIRM = re.compile(r"zero-shot|random2-d0|nearest[24]")  # the confirm part's
-ABLATION_METHODS = re.compile(r"zero-shot|random2-d\d+|lrgd-default-.*")  # the full fit and its ablations
+BASELINES = re.compile(r"zero-shot|random2-d\d+")  # beside the ablations
 
 
 def method_label(condition: str) -> str:
@@ -219,21 +219,34 @@ SCORER = re.compile(r"((?:sum-|first3-|len[\d.]+-)?(?:zero-shot|random2))(?:-d0)
 LENGTH_PRIORS = (0.25, 0.5, 0.75)
 
 
-def with_length_priors(stores, alphas: Sequence[float] = LENGTH_PRIORS):
+Stores = Dict[Tuple[str, str], Tuple[Store, dict]]  # (condition, population) -> (store, meta)
+
+
+def _same_prompts(a: dict, b: dict) -> bool:
+    """Whether two stores' keys differ only in their condition's name and title score (the same prompts)."""
+    drop = ("condition", "title_score", "title_score_tokens")
+    return {k: v for k, v in a["key"].items() if k not in drop} == {k: v for k, v in b["key"].items() if k not in drop}
+
+
+def with_length_priors(stores: Stores, alphas: Sequence[float] = LENGTH_PRIORS) -> Stores:
     """``stores`` plus a title score between the sum and the mean, sum / L^alpha (a length prior; alpha 1 is the
     mean, 0 the sum), derived where a condition's mean (``X``) and sum (``sum-X``) stores score the same prompts:
-    a title's token count L is sum / mean. No LLM pass: the same forward gives both."""
+    a title's token count L is sum / mean (no LLM pass: one forward gives both). A user whose sum / mean is not
+    a whole count of tokens (stores that do not match) is left out."""
     out = dict(stores)
     for (c, p), (summed, meta) in stores.items():
-        if not c.startswith("sum-") or (c[len("sum-"):], p) not in stores:
+        base = (c[len("sum-"):], p)
+        if not c.startswith("sum-") or base not in stores or not _same_prompts(meta, stores[base][1]):
             continue
-        mean = stores[(c[len("sum-"):], p)][0]
+        mean = stores[base][0]
+        lengths = {}
+        for u in set(summed) & set(mean):
+            ratio = summed[u] / np.where(mean[u] < 0, mean[u], np.nan)  # log-probs: a mean is < 0 (0: L unknown)
+            if np.all(np.abs(ratio - np.rint(ratio)) <= 1e-6 * np.abs(ratio)) and np.all(np.rint(ratio) >= 1):
+                lengths[u] = np.rint(ratio)
         for alpha in alphas:
-            derived = {}
-            for u in set(summed) & set(mean):
-                length = np.maximum(np.rint(summed[u] / np.where(mean[u] == 0, -1e-300, mean[u])), 1)
-                derived[u] = summed[u] / length ** alpha
-            out[(f"len{alpha}-{c[len('sum-'):]}", p)] = (derived, meta)
+            derived = {u: summed[u] / length ** alpha for u, length in lengths.items()}
+            out[(f"len{alpha}-{base[0]}", p)] = (derived, {**meta, "key": {**meta["key"], "title_score": f"len{alpha}"}})
     return out
 
 
@@ -253,16 +266,16 @@ def setting_table(stores, pattern: re.Pattern, copy_bias: bool = True,
             groups.setdefault(m.group(1), []).append(c)
     out = {}
     for label, conditions in sorted(groups.items()):
-        users = sorted(set.intersection(*(set(stores[(c, p)][0]) for c in conditions for p in needed)) & set(zero))
-        if not users:
+        shared = sorted(set.intersection(*(set(stores[(c, p)][0]) for c in conditions for p in needed)) & set(zero))
+        if not shared:
             continue
-        row = {"users": len(users), "draws": len(conditions), "zero": ndcg10({u: zero[u] for u in users}),
+        row = {"users": len(shared), "draws": len(conditions), "zero": ndcg10({u: zero[u] for u in shared}),
                "ndcg": {u: float(np.mean([ndcg10({u: stores[(c, "test")][0][u]})[u] for c in conditions]))
-                        for u in users}}
+                        for u in shared}}
         if copy_bias:
             row["copy_bias"] = {u: float(np.mean([
                 target_mass(stores[(c, "test")][0][u], stores[(c, "targets")][0][u]) -
-                target_mass(zero[u], stores[(c, "targets0")][0][u]) for c in conditions])) for u in users}
+                target_mass(zero[u], stores[(c, "targets0")][0][u]) for c in conditions])) for u in shared}
         out[label] = row
     return out
 
@@ -379,8 +392,9 @@ def write_report(out: str, docs: str) -> str:
               "Each store's key holds its weights file's sha256 (below).",
               "- Protocol: leave-one-out split, each test user ranks its held-out item among 19 sampled "
               "negatives (uni19, the same candidates for every method); the prompt settings are "
-              "`properties/model/LRGD.yaml`'s (2 demonstrations, 10 history items, titles cut to 32 tokens, "
-              "title log-likelihood scoring).",
+              "`properties/model/LRGD.yaml`'s (10 history items, titles cut to 32 tokens, title log-likelihood "
+              "scoring), with the defaults the study started with held by `PINNED` in `benchmarks/study.py` "
+              "(`demo_mode: random`, `num_demos: 2`; lrgd-default fits use the YAML's optimizer keys).",
               "- Probe users: 200 training users, none of the effect part's test users, their last training "
               "item the target among 19 negatives drawn from training items. Effect_D = mean over probes of "
               "l_0 - l_D (listwise loss of the target, temperature 1).", "", "| model | weights file | sha256 | dtype |",
@@ -393,7 +407,8 @@ def write_report(out: str, docs: str) -> str:
 
     lines += ["", "## What is stored", "", "Stores finished / stores planned, per part of `benchmarks/study.py` "
               "(effect: claim (b); single: its per-demonstration form; bias: copy bias, K and history length; "
-              "format: demonstration formats; scorer: title-score reductions; methods: claim (c); zero-shot: "
+              "format: demonstration formats; scorer: title-score reductions; methods: claim (c); ablation: the "
+              "optimizer part by part; confirm: a candidate default on any dataset; zero-shot: "
               "each model's zero-shot NDCG@10). A part not finished is reported below on what it has.", ""]
     all_stores = {key: load_folder(os.path.dirname(p)) for key, p in zip(identities, folders)}
     parts = None
@@ -493,16 +508,20 @@ def write_report(out: str, docs: str) -> str:
                              f"{(f'{min(spread):.4f}–{max(spread):.4f}' if len(spread) > 1 else '')} | {d0} | {dr} | "
                              f"{t['fit_seconds'][m]:.0f} |")
             lines.append("")
+    ablation_names = [c.name for c, _ in part_tasks("ablation", None)]
+    seeds = {name.rsplit("-seed", 1)[1] for name in ablation_names}
+    ablations = set(ablation_names) | {f"lrgd-default-s2-seed{seed}" for seed in seeds}  # the full fit, same seeds
     for (model, dataset), stores in sorted(all_stores.items()):
         users = effect_users[(model, dataset)]
-        t = method_table(stores, ABLATION_METHODS, len(users or ()) or 500, users)  # all the effect part's users
+        names = ablations | {c for c, _ in stores if BASELINES.fullmatch(c)}
+        t = method_table(stores, names, len(users or ()) or 500, users)  # all the effect part's users
         full = "lrgd-default-s2"
-        if t is None or full not in t["sets"] or len(t["sets"]) < 3:
+        if t is None or full not in t["sets"] or not any(m.startswith("lrgd") and m != full for m in t["sets"]):
             continue
         rand = next((r for r in t["sets"] if r.startswith("random2")), None)
         lines += [f"### {model}, {dataset}: ablations of the YAML-default optimizer ({t['users']} test users)", "",
-                  "Each row drops one part of lrgd-default-s2 (the effect part's fit, 4 seeds; the ablations "
-                  "refit on its first seeds): perturb_num0 scores no perturbed copies, lambda_X0 sets that "
+                  f"Each row drops one part of lrgd-default-s2 (the effect part's fit, on the {t['draws'][full]} "
+                  "seeds the ablations refit with): perturb_num0 scores no perturbed copies, lambda_X0 sets that "
                   "regularizer's weight to 0, s1 stops after stage 1. Two-level bootstrap as above.", "",
                   "| method | seeds | NDCG@10 [95% CI] | − full optimizer [95% CI] | − random [95% CI] | fit s |",
                   "|---|---|---|---|---|---|"]
@@ -559,12 +578,12 @@ def write_report(out: str, docs: str) -> str:
     for (model, dataset), stores in sorted(all_stores.items()):
         available = identities[(model, dataset)]["test_users_available"]
         t = method_table(stores, CONFIRM, min(NOMINAL_USERS["confirm"], available))
-        if t is not None and {"random2", "nearest4"} <= set(t["sets"]):
+        if t is not None and {"random2", "nearest2", "nearest4"} <= set(t["sets"]):
             confirm[(model, dataset)] = t
     if confirm:
         lines += ["## A candidate default: per-user nearest demonstrations, K = 4", "",
-                  "Today's default is `demo_mode: random` (random2-d0, one seeded set of 2); the bias part chose "
-                  "nearest4 on ml-100k. Per dataset, on the test users all four stores share; differences paired "
+                  "Today's default is `demo_mode: random` (random2-d0, one seeded set of 2); nearest4 is the bias "
+                  "part's per-user nearest with K = 4. Per dataset, on the test users all four stores share; differences paired "
                   "over users (each a single set, so the CI is over users only).", "",
                   "| model | dataset | users | zero-shot | random2-d0 | nearest2 | nearest4 | nearest4 − random2-d0 "
                   "[95% CI] | nearest4 − zero-shot [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]

@@ -319,7 +319,7 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
         dataset_obj = create_dataset(config)
     logger.info(dataset_obj)
     train_data, valid_data, test_data = prepare_data(config, dataset_obj)
-    retriever, retriever_time = None, 0.0
+    retriever, retriever_time = None, None
     if retriever_config is not None:
         start = time.time()
         retriever = prepare_retriever(retriever_config, source)
