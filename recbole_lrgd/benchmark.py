@@ -162,6 +162,8 @@ def variant_config(name: str, config_dict: Dict[str, Any], config_files: Sequenc
     cfg = {**config_dict, **overrides}
     if model == "LRGD":  # valid_users is for the baselines' early stopping; LRGD would LLM-score them all
         cfg["valid_users"] = None
+        if "candidate_source" in overrides:  # its retriever stops early on the users its baseline row does
+            cfg["retriever_valid_users"] = config_dict.get("valid_users")
     if effectd and model == "LRGD" and overrides.get("demo_mode") != "none" and not _sets_metrics(
             config_dict, config_files):
         cfg["metrics"] = ["Hit", "NDCG", "MRR", "EffectD"]

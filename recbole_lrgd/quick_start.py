@@ -239,12 +239,14 @@ def prepare_data(config: Config, dataset) -> Tuple[Any, Any, Any]:
 
 
 def _retriever_config(source: str, dataset: str, config_file_list: Optional[List[str]],
-                      config_dict: Optional[Dict[str, Any]]) -> Config:
+                      config_dict: Optional[Dict[str, Any]], valid_users: Optional[int]) -> Config:
     """The Config of ``candidate_source``'s model: RecBole's defaults for it under the run's own files and keys
     (data, split, seed, training), as ``run(<model>, ...)`` builds it, so the retriever is the model of the
-    retriever-alone row. Its test loader holds every test user: LRGD's sample is among them."""
+    retriever-alone row. Its test loader holds every test user: LRGD's sample is among them. It validates
+    (early stopping) on ``valid_users`` (LRGD's ``retriever_valid_users``: LRGD's own ``valid_users`` is its
+    LLM validation)."""
     config = build_config(source_model(source), dataset, config_file_list, config_dict, warn_unknown=False)
-    config["eval_users"] = None
+    config["eval_users"], config["valid_users"] = None, valid_users
     return config
 
 
@@ -295,7 +297,8 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     config = build_config(model, dataset, config_file_list, config_dict)
     source = config["candidate_source"] if model in PLUGIN_MODELS else None
-    retriever_config = _retriever_config(source, dataset, config_file_list, config_dict) if source else None
+    retriever_config = _retriever_config(source, dataset, config_file_list, config_dict,
+                                         config["retriever_valid_users"]) if source else None
     if dist.launched():
         for each in (config, retriever_config):
             if each is not None:

@@ -81,6 +81,7 @@ def text(none: bool = True) -> Rule:
 RULES: Dict[str, Rule] = {
     "eval_users": integer(1, none="all users"),
     "valid_users": integer(1, none="no validation for LRGD, all users for RecBole models"),
+    "retriever_valid_users": integer(1, none="all users"),
     "candidates_file": text(),
     "llm_path": text(),
     "llm_device": text(),

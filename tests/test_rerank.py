@@ -182,6 +182,24 @@ def test_the_retriever_is_trained_once(tiny_data, tiny_llm_dir, monkeypatch):
         _lrgd(tiny_data, tiny_llm_dir, "BPR", learning_rate=0.01)
 
 
+def test_the_retriever_stops_early_on_retriever_valid_users(tiny_data, tiny_llm_dir, monkeypatch):
+    """LRGD's valid_users is its own LLM validation; the retriever's training validates on retriever_valid_users
+    (sampled as valid_users samples a RecBole model's), all users by default."""
+    from recbole_lrgd import quick_start
+
+    real, seen = quick_start.load_or_train, []
+
+    def recording(config, source, train, valid, test, user_items):
+        seen.append((config["valid_users"], quick_start.eval_user_count(valid)))
+        return real(config, source, train, valid, test, user_items)
+    monkeypatch.setattr(quick_start, "load_or_train", recording)
+    _lrgd(tiny_data, tiny_llm_dir, "BPR", retriever_valid_users=5)
+    _lrgd(tiny_data, tiny_llm_dir, "BPR")
+    everyone = run("BPR", "tiny", config_dict=_cfg(tiny_data, eval_users=None), saved=False)["test_users"]
+    assert seen == [(5, 5), (None, everyone)]
+    assert len(glob.glob(os.path.join(tiny_data, "saved", "retriever-BPR-tiny-*.pth"))) == 2  # two trainings
+
+
 def _assert_clean_error(tmp, match, **extra):
     with pytest.raises(LRGDError, match=match) as info:
         run("LRGD", "tiny", config_dict=_cfg(tmp, **extra), saved=False)

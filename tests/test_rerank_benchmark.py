@@ -159,3 +159,12 @@ def test_full_protocol_benchmark(tiny_data, tiny_llm_dir, tmp_path, monkeypatch)
     assert calls == [] and second["reused"] == MODELS and second["rows"] == first["rows"]
     with open(paths["json"]) as f:
         assert sorted(r["variant"] for r in json.load(f)["rows"]) == sorted(MODELS)
+
+
+def test_a_reranked_rows_retriever_validates_on_the_baselines_valid_users():
+    from recbole_lrgd.benchmark import variant_config
+
+    assert variant_config("BPR", {"valid_users": 7}, [])[1]["valid_users"] == 7
+    model, cfg = variant_config("BPR>LRGD-zero-shot", {"valid_users": 7}, [])
+    assert model == "LRGD" and cfg["valid_users"] is None and cfg["retriever_valid_users"] == 7
+    assert "retriever_valid_users" not in variant_config("LRGD-zero-shot", {"valid_users": 7}, [])[1]
