@@ -233,7 +233,13 @@ def test_ablation_fits_with_the_part_switched_off_and_is_reported_against_the_fu
     assert settings == [dataclasses.replace(yaml_fit, lambda_copy=0, seed=study.SEED)]
     page = report.write_report(str(tmp_path / "study"), str(tmp_path / "docs"))
     assert "ablations of the YAML-default optimizer (10 test users)" in page
-    assert "| lrgd-default-s2-lambda_copy0 | 1 |" in page and "| lrgd-default-s2 | 1 |" in page
+    stores = report.load_folder(tiny_study.folder)
+    ablated, full = (stores[(c, "test")] for c in ("lrgd-default-s2-lambda_copy0-seed2020", "lrgd-default-s2-seed2020"))
+    same = int(ablated[1]["key"]["choice"] == full[1]["key"]["choice"])
+    users = sorted(ablated[0])
+    diff = np.mean([report.ndcg10(ablated[0])[u] - report.ndcg10(full[0])[u] for u in users])
+    assert f"| lrgd-default-s2-lambda_copy0 | 1 | {same}/1 | " in page
+    assert f"{diff:+.4f} [" in page.split("| lrgd-default-s2-lambda_copy0 |")[1].splitlines()[0]
 
 
 def test_confirm_part_compares_nearest4_with_the_default_random_set(tiny_study, tmp_path):
