@@ -8,7 +8,7 @@ pytestmark = pytest.mark.default_llm
 
 def test_default_llm_on_ml100k_is_deterministic(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = {"eval_users": 4, "num_demos": 1, "max_his_len": 5, "show_progress": False, "use_gpu": False,
+    cfg = {"eval_users": 4, "demo_mode": "random", "num_demos": 1, "max_his_len": 5, "show_progress": False, "use_gpu": False,
            "state": "WARNING", "score_cache": False}  # the second run must really score
     first = run("LRGD", "ml-100k", config_dict=cfg, saved=False)
     second = run("LRGD", "ml-100k", config_dict=cfg, saved=False)

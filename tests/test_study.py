@@ -91,7 +91,7 @@ def test_study_scores_equal_recboles_evaluation_of_the_same_demonstrations(tiny_
     from recbole_lrgd.quick_start import run
 
     result = run("LRGD", "tiny", config_dict={
-        "data_path": tiny_data, "llm_path": tiny_llm_dir, "eval_users": None, "demo_mode": "random",
+        "data_path": tiny_data, "llm_path": tiny_llm_dir, "eval_users": None, "demo_mode": "random", "num_demos": 2,
         "seed": study.SEED, "score_cache": False, "show_progress": False, "use_gpu": False, "state": "WARNING"})
     theirs = result["test_per_user"]["ndcg@10"]
     assert len(theirs) == len(tiny_study.tests)

@@ -68,7 +68,7 @@ def _fails_first(monkeypatch, match, **kwargs):
     ({"stage2_patience": 0}, "stage2_patience must be a positive integer, not 0"),
     ({"effect_temperature": 0}, "effect_temperature must be a number > 0 or auto, not 0"),
     ({"warm_start": "yes"}, "warm_start must be True or False, not 'yes'"),
-    ({"lrgd_scope": "per_user", "library_size": 1}, "library_size 1 is smaller than num_demos 2"),
+    ({"lrgd_scope": "per_user", "num_demos": 2, "library_size": 1}, "library_size 1 is smaller than num_demos 2"),
 ])
 def test_a_bad_value_is_one_line_before_anything_is_written(base, monkeypatch, keys, match):
     _fails_first(monkeypatch, match, model="LRGD", dataset="tiny", config_dict={**base, "demo_mode": "lrgd", **keys})
@@ -90,7 +90,7 @@ def _unknown_key_warnings(caplog):
 
 
 def test_unknown_keys_warn_with_the_closest_known_key(base, monkeypatch, tmp_path, caplog):
-    monkeypatch.setattr(sys, "argv", ["run_recbole_lrgd.py", "--demo_mod=random", "--result_file=r.json"])
+    monkeypatch.setattr(sys, "argv", ["run_recbole_lrgd.py", "--demo_mod=none", "--result_file=r.json"])
     path = tmp_path / "mine.yaml"
     path.write_text("num_demo: 3\nlearning_rate: 0.01\n")
     with caplog.at_level(logging.WARNING):
@@ -102,7 +102,12 @@ def test_unknown_keys_warn_with_the_closest_known_key(base, monkeypatch, tmp_pat
         "unknown config key 'zzzz_qqqq' in config_dict (not a RecBole or recbole_lrgd key: it is ignored)",
         "unknown config key 'demo_mod' on the command line (did you mean 'demo_mode'?)",
     ]
-    assert config["demo_mode"] == "random"  # the default: the misspelt key changed nothing
+    import yaml
+
+    from recbole_lrgd.properties_files import properties_dir
+
+    default = yaml.safe_load((properties_dir() / "model" / "LRGD.yaml").read_text())["demo_mode"]
+    assert default != "none" and config["demo_mode"] == default  # the misspelt key changed nothing
 
 
 @pytest.mark.parametrize("model", ["LRGD", "SASRec", "Pop"])
