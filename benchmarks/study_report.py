@@ -204,20 +204,25 @@ def two_level_diff(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Tuple[float, 
     return float(a.mean() - b.mean()), float(lo), float(hi)
 
 
-def ablation_rows(stores: "Stores", names: Sequence[str], users: Optional[Sequence[int]]) -> List[dict]:
+def mean_ndcg10(stores: "Stores", conditions: Sequence[str], users: Sequence[int]) -> Dict[int, float]:
+    """Each of ``users``' NDCG@10 on the test population, its mean over ``conditions`` (draws or seeds)."""
+    per = [ndcg10(only(stores[(c, "test")][0], users)) for c in conditions]
+    return {u: float(np.mean([n[u] for n in per])) for u in users}
+
+
+def ablation_rows(stores: "Stores", names: Sequence[str], users: Sequence[int]) -> List[dict]:
     """Per ablation (``names``: the ablation part's conditions, ``...-seedS``), its NDCG@10 minus the full fit's
     (``lrgd-default-s2-seedS``) on the same seeds, paired by user, on ``users`` (every one of them stored)."""
     groups: Dict[str, List[Tuple[str, str]]] = {}
     for name in names:
         method, seed = name.rsplit("-seed", 1)
         full = f"lrgd-default-s2-seed{seed}"
-        pair = [(name, "test") in stores, (full, "test") in stores]
-        if all(pair) and all(set(users or ()) <= set(stores[(c, "test")][0]) for c in (name, full)):
+        if all((c, "test") in stores and set(users) <= set(stores[(c, "test")][0]) for c in (name, full)):
             groups.setdefault(method, []).append((name, full))
     rows = []
     for method, pairs in groups.items():
-        ours = {u: np.mean([ndcg10(only(stores[(a, "test")][0], [u]))[u] for a, _ in pairs]) for u in users}
-        theirs = {u: np.mean([ndcg10(only(stores[(f, "test")][0], [u]))[u] for _, f in pairs]) for u in users}
+        ours = mean_ndcg10(stores, [a for a, _ in pairs], users)
+        theirs = mean_ndcg10(stores, [f for _, f in pairs], users)
         same = sum(stores[(a, "test")][1]["key"]["choice"] == stores[(f, "test")][1]["key"]["choice"] for a, f in pairs)
         rows.append({"method": method, "seeds": len(pairs), "same": f"{same}/{len(pairs)}", "users": len(users),
                      "ndcg": float(np.mean(list(ours.values()))), "diff": paired_bootstrap(ours, theirs)[:3],
@@ -290,8 +295,7 @@ def setting_table(stores, pattern: re.Pattern, copy_bias: bool = True,
         if not shared:
             continue
         row = {"users": len(shared), "draws": len(conditions), "zero": ndcg10({u: zero[u] for u in shared}),
-               "ndcg": {u: float(np.mean([ndcg10({u: stores[(c, "test")][0][u]})[u] for c in conditions]))
-                        for u in shared}}
+               "ndcg": mean_ndcg10(stores, conditions, shared)}
         if copy_bias:
             row["copy_bias"] = {u: float(np.mean([
                 target_mass(stores[(c, "test")][0][u], stores[(c, "targets")][0][u]) -
