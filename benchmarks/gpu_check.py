@@ -31,7 +31,7 @@ def scorer_equality(path: str, device: str, dtype: str) -> float:
     worst = 0.0
     for user in range(3):
         prompt = build_prompt(tok, [Demonstration(("Alpha", "Beta"), "Gamma")], [f"User {user}", "Delta"], cands,
-                              seed=(0, user))
+                              seed=(0, user), mode="likelihood", demo_format="next_item")
         cached = scorer.score(prompt)
         naive = naive_likelihood(model, encode_prompt(tok, prompt), [scorer.candidate_ids(c) for c in cands])
         worst = max(worst, float(np.abs(cached - naive).max()))

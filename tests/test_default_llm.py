@@ -32,7 +32,8 @@ def test_default_llm_cached_scores_equal_naive_scores():
     cands = ["Star Wars (1977)", "Babe (1995)", "Casino (1995)", "Jumanji (1995)", "Sabrina (1995)",
              "GoldenEye (1995)", "Braveheart (1995)", "Apollo 13 (1995)", "Twelve Monkeys (1995)", "Clueless (1995)"]
     for user in range(2):  # the second user reuses the first one's prefix cache
-        prompt = build_prompt(tok, demos, ["Scream (1996)", f"Evita ({1996 + user})"], cands, seed=(0, user))
+        prompt = build_prompt(tok, demos, ["Scream (1996)", f"Evita ({1996 + user})"], cands, seed=(0, user),
+                              mode="likelihood", demo_format="next_item")
         cached = scorer.score(prompt)
         naive = naive_likelihood(model, encode_prompt(tok, prompt), [scorer.candidate_ids(c) for c in cands])
         np.testing.assert_allclose(cached, naive, atol=1e-4)
@@ -55,7 +56,8 @@ def test_default_llm_batched_users_equal_naive_scores():
              "Twelve Monkeys (1995)"]
     histories = [["Scream (1996)"], ["Evita (1996)", "Heat (1995)", "Contact (1997)"],
                  ["Titanic (1997)", "Scream (1996)"], ["Fargo (1996)"] * 5]
-    prompts = [build_prompt(tok, demos, h, cands, seed=(0, u)) for u, h in enumerate(histories)]
+    prompts = [build_prompt(tok, demos, h, cands, seed=(0, u),
+                            mode="likelihood", demo_format="next_item") for u, h in enumerate(histories)]
     assert len({len(encode_parts(tok, p)[1]) for p in prompts}) > 1  # rows of different lengths: padding
     assert len({tuple(encode_parts(tok, p)[0]) for p in prompts}) == 1  # one shared prefix: one batch
     batched = scorer.score_many(prompts)

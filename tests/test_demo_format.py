@@ -43,13 +43,12 @@ def _ranker(**overrides) -> ICLRanker:
 # -- the text of each format --------------------------------------------------------------------------
 def test_the_default_format_renders_todays_text_byte_for_byte():
     assert yaml_config()["demo_format"] == "next_item"
-    assert render_demonstration(2, DEMO) == ["Example 2.", "History: A; B", "Next item: T", ""]
-    message = render_message("Recommend.", [DEMO, Demonstration((), "U")], ["H1"], [], list_candidates=False)
+    assert render_demonstration(2, DEMO, "next_item") == ["Example 2.", "History: A; B", "Next item: T", ""]
+    message = render_message("Recommend.", [DEMO, Demonstration((), "U")], ["H1"], [], demo_format="next_item",
+                             list_candidates=False)
     assert message == ("Recommend.\n\nExample 1.\nHistory: A; B\nNext item: T\n\nExample 2.\nHistory: (none)\n"
                        "Next item: U\n\nNow the user.\nHistory: H1\n\n"
                        "Which item will the user choose next? Answer with its title.")
-    default = build_prompt(TOK, [DEMO], ["H1"], ["C1", "C2"], seed=(0, 1))
-    assert default.text == build_prompt(TOK, [DEMO], ["H1"], ["C1", "C2"], seed=(0, 1), demo_format="next_item").text
 
 
 def test_listed_and_contrast_lines_are_known():
@@ -63,7 +62,7 @@ def test_listed_and_contrast_lines_are_known():
 
 @pytest.mark.parametrize("fmt,line", [("listed", "Candidates: X; T; Y; Z"), ("contrast", "Not chosen: X; Y; Z")])
 def test_demonstrations_stay_in_the_shared_prefix(fmt, line):
-    p = build_prompt(TOK, [DEMO], ["H1"], ["C1", "C2"], seed=(0, 1), demo_format=fmt)
+    p = build_prompt(TOK, [DEMO], ["H1"], ["C1", "C2"], seed=(0, 1), mode="likelihood", demo_format=fmt)
     assert line in p.text[: p.split] and p.text[p.split:].startswith(USER_MARKER)
     assert line not in p.text[p.split:]
 
@@ -74,8 +73,8 @@ def test_truncation_keeps_a_demonstrations_others():
     (short,), _ = truncate_to_budget([demo], ["H1"], lambda d, h: next(budget))
     assert short == Demonstration(("A2", "A3"), "T", ("X", "Y", "Z"), slot=3)
     long_demo = Demonstration(tuple(f"Old demo item {i}" for i in range(10)), "T", ("X", "Y", "Z"), slot=0)
-    full = build_prompt(TOK, [long_demo], ["H1"], ["C1"], seed=(0, 1), demo_format="listed")
-    p = build_prompt(TOK, [long_demo], ["H1"], ["C1"], seed=(0, 1), demo_format="listed",
+    full = build_prompt(TOK, [long_demo], ["H1"], ["C1"], seed=(0, 1), mode="likelihood", demo_format="listed")
+    p = build_prompt(TOK, [long_demo], ["H1"], ["C1"], seed=(0, 1), mode="likelihood", demo_format="listed",
                      max_tokens=len(encode_prompt(TOK, full)) - 10)
     assert len(p.demonstrations[0].history) < 10 and "Candidates: T; X; Y; Z" in p.text
 

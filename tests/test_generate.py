@@ -70,7 +70,8 @@ def test_generate_prompt_numbers_the_shown_candidates():
     from recbole_lrgd.llm.prompt import RANKING_QUESTION, build_prompt
     from recbole_lrgd.llm.tiny import make_tokenizer
 
-    prompt = build_prompt(make_tokenizer(), [], ["Heat (1995)"], TITLES, seed=(0, 1), mode="generate")
+    prompt = build_prompt(make_tokenizer(), [], ["Heat (1995)"], TITLES, seed=(0, 1),
+                          demo_format="next_item", mode="generate")
     shown = [TITLES[i] for i in prompt.order]
     assert prompt.labels == ["1", "2", "3", "4"]
     assert "\n".join(f"{k}. {t}" for k, t in enumerate(shown, 1)) in prompt.text
@@ -90,7 +91,8 @@ def test_scores_follow_the_parsed_ranking_in_caller_order(tiny_llm, monkeypatch)
     from recbole_lrgd.llm.prompt import build_prompt
 
     scorer = _scorer(tiny_llm, max_new_tokens=4)
-    prompt = build_prompt(tiny_llm[1], [], ["Heat (1995)"], TITLES, seed=(0, 1), mode="generate")
+    prompt = build_prompt(tiny_llm[1], [], ["Heat (1995)"], TITLES, seed=(0, 1),
+                          demo_format="next_item", mode="generate")
     shown = [TITLES[i] for i in prompt.order]
     monkeypatch.setattr(scorer, "generate", lambda prefix, suffix: f"2\n{shown[3]}")
     scores = scorer.score(prompt)
@@ -108,7 +110,8 @@ def test_greedy_generation_reuses_and_restores_the_shared_prefix(tiny_llm):
 
     model, tok = tiny_llm
     scorer = _scorer(tiny_llm, max_new_tokens=12)
-    prompt = build_prompt(tok, [Demonstration(("Alpha",), "Beta")], ["Gamma"], TITLES, seed=(0, 2), mode="generate")
+    prompt = build_prompt(tok, [Demonstration(("Alpha",), "Beta")], ["Gamma"], TITLES, seed=(0, 2),
+                          demo_format="next_item", mode="generate")
     prefix, suffix = encode_parts(tok, prompt)
     for _ in range(2):
         text = scorer.generate(prefix, suffix)
@@ -140,7 +143,8 @@ def test_generate_scorer_ranks_as_plain_generation_of_the_whole_prompt(tiny_llm)
     generate = scorer.generate
     scorer.generate = lambda prefix, suffix: texts.append(generate(prefix, suffix)) or texts[-1]
     demos = [[Demonstration(("Alpha",), "Beta")], [Demonstration(("Gamma", "Delta"), "Toy Story (1995)")]]
-    prompts = [build_prompt(tok, demos[u % 2], [f"User {u}"], TITLES, seed=(0, u), mode="generate") for u in range(4)]
+    prompts = [build_prompt(tok, demos[u % 2], [f"User {u}"], TITLES, seed=(0, u),
+                            demo_format="next_item", mode="generate") for u in range(4)]
     got = scorer.score_many(prompts)
     assert len(texts) == 4 and len(set(texts)) > 1
     for prompt, scores, seen in zip(prompts, got, texts):

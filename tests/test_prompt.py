@@ -10,7 +10,8 @@ CANDS = [f"Cand {i}" for i in range(20)]
 
 def test_prompt_holds_demonstrations_history_and_every_candidate_in_shown_order():
     demos = [Demonstration(("A1", "A2"), "A3"), Demonstration(("B1",), "B2")]
-    p = build_prompt(TOK, demos, ["H1", "H2", "H3"], CANDS, seed=(0, 7), list_candidates=True)
+    p = build_prompt(TOK, demos, ["H1", "H2", "H3"], CANDS, seed=(0, 7),
+                     mode="likelihood", demo_format="next_item", list_candidates=True)
     text = p.text
     assert text.index("History: A1; A2") < text.index("Next item: A3") < text.index("History: B1") \
         < text.index("History: H1; H2; H3")
@@ -27,7 +28,7 @@ def test_shuffle_is_seeded_by_seed_and_user():
 
 
 def test_verbalizer_labels_candidates_with_letters():
-    p = build_prompt(TOK, [], ["H1"], CANDS[:3], seed=(0, 1), mode="verbalizer")
+    p = build_prompt(TOK, [], ["H1"], CANDS[:3], seed=(0, 1), demo_format="next_item", mode="verbalizer")
     assert p.labels == ["A", "B", "C"]
     for label, k in zip(p.labels, p.order):
         assert f"{label}. {CANDS[k]}" in p.text
@@ -51,9 +52,11 @@ def test_truncation_drops_oldest_demo_history_then_user_history_then_demos_never
 def test_budget_is_respected_and_candidates_survive():
     demos = [Demonstration(tuple(f"Old demo item {i}" for i in range(10)), "Demo target")] * 2
     history = [f"User item {i}" for i in range(10)]
-    full = build_prompt(TOK, demos, history, CANDS, seed=(0, 1), list_candidates=True)
+    full = build_prompt(TOK, demos, history, CANDS, seed=(0, 1),
+                        mode="likelihood", demo_format="next_item", list_candidates=True)
     budget = len(encode_prompt(TOK, full)) - 150
-    p = build_prompt(TOK, demos, history, CANDS, seed=(0, 1), max_tokens=budget, list_candidates=True)
+    p = build_prompt(TOK, demos, history, CANDS, seed=(0, 1),
+                     mode="likelihood", demo_format="next_item", max_tokens=budget, list_candidates=True)
     assert len(encode_prompt(TOK, p)) <= budget
     assert all(c in p.text for c in CANDS)
     assert "User item 9" in p.text and "Old demo item 0" not in p.text
@@ -61,6 +64,7 @@ def test_budget_is_respected_and_candidates_survive():
 
 
 def test_likelihood_prompts_do_not_list_candidates_unless_asked():
-    p = build_prompt(TOK, [], ["H1"], CANDS, seed=(0, 1))
+    p = build_prompt(TOK, [], ["H1"], CANDS, seed=(0, 1), mode="likelihood", demo_format="next_item")
     assert not any(c in p.text for c in CANDS) and "Answer with its title" in p.text
-    assert all(c in build_prompt(TOK, [], ["H1"], CANDS, seed=(0, 1), list_candidates=True).text for c in CANDS)
+    assert all(c in build_prompt(TOK, [], ["H1"], CANDS, seed=(0, 1),
+                                 mode="likelihood", demo_format="next_item", list_candidates=True).text for c in CANDS)

@@ -53,7 +53,7 @@ def _prompt(tok, mode, candidates=None, user=3):
 
     cands = candidates or [f"Candidate {'x' * (i % 7)} {i}" for i in range(20)]
     return build_prompt(tok, [Demonstration(("Alpha", "Beta gamma"), "Delta")], ["Epsilon", "Zeta"], cands,
-                        seed=(0, user), mode=mode)
+                        seed=(0, user), demo_format="next_item", mode=mode)
 
 
 def _scorer(tiny_llm, mode, path, **kw):

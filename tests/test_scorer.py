@@ -42,7 +42,7 @@ def test_pack_candidates_layout():
 def _prompt(tok, mode="likelihood"):
     demos = [Demonstration(("Alpha", "Beta gamma"), "Delta")]
     cands = [f"Candidate {'x' * (i % 7)} {i}" for i in range(20)]  # different lengths
-    return build_prompt(tok, demos, ["Epsilon", "Zeta"], cands, seed=(0, 3), mode=mode)
+    return build_prompt(tok, demos, ["Epsilon", "Zeta"], cands, seed=(0, 3), demo_format="next_item", mode=mode)
 
 
 @pytest.mark.parametrize("batch", [20, 6])
@@ -61,7 +61,8 @@ def test_shared_prefix_is_encoded_once_and_left_intact(tiny_llm):
     scorer = _scorer(tiny_llm, candidate_batch_size=7)
     demos = [Demonstration(("Alpha", "Beta"), "Gamma")]
     cands = [f"Item {i}" for i in range(20)]
-    prompts = [build_prompt(tok, demos, [f"User {u} item {k}" for k in range(u + 1)], cands, seed=(0, u))
+    prompts = [build_prompt(tok, demos, [f"User {u} item {k}" for k in range(u + 1)], cands, seed=(0, u),
+                            mode="likelihood", demo_format="next_item")
                for u in range(3)]
     shapes, handle = _batch_calls(scorer)
     try:
@@ -97,7 +98,8 @@ def _user_prompts(tok, mode="likelihood", demos=(Demonstration(("Alpha", "Beta g
                   n_cands=8):
     """Prompts sharing one demonstration prefix, with histories and candidate titles of different lengths."""
     return [build_prompt(tok, list(demos), [f"Item {'y' * u} {k}" for k in range(u + 1)],
-                         [f"Candidate {'x' * ((i + u) % 6)} {i}" for i in range(n_cands)], seed=(0, u), mode=mode)
+                         [f"Candidate {'x' * ((i + u) % 6)} {i}" for i in range(n_cands)], seed=(0, u),
+                         demo_format="next_item", mode=mode)
             for u in range(users)]
 
 
@@ -240,7 +242,8 @@ def test_empty_suffix_reads_the_first_token_from_the_prefix(tiny_llm):
 
 def test_empty_suffix_and_one_token_candidates_need_no_forward_after_the_prefix(tiny_llm):
     model, tok = tiny_llm
-    prompt = _no_suffix(build_prompt(tok, [], ["Alpha"], list("abcdef"), seed=(0, 1)))
+    prompt = _no_suffix(build_prompt(tok, [], ["Alpha"], list("abcdef"), seed=(0, 1),
+                                     mode="likelihood", demo_format="next_item"))
     scorer = _scorer(tiny_llm)
     assert all(len(scorer.candidate_ids(c)) == 1 for c in prompt.candidates)
     shapes, handle = _batch_calls(scorer)
@@ -331,7 +334,7 @@ def _per_user_prompts(tok, mode="likelihood"):
     sets = [0, 1, 0, 2, 1, 0]
     return [build_prompt(tok, list(DEMO_SETS[s]), [f"Item {'y' * u} {k}" for k in range(u % 3 + 1)],
                          [f"Candidate {'x' * ((i + u) % 6)} {i}" for i in range(9 if u == 2 else 5)],
-                         seed=(0, u), mode=mode)
+                         seed=(0, u), demo_format="next_item", mode=mode)
             for u, s in enumerate(sets)]
 
 
@@ -425,7 +428,8 @@ def test_default_llm_per_user_prefixes_equal_one_at_a_time(mode):
              "Braveheart (1995)", "Apollo 13 (1995)", "Twelve Monkeys (1995)", "Clueless (1995)"]
     histories = [["Scream (1996)"], ["Evita (1996)", "Heat (1995)"], ["Titanic (1997)", "Scream (1996)"],
                  ["Fargo (1996)"], ["Heat (1995)", "Contact (1997)", "Babe (1995)"]]
-    prompts = [build_prompt(tok, sets[s], h, cands if u == 2 else cands[:5], seed=(0, u), mode=mode)
+    prompts = [build_prompt(tok, sets[s], h, cands if u == 2 else cands[:5], seed=(0, u),
+                            demo_format="next_item", mode=mode)
                for u, (s, h) in enumerate(zip([0, 1, 0, 2, 1], histories))]
     assert len({len(encode_parts(tok, p)[0]) for p in prompts}) == 3
     scorer = _scorer(llm, mode, candidate_batch_size=6, user_batch_size=8)

@@ -30,7 +30,7 @@ def _prompts(tok, mode="likelihood"):
     that differ from their first token on."""
     cands = [f"{i} candidate {'x' * (i % 7)}" for i in range(20)]
     demos = [[Demonstration(("Alpha", "Beta gamma"), "Delta")], [Demonstration(("Omega",), "Psi")], []]
-    return [build_prompt(tok, d, [f"Epsilon {u}", "Zeta"], cands, seed=(0, u), mode=mode)
+    return [build_prompt(tok, d, [f"Epsilon {u}", "Zeta"], cands, seed=(0, u), demo_format="next_item", mode=mode)
             for u, d in enumerate(demos)]
 
 

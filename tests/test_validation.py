@@ -186,14 +186,17 @@ CANDS = [f"Candidate number {i}" for i in range(20)]
 @pytest.mark.parametrize("listed", [True, False])
 def test_a_budget_below_the_shortest_prompt_names_the_minimum(listed):
     demos = []
-    shortest = build_prompt(TOK, demos, ["Last item"], CANDS, seed=(0, 1), list_candidates=listed)
+    shortest = build_prompt(TOK, demos, ["Last item"], CANDS, seed=(0, 1),
+                            mode="likelihood", demo_format="next_item", list_candidates=listed)
     need = len(encode_prompt(TOK, shortest))
-    ok = build_prompt(TOK, demos, ["Old item", "Last item"], CANDS, seed=(0, 1), max_tokens=need,
+    ok = build_prompt(TOK, demos, ["Old item", "Last item"], CANDS, seed=(0, 1),
+                      mode="likelihood", demo_format="next_item", max_tokens=need,
                       list_candidates=listed)
     assert ok.text == shortest.text  # the oldest history item went to make room
     with pytest.raises(LRGDError, match=f"max_prompt_tokens {need - 1} is too small: .* alone take {need} tokens; "
                                         f"set max_prompt_tokens to at least {need}"):
-        build_prompt(TOK, demos, ["Old item", "Last item"], CANDS, seed=(0, 1), max_tokens=need - 1,
+        build_prompt(TOK, demos, ["Old item", "Last item"], CANDS, seed=(0, 1),
+                     mode="likelihood", demo_format="next_item", max_tokens=need - 1,
                      list_candidates=listed)
 
 

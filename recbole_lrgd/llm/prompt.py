@@ -104,14 +104,14 @@ class Contrast(DemoFormat):
 DEMO_FORMATS: Dict[str, DemoFormat] = {"next_item": NextItem(), "listed": Listed(), "contrast": Contrast()}
 
 
-def render_demonstration(k: int, demo: Demonstration, demo_format: str = "next_item") -> List[str]:
+def render_demonstration(k: int, demo: Demonstration, demo_format: str) -> List[str]:
     """The lines of the k-th demonstration (1-based) in a prompt, in the format named ``demo_format``."""
     return DEMO_FORMATS[demo_format].lines(k, demo)
 
 
 def render_message(instruction: str, demos: Sequence[Demonstration], history: Sequence[str],
-                   shown: Sequence[str], labels: Sequence[str] = (), list_candidates: bool = True,
-                   question: str = LETTER_QUESTION, demo_format: str = "next_item") -> str:
+                   shown: Sequence[str], *, demo_format: str, labels: Sequence[str] = (),
+                   list_candidates: bool = True, question: str = LETTER_QUESTION) -> str:
     """The user turn of the chat: demonstrations first (their shared text is a common prefix), each in
     ``demo_format``. ``question`` follows a labelled list (letters for the verbalizer, numbers for
     generate mode)."""
@@ -177,9 +177,8 @@ def truncate_to_budget(demos: Sequence[Demonstration], history: Sequence[str],
 
 
 def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[str], candidates: Sequence[str],
-                 *, seed: Sequence[int], mode: str = "likelihood", max_tokens: Optional[int] = None,
-                 instruction: str = DEFAULT_INSTRUCTION, list_candidates: Optional[bool] = None,
-                 demo_format: str = "next_item") -> Prompt:
+                 *, seed: Sequence[int], mode: str, demo_format: str, max_tokens: Optional[int] = None,
+                 instruction: str = DEFAULT_INSTRUCTION, list_candidates: Optional[bool] = None) -> Prompt:
     """Render the full prompt text for one user, shuffling candidates with ``seed``, within ``max_tokens``
     (``truncate_to_budget``; an ``LRGDError`` naming the minimum when even its shortest prompt is over).
     Demonstrations are shown in ``demo_format`` (a key of ``DEMO_FORMATS``).
@@ -201,8 +200,9 @@ def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[st
         labels, question = [str(k) for k in range(1, len(candidates) + 1)], RANKING_QUESTION
 
     def render(d, h) -> Prompt:
-        text = apply_template(tokenizer, render_message(instruction, d, h, shown, labels, list_candidates,
-                                                        question, demo_format))
+        text = apply_template(tokenizer, render_message(instruction, d, h, shown, demo_format=demo_format,
+                                                        labels=labels, list_candidates=list_candidates,
+                                                        question=question))
         return Prompt(text, order, list(candidates), labels, tuple(h), tuple(d))
 
     if not max_tokens:
