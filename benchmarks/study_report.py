@@ -371,7 +371,7 @@ def plot_methods(tables: Dict[str, dict], path: str) -> None:
     plt.close(fig)
 
 
-NOMINAL_USERS = {"methods": 1000, "zero-shot": 500, "confirm": 500}  # the test users a finished part has (or all there are)
+NOMINAL_USERS = {"effect": 500, "methods": 1000, "zero-shot": 500, "confirm": 500}  # the test users a finished part has (or all there are)
 
 
 def coverage(stores, identity: dict) -> Dict[str, Tuple[int, int]]:
@@ -513,9 +513,12 @@ def write_report(out: str, docs: str) -> str:
     for (model, dataset), stores in sorted(all_stores.items()):
         identity = identities[(model, dataset)]
         for title, conditions, min_users, users in (
-                ("the effect part's test users and sets", EFFECT_METHODS, 500, effect_users[(model, dataset)]),
+                ("the effect part's test users and sets", EFFECT_METHODS, NOMINAL_USERS["effect"],
+                 effect_users[(model, dataset)]),
                 ("the methods part", methods_part, min(NOMINAL_USERS["methods"], identity["test_users_available"]),
                  None)):
+            if conditions is EFFECT_METHODS and ("zero-shot", "probe") not in stores:
+                continue  # no effect part here: its set names would only match other parts' stores
             t = method_table(stores, conditions, min_users, users)
             if t is None or len(t["per_user"]) < 2:
                 continue

@@ -242,7 +242,8 @@ def test_ablation_fits_with_the_part_switched_off_and_is_reported_against_the_fu
     assert f"{diff:+.4f} [" in page.split("| lrgd-default-s2-lambda_copy0 |")[1].splitlines()[0]
 
 
-def test_confirm_part_compares_nearest4_with_the_default_random_set(tiny_study, tmp_path):
+def test_confirm_part_compares_nearest4_with_the_default_random_set(tiny_study, tmp_path, monkeypatch):
+    monkeypatch.setitem(report.NOMINAL_USERS, "effect", 1)  # so that only the missing effect part keeps its table out
     assert [c.name for c, _ in study.part_tasks("confirm", 10)] == ["zero-shot", "random2-d0", "nearest2", "nearest4"]
     study.run_part(tiny_study, "confirm", None)  # all the test users there are
     stores = report.load_folder(tiny_study.folder)
@@ -257,3 +258,4 @@ def test_confirm_part_compares_nearest4_with_the_default_random_set(tiny_study, 
     assert float(cells[4]) == pytest.approx(ndcg["random2-d0"], abs=1e-4)
     assert float(cells[6]) == pytest.approx(ndcg["nearest4"], abs=1e-4)
     assert cells[7].startswith(f"{ndcg['nearest4'] - ndcg['random2-d0']:+.4f}")
+    assert "the effect part's test users and sets (" not in page  # no effect part ran here
