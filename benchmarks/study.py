@@ -163,8 +163,8 @@ def optimized(stages: int, seed: int, profile: str = "default", **overrides) -> 
     extra = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
     name = f"lrgd-{profile}-s{stages}{extra}-seed{seed}"  # the seed last: the report pools seeds
 
-    def choose(st: "Study") -> Tuple[DemoChoice, float]:
-        return st.fit(name, stages, seed, profile, overrides)
+    def choose(st: "Study") -> Tuple[DemoChoice, float]:  # stage 1 and 1+2 share one fit: its state has no stage
+        return st.fit(f"lrgd-{profile}{extra}-seed{seed}", stages, seed, profile, overrides)
     return Condition(name, choose)
 
 
@@ -298,7 +298,9 @@ class Study:
 
     # -- optimizer -------------------------------------------------------------------------------
     def fit(self, name: str, stages: int, seed: int, profile: str, overrides: dict) -> Tuple[DemoChoice, float]:
-        """Run (or resume) the two-stage optimizer with ``profile`` and ``seed``; its state file lives here."""
+        """Run (or resume) the two-stage optimizer with ``profile`` and ``seed`` up to ``stages``; its state file
+        ``<name>.state.json`` lives here, so stage 1+2 resumes after a stage-1 fit of the same name. Returns the
+        set and the seconds of the stages it used."""
         import yaml
 
         from recbole_lrgd.optimizer import DemoOptimizer, OptimizerSettings
@@ -314,7 +316,8 @@ class Study:
         optimizer.state_path = os.path.join(self.folder, f"{name}.state.json")
         start = time.time()
         state = optimizer.run(self.train_dataset.item_num, stages)
-        seconds = sum(state.get("seconds", {}).values()) or time.time() - start
+        seconds = sum(v for k, v in state.get("seconds", {}).items() if k == "stage1" or stages >= 2) or \
+            time.time() - start
         return DemoChoice.chosen(state["chosen"], per_user=settings.scope == "per_user"), float(seconds)
 
     # -- scoring ---------------------------------------------------------------------------------

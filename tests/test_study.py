@@ -259,3 +259,19 @@ def test_confirm_part_compares_nearest4_with_the_default_random_set(tiny_study, 
     assert float(cells[6]) == pytest.approx(ndcg["nearest4"], abs=1e-4)
     assert cells[7].startswith(f"{ndcg['nearest4'] - ndcg['random2-d0']:+.4f}")
     assert "the effect part's test users and sets (" not in page  # no effect part ran here
+
+
+def test_stage_1_and_stage_1_plus_2_share_one_fit(tiny_study, monkeypatch):
+    """The methods part scores stage 1 and stage 1+2 of one seed: stage 1 is fitted once, in one state file."""
+    from recbole_lrgd.optimizer import DemoOptimizer
+
+    tiny_study.run(study.optimized(1, study.SEED), "test", 4)
+    monkeypatch.setattr(DemoOptimizer, "stage1", lambda self, state: pytest.fail("stage 1 fitted a second time"))
+    tiny_study.run(study.optimized(2, study.SEED), "test", 4)
+    states = sorted(f for f in os.listdir(tiny_study.folder) if f.endswith(".state.json"))
+    assert states == [f"lrgd-default-seed{study.SEED}.state.json"]
+    seconds = json.load(open(os.path.join(tiny_study.folder, states[0])))["seconds"]
+    stores = report.load_folder(tiny_study.folder)
+    assert stores[(f"lrgd-default-s1-seed{study.SEED}", "test")][1]["fit_seconds"] == pytest.approx(seconds["stage1"])
+    assert stores[(f"lrgd-default-s2-seed{study.SEED}", "test")][1]["fit_seconds"] == pytest.approx(
+        seconds["stage1"] + seconds["stage2"])
