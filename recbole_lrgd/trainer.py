@@ -53,6 +53,18 @@ def standardised(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
 
 
+POSITIONAL_NEEDS = {"rec.topk", "rec.meanrank"}  # RecBole's metric_need of metrics that read where the positives rank
+
+
+def only_positions_count(metrics: List[str]) -> bool:
+    """Whether every metric reads only where each user's held-out item ranks (RecBole's ``metric_need``; an
+    unknown metric does not). Then a user whose item is not among the N re-ranked candidates has the same
+    metrics whatever order the LLM gives them: it ranks below all N either way, in the retriever's order."""
+    from recbole.evaluator.register import metric_information
+
+    return all(set(metric_information.get(m.lower(), ["unknown"])) <= POSITIONAL_NEEDS for m in metrics)
+
+
 def _dense_ranks(values: torch.Tensor) -> torch.Tensor:
     """1 for the lowest value, 2 for the next distinct one...: equal values get equal ranks."""
     return torch.unique(values, sorted=True, return_inverse=True)[1].to(torch.float32) + 1
@@ -98,7 +110,9 @@ class LRGDTrainer(Trainer):
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """Choose the demonstrations from training interactions, then (only when ``valid_users`` is set,
-        since LLM scoring is slow) report the validation metrics of that choice."""
+        since LLM scoring is slow) report the validation metrics of that choice. As RecBole's ``fit``, hands the
+        training data to the collector (ItemCoverage, AveragePopularity... read it)."""
+        self.eval_collector.data_collect(train_data)
         self.model.prepare_demonstrations(train_data._dataset)
         if self.model.demo_mode == "lrgd":
             self.optimize_demonstrations(train_data._dataset, saved, show_progress)
@@ -182,7 +196,9 @@ class LRGDTrainer(Trainer):
         """One full-sort batch (one row per user, its held-out item in ``positive_i``) to the collector: the
         retriever's scores over the catalogue, the LLM's scores of each user's top ``rerank_top`` (through
         ``_score_batch``: the sampled path's chunks, prompts and sharding), and their ``reranked_row``s. At
-        ``rerank_blend`` 1 the order is the retriever's whatever the LLM says, so the LLM is not asked.
+        ``rerank_blend`` 1 the order is the retriever's whatever the LLM says, so the LLM is not asked. Nor is it
+        asked about a user whose held-out item is not among its candidates, where the metrics cannot tell
+        (``only_positions_count``), unless ``rerank_score_all``: that user's candidates keep the retriever's order.
 
         Returns, per user, whether the held-out item is among the candidates. Every rank ranks every user's
         catalogue (only the LLM's scoring is sharded), so under a launcher each rank has all users' answers."""
@@ -191,19 +207,22 @@ class LRGDTrainer(Trainer):
         retrieved = self.retriever.scores(users, targets)
         candidates = top_candidates(retrieved, self.config["rerank_top"])
         blend = self.config["rerank_blend"]
-        if blend == 1:
-            per_user = [np.zeros(len(c)) for c in candidates]
-            progress(len(users))
-        else:
-            counts = [len(c) for c in candidates]
-            rows = interaction[torch.from_numpy(np.repeat(np.arange(len(users)), counts))]  # a row per candidate
-            items = torch.from_numpy(np.concatenate(candidates).astype(np.int64))
+        offered = [bool((c == t).any()) for c, t in zip(candidates, targets)]
+        score_all = self.config["rerank_score_all"] or not only_positions_count(self.config["metrics"])
+        asked = [k for k in range(len(users)) if blend < 1 and (offered[k] or score_all)]
+        per_user = [np.zeros(len(c)) for c in candidates]  # z(0) = 0: the retriever's order
+        progress(len(users) - len(asked))
+        if asked:
+            counts = [len(candidates[k]) for k in asked]
+            rows = interaction[torch.from_numpy(np.repeat(np.array(asked), counts))]  # a row per candidate
+            items = torch.from_numpy(np.concatenate([candidates[k] for k in asked]).astype(np.int64))
             rows.update(Interaction({self.model.ITEM_ID: items}))
             llm, _ = self._score_batch(rows, False, progress)
-            per_user = np.split(llm, np.cumsum(counts)[:-1])
+            for k, scores in zip(asked, np.split(llm, np.cumsum(counts)[:-1])):
+                per_user[k] = scores
         matrix = torch.stack([reranked_row(retrieved[k], candidates[k], per_user[k], blend) for k in range(len(users))])
         self.eval_collector.eval_batch_collect(matrix.to(self.device), interaction, positive_u, positive_i)
-        return [bool((c == t).any()) for c, t in zip(candidates, targets)]
+        return offered
 
     def _score_batch(self, interaction, zero_shot: bool, progress: Callable[[int], None]
                      ) -> Tuple[np.ndarray, Optional[np.ndarray]]:

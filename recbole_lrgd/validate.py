@@ -126,6 +126,7 @@ RULES: Dict[str, Rule] = {
     "stage2_candidates": integer(1),
     "demo_state_file": text(),
     "warm_start": boolean(),
+    "rerank_score_all": boolean(),
 }
 
 

@@ -68,7 +68,8 @@ def test_keeping_the_retrievers_order_gives_recboles_own_full_sort_metrics(tiny_
     reference = run(source, "tiny", config_dict=_cfg(tiny_data), saved=True)
     if how.startswith("llm"):
         seen["llm"] = _as_retriever
-    lrgd = _lrgd(tiny_data, tiny_llm_dir, source, rerank_blend=1.0 if how.startswith("rerank") else 0.0)
+    lrgd = _lrgd(tiny_data, tiny_llm_dir, source, rerank_blend=1.0 if how.startswith("rerank") else 0.0,
+                 rerank_score_all=True)
     assert reference["test_users"] == lrgd["test_users"] == 12  # eval_users: the same seeded sample in full mode
     assert lrgd["test_result"] == reference["test_result"]
     assert lrgd["test_per_user"] == reference["test_per_user"] and len(lrgd["test_per_user"]["ndcg@10"]) == 12
@@ -94,7 +95,7 @@ def test_candidates_are_the_retrievers_top_n_without_history(tiny_data, tiny_llm
     items but the target removed by hand from the raw data, equal LRGD's candidates in order; Pop's are the
     items of highest count in RecBole's own Pop that the user does not have (ties at the boundary either way)."""
     reference = run("BPR", "tiny", config_dict=_cfg(tiny_data), saved=True)
-    _lrgd(tiny_data, tiny_llm_dir, "BPR", rerank_top=8)
+    _lrgd(tiny_data, tiny_llm_dir, "BPR", rerank_top=8, rerank_score_all=True)
     ds = reference["test_data"]._dataset
     user_ids, item_ids = ds.field2token_id[ds.uid_field], ds.field2token_id[ds.iid_field]
     hist = _histories(tiny_data)
@@ -111,7 +112,7 @@ def test_candidates_are_the_retrievers_top_n_without_history(tiny_data, tiny_llm
         assert not set(candidates.tolist()) & set(history + [0])
 
     seen["scored"].clear()
-    _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_top=8)
+    _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_top=8, rerank_score_all=True)
     counts = run("Pop", "tiny", config_dict=_cfg(tiny_data), saved=False)["model_obj"].item_cnt.view(-1).numpy()
     for user, (_, candidates) in seen["scored"].items():
         raw = ds.field2id_token[ds.uid_field][user]
@@ -122,7 +123,7 @@ def test_candidates_are_the_retrievers_top_n_without_history(tiny_data, tiny_llm
 
 def test_a_sequential_retriever_offers_no_history_item_either(tiny_data, tiny_llm_dir, seen):
     """RecBole's own SASRec full sort keeps the user's history; the retriever drops it for every model."""
-    result = _lrgd(tiny_data, tiny_llm_dir, "SASRec", rerank_top=30)
+    result = _lrgd(tiny_data, tiny_llm_dir, "SASRec", rerank_top=30, rerank_score_all=True)
     ds = result["test_data"]._dataset
     hist = _histories(tiny_data)
     assert len(seen["scored"]) == 12
@@ -136,12 +137,30 @@ def test_a_target_outside_the_top_n_is_a_miss(tiny_data, tiny_llm_dir, seen):
     """An oracle LLM puts the target first whenever the retriever offers it: per user, Recall@1 and @2 are 1
     exactly when the target is among the retriever's top 2, and 0 (a miss) otherwise."""
     seen["llm"] = lambda user, candidates, row, target: [float(c == target) for c in candidates]
-    result = _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_top=2)
+    result = _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_top=2, rerank_score_all=True)
     offered = {u: seen["target"][u] in c.tolist() for u, (_, c) in seen["scored"].items()}
     assert set(offered.values()) == {True, False}  # both kinds of user
     for k in (1, 2):
         assert result["test_per_user"][f"recall@{k}"] == {u: float(hit) for u, hit in offered.items()}
         assert result["test_per_user"][f"mrr@{k}"] == {u: float(hit) for u, hit in offered.items()}
+
+
+@pytest.mark.parametrize("blend", [0.0, 0.5])
+def test_users_whose_target_is_not_offered_are_not_llm_scored_and_their_metrics_do_not_change(tiny_data, tiny_llm_dir,
+                                                                                             seen, blend):
+    """Recall/NDCG/MRR read only where the target ranks: below all N candidates when it is not one of them,
+    whatever their order. So the LLM is asked about the other users only, with the same metrics, per user."""
+    seen["llm"] = lambda user, candidates, row, target: [float((user * 7919 + c * 104729) % 13) for c in candidates]
+    every = _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_top=4, rerank_blend=blend, rerank_score_all=True)
+    offered = {u for u, (_, c) in seen["scored"].items() if seen["target"][u] in c.tolist()}
+    assert len(seen["scored"]) == 12 and 0 < len(offered) < 12
+    seen["scored"].clear()
+    skipped = _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_top=4, rerank_blend=blend)
+    assert set(seen["scored"]) == offered
+    assert skipped["test_per_user"] == every["test_per_user"] and skipped["test_result"] == every["test_result"]
+    seen["scored"].clear()  # a metric that reads the recommended items themselves needs every user's order
+    _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_top=4, rerank_blend=blend, metrics=["Recall", "ItemCoverage"])
+    assert len(seen["scored"]) == 12
 
 
 def test_reranked_row_orders_the_top_n_by_the_blend_and_the_rest_by_the_retriever():
