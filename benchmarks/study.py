@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -315,7 +316,9 @@ class Study:
         optimizer = DemoOptimizer(self.ranker, settings, context={"study": self.identity}, show_progress=True)
         optimizer.state_path = os.path.join(self.folder, f"{name}.state.json")
         start = time.time()
-        state = optimizer.run(self.train_dataset.item_num, stages)
+        with open(optimizer.state_path + ".lock", "w") as lock:  # processes sharing a fit: one fits, the rest resume
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = optimizer.run(self.train_dataset.item_num, stages)
         seconds = sum(v for k, v in state.get("seconds", {}).items() if k == "stage1" or stages >= 2) or \
             time.time() - start
         return DemoChoice.chosen(state["chosen"], per_user=settings.scope == "per_user"), float(seconds)
@@ -426,8 +429,8 @@ def part_tasks(part: str, users: Optional[int], effect_users: int = EFFECT_TEST_
 def run_part(study: Study, part: str, users: Optional[int], index: int = 0, count: int = 1,
              only: Optional[str] = None) -> None:
     """Score a part's conditions ``index``, ``index + count``, ...: processes that share the stores, not the
-    work (a condition stays on one process, so an optimizer is fitted once). ``only``: a regular expression
-    the conditions' names must match."""
+    work (a condition stays on one process; a fit that two conditions share is locked, so it is fitted once).
+    ``only``: a regular expression the conditions' names must match."""
     tasks = [t for t in part_tasks(part, users, study.effect_users) if not only or re.fullmatch(only, t[0].name)]
     for condition, populations in tasks[index::count]:
         for population, n in populations:

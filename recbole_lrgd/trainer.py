@@ -56,13 +56,15 @@ def standardised(x: np.ndarray) -> np.ndarray:
 POSITIONAL_NEEDS = {"rec.topk", "rec.meanrank"}  # RecBole's metric_need of metrics that read where the positives rank
 
 
-def only_positions_count(metrics: List[str]) -> bool:
-    """Whether every metric reads only where each user's held-out item ranks (RecBole's ``metric_need``; an
-    unknown metric does not). Then a user whose item is not among the N re-ranked candidates has the same
-    metrics whatever order the LLM gives them: it ranks below all N either way, in the retriever's order."""
+def misses_need_no_llm(metrics: List[str], topk: List[int], top_n: int) -> bool:
+    """Whether a user whose held-out item is not among its N re-ranked candidates has the same metrics whatever
+    order the LLM gives the N: every metric reads only where that item ranks (RecBole's ``metric_need``; an
+    unknown metric does not), which is below all N either way, and a top-k metric looks no deeper than N (below
+    N, ties among the retriever's scores are broken by ``torch.topk``, which the N's values can sway)."""
     from recbole.evaluator.register import metric_information
 
-    return all(set(metric_information.get(m.lower(), ["unknown"])) <= POSITIONAL_NEEDS for m in metrics)
+    needs = set().union(*(metric_information.get(m.lower(), ["unknown"]) for m in metrics))
+    return needs <= POSITIONAL_NEEDS and ("rec.topk" not in needs or max(topk) <= top_n)
 
 
 def _dense_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -198,7 +200,7 @@ class LRGDTrainer(Trainer):
         ``_score_batch``: the sampled path's chunks, prompts and sharding), and their ``reranked_row``s. At
         ``rerank_blend`` 1 the order is the retriever's whatever the LLM says, so the LLM is not asked. Nor is it
         asked about a user whose held-out item is not among its candidates, where the metrics cannot tell
-        (``only_positions_count``), unless ``rerank_score_all``: that user's candidates keep the retriever's order.
+        (``misses_need_no_llm``), unless ``rerank_score_all``: that user's candidates keep the retriever's order.
 
         Returns, per user, whether the held-out item is among the candidates. Every rank ranks every user's
         catalogue (only the LLM's scoring is sharded), so under a launcher each rank has all users' answers."""
@@ -208,9 +210,10 @@ class LRGDTrainer(Trainer):
         candidates = top_candidates(retrieved, self.config["rerank_top"])
         blend = self.config["rerank_blend"]
         offered = [bool((c == t).any()) for c, t in zip(candidates, targets)]
-        score_all = self.config["rerank_score_all"] or not only_positions_count(self.config["metrics"])
+        score_all = self.config["rerank_score_all"] or not misses_need_no_llm(
+            self.config["metrics"], self.config["topk"], self.config["rerank_top"])
         asked = [k for k in range(len(users)) if blend < 1 and (offered[k] or score_all)]
-        per_user = [np.zeros(len(c)) for c in candidates]  # z(0) = 0: the retriever's order
+        per_user = [np.zeros(len(c)) for c in candidates]
         progress(len(users) - len(asked))
         if asked:
             counts = [len(candidates[k]) for k in asked]
@@ -220,7 +223,10 @@ class LRGDTrainer(Trainer):
             llm, _ = self._score_batch(rows, False, progress)
             for k, scores in zip(asked, np.split(llm, np.cumsum(counts)[:-1])):
                 per_user[k] = scores
-        matrix = torch.stack([reranked_row(retrieved[k], candidates[k], per_user[k], blend) for k in range(len(users))])
+        weights = np.ones(len(users))  # not asked: the retriever's order
+        weights[asked] = blend
+        matrix = torch.stack([reranked_row(retrieved[k], candidates[k], per_user[k], float(weights[k]))
+                              for k in range(len(users))])
         self.eval_collector.eval_batch_collect(matrix.to(self.device), interaction, positive_u, positive_i)
         return offered
 

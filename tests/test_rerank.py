@@ -148,19 +148,23 @@ def test_a_target_outside_the_top_n_is_a_miss(tiny_data, tiny_llm_dir, seen):
 @pytest.mark.parametrize("blend", [0.0, 0.5])
 def test_users_whose_target_is_not_offered_are_not_llm_scored_and_their_metrics_do_not_change(tiny_data, tiny_llm_dir,
                                                                                              seen, blend):
-    """Recall/NDCG/MRR read only where the target ranks: below all N candidates when it is not one of them,
-    whatever their order. So the LLM is asked about the other users only, with the same metrics, per user."""
+    """Recall/NDCG/MRR@k, k <= N, read only where the target ranks: below all N candidates when it is not one of
+    them, whatever their order. So the LLM is asked about the other users only, with the same metrics, per user."""
     seen["llm"] = lambda user, candidates, row, target: [float((user * 7919 + c * 104729) % 13) for c in candidates]
-    every = _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_top=4, rerank_blend=blend, rerank_score_all=True)
+    keys = {"rerank_top": 4, "rerank_blend": blend, "topk": [1, 2, 4], "valid_metric": "NDCG@4"}
+    every = _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_score_all=True, **keys)
     offered = {u for u, (_, c) in seen["scored"].items() if seen["target"][u] in c.tolist()}
     assert len(seen["scored"]) == 12 and 0 < len(offered) < 12
     seen["scored"].clear()
-    skipped = _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_top=4, rerank_blend=blend)
+    skipped = _lrgd(tiny_data, tiny_llm_dir, "Pop", **keys)
     assert set(seen["scored"]) == offered
     assert skipped["test_per_user"] == every["test_per_user"] and skipped["test_result"] == every["test_result"]
-    seen["scored"].clear()  # a metric that reads the recommended items themselves needs every user's order
-    _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_top=4, rerank_blend=blend, metrics=["Recall", "ItemCoverage"])
-    assert len(seen["scored"]) == 12
+    # every user is scored where the metrics could tell: a metric of the recommended items themselves, or a
+    # top-k deeper than N (there ties among the retriever's scores below the N are broken by torch.topk)
+    for other in ({"metrics": ["Recall", "ShannonEntropy"]}, {"topk": [1, 4, 5]}):
+        seen["scored"].clear()
+        _lrgd(tiny_data, tiny_llm_dir, "Pop", **{**keys, **other})
+        assert len(seen["scored"]) == 12
 
 
 def test_reranked_row_orders_the_top_n_by_the_blend_and_the_rest_by_the_retriever():

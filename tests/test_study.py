@@ -275,3 +275,23 @@ def test_stage_1_and_stage_1_plus_2_share_one_fit(tiny_study, monkeypatch):
     assert stores[(f"lrgd-default-s1-seed{study.SEED}", "test")][1]["fit_seconds"] == pytest.approx(seconds["stage1"])
     assert stores[(f"lrgd-default-s2-seed{study.SEED}", "test")][1]["fit_seconds"] == pytest.approx(
         seconds["stage1"] + seconds["stage2"])
+
+
+def test_a_shared_fit_waits_for_the_process_fitting_it(tiny_study):
+    """While another process holds a fit's lock (as ``Study.fit`` does while it fits), a second fit of the
+    same state file waits instead of fitting beside it."""
+    import fcntl
+    import threading
+
+    condition = study.optimized(1, study.SEED)
+    path = os.path.join(tiny_study.folder, f"lrgd-default-seed{study.SEED}.state.json.lock")
+    os.makedirs(tiny_study.folder, exist_ok=True)
+    with open(path, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        fit = threading.Thread(target=condition.choose, args=(tiny_study,))
+        fit.start()
+        fit.join(timeout=3)
+        assert fit.is_alive()  # still waiting for the lock
+        assert not os.path.exists(path[:-len(".lock")])
+    fit.join(timeout=120)
+    assert not fit.is_alive() and os.path.exists(path[:-len(".lock")])
