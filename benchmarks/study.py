@@ -39,7 +39,9 @@ from recbole_lrgd.data.probes import Probe, make_probes  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "out", "study")
 DATA_PATH = os.path.join(os.path.dirname(ROOT), "shared", "data")
-PROFILE = os.path.join(ROOT, "benchmarks", "study_profile.yaml")
+# optimizer profiles beside the YAML defaults ("default"): name -> the file of the LRGD.yaml keys it changes
+PROFILES = {name: os.path.join(ROOT, "benchmarks", f"study_profile{suffix}.yaml")
+            for name, suffix in (("study", ""), ("compact", "_compact"))}
 SEED = 2020
 EFFECT_TEST_USERS = 500  # the effect part's test users: the first 500 of the seeded order
 PROBES = 200
@@ -159,8 +161,10 @@ def anchor_set(draw: int, k: int = 2) -> Condition:
 
 
 def optimized(stages: int, seed: int, profile: str = "default", **overrides) -> Condition:
-    """The two-stage optimizer's set (``profile``: the YAML defaults or ``benchmarks/study_profile.yaml``),
+    """The two-stage optimizer's set (``profile``: "default", the YAML's keys, or a name of ``PROFILES``),
     fitted on training users with its own probes; its state is kept beside the stores (a fit resumes)."""
+    if profile != "default" and profile not in PROFILES:
+        raise ValueError(f"unknown optimizer profile {profile!r}: default or one of {', '.join(PROFILES)}")
     extra = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
     name = f"lrgd-{profile}-s{stages}{extra}-seed{seed}"  # the seed last: the report pools seeds
 
@@ -211,6 +215,12 @@ def method_conditions() -> List[Condition]:
     """Claim (c): zero-shot, 5 random draws, nearest, and the study profile's stage 1 and stage 1+2."""
     return ([zero_shot()] + [random_set(d) for d in range(5)] + [nearest()] +
             [optimized(1, SEED, "study"), optimized(2, SEED, "study")])
+
+
+def compact_method_conditions() -> List[Condition]:
+    """Claim (c) for a model too slow for the study profile: zero-shot, 3 random draws, nearest and the compact
+    profile's stage 1+2 (``benchmarks/study_profile_compact.yaml``)."""
+    return [zero_shot()] + [random_set(d) for d in range(3)] + [nearest(), optimized(2, SEED, "compact")]
 
 
 def confirm_conditions() -> List[Condition]:
@@ -307,8 +317,8 @@ class Study:
         from recbole_lrgd.optimizer import DemoOptimizer, OptimizerSettings
 
         keys = dict(self.config.final_config_dict)
-        if profile == "study":
-            with open(PROFILE, encoding="utf-8") as f:
+        if profile in PROFILES:
+            with open(PROFILES[profile], encoding="utf-8") as f:
                 keys.update(yaml.safe_load(f))
         keys.update(overrides)
         settings = dataclasses.replace(OptimizerSettings.from_config(keys), seed=seed)
@@ -411,6 +421,7 @@ PARTS: Dict[str, Tuple[Callable[[], List[Condition]], Tuple[str, ...], bool]] = 
     "format": (format_conditions, COPY, False),  # demonstration formats
     "scorer": (scorer_conditions, ("test",), False),  # title-score reductions
     "methods": (method_conditions, ("test",), True),  # claim (c)
+    "methods-compact": (compact_method_conditions, ("test",), True),  # claim (c) for a larger, slower model
     "ablation": (ablation_conditions, ("test",), False),  # claim (c), part by part
     "confirm": (confirm_conditions, ("test",), True),  # a candidate default on the confirming datasets
     "zero-shot": (lambda: [zero_shot()], ("test",), True),  # each model's zero-shot NDCG@10

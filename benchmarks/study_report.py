@@ -371,7 +371,8 @@ def plot_methods(tables: Dict[str, dict], path: str) -> None:
     plt.close(fig)
 
 
-NOMINAL_USERS = {"effect": 500, "methods": 1000, "zero-shot": 500, "confirm": 500}  # the test users a finished part has (or all there are)
+# the test users a finished part has (or all there are)
+NOMINAL_USERS = {"effect": 500, "methods": 1000, "methods-compact": 500, "zero-shot": 500, "confirm": 500}
 
 
 def coverage(stores, identity: dict) -> Dict[str, Tuple[int, int]]:
@@ -432,7 +433,8 @@ def write_report(out: str, docs: str) -> str:
     lines += ["", "## What is stored", "", "Stores finished / stores planned, per part of `benchmarks/study.py` "
               "(effect: claim (b); single: its per-demonstration form; bias: copy bias, K and history length; "
               "format: demonstration formats; scorer: title-score reductions; methods: claim (c); ablation: the "
-              "optimizer part by part; confirm: a candidate default on any dataset; zero-shot: "
+              "optimizer part by part; methods-compact: claim (c) with `benchmarks/study_profile_compact.yaml`, for a "
+              "larger model; confirm: a candidate default on any dataset; zero-shot: "
               "each model's zero-shot NDCG@10). A part not finished is reported below on what it has.", ""]
     all_stores = {key: load_folder(os.path.dirname(p)) for key, p in zip(identities, folders)}
     parts = None
@@ -502,11 +504,13 @@ def write_report(out: str, docs: str) -> str:
     from study import part_tasks
 
     methods_part = {c.name for c, _ in part_tasks("methods", None)}
+    compact_part = {c.name for c, _ in part_tasks("methods-compact", None)}
     lines += ["", "## Claim (c): do the optimizer's demonstrations beat the others?", "",
               "NDCG@10 per method on the test users its stores share. random2: each user's mean over the random "
               "draws (the spread of the draws' means is given); lrgd-default-s2: the optimizer with the YAML "
               "defaults (16 probes, pool 12), each user's mean over its seeds; lrgd-study-*: "
-              "`benchmarks/study_profile.yaml`. Differences: a two-level bootstrap (users paired, and each "
+              "`benchmarks/study_profile.yaml`; lrgd-compact-*: `benchmarks/study_profile_compact.yaml`. "
+              "Differences: a two-level bootstrap (users paired, and each "
               "method's draws or seeds resampled, 2,000 resamples), so the set-to-set spread of random "
               "demonstrations counts; a method with one set has no spread of its own.", ""]
     method_tables = {}
@@ -516,7 +520,9 @@ def write_report(out: str, docs: str) -> str:
                 ("the effect part's test users and sets", EFFECT_METHODS, NOMINAL_USERS["effect"],
                  effect_users[(model, dataset)]),
                 ("the methods part", methods_part, min(NOMINAL_USERS["methods"], identity["test_users_available"]),
-                 None)):
+                 None),
+                ("the compact methods part", compact_part,
+                 min(NOMINAL_USERS["methods-compact"], identity["test_users_available"]), None)):
             if conditions is EFFECT_METHODS and ("zero-shot", "probe") not in stores:
                 continue  # no effect part here: its set names would only match other parts' stores
             t = method_table(stores, conditions, min_users, users)
@@ -636,6 +642,8 @@ def write_report(out: str, docs: str) -> str:
               "python benchmarks/study.py run --part=scorer --model=smollm2 --dataset=ml-100k --test_users=0",
               "python benchmarks/study.py run --part=ablation --model=smollm2 --dataset=ml-100k --test_users=0",
               "python benchmarks/study.py run --part=methods --model=smollm2 --dataset=ml-100k --test_users=0",
+              "python benchmarks/study.py run --part=methods-compact --model=qwen2.5-1.5b --dataset=ml-100k "
+              "--test_users=0 --users=500",
               "python benchmarks/study.py run --part=confirm --model=smollm2 --dataset=amazon-toys-games --users=500",
               "python benchmarks/study.py run --part=zero-shot --model=qwen2.5-1.5b --dataset=amazon-video-games-18 "
               "--users=500",

@@ -295,3 +295,29 @@ def test_a_shared_fit_waits_for_the_process_fitting_it(tiny_study):
         assert not os.path.exists(path[:-len(".lock")])
     fit.join(timeout=120)
     assert not fit.is_alive() and os.path.exists(path[:-len(".lock")])
+
+
+def test_the_compact_part_fits_with_the_compact_profile(tiny_study, monkeypatch):
+    """methods-compact: zero-shot, 3 random draws, nearest and stage 1+2 with study_profile_compact.yaml's keys
+    over the YAML's; an unknown profile is an error."""
+    import yaml
+
+    import recbole_lrgd.optimizer as optimizer
+
+    names = [c.name for c, _ in study.part_tasks("methods-compact", 500)]
+    assert names == ["zero-shot", "random2-d0", "random2-d1", "random2-d2", "nearest2", "lrgd-compact-s2-seed2020"]
+    settings = []
+
+    def recording(ranker, fit_settings, **kwargs):
+        settings.append(fit_settings)
+        raise KeyboardInterrupt  # the settings are all this test needs
+    monkeypatch.setattr(optimizer, "DemoOptimizer", recording)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_part(tiny_study, "methods-compact", 4, only="lrgd-compact-.*")
+    with open(study.PROFILES["compact"], encoding="utf-8") as f:
+        compact = yaml.safe_load(f)
+    yaml_fit = optimizer.OptimizerSettings.from_config(tiny_study.config.final_config_dict)
+    assert compact and all(getattr(yaml_fit, k) != v for k, v in compact.items())  # each key changes something
+    assert settings == [dataclasses.replace(yaml_fit, seed=study.SEED, **compact)]
+    with pytest.raises(ValueError, match="unknown optimizer profile 'big'"):
+        study.optimized(2, study.SEED, "big")
