@@ -528,6 +528,8 @@ def write_report(out: str, docs: str) -> str:
             t = method_table(stores, conditions, min_users, users)
             if t is None or len(t["per_user"]) < 2:
                 continue
+            if conditions is compact_part and not any(m.startswith("lrgd-compact") for m in t["per_user"]):
+                continue  # the rest of the compact part is the methods part's: shown there
             method_tables[f"{model} {dataset}, {title}"] = t
             lines += [f"### {model}, {dataset}: {title} ({t['users']} test users)", "",
                       "| method | sets | NDCG@10 [95% CI] | spread of sets | − zero-shot [95% CI] | − random [95% CI] "
