@@ -68,6 +68,7 @@ def _fails_first(monkeypatch, match, **kwargs):
     ({"stage2_patience": 0}, "stage2_patience must be a positive integer, not 0"),
     ({"effect_temperature": 0}, "effect_temperature must be a number > 0 or auto, not 0"),
     ({"warm_start": "yes"}, "warm_start must be True or False, not 'yes'"),
+    ({"rerank_score_all": "all"}, "rerank_score_all must be True or False, not 'all'"),
     ({"lrgd_scope": "per_user", "num_demos": 2, "library_size": 1}, "library_size 1 is smaller than num_demos 2"),
 ])
 def test_a_bad_value_is_one_line_before_anything_is_written(base, monkeypatch, keys, match):
