@@ -3,6 +3,9 @@
     OMP_NUM_THREADS=1 python benchmarks/study.py run --part=effect --model=smollm2 --dataset=ml-100k
     OMP_NUM_THREADS=1 python benchmarks/study.py run --part=methods --model=smollm2 --dataset=amazon-beauty
     python benchmarks/study.py report          # docs/RESULTS.md from whatever is stored
+    # a long optimizer fit on every core (stage 1 sharded over the processes; ``run`` resumes from it):
+    OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
+        --mixed_precision no --dynamo_backend no benchmarks/study.py fit --part=methods --test_users=0
 
 A *condition* is a way to give users demonstrations (zero-shot, a seeded random set, each user's
 nearest, an anchor user's neighbours, the optimizer's set, ...). A *population* is who is scored:
@@ -18,6 +21,7 @@ store whose key differs is ignored. An interrupted run resumes; the report reads
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -26,13 +30,14 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from recbole_lrgd import distributed as dist  # noqa: E402
 from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
 from recbole_lrgd.data.probes import Probe, make_probes  # noqa: E402
@@ -118,6 +123,7 @@ class Condition:
     choose: Callable[["Study"], Tuple[DemoChoice, float]]
     num_demos: int = 2  # demonstrations a per-user choice retrieves
     prompt: Tuple[Tuple[str, Any], ...] = ()  # prompt keys set otherwise than the YAML (demo_format, title_score)
+    fits: bool = False  # an optimizer's set: ``study.py fit`` fits it on all launched processes
 
     def named(self, prefix: str, **keys: Any) -> "Condition":
         """The same demonstrations under other prompt keys (named ``prefix-<name>``)."""
@@ -170,7 +176,7 @@ def optimized(stages: int, seed: int, profile: str = "default", **overrides) -> 
 
     def choose(st: "Study") -> Tuple[DemoChoice, float]:  # stage 1 and 1+2 share one fit: its state has no stage
         return st.fit(f"lrgd-{profile}{extra}-seed{seed}", stages, seed, profile, overrides)
-    return Condition(name, choose)
+    return Condition(name, choose, fits=True)
 
 
 def effect_sets() -> List[Condition]:
@@ -239,6 +245,17 @@ def ablation_conditions(seeds: int = 2) -> List[Condition]:
             [optimized(2, SEED + d, **off) for off in ABLATIONS] + [optimized(1, SEED + d)]]
 
 
+def fit_finished(path: str, identity: str, stages: int) -> bool:
+    """Whether the optimizer state at ``path`` is of the fit ``identity`` and has finished ``stages`` (states are
+    replaced whole: a read is safe)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return state.get("identity") == identity and bool(state.get("stage1")) and (stages < 2 or bool((state.get("stage2") or {}).get("done")))
+
+
 # -- the study of one model on one dataset -----------------------------------------------------
 Row = Tuple[int, np.ndarray, np.ndarray]  # (user, history, candidates with the target first)
 
@@ -302,10 +319,11 @@ class Study:
             self.identity["effect_users"], self.identity["probes"] = effect_users, probes
         self.folder = os.path.join(out, model, dataset)
         os.makedirs(self.folder, exist_ok=True)
-        with open(os.path.join(self.folder, "identity.json"), "w") as f:
-            json.dump({**self.identity, "pinned": PINNED, "weights_file": os.path.basename(weights),
-                       "test_users_available": len(self.tests), "probes": len(self.probes),
-                       "effect_users": [int(r[0]) for r in self.tests[:effect_users]]}, f, indent=1)
+        if dist.is_main():
+            with open(os.path.join(self.folder, "identity.json"), "w") as f:
+                json.dump({**self.identity, "pinned": PINNED, "weights_file": os.path.basename(weights),
+                           "test_users_available": len(self.tests), "probes": len(self.probes),
+                           "effect_users": [int(r[0]) for r in self.tests[:effect_users]]}, f, indent=1)
 
     # -- optimizer -------------------------------------------------------------------------------
     def fit(self, name: str, stages: int, seed: int, profile: str, overrides: dict) -> Tuple[DemoChoice, float]:
@@ -323,13 +341,22 @@ class Study:
         keys.update(overrides)
         settings = dataclasses.replace(OptimizerSettings.from_config(keys), seed=seed)
         self.ranker.num_demos = settings.num_demos
-        optimizer = DemoOptimizer(self.ranker, settings, context={"study": self.identity}, show_progress=True)
-        optimizer.state_path = os.path.join(self.folder, f"{name}.state.json")
+        path = os.path.join(self.folder, f"{name}.state.json")
+        # processes sharing a fit: one fits, the rest wait and resume; a finished fit is read without the lock (while
+        # another process fits its stage 2, say) by a process that then writes nothing
+        optimizer = DemoOptimizer(self.ranker, settings, context={"study": self.identity}, show_progress=dist.is_main(),
+                                  map_fn=dist.map_sharded, is_main=dist.is_main(), round_size=dist.world()[1])
+        optimizer.state_path = path
+        finished = fit_finished(path, optimizer.identity, stages)
+        optimizer.is_main = optimizer.is_main and not finished
         start = time.time()
-        with open(optimizer.state_path + ".lock", "w") as lock:  # processes sharing a fit: one fits, the rest resume
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(path + ".lock", "w") as lock:
+            if dist.is_main() and not finished:  # a launched fit's ranks fit together, once the main rank holds it
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            dist.barrier()
             state = optimizer.run(self.train_dataset.item_num, stages)
-        seconds = sum(v for k, v in state.get("seconds", {}).items() if k == "stage1" or stages >= 2) or \
+        timing = state.get("seconds", {})  # process seconds: a stage-1 round on W processes costs W x its wall time
+        seconds = sum(timing.get(f"{k}_process", timing.get(k, 0.0)) for k in ("stage1", "stage2")[:stages]) or \
             time.time() - start
         return DemoChoice.chosen(state["chosen"], per_user=settings.scope == "per_user"), float(seconds)
 
@@ -352,24 +379,30 @@ class Study:
             demos = demos if population == "targets" else []
         return self.ranker.prompt(user, history, candidates, demos)
 
-    def run(self, condition: Condition, population: str, n: Optional[int] = None) -> Dict[int, np.ndarray]:
-        """Score ``condition`` on the first ``n`` users of ``population`` (resuming its store). Its prompt keys and
-        num_demos hold while it chooses (an optimizer fits in them) and scores; then the ranker's are restored."""
+    @contextlib.contextmanager
+    def keys_of(self, condition: Condition) -> Iterator[None]:
+        """The condition's prompt keys and num_demos while it chooses (an optimizer fits in them) and scores; then
+        the ranker's are restored."""
         owners = {"ranker": self.ranker, "scorer": self.ranker.scorer}
         keys = (("num_demos", condition.num_demos),) + condition.prompt
         before = {k: getattr(owners[PROMPT_KEYS[k]], k) for k, _ in keys}
         try:
             for k, v in keys:
                 setattr(owners[PROMPT_KEYS[k]], k, v)
+            yield
+        finally:
+            for k, v in before.items():
+                setattr(owners[PROMPT_KEYS[k]], k, v)
+
+    def run(self, condition: Condition, population: str, n: Optional[int] = None) -> Dict[int, np.ndarray]:
+        """Score ``condition`` on the first ``n`` users of ``population`` (resuming its store)."""
+        with self.keys_of(condition):
             choice, fit_seconds = condition.choose(self)
             self.ranker.num_demos = condition.num_demos  # an optimizer sets its own
             key = {**self.identity, "condition": condition.name, "population": population, "num_demos":
                    condition.num_demos, "choice": [list(choice.specs)] if choice.specs is not None else "nearest",
                    "per_user": choice.per_user, **dict(condition.prompt)}
             return self._score(condition, population, n, choice, key, fit_seconds)
-        finally:
-            for k, v in before.items():
-                setattr(owners[PROMPT_KEYS[k]], k, v)
 
     def _score(self, condition: Condition, population: str, n: Optional[int], choice: DemoChoice, key: dict,
                fit_seconds: float) -> Dict[int, np.ndarray]:
@@ -448,9 +481,24 @@ def run_part(study: Study, part: str, users: Optional[int], index: int = 0, coun
             study.run(condition, population, n)
 
 
+def fit_part(study: Study, part: str, only: Optional[str] = None) -> None:
+    """Fit a part's optimizer conditions (``only``: a regular expression their names must match) and score
+    nothing: under ``accelerate launch`` every process takes a share of each fit's stage 1 (the pool), so a long
+    fit uses all the cores; ``run`` then resumes from the finished state."""
+    for condition, _ in part_tasks(part, None, study.effect_users):
+        if condition.fits and (not only or re.fullmatch(only, condition.name)):
+            with study.keys_of(condition):
+                choice, seconds = condition.choose(study)
+            if dist.is_main():
+                print(f"{study.model_name} {study.dataset} {condition.name}: {choice.specs} ({seconds:.0f} process s)",
+                      flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument("command", choices=("run", "fit", "report"),
+                        help="run: score a part (one process); fit: only its optimizer fits, on every process "
+                             "accelerate launches; report: docs/RESULTS.md")
     parser.add_argument("--part", choices=sorted(PARTS), default="effect")
     parser.add_argument("--model", choices=sorted(MODELS), default="smollm2")
     parser.add_argument("--dataset", default="ml-100k")
@@ -460,6 +508,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="methods, zero-shot, confirm: score the first N of them (0: all sampled)")
     parser.add_argument("--shard", default="0/1", help="i/n: this process runs every n-th condition from i")
     parser.add_argument("--only", default=None, help="run only the part's conditions whose names fully match this regex")
+    parser.add_argument("--llm_path", default=None, help="another file of the model (its sha256 keys the stores)")
+    parser.add_argument("--data_path", default=DATA_PATH, help="the folder of the datasets (one folder of atomic files each)")
+    parser.add_argument("--out", default=OUT, help="where the stores go")
+    parser.add_argument("--effect_users", type=int, default=EFFECT_TEST_USERS,
+                        help="the effect part's test users (the probes never include them)")
+    parser.add_argument("--probes", type=int, default=PROBES, help="probe users of the Effect_D populations")
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     if args.command == "report":
@@ -467,7 +521,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print(write_report(OUT, os.path.join(ROOT, "docs")))
         return 0
-    study = Study(args.model, args.dataset, args.test_users or None)
+    def study() -> Study:
+        return Study(args.model, args.dataset, args.test_users or None, llm_path=args.llm_path,
+                     data_path=args.data_path, out=args.out, effect_users=args.effect_users, probes=args.probes)
+    if args.command == "fit":
+        dist.init()
+        try:
+            fit_part(study(), args.part, args.only)
+        finally:
+            dist.shutdown()
+        return 0
+    study = study()
     n = args.users or None
     index, count = (int(x) for x in args.shard.split("/"))
     run_part(study, args.part, n, index, count, args.only)

@@ -512,7 +512,10 @@ def write_report(out: str, docs: str) -> str:
               "`benchmarks/study_profile.yaml`; lrgd-compact-*: `benchmarks/study_profile_compact.yaml`. "
               "Differences: a two-level bootstrap (users paired, and each "
               "method's draws or seeds resampled, 2,000 resamples), so the set-to-set spread of random "
-              "demonstrations counts; a method with one set has no spread of its own.", ""]
+              "demonstrations counts; a method with one set has no spread of its own. fit s: the optimizer's "
+              "seconds on one core each (a stage-1 round on W processes counts W times its wall time); stage 1 is "
+              "clocked round by round, so a resumed fit counts every run, except the rounds run before that clock "
+              "existed (smollm2 ml-100k lrgd-study: its first 19 of 64 pool demonstrations, about 3 min each).", ""]
     method_tables = {}
     for (model, dataset), stores in sorted(all_stores.items()):
         identity = identities[(model, dataset)]

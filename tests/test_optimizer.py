@@ -110,6 +110,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_set(tiny_data, stub, 
         _fit(tiny_data, demo_state_file=path)
     saved = json.load(open(path))
     assert "chosen" not in saved and 0 < len(saved["pool_scores"])  # stopped part-way, with work saved
+    assert saved["seconds"]["stage1"] > 0  # and with the time it took: a resumed fit's time counts every run
     stub["scorer"] = QualityStub(tiny_llm[1])
     resumed = _fit(tiny_data, demo_state_file=path)
     assert _chosen(resumed) == _chosen(full)

@@ -321,3 +321,59 @@ def test_the_compact_part_fits_with_the_compact_profile(tiny_study, monkeypatch)
     assert settings == [dataclasses.replace(yaml_fit, seed=study.SEED, **compact)]
     with pytest.raises(ValueError, match="unknown optimizer profile 'big'"):
         study.optimized(2, study.SEED, "big")
+
+
+def test_a_fit_launched_on_two_processes_equals_one_process_fit(tiny_study, tiny_data, tiny_llm_dir, tmp_path):
+    """``study.py fit`` under ``accelerate launch`` shares stage 1 (the pool) between 2 processes: the state holds
+    the one-process fit's pool scores and set, and stage 1's process seconds are twice its wall seconds."""
+    import socket
+    import subprocess
+
+    name = f"lrgd-default-s2-seed{study.SEED}"
+    study.fit_part(tiny_study, "effect", only=name)
+    state_file = f"lrgd-default-seed{study.SEED}.state.json"
+    one = json.load(open(os.path.join(tiny_study.folder, state_file)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "two")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), study.__file__, "fit", "--part=effect", f"--only={name}", "--dataset=tiny", "--test_users=0",
+           f"--llm_path={tiny_llm_dir}", f"--data_path={tiny_data}", f"--out={out}", "--effect_users=10",
+           "--probes=8"]
+    proc = subprocess.run(cmd, cwd=tiny_data, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    two = json.load(open(os.path.join(out, "smollm2", "tiny", state_file)))
+    assert len(one["pool_scores"]) == len(two["pool_scores"]) > 2  # more than one round of 2
+    for user, evaluation in one["pool_scores"].items():
+        assert two["pool_scores"][user]["objective"] == pytest.approx(evaluation["objective"], abs=1e-9)
+    assert two["chosen"] == one["chosen"] and two["stage1"]["set"] == one["stage1"]["set"]
+    assert one["seconds"]["stage1_process"] == pytest.approx(one["seconds"]["stage1"])
+    assert two["seconds"]["stage1_process"] == pytest.approx(2 * two["seconds"]["stage1"])
+    assert f"{name}: " in proc.stdout and proc.stdout.count(f"{name}: ") == 1  # the main process reports it
+
+
+def test_a_finished_fit_is_read_without_waiting_and_left_as_it_is(tiny_study):
+    """Stage 1 finished, a stage-1 condition scores while another process holds the lock (fitting stage 2, say),
+    and writes nothing to the state; an unfinished stage 2 still waits for the lock."""
+    import fcntl
+    import threading
+
+    tiny_study.run(study.optimized(1, study.SEED), "test", 4)
+    path = os.path.join(tiny_study.folder, f"lrgd-default-seed{study.SEED}.state.json")
+    with open(path + ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        before = os.stat(path).st_mtime_ns
+        scored = threading.Thread(target=tiny_study.run, args=(study.optimized(1, study.SEED), "test", 6))
+        scored.start()
+        scored.join(timeout=120)
+        assert not scored.is_alive() and os.stat(path).st_mtime_ns == before
+        assert len(report.load_folder(tiny_study.folder)[(f"lrgd-default-s1-seed{study.SEED}", "test")][0]) == 6
+        stage2 = threading.Thread(target=study.optimized(2, study.SEED).choose, args=(tiny_study,))
+        stage2.start()
+        stage2.join(timeout=3)
+        assert stage2.is_alive()  # waiting for the lock
+    stage2.join(timeout=120)
+    assert not stage2.is_alive() and study.fit_finished(path, json.load(open(path))["identity"], 2)
