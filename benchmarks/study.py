@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/study.py run --part=effect --model=smollm2 --dataset=ml-100k
     OMP_NUM_THREADS=1 python benchmarks/study.py run --part=methods --model=smollm2 --dataset=amazon-beauty
     python benchmarks/study.py report          # docs/RESULTS.md from whatever is stored
-    # a long optimizer fit on every core (stage 1 sharded over the processes; ``run`` resumes from it):
+    # a long optimizer fit's stage 1 on every core (its pool shared by the processes); ``run`` resumes from it:
     OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
         --mixed_precision no --dynamo_backend no benchmarks/study.py fit --part=methods --test_users=0
 
@@ -123,7 +123,7 @@ class Condition:
     choose: Callable[["Study"], Tuple[DemoChoice, float]]
     num_demos: int = 2  # demonstrations a per-user choice retrieves
     prompt: Tuple[Tuple[str, Any], ...] = ()  # prompt keys set otherwise than the YAML (demo_format, title_score)
-    fits: bool = False  # an optimizer's set: ``study.py fit`` fits it on all launched processes
+    stage1: Optional[Callable[["Study"], Tuple[DemoChoice, float]]] = None  # an optimizer's: its fit's stage 1 alone
 
     def named(self, prefix: str, **keys: Any) -> "Condition":
         """The same demonstrations under other prompt keys (named ``prefix-<name>``)."""
@@ -176,7 +176,10 @@ def optimized(stages: int, seed: int, profile: str = "default", **overrides) -> 
 
     def choose(st: "Study") -> Tuple[DemoChoice, float]:  # stage 1 and 1+2 share one fit: its state has no stage
         return st.fit(f"lrgd-{profile}{extra}-seed{seed}", stages, seed, profile, overrides)
-    return Condition(name, choose, fits=True)
+
+    def stage1(st: "Study") -> Tuple[DemoChoice, float]:
+        return st.fit(f"lrgd-{profile}{extra}-seed{seed}", 1, seed, profile, overrides)
+    return Condition(name, choose, stage1=stage1)
 
 
 def effect_sets() -> List[Condition]:
@@ -245,15 +248,23 @@ def ablation_conditions(seeds: int = 2) -> List[Condition]:
             [optimized(2, SEED + d, **off) for off in ABLATIONS] + [optimized(1, SEED + d)]]
 
 
-def fit_finished(path: str, identity: str, stages: int) -> bool:
-    """Whether the optimizer state at ``path`` is of the fit ``identity`` and has finished ``stages`` (states are
-    replaced whole: a read is safe)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return state.get("identity") == identity and bool(state.get("stage1")) and (stages < 2 or bool((state.get("stage2") or {}).get("done")))
+def hold_lock(lock, poll_s: float = 2.0) -> None:
+    """Take ``lock`` (an open file) for the main process while every launched process waits in short collective
+    polls: a long wait (another process fitting) outlasts no collective's timeout. One process: a plain wait."""
+    if not dist.launched():
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return
+    while True:
+        got = False
+        if dist.is_main():
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                got = True
+            except BlockingIOError:
+                pass
+        if dist.broadcast_object(got):
+            return
+        time.sleep(poll_s)
 
 
 # -- the study of one model on one dataset -----------------------------------------------------
@@ -341,21 +352,20 @@ class Study:
         keys.update(overrides)
         settings = dataclasses.replace(OptimizerSettings.from_config(keys), seed=seed)
         self.ranker.num_demos = settings.num_demos
-        path = os.path.join(self.folder, f"{name}.state.json")
-        # processes sharing a fit: one fits, the rest wait and resume; a finished fit is read without the lock (while
-        # another process fits its stage 2, say) by a process that then writes nothing
         optimizer = DemoOptimizer(self.ranker, settings, context={"study": self.identity}, show_progress=dist.is_main(),
                                   map_fn=dist.map_sharded, is_main=dist.is_main(), round_size=dist.world()[1])
-        optimizer.state_path = path
-        finished = fit_finished(path, optimizer.identity, stages)
-        optimizer.is_main = optimizer.is_main and not finished
+        optimizer.state_path = os.path.join(self.folder, f"{name}.state.json")
         start = time.time()
-        with open(path + ".lock", "w") as lock:
-            if dist.is_main() and not finished:  # a launched fit's ranks fit together, once the main rank holds it
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            dist.barrier()
-            state = optimizer.run(self.train_dataset.item_num, stages)
-        timing = state.get("seconds", {})  # process seconds: a stage-1 round on W processes costs W x its wall time
+        # processes sharing a fit: one fits, the rest wait, then resume; a finished fit is read without the lock
+        # (while another process fits its stage 2, say). The main process decides, so launched ranks agree.
+        state = optimizer.finished(self.train_dataset.item_num, stages)
+        if not dist.broadcast_object(state is not None):
+            with open(optimizer.state_path + ".lock", "w") as lock:
+                hold_lock(lock)
+                state = optimizer.run(self.train_dataset.item_num, stages)
+        elif state is None:  # finished just after the main process looked
+            state = optimizer.finished(self.train_dataset.item_num, stages)
+        timing = state.get("seconds", {})  # what one process would have spent (older states: wall seconds)
         seconds = sum(timing.get(f"{k}_process", timing.get(k, 0.0)) for k in ("stage1", "stage2")[:stages]) or \
             time.time() - start
         return DemoChoice.chosen(state["chosen"], per_user=settings.scope == "per_user"), float(seconds)
@@ -482,23 +492,23 @@ def run_part(study: Study, part: str, users: Optional[int], index: int = 0, coun
 
 
 def fit_part(study: Study, part: str, only: Optional[str] = None) -> None:
-    """Fit a part's optimizer conditions (``only``: a regular expression their names must match) and score
-    nothing: under ``accelerate launch`` every process takes a share of each fit's stage 1 (the pool), so a long
-    fit uses all the cores; ``run`` then resumes from the finished state."""
+    """Stage 1 of a part's optimizer fits (``only``: a regular expression their conditions' names must match), and
+    no scoring. Under ``accelerate launch`` the processes share each fit's pool, so a long stage 1 uses every core;
+    stage 2 is not shared (each process would repeat it): ``run`` does it, and the scoring, from the saved state."""
     for condition, _ in part_tasks(part, None, study.effect_users):
-        if condition.fits and (not only or re.fullmatch(only, condition.name)):
+        if condition.stage1 is not None and (not only or re.fullmatch(only, condition.name)):
             with study.keys_of(condition):
-                choice, seconds = condition.choose(study)
+                choice, seconds = condition.stage1(study)
             if dist.is_main():
-                print(f"{study.model_name} {study.dataset} {condition.name}: {choice.specs} ({seconds:.0f} process s)",
-                      flush=True)
+                print(f"{study.model_name} {study.dataset} {condition.name}: stage 1 {choice.specs} "
+                      f"({seconds:.0f} s on one process)", flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("run", "fit", "report"),
-                        help="run: score a part (one process); fit: only its optimizer fits, on every process "
-                             "accelerate launches; report: docs/RESULTS.md")
+                        help="run: score a part (one process); fit: stage 1 of its optimizer fits, shared by the "
+                             "processes accelerate launches; report: docs/RESULTS.md")
     parser.add_argument("--part", choices=sorted(PARTS), default="effect")
     parser.add_argument("--model", choices=sorted(MODELS), default="smollm2")
     parser.add_argument("--dataset", default="ml-100k")
@@ -521,17 +531,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print(write_report(OUT, os.path.join(ROOT, "docs")))
         return 0
-    def study() -> Study:
+    def load() -> Study:
         return Study(args.model, args.dataset, args.test_users or None, llm_path=args.llm_path,
                      data_path=args.data_path, out=args.out, effect_users=args.effect_users, probes=args.probes)
     if args.command == "fit":
         dist.init()
         try:
-            fit_part(study(), args.part, args.only)
+            fit_part(load(), args.part, args.only)
         finally:
             dist.shutdown()
         return 0
-    study = study()
+    study = load()
     n = args.users or None
     index, count = (int(x) for x in args.shard.split("/"))
     run_part(study, args.part, n, index, count, args.only)

@@ -110,10 +110,11 @@ def test_resume_after_interruption_gives_the_uninterrupted_set(tiny_data, stub, 
         _fit(tiny_data, demo_state_file=path)
     saved = json.load(open(path))
     assert "chosen" not in saved and 0 < len(saved["pool_scores"])  # stopped part-way, with work saved
-    assert saved["seconds"]["stage1"] > 0  # and with the time it took: a resumed fit's time counts every run
+    assert saved["stage1"] is None and saved["seconds"]["stage1"] > 0  # stage 1 part-way, with the time it took
     stub["scorer"] = QualityStub(tiny_llm[1])
     resumed = _fit(tiny_data, demo_state_file=path)
     assert _chosen(resumed) == _chosen(full)
+    assert json.load(open(path))["seconds"]["stage1"] > saved["seconds"]["stage1"]  # both runs' time counts
     assert stub["scorer"].calls < full_calls  # the saved pool scores were not recomputed
     stub["scorer"] = QualityStub(tiny_llm[1])
     again = _fit(tiny_data, demo_state_file=path)  # a finished state: reused, fit scores nothing

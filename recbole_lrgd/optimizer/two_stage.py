@@ -217,15 +217,30 @@ class DemoOptimizer:
                 self.logger.info(f"demonstration optimizer: warm start from the saved set {start} (new data)")
         return state
 
+    def finished(self, item_num: int, stages: int) -> Optional[Dict[str, Any]]:
+        """The saved state when it is this fit's (same identity and data) and has finished ``stages``; else None.
+        Reading it needs no lock (states are replaced whole) and changes nothing."""
+        self.setup(item_num)
+        saved = load_state(self.state_path, set_aside=False)
+        if not saved or saved.get("identity") != self.identity or saved.get("data") != self.data_id:
+            return None
+        done = bool(saved.get("stage1")) and (stages < 2 or bool((saved.get("stage2") or {}).get("done")))
+        if not done:
+            return None
+        saved["chosen"] = saved["stage2"]["current"] if stages >= 2 else saved["stage1"]["set"]
+        return saved
+
     def _remember(self, state: Dict[str, Any]) -> None:
         """Seed the memo with the evaluations a saved state holds, so a resumed fit rescores nothing."""
-        fields = set(Evaluation.__dataclass_fields__)
         entries = [({"set": [[int(u), 0]], **v}) for u, v in state["pool_scores"].items()]
-        entries += list(state["history"]) + ([state["stage1"]] if state["stage1"] else [])
-        for entry in entries:
-            values = {k: v for k, v in entry.items() if k in fields}
-            values["effects"] = tuple(values.get("effects", ()))
-            self._memo[set_key([tuple(x) for x in entry["set"]])] = Evaluation(**values)
+        for entry in entries + list(state["history"]) + ([state["stage1"]] if state["stage1"] else []):
+            self._memorize(entry["set"], entry)
+
+    def _memorize(self, specs: Sequence[Sequence[int]], values: Dict[str, Any]) -> None:
+        """Keep an evaluation given as a dict (a state's entry, or another process's result)."""
+        kept = {k: v for k, v in values.items() if k in Evaluation.__dataclass_fields__}
+        kept["effects"] = tuple(kept.get("effects", ()))
+        self._memo[set_key([tuple(x) for x in specs])] = Evaluation(**kept)
 
     # -- the two stages --------------------------------------------------------------------------
     def run(self, item_num: int, stages: int) -> Dict[str, Any]:
@@ -249,12 +264,13 @@ class DemoOptimizer:
         self._save(state)
         return state
 
-    def _clock(self, state: Dict[str, Any], stage: str, since: float) -> None:
-        """Add the seconds since ``since`` to ``state["seconds"][stage]`` (wall) and to ``<stage>_process``
-        (wall x processes: what the stage cost). Clocked step by step, so an interrupted fit keeps its time."""
+    def _clock(self, state: Dict[str, Any], stage: str, since: float, processes: int = 1) -> None:
+        """Add the seconds since ``since`` to ``state["seconds"][stage]`` (wall) and to ``<stage>_process``: what
+        one process would have spent (wall x the processes that shared the work; work every process repeats
+        counts once). Clocked step by step and saved with the step, so a resumed fit's time counts every run."""
         timing, wall = state.setdefault("seconds", {}), time.time() - since
         timing[stage] = timing.get(stage, 0.0) + wall
-        timing[f"{stage}_process"] = timing.get(f"{stage}_process", 0.0) + wall * self.round_size
+        timing[f"{stage}_process"] = timing.get(f"{stage}_process", 0.0) + wall * processes
 
     def _record(self, state: Dict[str, Any], event: str, specs: Sequence[Spec]) -> None:
         state["history"].append({"event": event, "set": [list(s) for s in specs], **self.evaluate(specs).to_dict()})
@@ -269,7 +285,9 @@ class DemoOptimizer:
             begun, part = time.time(), todo[start: start + chunk]
             for user, evaluation in zip(part, self.map_fn(lambda u: self.evaluate([(u, 0)]).to_dict(), part)):
                 state["pool_scores"][str(user)] = evaluation
-            self._clock(state, "stage1", begun)
+                self._memorize([(user, 0)], evaluation)  # scored by another process, maybe
+            self._clock(state, "stage1", begun, processes=len(part))
+            state["seconds"]["stage1_demos"] = state["seconds"].get("stage1_demos", 0) + len(part)
             self._save(state)
             bar.update(len(part))
         bar.close()
