@@ -398,6 +398,21 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+def unclocked_note(out: str) -> str:
+    """Which fits' stage-1 seconds leave pool demonstrations out: those scored before stage 1 was clocked round by
+    round (``seconds.stage1_demos`` counts the clocked ones; a state without it clocked all)."""
+    notes = []
+    for path in sorted(glob.glob(os.path.join(out, "*", "*", "*.state.json"))):
+        state = json.load(open(path))
+        clocked, pool = state.get("seconds", {}).get("stage1_demos"), len(state.get("pool_scores", {}))
+        if clocked is not None and clocked < pool:
+            model, dataset, name = path.split(os.sep)[-3:]
+            notes.append(f"{model} {dataset} {name[:-len('.state.json')]}: {clocked} of {pool} clocked")
+    return (" Fits whose stage-1 seconds cover only some of their pool demonstrations (the others were scored "
+            "before that clock existed): " +
+            "; ".join(notes) + ".") if notes else ""
+
+
 def write_report(out: str, docs: str) -> str:
     """Write ``docs/RESULTS.md`` (and its PNGs under ``docs/results/``) from the stores; returns the page."""
     os.makedirs(os.path.join(docs, "results"), exist_ok=True)
@@ -512,10 +527,9 @@ def write_report(out: str, docs: str) -> str:
               "`benchmarks/study_profile.yaml`; lrgd-compact-*: `benchmarks/study_profile_compact.yaml`. "
               "Differences: a two-level bootstrap (users paired, and each "
               "method's draws or seeds resampled, 2,000 resamples), so the set-to-set spread of random "
-              "demonstrations counts; a method with one set has no spread of its own. fit s: the optimizer's "
-              "seconds on one core each (a stage-1 round on W processes counts W times its wall time); stage 1 is "
-              "clocked round by round, so a resumed fit counts every run, except the rounds run before that clock "
-              "existed (smollm2 ml-100k lrgd-study: its first 19 of 64 pool demonstrations, about 3 min each).", ""]
+              "demonstrations counts; a method with one set has no spread of its own. fit s: what the optimizer "
+              "would have taken on one process (a stage-1 round that W processes share counts W times its wall "
+              "time), summed over the runs of a resumed fit." + unclocked_note(out), ""]
     method_tables = {}
     for (model, dataset), stores in sorted(all_stores.items()):
         identity = identities[(model, dataset)]

@@ -394,3 +394,16 @@ def test_a_finished_fit_is_read_without_waiting_and_left_as_it_is(tiny_study):
         assert stage2.is_alive() and os.stat(path).st_mtime_ns == before  # waiting for the lock, nothing written
     stage2.join(timeout=120)
     assert not stage2.is_alive() and json.load(open(path))["stage2"]["done"]
+
+
+def test_the_report_names_fits_whose_stage_1_clock_leaves_out_pool_demonstrations(tmp_path):
+    folder = tmp_path / "smollm2" / "tiny"
+    folder.mkdir(parents=True)
+    pool = {str(u): {} for u in range(5)}
+    for name, seconds in (("lrgd-a-seed1", {"stage1": 9.0, "stage1_demos": 3}), ("lrgd-b-seed1", {"stage1": 9.0}),
+                          ("lrgd-c-seed1", {"stage1": 9.0, "stage1_demos": 5})):
+        (folder / f"{name}.state.json").write_text(json.dumps({"pool_scores": pool, "seconds": seconds}))
+    assert report.unclocked_note(str(tmp_path)) == (" Fits whose stage-1 seconds cover only some of their pool "
+                                                    "demonstrations (the others were scored before that clock "
+                                                    "existed): smollm2 tiny lrgd-a-seed1: 3 of 5 clocked.")
+    assert report.unclocked_note(str(tmp_path / "nothing")) == ""
