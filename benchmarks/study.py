@@ -30,7 +30,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -248,7 +248,7 @@ def ablation_conditions(seeds: int = 2) -> List[Condition]:
             [optimized(2, SEED + d, **off) for off in ABLATIONS] + [optimized(1, SEED + d)]]
 
 
-def hold_lock(lock, poll_s: float = 2.0) -> None:
+def hold_lock(lock: IO[str], poll_s: float = 2.0) -> None:
     """Take ``lock`` (an open file) for the main process while every launched process waits in short collective
     polls: a long wait (another process fitting) outlasts no collective's timeout. One process: a plain wait."""
     if not dist.launched():
