@@ -184,7 +184,10 @@ def method_table(stores, conditions, min_users: int = 500, users: Optional[Seque
     shared = sorted(set.intersection(*(set(tests[c]) for c in tests)))
     sets = {m: np.array([[ndcg10({u: tests[c][u]})[u] for u in shared] for c in cs]) for m, cs in methods.items()}
     fits = {m: [stores[(c, "test")][1]["fit_seconds"] for c in cs] for m, cs in methods.items()}
-    return {"users": len(shared), "sets": sets, "draws": {m: len(cs) for m, cs in methods.items()},
+    zero = {u: tests["zero-shot"][u] for u in shared}
+    effect = {m: float(np.mean([np.mean(list(effects({u: tests[c][u] for u in shared}, zero).values())) for c in cs]))
+              for m, cs in methods.items()}
+    return {"users": len(shared), "sets": sets, "draws": {m: len(cs) for m, cs in methods.items()}, "effect": effect,
             "per_user": {m: dict(zip(shared, a.mean(0).tolist())) for m, a in sets.items()},
             "fit_seconds": {m: float(np.mean(v)) for m, v in fits.items()},
             "draw_means": {m: a.mean(1).tolist() for m, a in sets.items()}}
@@ -527,9 +530,10 @@ def write_report(out: str, docs: str) -> str:
               "`benchmarks/study_profile.yaml`; lrgd-compact-*: `benchmarks/study_profile_compact.yaml`. "
               "Differences: a two-level bootstrap (users paired, and each "
               "method's draws or seeds resampled, 2,000 resamples), so the set-to-set spread of random "
-              "demonstrations counts; a method with one set has no spread of its own. fit s: what the optimizer "
-              "would have taken on one process (a stage-1 round that W processes share counts W times its wall "
-              "time), summed over the runs of a resumed fit." + unclocked_note(out), ""]
+              "demonstrations counts; a method with one set has no spread of its own. Effect_D, test users: the "
+              "mean of l_0 - l_D on these test users (in-sample: what the probes estimate), averaged over the "
+              "sets. fit s: what the optimizer would have taken on one process (a stage-1 round that W processes "
+              "share counts W times its wall time), summed over the runs of a resumed fit." + unclocked_note(out), ""]
     method_tables = {}
     for (model, dataset), stores in sorted(all_stores.items()):
         identity = identities[(model, dataset)]
@@ -550,7 +554,7 @@ def write_report(out: str, docs: str) -> str:
             method_tables[f"{model} {dataset}, {title}"] = t
             lines += [f"### {model}, {dataset}: {title} ({t['users']} test users)", "",
                       "| method | sets | NDCG@10 [95% CI] | spread of sets | − zero-shot [95% CI] | − random [95% CI] "
-                      "| fit s |", "|---|---|---|---|---|---|---|"]
+                      "| Effect_D, test users | fit s |", "|---|---|---|---|---|---|---|---|"]
             rand = next((r for r in t["sets"] if r.startswith("random2")), None)
             for m in sorted(t["sets"], key=lambda m: (m != "zero-shot", m)):
                 spread = t["draw_means"][m]
@@ -558,7 +562,7 @@ def write_report(out: str, docs: str) -> str:
                 dr = fmt_ci(*two_level_diff(t["sets"][m], t["sets"][rand]), sign=True) if rand and m != rand else ""
                 lines.append(f"| {m} | {t['draws'][m]} | {fmt_ci(*mean_ci(list(t['per_user'][m].values())))} | "
                              f"{(f'{min(spread):.4f}–{max(spread):.4f}' if len(spread) > 1 else '')} | {d0} | {dr} | "
-                             f"{t['fit_seconds'][m]:.0f} |")
+                             f"{t['effect'][m]:+.4f} | {t['fit_seconds'][m]:.0f} |")
             lines.append("")
     for (model, dataset), stores in sorted(all_stores.items()):
         rows = ablation_rows(stores, [c.name for c, _ in part_tasks("ablation", None)], effect_users[(model, dataset)])

@@ -119,6 +119,9 @@ def test_report_tables_from_stores(tiny_study, tmp_path):
     assert few["test"] == 4 and report.effect_table(stores, min_probes=8, min_test=5,
                                                     users=[r[0] for r in tiny_study.tests[:4]]) is None
     assert methods["users"] == 10 and methods["draws"]["random2"] == 5 and methods["draws"]["nearest2"] == 1
+    assert methods["effect"]["zero-shot"] == 0.0
+    assert methods["effect"]["random2"] == pytest.approx(np.mean([np.mean(list(report.effects(
+        stores[(f"random2-d{d}", "test")][0], stores[("zero-shot", "test")][0]).values())) for d in range(5)]))
     page = report.write_report(str(tmp_path / "study"), str(tmp_path / "docs"))
     assert "| smollm2 | tiny | 10 |" in page  # zero-shot row
     identity = json.load(open(os.path.join(tiny_study.folder, "identity.json")))
