@@ -268,6 +268,12 @@ def hold_lock(lock: IO[str], poll_s: float = 2.0) -> None:
 
 
 # -- the study of one model on one dataset -----------------------------------------------------
+def store_folder(out: str, model: str, dataset: str, use_gpu: bool = False) -> str:
+    """Where a model's stores on a dataset live: ``<out>/<model>[-cuda]/<dataset>`` (the report reads a GPU
+    model's stores as a model of their own)."""
+    return os.path.join(out, f"{model}-cuda" if use_gpu else model, dataset)
+
+
 Row = Tuple[int, np.ndarray, np.ndarray]  # (user, history, candidates with the target first)
 
 
@@ -292,7 +298,8 @@ class Study:
 
     def __init__(self, model: str, dataset: str, test_users: Optional[int], *, llm_path: Optional[str] = None,
                  data_path: str = DATA_PATH, out: str = OUT, effect_users: int = EFFECT_TEST_USERS,
-                 probes: int = PROBES):
+                 probes: int = PROBES, use_gpu: bool = False):
+        import torch
         from recbole.data import create_dataset
         from recbole.utils import init_seed
 
@@ -301,10 +308,12 @@ class Study:
         from recbole_lrgd.optimizer.state import SCORE_KEYS
         from recbole_lrgd.quick_start import build_config, prepare_data
 
+        if use_gpu and not torch.cuda.is_available():
+            raise SystemExit("study.py: --use_gpu, but torch sees no CUDA device here")
         self.model_name, self.dataset, self.effect_users = model, dataset, effect_users
         llm_path = llm_path or MODELS[model]()
         cfg = {"llm_path": llm_path, "eval_users": test_users, "score_cache": False, "show_progress": False,
-               "state": "WARNING", "use_gpu": False, "seed": SEED, **PINNED}
+               "state": "WARNING", "use_gpu": use_gpu, "seed": SEED, **PINNED}
         if os.path.isdir(os.path.join(data_path, dataset)):
             cfg["data_path"] = data_path
         config = self.config = build_config("LRGD", dataset, config_dict=cfg)
@@ -328,13 +337,16 @@ class Study:
             self.identity["eval_users"] = test_users
         if (effect_users, probes) != (EFFECT_TEST_USERS, PROBES):  # they decide who the probes are
             self.identity["effect_users"], self.identity["probes"] = effect_users, probes
-        self.folder = os.path.join(out, model, dataset)
+        if use_gpu:  # GPU scores differ from CPU ones in the last bits: never mixed in one store or one table
+            self.identity["device"] = "cuda"
+        self.folder = store_folder(out, model, dataset, use_gpu)
         os.makedirs(self.folder, exist_ok=True)
         if dist.is_main():
             with open(os.path.join(self.folder, "identity.json"), "w") as f:
                 json.dump({**self.identity, "pinned": PINNED, "weights_file": os.path.basename(weights),
                            "test_users_available": len(self.tests), "probes": len(self.probes),
-                           "effect_users": [int(r[0]) for r in self.tests[:effect_users]]}, f, indent=1)
+                           "effect_users": [int(r[0]) for r in self.tests[:effect_users]],
+                           **({"gpu": torch.cuda.get_device_name(0)} if use_gpu else {})}, f, indent=1)
 
     # -- optimizer -------------------------------------------------------------------------------
     def fit(self, name: str, stages: int, seed: int, profile: str, overrides: dict) -> Tuple[DemoChoice, float]:
@@ -524,6 +536,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--effect_users", type=int, default=EFFECT_TEST_USERS,
                         help="the effect part's test users (the probes never include them)")
     parser.add_argument("--probes", type=int, default=PROBES, help="probe users of the Effect_D populations")
+    parser.add_argument("--use_gpu", action="store_true",
+                        help="score on the GPU (stores under <model>-cuda/, apart from the CPU ones)")
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     if args.command == "report":
@@ -533,7 +547,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     def load() -> Study:
         return Study(args.model, args.dataset, args.test_users or None, llm_path=args.llm_path,
-                     data_path=args.data_path, out=args.out, effect_users=args.effect_users, probes=args.probes)
+                     data_path=args.data_path, out=args.out, effect_users=args.effect_users, probes=args.probes,
+                     use_gpu=args.use_gpu)
     if args.command == "fit":
         dist.init()
         try:

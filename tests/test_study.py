@@ -410,3 +410,19 @@ def test_the_report_names_fits_whose_stage_1_clock_leaves_out_pool_demonstration
                                                     "demonstrations (the others were scored before that clock "
                                                     "existed): smollm2 tiny lrgd-a-seed1: 3 of 5 clocked.")
     assert report.unclocked_note(str(tmp_path / "nothing")) == ""
+
+
+def test_gpu_stores_live_apart_and_a_gpu_study_without_one_is_one_clear_error(tiny_data, tiny_llm_dir, tmp_path,
+                                                                               monkeypatch):
+    import torch
+
+    assert study.store_folder("out", "smollm2", "tiny") == os.path.join("out", "smollm2", "tiny")
+    assert study.store_folder("out", "smollm2", "tiny", use_gpu=True) == os.path.join("out", "smollm2-cuda", "tiny")
+    assert report.gpu_note({("smollm2", "tiny"): {}}) == ""
+    assert report.gpu_note({("smollm2-cuda", "tiny"): {"gpu": "NVIDIA H100"}, ("smollm2", "tiny"): {}}) == (
+        " GPU stores (`--use_gpu`, models named `<model>-cuda`): smollm2-cuda on NVIDIA H100.")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit, match="--use_gpu, but torch sees no CUDA device here"):
+        study.Study("smollm2", "tiny", None, llm_path=tiny_llm_dir, data_path=tiny_data, out=str(out), use_gpu=True)
+    assert not out.exists()  # nothing written
