@@ -174,11 +174,13 @@ def optimized(stages: int, seed: int, profile: str = "default", **overrides) -> 
     extra = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
     name = f"lrgd-{profile}-s{stages}{extra}-seed{seed}"  # the seed last: the report pools seeds
 
-    def choose(st: "Study") -> Tuple[DemoChoice, float]:  # stage 1 and 1+2 share one fit: its state has no stage
-        return st.fit(f"lrgd-{profile}{extra}-seed{seed}", stages, seed, profile, overrides)
+    fit_name = f"lrgd-{profile}{extra}-seed{seed}"  # stage 1 and 1+2 share one fit: its state has no stage
+
+    def choose(st: "Study") -> Tuple[DemoChoice, float]:
+        return st.fit(fit_name, stages, seed, profile, overrides)
 
     def stage1(st: "Study") -> Tuple[DemoChoice, float]:
-        return st.fit(f"lrgd-{profile}{extra}-seed{seed}", 1, seed, profile, overrides)
+        return st.fit(fit_name, 1, seed, profile, overrides)
     return Condition(name, choose, stage1=stage1)
 
 
@@ -370,13 +372,13 @@ class Study:
         start = time.time()
         # processes sharing a fit: one fits, the rest wait, then resume; a finished fit is read without the lock
         # (while another process fits its stage 2, say). The main process decides, so launched ranks agree.
-        state = optimizer.finished(self.train_dataset.item_num, stages)
+        state = optimizer.finished(stages)
         if not dist.broadcast_object(state is not None):
             with open(optimizer.state_path + ".lock", "w") as lock:
                 hold_lock(lock)
                 state = optimizer.run(self.train_dataset.item_num, stages)
         elif state is None:  # finished just after the main process looked
-            state = optimizer.finished(self.train_dataset.item_num, stages)
+            state = optimizer.finished(stages)
         timing = state.get("seconds", {})  # what one process would have spent (older states: wall seconds)
         seconds = sum(timing.get(f"{k}_process", timing.get(k, 0.0)) for k in ("stage1", "stage2")[:stages]) or \
             time.time() - start

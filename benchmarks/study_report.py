@@ -184,8 +184,8 @@ def method_table(stores, conditions, min_users: int = 500, users: Optional[Seque
     shared = sorted(set.intersection(*(set(tests[c]) for c in tests)))
     sets = {m: np.array([[ndcg10({u: tests[c][u]})[u] for u in shared] for c in cs]) for m, cs in methods.items()}
     fits = {m: [stores[(c, "test")][1]["fit_seconds"] for c in cs] for m, cs in methods.items()}
-    zero = {u: tests["zero-shot"][u] for u in shared}
-    effect = {m: float(np.mean([np.mean(list(effects({u: tests[c][u] for u in shared}, zero).values())) for c in cs]))
+    zero = only(tests["zero-shot"], shared)
+    effect = {m: float(np.mean([np.mean(list(effects(only(tests[c], shared), zero).values())) for c in cs]))
               for m, cs in methods.items()}
     return {"users": len(shared), "sets": sets, "draws": {m: len(cs) for m, cs in methods.items()}, "effect": effect,
             "per_user": {m: dict(zip(shared, a.mean(0).tolist())) for m, a in sets.items()},

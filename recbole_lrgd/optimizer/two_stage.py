@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from logging import getLogger
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -127,9 +128,13 @@ class DemoOptimizer:
         rest = np.array([u for u in pool.users if int(u) not in probe_users], dtype=np.int64)
         rng = np.random.default_rng([s.seed, 11])
         self.pool_users = sorted(int(u) for u in rng.choice(rest, size=min(s.pool_size, len(rest)), replace=False))
-        self.data_id = data_fingerprint(pool.sequences, self.ranker.titles)
         self.effect = ProbeEffect(self.ranker, self.probes, s.effect_temperature,
                                   extra_items=[pool.demonstration(u)[1] for u in self.pool_users])
+
+    @cached_property
+    def data_id(self) -> str:
+        """The training data the fit sees, part of its state's key (an optimizer serves one ranker's data)."""
+        return data_fingerprint(self.ranker.pool.sequences, self.ranker.titles)
 
     def item_set(self, spec: Spec) -> Tuple[int, ...]:
         """A demonstration's items, history and target (what the redundancy penalty compares)."""
@@ -202,7 +207,7 @@ class DemoOptimizer:
         data, so they only order the swaps; every set is evaluated afresh.
         """
         saved = load_state(self.state_path, set_aside=self.is_main)
-        if saved and saved.get("identity") == self.identity and saved.get("data") == self.data_id:
+        if self._matches(saved):
             self.logger.info(f"demonstration optimizer: resuming from {self.state_path}")
             self._remember(saved)
             return saved
@@ -217,18 +222,25 @@ class DemoOptimizer:
                 self.logger.info(f"demonstration optimizer: warm start from the saved set {start} (new data)")
         return state
 
-    def finished(self, item_num: int, stages: int) -> Optional[Dict[str, Any]]:
-        """The saved state when it is this fit's (same identity and data) and has finished ``stages``; else None.
-        Reading it needs no lock (states are replaced whole) and changes nothing."""
-        self.setup(item_num)
+    def _matches(self, saved: Optional[Dict[str, Any]]) -> bool:
+        """Whether a saved state is this fit's: the same identity and data."""
+        return bool(saved) and saved.get("identity") == self.identity and saved.get("data") == self.data_id
+
+    def finished(self, stages: int) -> Optional[Dict[str, Any]]:
+        """The saved state when it is this fit's and has finished ``stages``; else None. Reading it needs no lock
+        (states are replaced whole) and changes nothing."""
         saved = load_state(self.state_path, set_aside=False)
-        if not saved or saved.get("identity") != self.identity or saved.get("data") != self.data_id:
+        if not self._matches(saved) or not saved.get("stage1"):
             return None
-        done = bool(saved.get("stage1")) and (stages < 2 or bool((saved.get("stage2") or {}).get("done")))
-        if not done:
+        if stages >= 2 and not (saved.get("stage2") or {}).get("done"):
             return None
-        saved["chosen"] = saved["stage2"]["current"] if stages >= 2 else saved["stage1"]["set"]
+        saved["chosen"] = self._chosen(saved, stages)
         return saved
+
+    @staticmethod
+    def _chosen(state: Dict[str, Any], stages: int) -> List[List[int]]:
+        """The set a fit of ``stages`` ends with: stage 2's current set, or stage 1's."""
+        return state["stage2"]["current"] if stages >= 2 else state["stage1"]["set"]
 
     def _remember(self, state: Dict[str, Any]) -> None:
         """Seed the memo with the evaluations a saved state holds, so a resumed fit rescores nothing."""
@@ -257,10 +269,7 @@ class DemoOptimizer:
             self.stage1(state)
         if stages >= 2:
             self.stage2(state)
-            chosen = state["stage2"]["current"]
-        else:
-            chosen = state["stage1"]["set"]
-        state["chosen"] = [list(s) for s in chosen]
+        state["chosen"] = [list(s) for s in self._chosen(state, stages)]
         self._save(state)
         return state
 
