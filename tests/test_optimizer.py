@@ -3,6 +3,7 @@ import json
 import logging
 import os
 import re
+import time
 import types
 
 import numpy as np
@@ -31,11 +32,12 @@ class QualityStub(StubScorer):
     """Scores the first candidate (the probe's target in the optimizer's calls) up by the summed
     quality of the demonstrations shown; counts prompts and can fail after ``fail_after`` calls."""
 
-    def __init__(self, tokenizer, fail_after=None, record=None):
-        self.tokenizer, self.calls, self.fail_after, self.record = tokenizer, 0, fail_after, record
+    def __init__(self, tokenizer, fail_after=None, record=None, delay=0.0):
+        self.tokenizer, self.calls, self.fail_after, self.record, self.delay = tokenizer, 0, fail_after, record, delay
 
     def score(self, prompt):
         self.calls += 1
+        time.sleep(self.delay)
         if self.fail_after is not None and self.calls > self.fail_after:
             raise KeyboardInterrupt("interrupted by the test")
         if self.record is not None:
@@ -105,12 +107,14 @@ def test_resume_after_interruption_gives_the_uninterrupted_set(tiny_data, stub, 
     full = _fit(tiny_data, demo_state_file=str(tmp_path / "full.json"))
     full_calls = stub["scorer"].calls
     path = str(tmp_path / "resume.json")
-    stub["scorer"] = QualityStub(tiny_llm[1], fail_after=full_calls // 2)
+    stub["scorer"] = QualityStub(tiny_llm[1], fail_after=full_calls // 2, delay=0.005)
     with pytest.raises(KeyboardInterrupt):
         _fit(tiny_data, demo_state_file=path)
     saved = json.load(open(path))
     assert "chosen" not in saved and 0 < len(saved["pool_scores"])  # stopped part-way, with work saved
-    assert saved["stage1"] is None and saved["seconds"]["stage1"] > 0  # stage 1 part-way, with the time it took
+    # stage 1 part-way, with the time its saved rounds took: each pool demonstration is 8 probes x 2 prompts
+    assert saved["stage1"] is None and saved["seconds"]["stage1"] >= 0.005 * 16 * len(saved["pool_scores"])
+    assert saved["seconds"]["stage1_demos"] == len(saved["pool_scores"])
     stub["scorer"] = QualityStub(tiny_llm[1])
     resumed = _fit(tiny_data, demo_state_file=path)
     assert _chosen(resumed) == _chosen(full)
