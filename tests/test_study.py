@@ -183,6 +183,29 @@ def test_two_level_diff_known_answers_and_set_spread_widens_it():
     assert hi2 - lo2 > hi1 - lo1 + 0.05
 
 
+def test_claim_c_verdict_holds_fails_or_stays_undecided_with_its_power():
+    rng = np.random.default_rng(0)
+    base = rng.random((1, 400))
+
+    def verdict(gain: np.ndarray) -> str:
+        return report.verdict_c("lrgd", {"sets": {"lrgd": base + gain, "random2": base, "zero-shot": base},
+                                         "draws": {"lrgd": 1}, "users": 400})
+
+    assert verdict(np.full((1, 400), 0.05)).startswith("holds: lrgd (1 fit(s)) beats random2 (+0.0500")
+    tie = verdict(np.zeros((1, 400)))  # an exact tie: every gain of 0.02 or more is excluded, nothing detectable
+    assert tie.startswith("does not hold (a gain over random of 0.02 or more") and tie.endswith("detect 0.000")
+    noisy = verdict(rng.normal(0.0, 0.3, (1, 400)))  # sd 0.3 over 400 users: the CI reaches past 0.02 both ways
+    assert noisy.startswith("undecided: lrgd") and "loses" not in noisy
+    assert report.detectable(-1.96, 1.96) == pytest.approx(2.8)  # 2.8 standard errors
+
+
+def test_claim_b_verdict_needs_a_noise_ceiling_that_could_show_a_correlation():
+    low = {"rho": (-0.13, -0.55, 0.28), "ceiling": 0.37}  # even a perfect predictor shows at most 0.37
+    assert report.verdict_b(low).startswith("undecided")
+    assert report.verdict_b({**low, "ceiling": 0.9}).startswith("does not hold")
+    assert report.verdict_b({"rho": (0.5, 0.1, 0.8), "ceiling": 0.6}).startswith("holds")
+
+
 def test_the_same_condition_name_with_other_demonstrations_is_scored_again(tiny_study, monkeypatch):
     users = tiny_study.pool.users
     first = study.Condition("x", lambda st: (study.DemoChoice.chosen([(users[0], 0)], False), 0.0))
