@@ -16,7 +16,9 @@ the target, 19 negatives from training items: where Effect_D is measured, as the
 Every (model, dataset, condition, population) is stored after each batch as target-first score
 arrays in ``benchmarks/out/study/<model>/<dataset>/<condition>-<population>.npz``, with the JSON
 of what decides its scores (model file sha256, dtype, prompt settings, the demonstrations); a
-store whose key differs is ignored. An interrupted run resumes; the report reads only the stores.
+store whose key differs is ignored. An interrupted run resumes; the report reads only the stores. Users that
+another condition's store holds under the same prompts (a key that differs in the name alone) are copied from
+it, not scored again.
 """
 from __future__ import annotations
 
@@ -435,6 +437,8 @@ class Study:
         todo = [r for r in self.rows(population, n) if r[0] not in done]
         for start in range(0, len(todo), BATCH):
             part = todo[start: start + BATCH]
+            done.update(twin_scores(self.folder, path, key, [u for u, _, _ in part]))
+            part = [r for r in part if r[0] not in done]
             begun = time.time()
             prompts = [self.prompt(population, u, h, c, choice) for u, h, c in part]
             for (user, _, _), scores in zip(part, self.ranker.score(prompts)):
@@ -456,6 +460,24 @@ def load_store(path: str, key: dict) -> Tuple[Dict[int, np.ndarray], float]:
         if json.loads(str(z["key"])) != json.loads(json.dumps(key)):
             return {}, 0.0
         return {int(u): s for u, s in zip(z["users"], z["scores"])}, float(z["seconds"])
+
+
+def twin_scores(folder: str, path: str, key: dict, users: Sequence[int]) -> Dict[int, np.ndarray]:
+    """The scores of ``users`` in the folder's other stores whose key differs from ``key`` in the condition's name
+    alone: the same prompts (stage 1+2 that kept stage 1's set, say) are scored once."""
+    same = {k: v for k, v in json.loads(json.dumps(key)).items() if k != "condition"}
+    found: Dict[int, np.ndarray] = {}
+    wanted = set(users)
+    for other in sorted(os.listdir(folder)):
+        if not wanted - set(found):
+            break
+        if not other.endswith(f"-{key['population']}.npz") or os.path.join(folder, other) == path:
+            continue
+        with np.load(os.path.join(folder, other)) as z:
+            theirs = json.loads(str(z["key"]))
+            if {k: v for k, v in theirs.items() if k != "condition"} == same:
+                found.update({int(u): s for u, s in zip(z["users"], z["scores"]) if int(u) in wanted})
+    return found
 
 
 def save_store(path: str, key: dict, done: Dict[int, np.ndarray], seconds: float, fit_seconds: float) -> None:

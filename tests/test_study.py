@@ -206,6 +206,20 @@ def test_claim_b_verdict_needs_a_noise_ceiling_that_could_show_a_correlation():
     assert report.verdict_b({"rho": (0.5, 0.1, 0.8), "ceiling": 0.6}).startswith("holds")
 
 
+def test_a_condition_with_a_stored_conditions_prompts_copies_its_scores(tiny_study, monkeypatch):
+    first = tiny_study.run(study.random_set(0), "test", 6)
+    scored = []
+    real = tiny_study.ranker.score
+    monkeypatch.setattr(tiny_study.ranker, "score", lambda prompts: scored.extend(prompts) or real(prompts))
+    twin = dataclasses.replace(study.random_set(0), name="twin")  # the same demonstrations under another name
+    copied = tiny_study.run(twin, "test", 6)
+    assert scored == [] and sorted(copied) == sorted(first)
+    assert all(np.array_equal(copied[u], first[u]) for u in first)
+    assert len(tiny_study.run(twin, "test", 8)) == 8 and len(scored) == 2  # users the twin lacks are scored
+    tiny_study.run(study.random_set(1), "test", 6)  # other demonstrations: scored
+    assert len(scored) == 8
+
+
 def test_the_same_condition_name_with_other_demonstrations_is_scored_again(tiny_study, monkeypatch):
     users = tiny_study.pool.users
     first = study.Condition("x", lambda st: (study.DemoChoice.chosen([(users[0], 0)], False), 0.0))
