@@ -18,7 +18,7 @@ arrays in ``benchmarks/out/study/<model>/<dataset>/<condition>-<population>.npz`
 of what decides its scores (model file sha256, dtype, prompt settings, the demonstrations); a
 store whose key differs is ignored. An interrupted run resumes; the report reads only the stores. Users that
 another condition's store holds under the same prompts (a key that differs in the name alone) are copied from
-it, not scored again.
+it, not scored again (a store's seconds count the users it scored itself).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ import os
 import re
 import sys
 import time
+import zipfile
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -119,7 +120,8 @@ def file_sha256(path: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Condition:
     """A named way to give users demonstrations; ``choose(study)`` returns the ``DemoChoice`` (and for
-    optimizer conditions the fit's seconds)."""
+    optimizer conditions the fit's seconds). Whatever changes its prompts must be in its store key (its choice,
+    num_demos, ``prompt``): conditions whose keys differ in the name alone share their scores."""
 
     name: str
     choose: Callable[["Study"], Tuple[DemoChoice, float]]
@@ -439,11 +441,12 @@ class Study:
             part = todo[start: start + BATCH]
             done.update(twin_scores(self.folder, path, key, [u for u, _, _ in part]))
             part = [r for r in part if r[0] not in done]
-            begun = time.time()
-            prompts = [self.prompt(population, u, h, c, choice) for u, h, c in part]
-            for (user, _, _), scores in zip(part, self.ranker.score(prompts)):
-                done[user] = np.asarray(scores, dtype=np.float64)
-            seconds += time.time() - begun
+            if part:
+                begun = time.time()
+                prompts = [self.prompt(population, u, h, c, choice) for u, h, c in part]
+                for (user, _, _), scores in zip(part, self.ranker.score(prompts)):
+                    done[user] = np.asarray(scores, dtype=np.float64)
+                seconds += time.time() - begun
             save_store(path, key, done, seconds, fit_seconds)
             print(f"{self.model_name} {self.dataset} {condition.name} {population}: {len(done)} users, "
                   f"{seconds:.0f}s", flush=True)
@@ -452,20 +455,26 @@ class Study:
         return done
 
 
+def stored_key(key: dict, drop: Sequence[str] = ()) -> dict:
+    """``key`` as a store holds it (through JSON), without the fields ``drop``."""
+    return {k: v for k, v in json.loads(json.dumps(key)).items() if k not in drop}
+
+
 def load_store(path: str, key: dict) -> Tuple[Dict[int, np.ndarray], float]:
     """(user -> target-first scores, scoring seconds) of a store, or nothing when absent or its key differs."""
     if not os.path.isfile(path):
         return {}, 0.0
     with np.load(path) as z:
-        if json.loads(str(z["key"])) != json.loads(json.dumps(key)):
+        if json.loads(str(z["key"])) != stored_key(key):
             return {}, 0.0
         return {int(u): s for u, s in zip(z["users"], z["scores"])}, float(z["seconds"])
 
 
 def twin_scores(folder: str, path: str, key: dict, users: Sequence[int]) -> Dict[int, np.ndarray]:
     """The scores of ``users`` in the folder's other stores whose key differs from ``key`` in the condition's name
-    alone: the same prompts (stage 1+2 that kept stage 1's set, say) are scored once."""
-    same = {k: v for k, v in json.loads(json.dumps(key)).items() if k != "condition"}
+    alone: the same prompts (stage 1+2 that kept stage 1's set, say) are scored once. A store that cannot be read
+    (being replaced, not a store) is passed over."""
+    same = stored_key(key, drop=("condition",))
     found: Dict[int, np.ndarray] = {}
     wanted = set(users)
     for other in sorted(os.listdir(folder)):
@@ -473,10 +482,12 @@ def twin_scores(folder: str, path: str, key: dict, users: Sequence[int]) -> Dict
             break
         if not other.endswith(f"-{key['population']}.npz") or os.path.join(folder, other) == path:
             continue
-        with np.load(os.path.join(folder, other)) as z:
-            theirs = json.loads(str(z["key"]))
-            if {k: v for k, v in theirs.items() if k != "condition"} == same:
-                found.update({int(u): s for u, s in zip(z["users"], z["scores"]) if int(u) in wanted})
+        try:
+            with np.load(os.path.join(folder, other)) as z:
+                if stored_key(json.loads(str(z["key"])), drop=("condition",)) == same:
+                    found.update({int(u): s for u, s in zip(z["users"], z["scores"]) if int(u) in wanted})
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            continue
     return found
 
 

@@ -199,7 +199,7 @@ def two_level_diff(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Tuple[float, 
     on one set carries no set-to-set variance, so its interval is a lower bound on the real spread."""
     rng = np.random.default_rng(seed)
     diffs = []
-    for _ in range(2000):
+    for _ in range(N_BOOT):
         u = rng.integers(0, a.shape[1], size=a.shape[1])
         diffs.append(a[rng.integers(0, len(a), size=len(a))][:, u].mean()
                      - b[rng.integers(0, len(b), size=len(b))][:, u].mean())
@@ -318,8 +318,9 @@ def verdict_b(t: dict) -> str:
     rho, lo, hi = t["rho"]
     if lo > 0:
         return f"holds: rho {rho:+.2f}, CI above 0"
-    if hi < min(0.3, t["ceiling"] / 2):
-        return f"does not hold: rho {rho:+.2f}, CI excludes rho >= 0.3 (noise ceiling {t['ceiling']:.2f})"
+    bar = min(0.3, t["ceiling"] / 2)
+    if np.isfinite(t["ceiling"]) and hi < bar:
+        return f"does not hold: rho {rho:+.2f}, CI excludes rho >= {bar:.2f} (noise ceiling {t['ceiling']:.2f})"
     return f"undecided: rho {rho:+.2f}, CI [{lo:+.2f}, {hi:+.2f}] (noise ceiling {t['ceiling']:.2f})"
 
 
@@ -331,32 +332,40 @@ Z_80 = 1.96 + 0.84  # a two-sided 5% test detects a true difference of Z_80 stan
 
 
 def detectable(lo: float, hi: float) -> float:
-    """The difference a paired comparison with this 95% interval detects with 80% power (2.8 standard errors)."""
+    """The true difference a paired comparison with this 95% interval detects with 80% power (2.8 standard
+    errors, the interval taken as normal)."""
     return Z_80 * (hi - lo) / (2 * 1.96)
 
 
 def verdict_c(method: str, t: dict) -> str:
-    """The optimizer's sets against random and zero-shot, from the two-level CIs (users and sets resampled):
-    holds when it beats both, does not hold when its gain over random is excluded above ``MARGIN_C`` (or it
-    loses), undecided otherwise; with what the comparison could detect."""
-    parts, vs_random, vs_zero = [], None, None
-    for other in [m for m in t["sets"] if m.startswith("random2")] + ["zero-shot"]:
-        d, lo, hi = two_level_diff(t["sets"][method], t["sets"][other])
-        if other == "zero-shot":
-            vs_zero = (d, lo, hi)
-        else:
-            vs_random = (d, lo, hi)
-        word = "beats" if lo > 0 else "loses to" if hi < 0 else "ties with"
-        parts.append(f"{word} {other} ({d:+.4f} [{lo:+.4f}, {hi:+.4f}])")
-    lo_r, hi_r = vs_random[1:] if vs_random else vs_zero[1:]
-    if lo_r > 0 and vs_zero[1] > 0:
-        word = "holds"
-    elif hi_r < MARGIN_C:
-        word = f"does not hold (a gain over {'random' if vs_random else 'zero-shot'} of {MARGIN_C} or more is excluded)"
+    """The optimizer's sets against random and zero-shot, from the two-level CIs (users and sets resampled).
+
+    holds: it beats random and zero-shot; does not hold: it loses to either, or its gain over random is excluded
+    at ``MARGIN_C``; undecided otherwise, and always without finished random sets (the claim is about beating
+    them). One fit carries no seed-to-seed spread, so its verdict is about that fit."""
+    diffs = {other: two_level_diff(t["sets"][method], t["sets"][other])
+             for other in [m for m in t["sets"] if m.startswith("random2")] + ["zero-shot"]}
+    parts = [f"{'beats' if lo > 0 else 'loses to' if hi < 0 else 'ties with'} {other} ({d:+.4f} [{lo:+.4f}, {hi:+.4f}])"
+             for other, (d, lo, hi) in diffs.items()]
+    randoms = [v for k, v in diffs.items() if k != "zero-shot"]
+    fits = t["draws"][method]
+    if not randoms:
+        word = "undecided (no finished random sets)"
     else:
-        word = "undecided"
-    return (f"{word}: {method} ({t['draws'][method]} fit(s)) " + " and ".join(parts) + f" on {t['users']} users; "
-            f"80% power to detect {detectable(lo_r, hi_r):.3f}")
+        _, lo_r, hi_r = randoms[0]
+        if lo_r > 0 and diffs["zero-shot"][1] > 0:
+            word = "holds" + (f" (but a gain over random of {MARGIN_C} or more is excluded)" if hi_r < MARGIN_C else "")
+        elif hi_r < 0 or diffs["zero-shot"][2] < 0:
+            word = "does not hold (it loses)"
+        elif hi_r < MARGIN_C:
+            word = f"does not hold (a gain over random of {MARGIN_C} or more is excluded)"
+        else:
+            word = "undecided"
+        if fits == 1 and not word.startswith("undecided"):
+            word += " for this one fit (its seed-to-seed spread is not measured)"
+    power = (f"; a true gain over random of {detectable(*randoms[0][1:]):.3f} would be detected 80% of the time"
+             if randoms else "")
+    return f"{word}: {method} ({fits} fit(s)) " + " and ".join(parts) + f" on {t['users']} users{power}"
 
 
 def plot_effect(t: dict, title: str, path: str) -> None:
@@ -679,7 +688,12 @@ def write_report(out: str, docs: str) -> str:
         lines.append("")
 
     # verdicts
-    lines += ["## Verdicts", ""]
+    lines += ["## Verdicts", "",
+              f"Claim (b) holds when rho's CI is above 0, and does not hold when it excludes 0.3 and half the noise "
+              f"ceiling. Claim (c) holds when the optimizer's set beats random and zero-shot (CIs above 0), and does not "
+              f"hold when it loses to either or its gain over random is excluded at {MARGIN_C} NDCG@10 (about 6% of "
+              f"zero-shot, less than per-user nearest gains over random on ml-100k). Otherwise undecided. The power "
+              f"given is the true gain over random that the comparison detects 80% of the time.", ""]
     for (model, dataset), t in effect_tables.items():
         lines.append(f"- Claim (b), {model}, {dataset}: {verdict_b(t)}; {len(t['rows'])} sets, {t['probes']} probes, "
                      f"{t['test']} test users.")

@@ -187,22 +187,30 @@ def test_claim_c_verdict_holds_fails_or_stays_undecided_with_its_power():
     rng = np.random.default_rng(0)
     base = rng.random((1, 400))
 
-    def verdict(gain: np.ndarray) -> str:
-        return report.verdict_c("lrgd", {"sets": {"lrgd": base + gain, "random2": base, "zero-shot": base},
-                                         "draws": {"lrgd": 1}, "users": 400})
+    def verdict(gain, zero=-0.05, fits: int = 2, random: bool = True) -> str:
+        sets = {"lrgd": base + gain, "zero-shot": base + zero, **({"random2": base} if random else {})}
+        return report.verdict_c("lrgd", {"sets": sets, "draws": {"lrgd": fits}, "users": 400})
 
-    assert verdict(np.full((1, 400), 0.05)).startswith("holds: lrgd (1 fit(s)) beats random2 (+0.0500")
-    tie = verdict(np.zeros((1, 400)))  # an exact tie: every gain of 0.02 or more is excluded, nothing detectable
-    assert tie.startswith("does not hold (a gain over random of 0.02 or more") and tie.endswith("detect 0.000")
-    noisy = verdict(rng.normal(0.0, 0.3, (1, 400)))  # sd 0.3 over 400 users: the CI reaches past 0.02 both ways
+    assert verdict(0.05).startswith("holds: lrgd (2 fit(s)) beats random2 (+0.0500")
+    assert verdict(0.05, fits=1).startswith("holds for this one fit (its seed-to-seed spread is not measured):")
+    assert verdict(0.01).startswith("holds (but a gain over random of 0.02 or more is excluded):")
+    tie = verdict(0.0)  # random decides the margin: zero-shot (0.05 below) would leave it open
+    assert tie.startswith("does not hold (a gain over random of 0.02 or more is excluded): lrgd (2 fit(s)) ties with")
+    assert tie.endswith("detected 80% of the time") and "random of 0.000 would" in tie  # an exact tie: no spread
+    assert verdict(0.0, zero=0.05).startswith("does not hold (it loses): lrgd (2 fit(s)) ties with random2")
+    noisy = verdict(rng.normal(0.0, 0.3, (1, 400)), zero=0.0)  # sd 0.3 over 400 users: the CI passes 0.02 both ways
     assert noisy.startswith("undecided: lrgd") and "loses" not in noisy
+    alone = verdict(0.05, random=False)
+    assert alone.startswith("undecided (no finished random sets): lrgd (2 fit(s)) beats zero-shot") and "80%" not in alone
     assert report.detectable(-1.96, 1.96) == pytest.approx(2.8)  # 2.8 standard errors
 
 
 def test_claim_b_verdict_needs_a_noise_ceiling_that_could_show_a_correlation():
     low = {"rho": (-0.13, -0.55, 0.28), "ceiling": 0.37}  # even a perfect predictor shows at most 0.37
     assert report.verdict_b(low).startswith("undecided")
-    assert report.verdict_b({**low, "ceiling": 0.9}).startswith("does not hold")
+    assert report.verdict_b({**low, "ceiling": 0.9}).startswith("does not hold: rho -0.13, CI excludes rho >= 0.30")
+    assert report.verdict_b({**low, "ceiling": 0.58}).startswith("does not hold: rho -0.13, CI excludes rho >= 0.29")
+    assert report.verdict_b({**low, "ceiling": float("nan")}).startswith("undecided")  # no ceiling: no bar
     assert report.verdict_b({"rho": (0.5, 0.1, 0.8), "ceiling": 0.6}).startswith("holds")
 
 
@@ -216,8 +224,12 @@ def test_a_condition_with_a_stored_conditions_prompts_copies_its_scores(tiny_stu
     assert scored == [] and sorted(copied) == sorted(first)
     assert all(np.array_equal(copied[u], first[u]) for u in first)
     assert len(tiny_study.run(twin, "test", 8)) == 8 and len(scored) == 2  # users the twin lacks are scored
-    tiny_study.run(study.random_set(1), "test", 6)  # other demonstrations: scored
-    assert len(scored) == 8
+    os.remove(os.path.join(tiny_study.folder, "random2-d0-test.npz"))
+    assert len(tiny_study.run(twin, "test", 8)) == 8 and len(scored) == 2  # the copies are the twin's own now
+    tiny_study.run(study.random_set(1), "test", 6)  # other demonstrations
+    tiny_study.run(twin.named("listed", demo_format="listed"), "test", 6)  # the same ones shown otherwise
+    tiny_study.run(study.random_set(0), "probe", 6)  # another population (twin's test users are no probes' twins)
+    assert len(scored) == 2 + 6 + 6 + len(tiny_study.probes)
 
 
 def test_the_same_condition_name_with_other_demonstrations_is_scored_again(tiny_study, monkeypatch):
