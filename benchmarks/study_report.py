@@ -445,19 +445,44 @@ def gpu_note(identities: Dict[Tuple[str, str], dict]) -> str:
     return f" GPU stores (`--use_gpu`, models named `<model>-cuda`): {'; '.join(cards)}." if cards else ""
 
 
+def fit_states(out: str) -> List[Tuple[str, dict]]:
+    """Each optimizer state under ``out``, named ``<model> <dataset> <fit>``, in path order."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(out, "*", "*", "*.state.json"))):
+        model, dataset, name = path.split(os.sep)[-3:]
+        with open(path, encoding="utf-8") as f:
+            found.append((f"{model} {dataset} {name[:-len('.state.json')]}", json.load(f)))
+    return found
+
+
 def unclocked_note(out: str) -> str:
     """Which fits' stage-1 seconds leave pool demonstrations out: those scored before stage 1 was clocked round by
     round (``seconds.stage1_demos`` counts the clocked ones; a state without it clocked all)."""
     notes = []
-    for path in sorted(glob.glob(os.path.join(out, "*", "*", "*.state.json"))):
-        state = json.load(open(path))
+    for name, state in fit_states(out):
         clocked, pool = state.get("seconds", {}).get("stage1_demos"), len(state.get("pool_scores", {}))
         if clocked is not None and clocked < pool:
-            model, dataset, name = path.split(os.sep)[-3:]
-            notes.append(f"{model} {dataset} {name[:-len('.state.json')]}: {clocked} of {pool} clocked")
+            notes.append(f"{name}: {clocked} of {pool} clocked")
     return (" Fits whose stage-1 seconds cover only some of their pool demonstrations (the others were scored "
             "before that clock existed): " +
             "; ".join(notes) + ".") if notes else ""
+
+
+def fits_in_progress(out: str) -> List[str]:
+    """A line for each optimizer fit not finished: how far its stage 1 (pool demonstrations scored) or its stage 2
+    (moves made) has come, and its seconds so far on one process. A fit that stops after stage 1 is finished there."""
+    lines = []
+    for name, state in fit_states(out):
+        timing = state.get("seconds", {})
+        spent = sum(timing.get(f"{k}_process", timing.get(k, 0.0)) for k in ("stage1", "stage2"))
+        settings = state.get("settings", {})
+        if not state.get("stage1"):
+            lines.append(f"- {name}: stage 1 has scored {len(state.get('pool_scores', {}))} of "
+                         f"{len(state.get('pool_users', []))} pool demonstrations ({spent:,.0f} s on one process)")
+        elif state.get("stage2") and not state["stage2"].get("done"):
+            lines.append(f"- {name}: stage 2 has made {state['stage2']['step']} of at most "
+                         f"{settings.get('stage2_steps', '?')} moves ({spent:,.0f} s on one process)")
+    return lines
 
 
 def write_report(out: str, docs: str) -> str:
@@ -506,6 +531,9 @@ def write_report(out: str, docs: str) -> str:
             parts = list(cov)
             lines += ["| model | dataset | " + " | ".join(parts) + " |", "|---|---|" + "---|" * len(parts)]
         lines.append(f"| {model} | {dataset} | " + " | ".join(f"{cov[p][0]}/{cov[p][1]}" for p in parts) + " |")
+    running = fits_in_progress(out)
+    if running:
+        lines += ["", "Optimizer fits not finished (they resume from their state files):", ""] + running
 
     # zero-shot
     lines += ["", "## Zero-shot NDCG@10 per model and dataset", "", "| model | dataset | test users | NDCG@10 [95% CI] |",
@@ -717,6 +745,9 @@ def write_report(out: str, docs: str) -> str:
               "python benchmarks/study.py run --part=bias --model=smollm2 --dataset=ml-100k --test_users=0",
               "python benchmarks/study.py run --part=scorer --model=smollm2 --dataset=ml-100k --test_users=0",
               "python benchmarks/study.py run --part=ablation --model=smollm2 --dataset=ml-100k --test_users=0",
+              "# a long optimizer fit's stage 1 on both cores first (the processes share its pool); run then resumes",
+              "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
+              "--dynamo_backend no benchmarks/study.py fit --part=methods --model=smollm2 --dataset=amazon-video-games-18",
               "python benchmarks/study.py run --part=methods --model=smollm2 --dataset=ml-100k --test_users=0",
               "python benchmarks/study.py run --part=methods-compact --model=qwen2.5-1.5b --dataset=ml-100k "
               "--test_users=0 --users=500",

@@ -461,6 +461,22 @@ def test_the_report_names_fits_whose_stage_1_clock_leaves_out_pool_demonstration
     assert report.unclocked_note(str(tmp_path / "nothing")) == ""
 
 
+def test_the_report_says_how_far_each_unfinished_fit_has_come(tmp_path):
+    folder = tmp_path / "smollm2" / "tiny"
+    folder.mkdir(parents=True)
+    pool = {"pool_users": [1, 2, 3, 4, 5], "pool_scores": {"1": {}, "2": {}, "3": {}}, "settings": {"stage2_steps": 12}}
+    states = {"lrgd-a-seed1": {**pool, "stage1": None, "seconds": {"stage1": 50.0, "stage1_process": 100.0}},
+              "lrgd-b-seed1": {**pool, "stage1": {"set": [[1, 0]]}, "stage2": {"step": 2, "done": False},
+                               "seconds": {"stage1": 1200.0, "stage2": 30.0}},
+              "lrgd-c-seed1": {**pool, "stage1": {"set": [[1, 0]]}, "stage2": {"step": 5, "done": True}},
+              "lrgd-d-seed1": {**pool, "stage1": {"set": [[1, 0]]}, "stage2": None}}  # a stage-1 fit: finished
+    for name, state in states.items():
+        (folder / f"{name}.state.json").write_text(json.dumps(state))
+    assert report.fits_in_progress(str(tmp_path)) == [
+        "- smollm2 tiny lrgd-a-seed1: stage 1 has scored 3 of 5 pool demonstrations (100 s on one process)",
+        "- smollm2 tiny lrgd-b-seed1: stage 2 has made 2 of at most 12 moves (1,230 s on one process)"]
+
+
 def test_gpu_stores_live_apart_and_a_gpu_study_without_one_is_one_clear_error(tiny_data, tiny_llm_dir, tmp_path,
                                                                                monkeypatch):
     import torch
