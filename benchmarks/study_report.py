@@ -601,7 +601,7 @@ def write_report(out: str, docs: str) -> str:
               "defaults (16 probes, pool 12), each user's mean over its seeds; lrgd-study-*: "
               "`benchmarks/study_profile.yaml`; lrgd-compact-*: `benchmarks/study_profile_compact.yaml`. "
               "Differences: a two-level bootstrap (users paired, and each "
-              "method's draws or seeds resampled, 2,000 resamples), so the set-to-set spread of random "
+              f"method's draws or seeds resampled, {N_BOOT:,} resamples), so the set-to-set spread of random "
               "demonstrations counts; a method with one set has no spread of its own. Effect_D, test users: the "
               "mean of l_0 - l_D on these test users (in-sample: what the probes estimate), averaged over the "
               "sets. fit s: what the optimizer would have taken on one process (a stage-1 round that W processes "
