@@ -205,6 +205,28 @@ def test_claim_c_verdict_holds_fails_or_stays_undecided_with_its_power():
     assert report.detectable(-1.96, 1.96) == pytest.approx(2.8)  # 2.8 standard errors
 
 
+def test_pooled_claim_c_weighs_datasets_alike_and_decides_what_one_dataset_cannot():
+    rng = np.random.default_rng(1)
+    b = rng.random((1, 400))
+    assert report.pooled_diff([(b + 0.1, b), (b + 0.3, b)]) == pytest.approx((0.2, 0.2, 0.2))
+    assert report.pooled_diff([(b + 0.1, b)]) == report.two_level_diff(b + 0.1, b)
+
+    def dataset(gain_noise: np.ndarray) -> dict:
+        sets = {"lrgd": b + gain_noise, "zero-shot": b - 0.05, "random2": b}
+        return {"sets": sets, "draws": {"lrgd": 1}, "users": 400}
+
+    noise = [rng.normal(0.0, 0.25, (1, 400)) for _ in range(2)]
+    tables = [dataset(n - n.mean()) for n in noise]  # a true tie; one dataset's CI reaches past 0.02
+    assert all(report.verdict_c("lrgd", t).startswith("undecided: lrgd (1 fit(s)) ties with random2") for t in tables)
+    pooled = report.pooled_verdict_c("lrgd", tables)
+    assert pooled.startswith("does not hold (a gain over random of 0.02 or more is excluded) for these fits (their "
+                             "fit-to-fit spread is not measured): lrgd (2 fit(s) on 2 datasets, each weighing the same)")
+    assert "on 400+400 users" in pooled
+    assert report.pooled_verdict_c("lrgd", tables[:1]) is None  # one dataset: its own verdict says it all
+    no_random = {**tables[1], "sets": {k: v for k, v in tables[1]["sets"].items() if k != "random2"}}
+    assert report.pooled_verdict_c("lrgd", [tables[0], no_random]) is None
+
+
 def test_claim_b_verdict_needs_a_noise_ceiling_that_could_show_a_correlation():
     low = {"rho": (-0.13, -0.55, 0.28), "ceiling": 0.37}  # even a perfect predictor shows at most 0.37
     assert report.verdict_b(low).startswith("undecided")
