@@ -202,8 +202,9 @@ def two_level_diff(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Tuple[float, 
 
 def pooled_diff(strata: Sequence[Tuple[np.ndarray, np.ndarray]], seed: int = 0) -> Tuple[float, float, float]:
     """``two_level_diff`` over several strata (datasets), each weighing the same: the mean of their a - b, with
-    a bootstrap that resamples within each stratum as ``two_level_diff`` does. Pooling datasets narrows the
-    interval to what one dataset with all their users would give, so a small common effect can be decided."""
+    a bootstrap that resamples within each stratum as ``two_level_diff`` does. Pooling narrows the interval (about
+    1/sqrt(k) of one dataset's for k alike ones), so a small common effect can be decided; the differences between
+    the datasets themselves are not in it: it is about these datasets."""
     rng = np.random.default_rng(seed)
     diffs = np.zeros(N_BOOT)
     for a, b in strata:
@@ -345,41 +346,16 @@ def detectable(lo: float, hi: float) -> float:
     return Z_80 * (hi - lo) / (2 * 1.96)
 
 
-def verdict_c(method: str, t: dict) -> str:
-    """The optimizer's sets against random and zero-shot, from the two-level CIs (users and sets resampled).
-
-    holds: it beats random and zero-shot; does not hold: it loses to either, or its gain over random is excluded
-    at ``MARGIN_C``; undecided otherwise, and always without finished random sets (the claim is about beating
-    them). One fit carries no seed-to-seed spread, so its verdict is about that fit."""
-    diffs = {other: two_level_diff(t["sets"][method], t["sets"][other]) for other in baselines(t)}
-    fits = t["draws"][method]
-    return decide_c(diffs, "for this one fit (its seed-to-seed spread is not measured)" if fits == 1 else "",
-                    f"{method} ({fits} fit(s))", f"on {t['users']} users")
-
-
-def pooled_verdict_c(method: str, tables: Sequence[dict]) -> Optional[str]:
-    """``verdict_c`` over the datasets whose tables (one model's) hold ``method`` and random sets, each dataset
-    weighing the same (``pooled_diff``); None for fewer than two. It is about these datasets' fits: the bootstrap
-    resamples users and sets within each, not fits."""
-    tables = [t for t in tables if method in t["sets"] and any(m.startswith("random2") for m in t["sets"])]
-    if len(tables) < 2:
-        return None
-    diffs = {other: pooled_diff([(t["sets"][method], t["sets"][other]) for t in tables])
-             for other in baselines(tables[0])}
-    fits = sum(t["draws"][method] for t in tables)
-    users = "+".join(str(t["users"]) for t in tables)
-    return decide_c(diffs, "for these fits (their fit-to-fit spread is not measured)" if fits == len(tables) else "",
-                    f"{method} ({fits} fit(s) on {len(tables)} datasets, each weighing the same)", f"on {users} users")
-
-
 def baselines(t: dict) -> List[str]:
     """What claim (c) compares the optimizer with: the random sets of ``t`` (none, or one method), and zero-shot."""
     return [m for m in t["sets"] if m.startswith("random2")] + ["zero-shot"]
 
 
 def decide_c(diffs: Dict[str, Tuple[float, float, float]], one_fit: str, who: str, users: str) -> str:
-    """``verdict_c``'s rule on the differences (mean, lo, hi) from the optimizer to random and zero-shot;
-    ``one_fit`` qualifies a decided verdict whose fits' spread is unmeasured, ``who`` and ``users`` name them."""
+    """Claim (c)'s rule on the differences (mean, lo, hi) from the optimizer to random and zero-shot: holds when
+    it beats both; does not hold when it loses to either, or its gain over random is excluded at ``MARGIN_C``;
+    undecided otherwise, and always without random sets (the claim is about beating them). ``one_fit`` qualifies
+    a decided verdict whose fits' spread is unmeasured; ``who`` names the optimizer, ``users`` its test users."""
     parts = [f"{'beats' if lo > 0 else 'loses to' if hi < 0 else 'ties with'} {other} ({d:+.4f} [{lo:+.4f}, {hi:+.4f}])"
              for other, (d, lo, hi) in diffs.items()]
     randoms = [v for k, v in diffs.items() if k != "zero-shot"]
@@ -399,7 +375,42 @@ def decide_c(diffs: Dict[str, Tuple[float, float, float]], one_fit: str, who: st
             word += " " + one_fit
     power = (f"; a true gain over random of {detectable(*randoms[0][1:]):.3f} would be detected 80% of the time"
              if randoms else "")
-    return f"{word}: {who} " + " and ".join(parts) + f" {users}{power}"
+    return f"{word}: {who} " + " and ".join(parts) + f" on {users} users{power}"
+
+
+def verdict_word(verdict: str) -> str:
+    """holds, does not hold or undecided: what a verdict decides, without its qualifiers."""
+    return next(w for w in ("holds", "does not hold", "undecided") if verdict.startswith(w))
+
+
+def verdict_c(method: str, t: dict) -> str:
+    """``decide_c`` on one table: the optimizer's sets against random and zero-shot, from the two-level CIs (users
+    and sets resampled). One fit carries no seed-to-seed spread, so its verdict is about that fit."""
+    diffs = {other: two_level_diff(t["sets"][method], t["sets"][other]) for other in baselines(t)}
+    fits = t["draws"][method]
+    return decide_c(diffs, "for this one fit (its seed-to-seed spread is not measured)" if fits == 1 else "",
+                    f"{method} ({fits} fit(s))", str(t["users"]))
+
+
+def pooled_verdict_c(method: str, tables: Dict[str, dict]) -> Optional[str]:
+    """``decide_c`` over the datasets (name -> table, one model's) whose tables hold ``method`` and random sets,
+    each dataset weighing the same (``pooled_diff``); None for fewer than two. It is about these datasets, and
+    says so, naming any that decides otherwise on its own."""
+    tables = {d: t for d, t in tables.items() if method in t["sets"] and len(baselines(t)) > 1}
+    if len(tables) < 2:
+        return None
+    first = next(iter(tables.values()))
+    diffs = {other: pooled_diff([(t["sets"][method], t["sets"][other]) for t in tables.values()])
+             for other in baselines(first)}
+    fits = sum(t["draws"][method] for t in tables.values())
+    one_fit = any(t["draws"][method] == 1 for t in tables.values())
+    verdict = decide_c(diffs, "for these fits (the spread between fits of one dataset is not all measured)"
+                       if one_fit else "", f"{method} ({fits} fit(s); the mean over {', '.join(tables)}, each "
+                       "weighing the same, not over datasets in general)",
+                       "+".join(str(t["users"]) for t in tables.values()))
+    word = verdict_word(verdict)
+    apart = [d for d, t in tables.items() if verdict_word(verdict_c(method, t)) not in (word, "undecided")]
+    return verdict + (f"; on its own it decides otherwise on {', '.join(apart)}" if apart else "")
 
 
 def plot_effect(t: dict, title: str, path: str) -> None:
@@ -659,7 +670,7 @@ def write_report(out: str, docs: str) -> str:
                 continue  # the rest of the compact part is the methods part's: shown there
             method_tables[f"{model} {dataset}, {title}"] = t
             if conditions is methods_part:
-                methods_parts.setdefault(model, []).append(t)
+                methods_parts.setdefault(model, {})[dataset] = t
             lines += [f"### {model}, {dataset}: {title} ({t['users']} test users)", "",
                       "| method | sets | NDCG@10 [95% CI] | spread of sets | − zero-shot [95% CI] | − random [95% CI] "
                       "| Effect_D, test users | fit s |", "|---|---|---|---|---|---|---|---|"]
@@ -692,14 +703,15 @@ def write_report(out: str, docs: str) -> str:
         plot_methods(method_tables, os.path.join(docs, "results", "methods.png"))
         lines += ["![NDCG@10 per method with 95% CIs](results/methods.png)", ""]
     pooled = {(model, m): pooled_verdict_c(m, tables) for model, tables in sorted(methods_parts.items())
-              for m in sorted({m for t in tables for m in t["sets"] if m.startswith("lrgd")})}
+              for m in sorted({m for t in tables.values() for m in t["sets"] if m.startswith("lrgd")})}
     pooled = {k: v for k, v in pooled.items() if v}
     if pooled:
         lines += ["### The methods part pooled over datasets", "",
                   "Each optimizer against random and zero-shot over every dataset whose methods part has it and random "
                   "sets: the mean of the datasets' differences, each dataset weighing the same, with the two-level "
-                  "bootstrap within each. One dataset's 1,000 users detect a gain of about 0.02; the pooled "
-                  "comparison detects a smaller common gain.", ""]
+                  "bootstrap within each. It detects a smaller common gain than one dataset does, and it is about "
+                  "these datasets: how they differ from each other is not in the interval. The compact methods "
+                  "part (a larger model, few datasets) is not pooled.", ""]
         lines += [f"- {model}: {v}." for (model, _), v in pooled.items()] + [""]
 
     # why demonstrations hurt, formats, scorers

@@ -206,25 +206,31 @@ def test_claim_c_verdict_holds_fails_or_stays_undecided_with_its_power():
 
 
 def test_pooled_claim_c_weighs_datasets_alike_and_decides_what_one_dataset_cannot():
-    rng = np.random.default_rng(1)
-    b = rng.random((1, 400))
-    assert report.pooled_diff([(b + 0.1, b), (b + 0.3, b)]) == pytest.approx((0.2, 0.2, 0.2))
-    assert report.pooled_diff([(b + 0.1, b)]) == report.two_level_diff(b + 0.1, b)
+    rng = np.random.default_rng(3)
+    a, b = rng.random((3, 50)), rng.random((2, 50))
+    # the interval the two-level bootstrap gave before pooling existed (its draws, in their order)
+    assert report.two_level_diff(a, b) == pytest.approx((-0.03733289873804424, -0.12664346144979297, 0.056691290806372654))
+    small, large = rng.random((1, 100)), rng.random((1, 400))
+    assert report.pooled_diff([(small + 0.1, small), (large + 0.3, large)]) == pytest.approx((0.2, 0.2, 0.2))  # not 0.26
 
-    def dataset(gain_noise: np.ndarray) -> dict:
-        sets = {"lrgd": b + gain_noise, "zero-shot": b - 0.05, "random2": b}
-        return {"sets": sets, "draws": {"lrgd": 1}, "users": 400}
+    def dataset(gain: np.ndarray, base: np.ndarray = large) -> dict:
+        return {"sets": {"lrgd": base + gain, "zero-shot": base - 0.05, "random2": base}, "draws": {"lrgd": 1},
+                "users": base.shape[1]}
 
-    noise = [rng.normal(0.0, 0.25, (1, 400)) for _ in range(2)]
-    tables = [dataset(n - n.mean()) for n in noise]  # a true tie; one dataset's CI reaches past 0.02
-    assert all(report.verdict_c("lrgd", t).startswith("undecided: lrgd (1 fit(s)) ties with random2") for t in tables)
-    pooled = report.pooled_verdict_c("lrgd", tables)
-    assert pooled.startswith("does not hold (a gain over random of 0.02 or more is excluded) for these fits (their "
-                             "fit-to-fit spread is not measured): lrgd (2 fit(s) on 2 datasets, each weighing the same)")
-    assert "on 400+400 users" in pooled
-    assert report.pooled_verdict_c("lrgd", tables[:1]) is None  # one dataset: its own verdict says it all
-    no_random = {**tables[1], "sets": {k: v for k, v in tables[1]["sets"].items() if k != "random2"}}
-    assert report.pooled_verdict_c("lrgd", [tables[0], no_random]) is None
+    ties = {name: dataset(n - n.mean()) for name, n in (("one", rng.normal(0.0, 0.25, (1, 400))),
+                                                         ("two", rng.normal(0.0, 0.25, (1, 400))))}
+    # a true tie on each; one dataset's CI reaches past 0.02, two together exclude it
+    assert all(report.verdict_c("lrgd", t).startswith("undecided: lrgd (1 fit(s)) ties with random2") for t in ties.values())
+    pooled = report.pooled_verdict_c("lrgd", {**ties, "none": {**dataset(0.0), "sets": {"zero-shot": large}}})
+    assert pooled.startswith("does not hold (a gain over random of 0.02 or more is excluded) for these fits (the "
+                             "spread between fits of one dataset is not all measured): lrgd (2 fit(s); the mean over "
+                             "one, two, each weighing the same, not over datasets in general)")
+    assert "on 400+400 users" in pooled and "otherwise" not in pooled
+    assert report.pooled_verdict_c("lrgd", {"one": ties["one"]}) is None  # one dataset: its own verdict says it all
+    no_random = {**ties["two"], "sets": {k: v for k, v in ties["two"]["sets"].items() if k != "random2"}}
+    assert report.pooled_verdict_c("lrgd", {"one": ties["one"], "two": no_random}) is None
+    split = report.pooled_verdict_c("lrgd", {"up": dataset(0.06), "down": dataset(-0.06)})  # they cancel out
+    assert split.startswith("does not hold") and split.endswith("on its own it decides otherwise on up")
 
 
 def test_claim_b_verdict_needs_a_noise_ceiling_that_could_show_a_correlation():
