@@ -126,6 +126,27 @@ def test_resume_after_interruption_gives_the_uninterrupted_set(tiny_data, stub, 
     assert stub["scorer"].calls == again["test_users"]  # one prompt per test user, none for fit
 
 
+def test_a_resumed_fit_restores_the_probes_zero_shot_scores(tiny_data, stub, tiny_llm, tmp_path, monkeypatch):
+    from recbole_lrgd.evaluator.effect import ProbeEffect
+
+    scored = []  # probes scored without demonstrations, per call
+    real = ProbeEffect._score_zero_shot
+    monkeypatch.setattr(ProbeEffect, "_score_zero_shot", lambda self, pairs: scored.append(len(pairs)) or real(self, pairs))
+    full = _fit(tiny_data, demo_state_file=str(tmp_path / "full.json"))
+    assert sum(scored) == 8  # the fixed first batch: each of the 8 probes once, its candidates and the pool's targets
+    path = str(tmp_path / "resume.json")
+    stub["scorer"] = QualityStub(tiny_llm[1], fail_after=stub["scorer"].calls // 2)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_data, demo_state_file=path)
+    saved = json.load(open(path))
+    assert saved["stage1"] is None and {u for u, _, _ in saved["zero_shot"]} == set(saved["probe_users"])
+    scored.clear()
+    stub["scorer"] = QualityStub(tiny_llm[1])
+    resumed = _fit(tiny_data, demo_state_file=path)
+    assert sum(scored) == 0  # restored, not scored again
+    assert _chosen(resumed) == _chosen(full)
+
+
 def test_warm_start_on_new_interactions(tiny_data, stub, tmp_path):
     path = str(tmp_path / "state.json")
     first = _fit(tiny_data, demo_state_file=path)
@@ -193,6 +214,7 @@ def test_collapse_guard_reverts_to_the_best_set_seen():
     opt = Fake(ranker=None, settings=OptimizerSettings.from_config(
         yaml_config(stage2_steps=3, stage2_patience=3, stage2_candidates=2)))
     opt.pool = types.SimpleNamespace(demonstration=lambda user, cut=0: ((1, 2, 3), 4))
+    opt.effect = types.SimpleNamespace(kept_zero_shot=lambda: None)
     state = {"stage1": {"set": [[1, 0], [2, 0]], "effect": 0.10, "objective": 0.10}, "stage2": None,
              "history": [], "pool_scores": {"3": {"objective": 1.0}, "4": {"objective": 0.9}}}
     opt.stage2(state)

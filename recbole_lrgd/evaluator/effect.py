@@ -113,6 +113,17 @@ class ProbeEffect:
         self._score_zero_shot(list(missing.values()))
         return [np.array([self._zero_shot[k] for k in self._zero_shot_keys(p, c)]) for p, c in pairs]
 
+    def kept_zero_shot(self) -> Optional[List[list]]:
+        """The zero-shot scores kept so far as JSON rows ``[probe user, item, score]`` (likelihood mode, where
+        they are kept per candidate); None in other modes. An optimizer saves them with its state: a resumed
+        fit restores them (``restore_zero_shot``) instead of scoring its long first batch again."""
+        return [[u, i, s] for (u, i), s in self._zero_shot.items()] if self.per_item else None
+
+    def restore_zero_shot(self, rows: Optional[Sequence[Sequence[float]]]) -> None:
+        """Keep the zero-shot scores ``kept_zero_shot`` gave (of the same probes, model and prompts)."""
+        if self.per_item and rows:
+            self._zero_shot.update({(int(u), int(i)): float(s) for u, i, s in rows})
+
     def _zero_shot_keys(self, probe: Probe, candidates: tuple) -> List[tuple]:
         return [(probe.user, i) if self.per_item else (probe.user, candidates, i) for i in candidates]
 

@@ -196,6 +196,7 @@ class DemoOptimizer:
                 "warm_start_pool_scores": {}}
 
     def _save(self, state: Dict[str, Any]) -> None:
+        state["zero_shot"] = self.effect.kept_zero_shot()  # the probes' zero-shot scores: a resume skips them
         if self.is_main:
             save_state(self.state_path, state)
 
@@ -210,6 +211,7 @@ class DemoOptimizer:
         if self._matches(saved):
             self.logger.info(f"demonstration optimizer: resuming from {self.state_path}")
             self._remember(saved)
+            self.effect.restore_zero_shot(saved.get("zero_shot"))
             return saved
         state = self._fresh_state()
         if saved and saved.get("identity") == self.identity and self.settings.warm_start and saved.get("chosen"):
