@@ -147,6 +147,32 @@ def test_a_resumed_fit_restores_the_probes_zero_shot_scores(tiny_data, stub, tin
     assert _chosen(resumed) == _chosen(full)
 
 
+class HarmStub(QualityStub):
+    """Every demonstration hurts: it moves score off the first candidate (the probe's target)."""
+
+    def score(self, prompt):
+        self.calls += 1
+        if self.record is not None:
+            self.record.append(prompt)
+        harm = sum(1.5 + abs(quality(d.target)) for d in prompt.demonstrations)
+        return np.array([-harm if k == 0 else 0.0 for k in range(len(prompt.candidates))])
+
+
+def test_fallback_to_zero_shot_when_every_set_hurts_the_probes(tiny_data, stub, tiny_llm, tmp_path):
+    path = str(tmp_path / "state.json")
+    stub["scorer"] = HarmStub(tiny_llm[1])
+    kept = _fit(tiny_data, demo_state_file=path, lrgd_stages=1)
+    assert len(_chosen(kept)) == 2 and json.load(open(path))["stage1"]["effect"] < 0  # the least harmful pair
+    shown = []
+    stub["scorer"] = HarmStub(tiny_llm[1], record=shown)
+    fallen = _fit(tiny_data, demo_state_file=path, lrgd_stages=1, fallback_zero_shot=True)
+    assert _chosen(fallen) == [] and json.load(open(path))["chosen"] == []  # the same finished fit, reused
+    assert shown and all(not p.demonstrations for p in shown)  # only the test users, each zero-shot
+    assert len(shown) == fallen["test_users"]
+    stub["scorer"] = QualityStub(tiny_llm[1])  # some demonstrations help: the fallback leaves the set
+    assert len(_chosen(_fit(tiny_data, lrgd_stages=1, fallback_zero_shot=True))) == 2
+
+
 def test_warm_start_on_new_interactions(tiny_data, stub, tmp_path):
     path = str(tmp_path / "state.json")
     first = _fit(tiny_data, demo_state_file=path)

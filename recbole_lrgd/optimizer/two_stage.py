@@ -6,7 +6,8 @@ K chosen greedily under the redundancy penalty and the token budget.
 Stage 2 (refinement): coordinate search over the set (swap a demonstration for a pool one, or
 shorten its history), accepting a move only when the objective improves; stops after
 ``stage2_patience`` rejected moves; a collapse guard reverts to the best set seen whenever Effect
-falls below zero.
+falls below zero. With ``fallback_zero_shot``, a final set whose Effect is still below zero (every
+set seen hurts the probes) gives way to no demonstrations: zero-shot, whose Effect is 0 by definition.
 
 Everything is seen through training interactions only. A set is a list of ``(user, cut)``: the
 demonstration of pool user ``user`` with its ``cut`` oldest shown history items removed.
@@ -33,7 +34,7 @@ from recbole_lrgd.optimizer.state import data_fingerprint, digest, load_state, s
 
 SCOPES = ("global", "per_user")
 YAML_KEYS = {"scope": "lrgd_scope", "token_budget": "demo_token_budget"}  # field -> YAML key, where they differ
-NOT_IN_IDENTITY = ("warm_start",)  # how a saved state is used, not what its scores are
+NOT_IN_IDENTITY = ("warm_start", "fallback_zero_shot")  # how a saved state is used, not what its scores are
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class OptimizerSettings:
     seed: int
     effect_temperature: Union[float, str]
     warm_start: bool
+    fallback_zero_shot: bool
 
     @classmethod
     def from_config(cls, config) -> "OptimizerSettings":
@@ -160,6 +162,8 @@ class DemoOptimizer:
         if key in self._memo:
             return self._memo[key]
         s = self.settings
+        if not specs:  # zero-shot (``fallback_zero_shot``): nothing moves, by definition
+            return combine([0.0] * (s.perturb_num + 1), 0.0, 0.0, 0.0, s.lambdas)
         choice = DemoChoice.chosen(specs, per_user=s.scope == "per_user")
         rows, extras = [], []
         for version in range(s.perturb_num + 1):
@@ -239,10 +243,12 @@ class DemoOptimizer:
         saved["chosen"] = self._chosen(saved, stages)
         return saved
 
-    @staticmethod
-    def _chosen(state: Dict[str, Any], stages: int) -> List[List[int]]:
-        """The set a fit of ``stages`` ends with: stage 2's current set, or stage 1's."""
-        return state["stage2"]["current"] if stages >= 2 else state["stage1"]["set"]
+    def _chosen(self, state: Dict[str, Any], stages: int) -> List[List[int]]:
+        """The set a fit of ``stages`` ends with: stage 2's current set, or stage 1's; none (zero-shot) when
+        ``fallback_zero_shot`` and that set's Effect on the probes, as the state recorded it, is below zero."""
+        chosen = state["stage2"]["current"] if stages >= 2 else state["stage1"]["set"]
+        effect = next(h["effect"] for h in [*state["history"], state["stage1"]] if h["set"] == chosen)
+        return [] if self.settings.fallback_zero_shot and effect < 0 else chosen
 
     def _remember(self, state: Dict[str, Any]) -> None:
         """Seed the memo with the evaluations a saved state holds, so a resumed fit rescores nothing."""
