@@ -44,6 +44,7 @@ from recbole_lrgd import distributed as dist  # noqa: E402
 from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
 from recbole_lrgd.data.probes import Probe, make_probes  # noqa: E402
+from recbole_lrgd.optimizer.two_stage import NOT_IN_IDENTITY  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "out", "study")
 DATA_PATH = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -177,8 +178,9 @@ def optimized(stages: int, seed: int, profile: str = "default", **overrides) -> 
         raise ValueError(f"unknown optimizer profile {profile!r}: default or one of {', '.join(PROFILES)}")
     extra = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
     name = f"lrgd-{profile}-s{stages}{extra}-seed{seed}"  # the seed last: the report pools seeds
-
-    fit_name = f"lrgd-{profile}{extra}-seed{seed}"  # stage 1 and 1+2 share one fit: its state has no stage
+    # stage 1 and 1+2 share one fit: its state has no stage, nor the keys of how a finished fit is read
+    fitted = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()) if k not in NOT_IN_IDENTITY)
+    fit_name = f"lrgd-{profile}{fitted}-seed{seed}"
 
     def choose(st: "Study") -> Tuple[DemoChoice, float]:
         return st.fit(fit_name, stages, seed, profile, overrides)
@@ -227,9 +229,11 @@ def scorer_conditions() -> List[Condition]:
 
 
 def method_conditions() -> List[Condition]:
-    """Claim (c): zero-shot, 5 random draws, nearest, and the study profile's stage 1 and stage 1+2."""
+    """Claim (c): zero-shot, 5 random draws, nearest, and the study profile's stage 1 and stage 1+2, the latter
+    also with ``fallback_zero_shot`` (the same fit, read otherwise: no scoring where it falls back or not)."""
     return ([zero_shot()] + [random_set(d) for d in range(5)] + [nearest()] +
-            [optimized(1, SEED, "study"), optimized(2, SEED, "study")])
+            [optimized(1, SEED, "study"), optimized(2, SEED, "study"),
+             optimized(2, SEED, "study", fallback_zero_shot=True)])
 
 
 def compact_method_conditions() -> List[Condition]:

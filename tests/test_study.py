@@ -168,7 +168,7 @@ def test_parts_shard_by_condition_and_coverage_counts_finished_stores(tiny_study
     identity = json.load(open(os.path.join(tiny_study.folder, "identity.json")))
     cov = report.coverage(report.load_folder(tiny_study.folder), {**identity, "test_users_available": 10})
     # effect: the probe store only (its test users are the nominal 500); methods: all 10 users there are
-    assert cov["zero-shot"] == (1, 1) and cov["effect"] == (1, 62) and cov["methods"] == (1, 9)
+    assert cov["zero-shot"] == (1, 1) and cov["effect"] == (1, 62) and cov["methods"] == (1, 10)
 
 
 def test_two_level_diff_known_answers_and_set_spread_widens_it():
@@ -355,6 +355,32 @@ def test_stage_1_and_stage_1_plus_2_share_one_fit(tiny_study, monkeypatch):
     assert stores[(f"lrgd-default-s1-seed{study.SEED}", "test")][1]["fit_seconds"] == pytest.approx(seconds["stage1"])
     assert stores[(f"lrgd-default-s2-seed{study.SEED}", "test")][1]["fit_seconds"] == pytest.approx(
         seconds["stage1"] + seconds["stage2"])
+
+
+def test_the_fallback_condition_reads_the_same_fit_and_copies_its_twins_scores(tiny_study, monkeypatch):
+    """stage 1+2 with ``fallback_zero_shot`` reads stage 1+2's fit: where the kept set's recorded Effect is below 0
+    its prompts are zero-shot's, else stage 1+2's, and either way their stored scores are copied."""
+    from recbole_lrgd.optimizer import DemoOptimizer
+
+    twins = {"s2": tiny_study.run(study.optimized(2, study.SEED), "test", 4),
+             "zero": tiny_study.run(study.zero_shot(), "test", 4)}
+    assert not all(np.array_equal(twins["s2"][u], twins["zero"][u]) for u in twins["zero"])  # tells them apart
+    monkeypatch.setattr(DemoOptimizer, "run", lambda *a, **k: pytest.fail("the fit ran a second time"))
+    monkeypatch.setattr(tiny_study.ranker, "score", lambda prompts: pytest.fail("a twin's prompts were scored"))
+    fallback = study.optimized(2, study.SEED, fallback_zero_shot=True)
+    assert fallback.name == f"lrgd-default-s2-fallback_zero_shotTrue-seed{study.SEED}"
+    path = os.path.join(tiny_study.folder, f"lrgd-default-seed{study.SEED}.state.json")
+    state = json.load(open(path))
+    for effect, twin in ((-0.5, "zero"), (0.5, "s2")):
+        for entry in state["history"] + [state["stage1"]]:  # as if the fit had measured this Effect
+            entry["effect"] = effect
+        json.dump(state, open(path, "w"))
+        for f in os.listdir(tiny_study.folder):
+            if f.startswith(fallback.name):
+                os.remove(os.path.join(tiny_study.folder, f))
+        scores = tiny_study.run(fallback, "test", 4)
+        assert all(np.array_equal(scores[u], twins[twin][u]) for u in twins[twin]), twin
+    assert sorted(f for f in os.listdir(tiny_study.folder) if f.endswith(".state.json")) == [os.path.basename(path)]
 
 
 def test_a_shared_fit_waits_for_the_process_fitting_it(tiny_study):
