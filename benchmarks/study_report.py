@@ -354,13 +354,13 @@ def baselines(t: dict) -> List[str]:
 def decide_c(diffs: Dict[str, Tuple[float, float, float]], one_fit: str, who: str, users: str) -> str:
     """Claim (c)'s rule on the differences (mean, lo, hi) from the optimizer to random and zero-shot: holds when
     it beats both; does not hold when it loses to either, or its gain over random is excluded at ``MARGIN_C``;
-    undecided otherwise, and always without random sets (the claim is about beating them). ``one_fit`` qualifies
+    undecided otherwise, and without random sets unless it loses to zero-shot (the claim is about beating them). ``one_fit`` qualifies
     a decided verdict whose fits' spread is unmeasured; ``who`` names the optimizer, ``users`` its test users."""
     parts = [f"{'beats' if lo > 0 else 'loses to' if hi < 0 else 'ties with'} {other} ({d:+.4f} [{lo:+.4f}, {hi:+.4f}])"
              for other, (d, lo, hi) in diffs.items()]
     randoms = [v for k, v in diffs.items() if k != "zero-shot"]
-    if not randoms:
-        word = "undecided (no finished random sets)"
+    if not randoms:  # only a loss to zero-shot decides without them
+        word = "does not hold (it loses)" if diffs["zero-shot"][2] < 0 else "undecided (no finished random sets)"
     else:
         _, lo_r, hi_r = randoms[0]
         if lo_r > 0 and diffs["zero-shot"][1] > 0:
@@ -371,8 +371,8 @@ def decide_c(diffs: Dict[str, Tuple[float, float, float]], one_fit: str, who: st
             word = f"does not hold (a gain over random of {MARGIN_C} or more is excluded)"
         else:
             word = "undecided"
-        if one_fit and not word.startswith("undecided"):
-            word += " " + one_fit
+    if one_fit and not word.startswith("undecided"):
+        word += " " + one_fit
     power = (f"; a true gain over random of {detectable(*randoms[0][1:]):.3f} would be detected 80% of the time"
              if randoms else "")
     return f"{word}: {who} " + " and ".join(parts) + f" on {users} users{power}"

@@ -202,6 +202,8 @@ def test_claim_c_verdict_holds_fails_or_stays_undecided_with_its_power():
     assert noisy.startswith("undecided: lrgd") and "loses" not in noisy
     alone = verdict(0.05, random=False)
     assert alone.startswith("undecided (no finished random sets): lrgd (2 fit(s)) beats zero-shot") and "80%" not in alone
+    assert verdict(-0.1, random=False).startswith("does not hold (it loses): lrgd (2 fit(s)) loses to zero-shot")
+    assert verdict(-0.1, fits=1, random=False).startswith("does not hold (it loses) for this one fit (its seed-to")
     assert report.detectable(-1.96, 1.96) == pytest.approx(2.8)  # 2.8 standard errors
 
 
