@@ -176,11 +176,12 @@ def optimized(stages: int, seed: int, profile: str = "default", **overrides) -> 
     fitted on training users with its own probes; its state is kept beside the stores (a fit resumes)."""
     if profile != "default" and profile not in PROFILES:
         raise ValueError(f"unknown optimizer profile {profile!r}: default or one of {', '.join(PROFILES)}")
-    extra = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
-    name = f"lrgd-{profile}-s{stages}{extra}-seed{seed}"  # the seed last: the report pools seeds
+    def suffix(keys: Dict[str, Any]) -> str:
+        return "".join(f"-{k}{v}" for k, v in sorted(keys.items()))
+    name = f"lrgd-{profile}-s{stages}{suffix(overrides)}-seed{seed}"  # the seed last: the report pools seeds
     # stage 1 and 1+2 share one fit: its state has no stage, nor the keys of how a finished fit is read
-    fitted = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()) if k not in NOT_IN_IDENTITY)
-    fit_name = f"lrgd-{profile}{fitted}-seed{seed}"
+    fitted = {k: v for k, v in overrides.items() if k not in NOT_IN_IDENTITY}
+    fit_name = f"lrgd-{profile}{suffix(fitted)}-seed{seed}"
 
     def choose(st: "Study") -> Tuple[DemoChoice, float]:
         return st.fit(fit_name, stages, seed, profile, overrides)
@@ -221,11 +222,11 @@ def format_conditions(draws: int = 3) -> List[Condition]:
 
 
 def scorer_conditions() -> List[Condition]:
-    """Other reductions of a title's token log-probs, zero-shot first, then with the product's random set (the
-    mean is zero-shot and random2-d0; the report derives a length prior from the mean and the sum)."""
-    return [c.named(name, **keys) for c in (zero_shot(), random_set(0))
-            for name, keys in (("sum", {"title_score": "sum"}),
-                               ("first3", {"title_score": "first", "title_score_tokens": 3}))]
+    """Other reductions of a title's token log-probs, each on zero-shot's prompts and on the product's random
+    set's (the mean is zero-shot and random2-d0; the report derives a length prior from the mean and the sum)."""
+    return [c.named(name, **keys) for name, keys in (("sum", {"title_score": "sum"}),
+                                                     ("first3", {"title_score": "first", "title_score_tokens": 3}))
+            for c in (zero_shot(), random_set(0))]  # --shard=i/2 gets one prompt set: its first pass fills the cache
 
 
 def method_conditions() -> List[Condition]:
@@ -303,12 +304,34 @@ def test_rows(test_loader, uid: str, iid: str, seq: str, seq_len: str) -> List[R
     return [rows[k] for k in perm]
 
 
+def check_identity(folder: str, identity: Dict[str, Any]) -> None:
+    """Stop, in one line and before anything is scored, when the folder's stores were made under another
+    identity (another --test_users, say): they would all be scored again and overwritten."""
+    path = os.path.join(folder, "identity.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    if "identity" in saved:
+        saved = saved["identity"]
+    else:  # written before it kept the identity apart: its probes and effect_users are the populations made
+        saved = {k: v for k, v in saved.items() if k not in ("probes", "effect_users")
+                 and (k in identity or k in ("eval_users", "device"))}
+        identity = {k: v for k, v in identity.items() if k not in ("probes", "effect_users")}
+    identity = json.loads(json.dumps(identity))  # as JSON reads it back (tuples are lists)
+    differ = sorted(k for k in set(identity) | set(saved) if saved.get(k) != identity.get(k))  # absent: all users
+    if differ:
+        raise SystemExit(f"study.py: {folder} holds stores of another identity ("
+                         + ", ".join(f"{k}: {saved.get(k)!r} there, {identity.get(k)!r} here" for k in differ)
+                         + "); pass the options it was made with (--test_users=0 for all users), or another --out")
+
+
 class Study:
     """One model on one dataset: the config, the ranker, the test rows and the probes, loaded once."""
 
     def __init__(self, model: str, dataset: str, test_users: Optional[int], *, llm_path: Optional[str] = None,
                  data_path: str = DATA_PATH, out: str = OUT, effect_users: int = EFFECT_TEST_USERS,
-                 probes: int = PROBES, use_gpu: bool = False):
+                 probes: int = PROBES, use_gpu: bool = False, score_cache_dir: Optional[str] = None):
         import torch
         from recbole.data import create_dataset
         from recbole.utils import init_seed
@@ -322,8 +345,9 @@ class Study:
             raise SystemExit("study.py: --use_gpu, but torch sees no CUDA device here")
         self.model_name, self.dataset, self.effect_users = model, dataset, effect_users
         llm_path = llm_path or MODELS[model]()
-        cfg = {"llm_path": llm_path, "eval_users": test_users, "score_cache": False, "show_progress": False,
-               "state": "WARNING", "use_gpu": use_gpu, "seed": SEED, **PINNED}
+        cfg = {"llm_path": llm_path, "eval_users": test_users, "score_cache": score_cache_dir is not None,
+               "show_progress": False, "state": "WARNING", "use_gpu": use_gpu, "seed": SEED, **PINNED,
+               **({"score_cache_dir": score_cache_dir} if score_cache_dir else {})}
         if os.path.isdir(os.path.join(data_path, dataset)):
             cfg["data_path"] = data_path
         config = self.config = build_config("LRGD", dataset, config_dict=cfg)
@@ -351,12 +375,15 @@ class Study:
             self.identity["device"] = "cuda"
         self.folder = store_folder(out, model, dataset, use_gpu)
         os.makedirs(self.folder, exist_ok=True)
-        if dist.is_main():
-            with open(os.path.join(self.folder, "identity.json"), "w") as f:
-                json.dump({**self.identity, "pinned": PINNED, "weights_file": os.path.basename(weights),
-                           "test_users_available": len(self.tests), "probes": len(self.probes),
-                           "effect_users": [int(r[0]) for r in self.tests[:effect_users]],
+        check_identity(self.folder, self.identity)
+        if dist.is_main():  # replaced whole: another process may be reading it (check_identity)
+            path = os.path.join(self.folder, "identity.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump({**self.identity, "identity": self.identity, "pinned": PINNED,
+                           "weights_file": os.path.basename(weights), "test_users_available": len(self.tests),
+                           "probes": len(self.probes), "effect_users": [int(r[0]) for r in self.tests[:effect_users]],
                            **({"gpu": torch.cuda.get_device_name(0)} if use_gpu else {})}, f, indent=1)
+            os.replace(path + ".tmp", path)
 
     # -- optimizer -------------------------------------------------------------------------------
     def fit(self, name: str, stages: int, seed: int, profile: str, overrides: dict) -> Tuple[DemoChoice, float]:
@@ -520,6 +547,10 @@ PARTS: Dict[str, Tuple[Callable[[], List[Condition]], Tuple[str, ...], bool]] = 
     "confirm": (confirm_conditions, ("test",), True),  # a candidate default on the confirming datasets
     "zero-shot": (lambda: [zero_shot()], ("test",), True),  # each model's zero-shot NDCG@10
 }
+# parts whose LLM passes share a score cache (saved/study_score_cache, not committed): a likelihood pass stores
+# every title-score reduction, so the scorer part scores each of its two prompt sets once (its sum pass gives
+# first3 too), none when the zero-shot part scored its users with the cache
+CACHED_PARTS = ("zero-shot", "scorer")
 Task = Tuple[Condition, List[Tuple[str, Optional[int]]]]  # a condition and its (population, users) to score
 
 
@@ -587,7 +618,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def load() -> Study:
         return Study(args.model, args.dataset, args.test_users or None, llm_path=args.llm_path,
                      data_path=args.data_path, out=args.out, effect_users=args.effect_users, probes=args.probes,
-                     use_gpu=args.use_gpu)
+                     use_gpu=args.use_gpu, score_cache_dir=os.path.join(ROOT, "saved", "study_score_cache")
+                     if args.part in CACHED_PARTS else None)
     if args.command == "fit":
         dist.init()
         try:

@@ -51,6 +51,22 @@ def tiny_study(tiny_data, tiny_llm_dir, tmp_path):
                        out=str(tmp_path / "study"), effect_users=10, probes=8)
 
 
+def test_a_study_of_another_identity_on_the_same_stores_is_one_clear_error(tiny_study, tiny_data, tiny_llm_dir,
+                                                                           tmp_path):
+    """Another --test_users would score every condition again under its key and overwrite the stores: it stops
+    first, naming the option, and leaves the folder as it was."""
+    tiny_study.run(study.zero_shot(), "test", 4)
+    before = {n: os.path.getmtime(os.path.join(tiny_study.folder, n)) for n in os.listdir(tiny_study.folder)}
+    with pytest.raises(SystemExit, match=r"eval_users: None there, 5 here\); pass the options") as info:
+        study.Study("smollm2", "tiny", 5, llm_path=tiny_llm_dir, data_path=tiny_data, out=str(tmp_path / "study"),
+                    effect_users=10, probes=8)
+    assert "\n" not in str(info.value)
+    assert {n: os.path.getmtime(os.path.join(tiny_study.folder, n)) for n in os.listdir(tiny_study.folder)} == before
+    again = study.Study("smollm2", "tiny", None, llm_path=tiny_llm_dir, data_path=tiny_data, out=str(tmp_path / "study"),
+                        effect_users=10, probes=8)  # the same options: no error
+    assert again.identity == tiny_study.identity
+
+
 def test_probes_are_disjoint_from_the_effect_users_and_never_see_their_own_demonstration(tiny_study):
     effect_users = {r[0] for r in tiny_study.tests[:10]}
     probes = [p.user for p in tiny_study.probes]
@@ -289,6 +305,31 @@ def test_length_prior_is_derived_from_the_sum_and_mean_stores(tiny_study):
     np.testing.assert_allclose(stores[("len0.5-zero-shot", "test")][0][user], summed[user] / np.sqrt(tokens))
     table = report.setting_table(stores, report.SCORER, copy_bias=False)
     assert {"zero-shot", "sum-zero-shot", "len0.5-zero-shot"} <= set(table)
+
+
+def test_the_scorer_part_reads_the_zero_shot_parts_pass_from_the_score_cache(tiny_study, tiny_data, tiny_llm_dir,
+                                                                               tmp_path, monkeypatch):
+    """The zero-shot part's pass stores every title-score reduction in the study's score cache: the scorer
+    part's reductions of the same prompts run no LLM pass, and equal the uncached study's scores."""
+    from recbole_lrgd.llm.scorer import LLMScorer
+
+    cached = study.Study("smollm2", "tiny", None, llm_path=tiny_llm_dir, data_path=tiny_data,
+                         out=str(tmp_path / "cached"), effect_users=10, probes=8,
+                         score_cache_dir=str(tmp_path / "cache"))
+    jobs, score_jobs = [], LLMScorer._score_jobs
+    monkeypatch.setattr(LLMScorer, "_score_jobs", lambda self, j: jobs.append(len(j)) or score_jobs(self, j))
+    study.run_part(cached, "zero-shot", 10)  # the first 10 test users: the scorer part's effect users
+    assert sum(jobs) == 10
+    study.run_part(cached, "scorer", None, only=".*-zero-shot")
+    assert sum(jobs) == 10  # sum and first3: every score from the cache
+    for name in ("sum-zero-shot", "first3-zero-shot"):
+        keys = {"sum": {"title_score": "sum"}, "first3": {"title_score": "first", "title_score_tokens": 3}}
+        fresh = tiny_study.run(study.zero_shot().named(name.split("-")[0], **keys[name.split("-")[0]]), "test", 10)
+        with np.load(os.path.join(cached.folder, f"{name}-test.npz")) as z:
+            got = {int(u): v for u, v in zip(z["users"], z["scores"])}
+        assert set(got) == set(fresh) and len(got) == 10
+        for u in fresh:
+            np.testing.assert_allclose(got[u], fresh[u], atol=1e-6)
 
 
 def test_ablation_fits_with_the_part_switched_off_and_is_reported_against_the_full_fit(tiny_study, tmp_path,

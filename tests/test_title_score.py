@@ -11,7 +11,7 @@ from conftest import yaml_config
 
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_parts, encode_prompt
-from recbole_lrgd.llm.score_cache import ScoreCache, prompt_digest
+from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
 from recbole_lrgd.llm.scorer import make_scorer, naive_likelihood, title_logprob
 from recbole_lrgd.optimizer.state import SCORE_KEYS
 from recbole_lrgd.validate import check_values
@@ -106,18 +106,43 @@ def test_cache_keys_differ_between_title_scores(tiny_llm, tmp_path):
 
 
 def test_a_shared_cache_file_serves_each_title_score_its_own_scores(tiny_llm, tmp_path):
+    """One likelihood pass stores every reduction (first with the scorer's token count): a later run with
+    another reduction reads them all from the cache, and each equals a fresh, uncached score. first with
+    another token count, or a scorer with no token count, computes afresh."""
     path = str(tmp_path / "scores.sqlite")
     prompt = _prompts(tiny_llm[1])[0]
-    runs = [("mean", None), ("sum", None), ("first", 3), ("first", 4), ("sum", None)]
+    runs = [("mean", None, 0), ("sum", None, 20), ("first", 4, 0), ("mean", 3, 20), ("first", 3, 0),
+            ("sum", None, 20), ("first", 4, 20)]
     got = []
-    for how, tokens in runs:
+    for how, tokens, hits in runs:
         scorer = _scorer(tiny_llm, how, tokens, score_cache=ScoreCache(path))
         got.append(scorer.score(prompt))
         fresh = _scorer(tiny_llm, how, tokens).score(prompt)
         np.testing.assert_allclose(got[-1], fresh, atol=1e-12)
-        hits = scorer.counts.cache_hits
-        assert hits == (20 if (how, tokens) in runs[: len(got) - 1] else 0), (how, tokens)
-    assert got[4].tobytes() == got[1].tobytes()
+        assert (scorer.counts.cache_hits, scorer.counts.cache_misses) == (hits, 20 - hits), (how, tokens)
+    assert got[5].tobytes() == got[1].tobytes()
+    assert np.abs(got[4] - got[0]).min() > 1e-6  # first 3 is its own score, not the mean under its key
+    mean_only = _scorer(tiny_llm, "mean", score_cache=ScoreCache(str(tmp_path / "mean.sqlite")))
+    assert mean_only.reductions == [("mean", None), ("sum", None)]
+    assert _scorer(tiny_llm, "first", 3).reductions == [("first", 3)]  # no cache: its own reduction alone
+
+
+def test_a_cached_score_keeps_its_first_value_and_verbalizer_keys_have_no_reduction(tiny_llm, tmp_path):
+    """A pass stores the other reductions beside its own, but never over a score already cached; a verbalizer
+    run (which has no reduction) reads back what it stored, whatever title_score says."""
+    prompt = _prompts(tiny_llm[1])[0]
+    path = str(tmp_path / "scores.sqlite")
+    ids = sum(encode_parts(tiny_llm[1], prompt), [])
+    summed = _scorer(tiny_llm, "sum", score_cache=ScoreCache(path))
+    keys = [item_key(summed._digest(ids, "sum"), c) for c in summed._items(prompt)]
+    ScoreCache(path).put({keys[0]: [123.0]})  # a sum score already there
+    _scorer(tiny_llm, "mean", 3, score_cache=ScoreCache(path)).score(prompt)
+    again = _scorer(tiny_llm, "sum", score_cache=ScoreCache(path))
+    assert again.score(prompt)[prompt.order[0]] == 123.0 and again.counts.cache_misses == 0
+    verbalizer = [_scorer(tiny_llm, "sum", mode="verbalizer", score_cache=ScoreCache(path)) for _ in range(2)]
+    prompt = _prompts(tiny_llm[1], mode="verbalizer")[0]
+    assert verbalizer[0].score(prompt).tobytes() == verbalizer[1].score(prompt).tobytes()
+    assert (verbalizer[0].counts.cache_hits, verbalizer[1].counts.cache_misses) == (0, 0)
 
 
 def test_both_keys_are_in_the_optimizer_state_identity():
@@ -150,8 +175,8 @@ def test_a_bad_title_score_stops_the_run_before_anything_is_written(tiny_data, t
 
 
 def test_a_run_with_sum_scores_otherwise_than_with_mean(tiny_data, tiny_llm_dir, monkeypatch):
-    """Two runs on the tiny dataset sharing one score cache (the default): sum is a score of its own,
-    recomputed, not the mean's read back."""
+    """Two runs on the tiny dataset sharing one score cache (the default): the mean's run stored the sum
+    too, so the sum's run reads every score from the cache, and they are the sum's, not the mean's."""
     from recbole_lrgd.model.lrgd import LRGD
     from recbole_lrgd.quick_start import run
 
@@ -170,7 +195,8 @@ def test_a_run_with_sum_scores_otherwise_than_with_mean(tiny_data, tiny_llm_dir,
                "eval_batch_size": 100, "llm_path": tiny_llm_dir, "state": "WARNING", "num_demos": 2,
                "demo_mode": "random", "metrics": ["Hit", "NDCG", "MRR"], "title_score": how}
         results[how] = run("LRGD", "tiny", config_dict=cfg, saved=False)
-        assert results[how]["model_obj"].score_counts().cache_hits == 0
+        counts = results[how]["model_obj"].score_counts()
+        assert (counts.cache_hits == 0) if how == "mean" else (counts.cache_misses == 0 < counts.cache_hits)
     mean, total = np.concatenate(recorded[0]), np.concatenate(recorded[1])
     assert mean.shape == total.shape and mean.size > 0
     assert np.all(total < mean)  # a title of n >= 2 tokens: sum = n * mean < mean, log-probs being < 0

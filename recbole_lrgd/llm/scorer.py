@@ -23,7 +23,8 @@ what ran before, so a caller's chunk scores the same wherever it is dealt (shard
 ``score(prompt)`` is ``score_many([prompt])[0]``.
 
 With a ``ScoreCache`` every score is looked up first and stored after: a prompt whose candidates are
-all cached runs no forward pass.
+all cached runs no forward pass. A likelihood pass stores every ``title_score`` reduction of its token
+log-probs, each under its own key, so switching the reduction later scores nothing again.
 """
 from __future__ import annotations
 
@@ -170,9 +171,22 @@ class LLMScorer(Scorer):
         """The settings besides model, mode and prompt that a score depends on, for the cache digest: none
         for verbalizer labels and for the mean (so the keys of the mean are those from before
         ``title_score`` existed), the reduction otherwise, with its token count for ``first``."""
-        if self.mode != "likelihood" or self.title_score == "mean":
-            return ()
-        return (self.title_score, self.title_score_tokens) if self.title_score == "first" else (self.title_score,)
+        return self._settings(self.title_score, self.title_score_tokens)
+
+    def _settings(self, how: str, tokens: Optional[int]) -> tuple:
+        """A reduction's settings in the cache digest: none in verbalizer mode (labels have no reduction)."""
+        return reduction_settings(how, tokens) if self.mode == "likelihood" else ()
+
+    @property
+    def reductions(self) -> List[Tuple[str, Optional[int]]]:
+        """The reductions a likelihood pass computes, this scorer's first: with a score cache, every
+        ``TITLE_SCORES`` one too (``first`` with this scorer's token count, when it has one), each stored
+        under its own key; else its own alone."""
+        own = (self.title_score, self.title_score_tokens if self.title_score == "first" else None)
+        if self.mode != "likelihood" or self.score_cache is None:
+            return [own]
+        others = [(how, self.title_score_tokens if how == "first" else None) for how in TITLE_SCORES]
+        return [own] + [r for r in others if r != own and (r[0] != "first" or r[1])]
 
     def candidate_ids(self, title: str) -> List[int]:
         ids = self.tokenizer(title, add_special_tokens=False).input_ids
@@ -200,7 +214,7 @@ class LLMScorer(Scorer):
         (``_score_jobs``).
         """
         results: List[Optional[np.ndarray]] = [None] * len(prompts)
-        pending = []  # (prompt index, prefix ids, suffix ids, items, cache keys, cached scores)
+        pending = []  # (prompt index, prompt ids, prefix length, items, cache keys, cached scores)
         for i, prompt in enumerate(prompts):
             prefix_ids, suffix_ids = encode_parts(self.tokenizer, prompt)
             items = self._items(prompt)
@@ -210,18 +224,22 @@ class LLMScorer(Scorer):
             if keys is not None and len(found) == len(keys):
                 results[i] = self.caller_order(prompt, [found[k][0] for k in keys])
                 continue
-            pending.append((i, tuple(prefix_ids), suffix_ids, items, keys, found))
-        fresh = self._score_jobs([(prefix, suffix, items) for _, prefix, suffix, items, _, _ in pending])
-        for (i, _, _, _, keys, found), scores in zip(pending, fresh):
+            pending.append((i, prefix_ids + suffix_ids, len(prefix_ids), items, keys, found))
+        fresh = self._score_jobs([(tuple(ids[:p]), ids[p:], items) for _, ids, p, items, _, _ in pending])
+        for (i, ids, _, items, keys, found), scores in zip(pending, fresh):
+            scores = scores.reshape(len(items), len(self.reductions))  # a column per reduction, this scorer's first
             if keys is not None:
-                self.score_cache.put({k: [v] for k, v in zip(keys, scores) if k not in found})
-                scores = [found[k][0] if k in found else v for k, v in zip(keys, scores)]
-            results[i] = self.caller_order(prompts[i], scores)
+                for r, (how, tokens) in enumerate(self.reductions):  # a key already present keeps its value
+                    digest = self._digest(ids, *self._settings(how, tokens))
+                    self.score_cache.put({item_key(digest, item): [v] for item, v in zip(items, scores[:, r])})
+            own = [found[k][0] if k in found else v for k, v in zip(keys, scores[:, 0])] if keys is not None else scores[:, 0]
+            results[i] = self.caller_order(prompts[i], own)
         return results  # type: ignore[return-value]
 
     def _score_jobs(self, jobs: Sequence[Tuple[tuple, List[int], list]]) -> List[np.ndarray]:
-        """Shown-order scores of ``(prefix, suffix, items)`` jobs: their rows go through the model in the
-        batches ``batches`` makes, each batch ONE forward pass (after the prefill of its new prefixes)."""
+        """Shown-order scores of ``(prefix, suffix, items)`` jobs, (items, reductions) in likelihood mode and
+        (items,) in verbalizer mode: their rows go through the model in the batches ``batches`` makes, each
+        batch ONE forward pass (after the prefill of its new prefixes)."""
         rows, owners = [], []
         for j, (prefix, suffix, items) in enumerate(jobs):
             size = self.candidate_batch_size if self.mode == "likelihood" else max(1, len(items))
@@ -337,7 +355,7 @@ class LLMScorer(Scorer):
         """Likelihood scores of ``(prefix, suffix, candidates)`` rows: each row is the suffix and then its
         candidates packed as ``pack_candidates`` lays them (each sees the prefix, the whole suffix and its
         own earlier tokens; positions restart after the suffix). A candidate's token log-probs, in float64
-        and in its token order, go to ``title_logprob``."""
+        and in its token order, go to ``title_logprob``, once per reduction: (candidates, reductions) a row."""
         batch, needed, sources = [], [], []
         for prefix, suffix, cands in rows:
             p, n = len(prefix), len(suffix)
@@ -372,7 +390,8 @@ class LLMScorer(Scorer):
         mask = torch.zeros_like(token_logprobs)
         ci, ti = torch.tensor(slot, dtype=torch.long).reshape(-1, 2).unbind(1)
         token_logprobs[ci, ti], mask[ci, ti] = logprobs, 1.0
-        scores = title_logprob(token_logprobs, mask, self.title_score, self.title_score_tokens).numpy()
+        scores = np.stack([title_logprob(token_logprobs, mask, how, tokens).numpy()
+                           for how, tokens in self.reductions], axis=1)  # (candidates, reductions)
         return np.split(scores, starts[1:-1])
 
 
@@ -431,6 +450,14 @@ def check_title_score(how: str, first_tokens: Optional[int]) -> None:
         raise ValueError(f"title_score {how!r}: use one of {', '.join(TITLE_SCORES)}")
     if how == "first" and (first_tokens is None or first_tokens < 1):
         raise ValueError(f"title_score first reads title_score_tokens >= 1 tokens, not {first_tokens!r}")
+
+
+def reduction_settings(how: str, first_tokens: Optional[int]) -> tuple:
+    """A reduction's settings in the score-cache digest: none for the mean (its keys are those from before
+    ``title_score`` existed), its name otherwise, with its token count for ``first``."""
+    if how == "mean":
+        return ()
+    return (how, first_tokens) if how == "first" else (how,)
 
 
 def title_logprob(token_logprobs: torch.Tensor, mask: torch.Tensor, how: str,

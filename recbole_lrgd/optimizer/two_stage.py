@@ -200,8 +200,8 @@ class DemoOptimizer:
                 "warm_start_pool_scores": {}}
 
     def _save(self, state: Dict[str, Any]) -> None:
-        state["zero_shot"] = self.effect.kept_zero_shot()  # the probes' zero-shot scores: a resume skips them
         if self.is_main:
+            state["zero_shot"] = self.effect.kept_zero_shot()  # the probes' zero-shot scores: a resume skips them
             save_state(self.state_path, state)
 
     def initial_state(self) -> Dict[str, Any]:
@@ -247,8 +247,10 @@ class DemoOptimizer:
         """The set a fit of ``stages`` ends with: stage 2's current set, or stage 1's; none (zero-shot) when
         ``fallback_zero_shot`` and that set's Effect on the probes, as the state recorded it, is below zero."""
         chosen = state["stage2"]["current"] if stages >= 2 else state["stage1"]["set"]
+        if not self.settings.fallback_zero_shot:
+            return chosen
         effect = next(h["effect"] for h in [*state["history"], state["stage1"]] if h["set"] == chosen)
-        return [] if self.settings.fallback_zero_shot and effect < 0 else chosen
+        return [] if effect < 0 else chosen
 
     def _remember(self, state: Dict[str, Any]) -> None:
         """Seed the memo with the evaluations a saved state holds, so a resumed fit rescores nothing."""
