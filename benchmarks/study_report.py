@@ -253,6 +253,9 @@ def target_mass(candidates: np.ndarray, targets: np.ndarray) -> float:
 BIAS = re.compile(r"(nested\d+(?:-cut\d+)?|nearest\d+)(?:-d\d+)?")  # K and history length
 FORMAT = re.compile(r"((?:listed-|contrast-)?(?:random2|nearest2))(?:-d[012])?")  # formats, next_item beside
 SCORER = re.compile(r"((?:sum-|first3-|len[\d.]+-)?(?:zero-shot|random2))(?:-d0)?")  # title-score reductions
+# a setting's label as (its prefix, its base's label): a format beside next_item, a reduction beside the mean
+FORMAT_PREFIX = ("next_item", re.compile(r"(listed|contrast)-(.+)"))
+SCORER_PREFIX = ("mean", re.compile(r"(sum|first3|len[\d.]+)-(.+)"))
 LENGTH_PRIORS = (0.25, 0.5, 0.75)
 
 
@@ -314,6 +317,15 @@ def setting_table(stores, pattern: re.Pattern, copy_bias: bool = True,
                 target_mass(zero[u], stores[(c, "targets0")][0][u]) for c in conditions])) for u in shared}
         out[label] = row
     return out
+
+
+def base_diff(table: Dict[str, dict], label: str, prefix: re.Pattern) -> Optional[Tuple[float, float, float]]:
+    """A setting's NDCG@10 minus its base's (``prefix`` splits its label into a prefix and the base's label), paired
+    over the users both hold, with its bootstrap CI; None for a base, or a setting whose base is not in ``table``."""
+    own = prefix.fullmatch(label)
+    if not own or own.group(2) not in table:
+        return None
+    return paired_bootstrap(table[label]["ndcg"], table[own.group(2)]["ndcg"])[:3]
 
 
 def fmt_ci(mean: float, lo: float, hi: float, sign: bool = False) -> str:
@@ -715,20 +727,22 @@ def write_report(out: str, docs: str) -> str:
         lines += [f"- {model}: {v}." for (model, _), v in pooled.items()] + [""]
 
     # why demonstrations hurt, formats, scorers
-    sections = [
+    sections = [  # (title, pattern, copy bias, explanation, the prefix whose setting is compared with its base)
         ("Why demonstrations hurt: copy bias, K and history length", BIAS, True,
          "nestedK: the first K users of a seeded random set of 4 (sets that differ only in K); -cutC: each "
-         "demonstration's C oldest of its 10 history items removed."),
+         "demonstration's C oldest of its 10 history items removed.", None),
         ("Demonstration formats", FORMAT, True,
          "random2 / nearest2: today's next_item format; listed-: each demonstration shows its own candidates "
          "(its target among 3 training items it did not choose) and its choice; contrast-: it names 3 items it "
-         "did not choose. The same demonstrations (3 random draws, nearest) in every format."),
+         "did not choose. The same demonstrations (3 random draws, nearest) in every format; − next_item: a format "
+         "minus next_item on the same demonstrations and users.", FORMAT_PREFIX),
         ("Title-score reductions", SCORER, False,
          "zero-shot and random2 (draw 0) with a title's score the mean (no prefix), the sum (sum-) or the mean of "
          "its first 3 tokens (first3-) of its token log-probabilities, or a length prior between sum and mean, "
          "sum / L^alpha for a title of L tokens (lenalpha-; derived from the sum and mean stores, no extra LLM "
-         "pass; three alphas, so read them as exploratory).")]
-    for title, pattern, with_bias, explain in sections:
+         "pass; three alphas, so read them as exploratory); − mean: a reduction minus the mean on the same prompts "
+         "and users.", SCORER_PREFIX)]
+    for title, pattern, with_bias, explain, prefix in sections:
         tables = {(m, d): setting_table(with_length_priors(stores) if pattern is SCORER else stores, pattern,
                                         with_bias, effect_users[(m, d)]) for (m, d), stores in sorted(all_stores.items())}
         if not any(tables.values()):
@@ -740,11 +754,16 @@ def write_report(out: str, docs: str) -> str:
         for (model, dataset), table in tables.items():
             if not table:
                 continue
+            base = f" − {prefix[0]} [95% CI] |" if prefix else ""
             lines += [f"### {model}, {dataset}", "",
-                      "| setting | draws | users | NDCG@10 [95% CI] | − zero-shot [95% CI] |" +
-                      (" copy bias [95% CI] |" if with_bias else ""), "|---|---|---|---|---|" + ("---|" if with_bias else "")]
+                      "| setting | draws | users | NDCG@10 [95% CI] | − zero-shot [95% CI] |" + base +
+                      (" copy bias [95% CI] |" if with_bias else ""),
+                      "|---|---|---|---|---|" + ("---|" if prefix else "") + ("---|" if with_bias else "")]
             for label, t in table.items():
                 versus = "" if label == "zero-shot" else fmt_ci(*paired_bootstrap(t["ndcg"], t["zero"])[:3], sign=True)
+                if prefix:
+                    diff = base_diff(table, label, prefix[1])
+                    versus += " | " + (fmt_ci(*diff, sign=True) if diff else "")
                 lines.append(f"| {label} | {t['draws']} | {t['users']} | {fmt_ci(*mean_ci(list(t['ndcg'].values())))} | "
                              f"{versus} |" +
                              (f" {fmt_ci(*mean_ci(list(t['copy_bias'].values())), sign=True)} |" if with_bias else ""))

@@ -305,6 +305,12 @@ def test_length_prior_is_derived_from_the_sum_and_mean_stores(tiny_study):
     np.testing.assert_allclose(stores[("len0.5-zero-shot", "test")][0][user], summed[user] / np.sqrt(tokens))
     table = report.setting_table(stores, report.SCORER, copy_bias=False)
     assert {"zero-shot", "sum-zero-shot", "len0.5-zero-shot"} <= set(table)
+    diff = report.base_diff(table, "sum-zero-shot", report.SCORER_PREFIX[1])  # the sum minus the mean, user by user
+    sum_ndcg, mean_ndcg = report.ndcg10(summed), report.ndcg10(mean)
+    assert diff[0] == pytest.approx(np.mean([sum_ndcg[u] - mean_ndcg[u] for u in mean])) and diff[1] <= diff[0] <= diff[2]
+    assert report.base_diff(table, "zero-shot", report.SCORER_PREFIX[1]) is None  # the mean is the base
+    without_base = {k: v for k, v in table.items() if k != "zero-shot"}
+    assert report.base_diff(without_base, "sum-zero-shot", report.SCORER_PREFIX[1]) is None
 
 
 def test_the_scorer_part_reads_the_zero_shot_parts_pass_from_the_score_cache(tiny_study, tiny_data, tiny_llm_dir,
