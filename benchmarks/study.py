@@ -223,10 +223,11 @@ def format_conditions(draws: int = 3) -> List[Condition]:
 
 def scorer_conditions() -> List[Condition]:
     """Other reductions of a title's token log-probs, each on zero-shot's prompts and on the product's random
-    set's (the mean is zero-shot and random2-d0; the report derives a length prior from the mean and the sum)."""
+    set's, then the mean of both, zero-shot and random2-d0 (stored already where the effect part ran; else read
+    from the cache the sum's pass filled). The report derives a length prior from the mean and the sum."""
     return [c.named(name, **keys) for name, keys in (("sum", {"title_score": "sum"}),
                                                      ("first3", {"title_score": "first", "title_score_tokens": 3}))
-            for c in (zero_shot(), random_set(0))]  # --shard=i/2 gets one prompt set: its first pass fills the cache
+            for c in (zero_shot(), random_set(0))] + [zero_shot(), random_set(0)]  # --shard=i/2: one prompt set
 
 
 def method_conditions() -> List[Condition]:

@@ -292,7 +292,7 @@ def test_the_same_condition_name_with_other_demonstrations_is_scored_again(tiny_
 
 
 def test_length_prior_is_derived_from_the_sum_and_mean_stores(tiny_study):
-    study.run_part(tiny_study, "scorer", None, only="sum-zero-shot")  # --only: that one of the part's four
+    study.run_part(tiny_study, "scorer", None, only="sum-zero-shot")  # --only: that one of the part's six
     assert sorted(os.listdir(tiny_study.folder)) == ["identity.json", "sum-zero-shot-test.npz"]
     summed = tiny_study.run(study.zero_shot().named("sum", title_score="sum"), "test", 10)
     mean = tiny_study.run(study.zero_shot(), "test", 10)
@@ -336,6 +336,15 @@ def test_the_scorer_part_reads_the_zero_shot_parts_pass_from_the_score_cache(tin
         assert set(got) == set(fresh) and len(got) == 10
         for u in fresh:
             np.testing.assert_allclose(got[u], fresh[u], atol=1e-6)
+    jobs.clear()
+    study.run_part(cached, "scorer", None, only="sum-random2-d0|random2-d0")  # the mean read from the sum's pass
+    assert sum(jobs) == 10
+    with np.load(os.path.join(cached.folder, "random2-d0-test.npz")) as z:
+        got = {int(u): v for u, v in zip(z["users"], z["scores"])}
+    fresh = tiny_study.run(study.random_set(0), "test", 10)
+    assert set(got) == set(fresh)
+    for u in fresh:
+        np.testing.assert_allclose(got[u], fresh[u], atol=1e-6)
 
 
 def test_ablation_fits_with_the_part_switched_off_and_is_reported_against_the_full_fit(tiny_study, tmp_path,
