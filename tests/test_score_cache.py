@@ -104,7 +104,7 @@ def test_partial_hit_computes_once_and_returns_the_cached_scores(tiny_llm, tmp_p
     got = scorer.score(_prompt(tiny_llm[1], "likelihood", new))
     assert (scorer.counts.cache_hits, scorer.counts.cache_misses) == (19, 1)
     assert got[:19].tobytes() == stored[:19].tobytes()
-    assert len(ScoreCache(str(path))) == 21
+    assert len(ScoreCache(str(path))) == 21 * len(scorer.reductions) == 21 * 3  # mean, sum, first: a row each
 
 
 def test_two_processes_write_one_db_concurrently(tmp_path):
@@ -293,7 +293,7 @@ def test_run_with_a_garbage_cache_file_warns_and_works(tiny_data, tiny_llm_dir, 
         result = _run(tiny_data, tiny_llm_dir)
     assert any("corrupt" in r.getMessage() for r in caplog.records)
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
-    assert len(ScoreCache(_db(tiny_data))) == 160  # the fresh file took this run's scores
+    assert len(ScoreCache(_db(tiny_data))) == 160 * 3  # the fresh file took this run's scores, of each reduction
 
 
 def test_hub_model_identity_holds_the_cached_revision(tmp_path, monkeypatch):
