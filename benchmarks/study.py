@@ -332,7 +332,8 @@ class Study:
 
     def __init__(self, model: str, dataset: str, test_users: Optional[int], *, llm_path: Optional[str] = None,
                  data_path: str = DATA_PATH, out: str = OUT, effect_users: int = EFFECT_TEST_USERS,
-                 probes: int = PROBES, use_gpu: bool = False, score_cache_dir: Optional[str] = None):
+                 probes: int = PROBES, use_gpu: bool = False, score_cache_dir: Optional[str] = None,
+                 user_batch_size: Optional[int] = None):
         import torch
         from recbole.data import create_dataset
         from recbole.utils import init_seed
@@ -348,7 +349,8 @@ class Study:
         llm_path = llm_path or MODELS[model]()
         cfg = {"llm_path": llm_path, "eval_users": test_users, "score_cache": score_cache_dir is not None,
                "show_progress": False, "state": "WARNING", "use_gpu": use_gpu, "seed": SEED, **PINNED,
-               **({"score_cache_dir": score_cache_dir} if score_cache_dir else {})}
+               **({"score_cache_dir": score_cache_dir} if score_cache_dir else {}),
+               **({"user_batch_size": user_batch_size} if user_batch_size else {})}  # rows per pass: speed only
         if os.path.isdir(os.path.join(data_path, dataset)):
             cfg["data_path"] = data_path
         config = self.config = build_config("LRGD", dataset, config_dict=cfg)
@@ -381,7 +383,8 @@ class Study:
             path = os.path.join(self.folder, "identity.json")
             with open(path + ".tmp", "w") as f:
                 json.dump({**self.identity, "identity": self.identity, "pinned": PINNED,
-                           "weights_file": os.path.basename(weights), "test_users_available": len(self.tests),
+                           "weights_file": os.path.basename(weights), "user_batch_size": config["user_batch_size"],
+                           "test_users_available": len(self.tests),
                            "probes": len(self.probes), "effect_users": [int(r[0]) for r in self.tests[:effect_users]],
                            **({"gpu": torch.cuda.get_device_name(0)} if use_gpu else {})}, f, indent=1)
             os.replace(path + ".tmp", path)
@@ -607,6 +610,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--effect_users", type=int, default=EFFECT_TEST_USERS,
                         help="the effect part's test users (the probes never include them)")
     parser.add_argument("--probes", type=int, default=PROBES, help="probe users of the Effect_D populations")
+    parser.add_argument("--user_batch_size", type=int, default=0,
+                        help="rows per forward pass (0: the YAML's); wider batches fill a GPU, scores move in the last bits")
     parser.add_argument("--use_gpu", action="store_true",
                         help="score on the GPU (stores under <model>-cuda/, apart from the CPU ones)")
     args = parser.parse_args(argv)
@@ -619,8 +624,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def load() -> Study:
         return Study(args.model, args.dataset, args.test_users or None, llm_path=args.llm_path,
                      data_path=args.data_path, out=args.out, effect_users=args.effect_users, probes=args.probes,
-                     use_gpu=args.use_gpu, score_cache_dir=os.path.join(ROOT, "saved", "study_score_cache")
-                     if args.part in CACHED_PARTS else None)
+                     use_gpu=args.use_gpu, user_batch_size=args.user_batch_size or None,
+                     score_cache_dir=os.path.join(ROOT, "saved", "study_score_cache") if args.part in CACHED_PARTS else None)
     if args.command == "fit":
         dist.init()
         try:

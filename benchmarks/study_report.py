@@ -835,6 +835,9 @@ def write_report(out: str, docs: str) -> str:
               "--users=500",
               "python benchmarks/study.py run --part=scorer --model=qwen2.5-1.5b --dataset=amazon-video-games-18 "
               "--only='.*-zero-shot'",
+              "# the smollm2-cuda stores: one GPU, four processes beside each other, each with wide batches",
+              "python benchmarks/study.py run --part=effect --model=smollm2 --dataset=amazon-beauty --use_gpu "
+              "--user_batch_size=64 --shard=0/4   # and 1/4, 2/4, 3/4; then single, format, bias, methods",
               "python benchmarks/study.py report", "```", ""]
     page = "\n".join(lines)
     with open(os.path.join(docs, "RESULTS.md"), "w", encoding="utf-8") as f:

@@ -603,3 +603,16 @@ def test_gpu_stores_live_apart_and_a_gpu_study_without_one_is_one_clear_error(ti
     with pytest.raises(SystemExit, match="--use_gpu, but torch sees no CUDA device here"):
         study.Study("smollm2", "tiny", None, llm_path=tiny_llm_dir, data_path=tiny_data, out=str(out), use_gpu=True)
     assert not out.exists()  # nothing written
+
+
+def test_a_wider_batch_shares_the_stores_and_is_recorded(tiny_study, tiny_data, tiny_llm_dir, tmp_path):
+    """--user_batch_size only changes how many rows share a forward pass (a GPU wants wide ones): the stores'
+    identity stays, so such a run resumes the same stores, and identity.json records the width last used."""
+    def recorded() -> int:
+        return json.load(open(os.path.join(tiny_study.folder, "identity.json")))["user_batch_size"]
+
+    assert tiny_study.config["user_batch_size"] == recorded() == 8  # the YAML's
+    wide = study.Study("smollm2", "tiny", None, llm_path=tiny_llm_dir, data_path=tiny_data, out=str(tmp_path / "study"),
+                       effect_users=10, probes=8, user_batch_size=3)
+    assert wide.config["user_batch_size"] == recorded() == 3
+    assert wide.identity == tiny_study.identity and wide.folder == tiny_study.folder
