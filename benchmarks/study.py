@@ -555,6 +555,7 @@ PARTS: Dict[str, Tuple[Callable[[], List[Condition]], Tuple[str, ...], bool]] = 
 # every title-score reduction, so the scorer part scores each of its two prompt sets once (its sum pass gives
 # first3 too), none when the zero-shot part scored its users with the cache
 CACHED_PARTS = ("zero-shot", "scorer")
+SCORE_CACHE = os.path.join(ROOT, "saved", "study_score_cache")
 Task = Tuple[Condition, List[Tuple[str, Optional[int]]]]  # a condition and its (population, users) to score
 
 
@@ -611,7 +612,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the effect part's test users (the probes never include them)")
     parser.add_argument("--probes", type=int, default=PROBES, help="probe users of the Effect_D populations")
     parser.add_argument("--user_batch_size", type=int, default=0,
-                        help="rows per forward pass (0: the YAML's); wider batches fill a GPU, scores move in the last bits")
+                        help="rows per forward pass (0: the YAML's); wider ones fill a GPU (scores move in the last bits)")
     parser.add_argument("--use_gpu", action="store_true",
                         help="score on the GPU (stores under <model>-cuda/, apart from the CPU ones)")
     args = parser.parse_args(argv)
@@ -625,7 +626,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return Study(args.model, args.dataset, args.test_users or None, llm_path=args.llm_path,
                      data_path=args.data_path, out=args.out, effect_users=args.effect_users, probes=args.probes,
                      use_gpu=args.use_gpu, user_batch_size=args.user_batch_size or None,
-                     score_cache_dir=os.path.join(ROOT, "saved", "study_score_cache") if args.part in CACHED_PARTS else None)
+                     score_cache_dir=SCORE_CACHE if args.part in CACHED_PARTS else None)
     if args.command == "fit":
         dist.init()
         try:

@@ -366,8 +366,9 @@ def baselines(t: dict) -> List[str]:
 def decide_c(diffs: Dict[str, Tuple[float, float, float]], one_fit: str, who: str, users: str) -> str:
     """Claim (c)'s rule on the differences (mean, lo, hi) from the optimizer to random and zero-shot: holds when
     it beats both; does not hold when it loses to either, or its gain over random is excluded at ``MARGIN_C``;
-    undecided otherwise, and without random sets unless it loses to zero-shot (the claim is about beating them). ``one_fit`` qualifies
-    a decided verdict whose fits' spread is unmeasured; ``who`` names the optimizer, ``users`` its test users."""
+    undecided otherwise, and without random sets unless it loses to zero-shot (the claim is about beating them).
+    ``one_fit`` qualifies a decided verdict whose fits' spread is unmeasured; ``who`` names the optimizer, ``users``
+    its test users."""
     parts = [f"{'beats' if lo > 0 else 'loses to' if hi < 0 else 'ties with'} {other} ({d:+.4f} [{lo:+.4f}, {hi:+.4f}])"
              for other, (d, lo, hi) in diffs.items()]
     randoms = [v for k, v in diffs.items() if k != "zero-shot"]
