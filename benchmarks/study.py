@@ -380,7 +380,7 @@ class Study:
         os.makedirs(self.folder, exist_ok=True)
         check_identity(self.folder, self.identity)
         if dist.is_main():  # replaced whole: another process may be reading it (check_identity)
-            path = os.path.join(self.folder, "identity.json")
+            path = os.path.join(self.folder, "identity.json")  # beside the identity: what the last start used
             with open(path + ".tmp", "w") as f:
                 json.dump({**self.identity, "identity": self.identity, "pinned": PINNED,
                            "weights_file": os.path.basename(weights), "user_batch_size": config["user_batch_size"],
@@ -612,10 +612,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the effect part's test users (the probes never include them)")
     parser.add_argument("--probes", type=int, default=PROBES, help="probe users of the Effect_D populations")
     parser.add_argument("--user_batch_size", type=int, default=0,
-                        help="rows per forward pass (0: the YAML's); wider ones fill a GPU (scores move in the last bits)")
+                        help="rows per forward pass (0: the YAML's); wider ones fill a GPU, scores move in the "
+                             "last bits")
     parser.add_argument("--use_gpu", action="store_true",
                         help="score on the GPU (stores under <model>-cuda/, apart from the CPU ones)")
     args = parser.parse_args(argv)
+    if args.user_batch_size < 0:
+        parser.error(f"--user_batch_size must be 0 (the YAML's) or more, not {args.user_batch_size}")
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     if args.command == "report":
         from study_report import write_report

@@ -605,14 +605,23 @@ def test_gpu_stores_live_apart_and_a_gpu_study_without_one_is_one_clear_error(ti
     assert not out.exists()  # nothing written
 
 
-def test_a_wider_batch_shares_the_stores_and_is_recorded(tiny_study, tiny_data, tiny_llm_dir, tmp_path):
+def test_a_wider_batch_shares_the_stores_and_is_recorded(tiny_study, tiny_data, tiny_llm_dir, tmp_path, monkeypatch):
     """--user_batch_size only changes how many rows share a forward pass (a GPU wants wide ones): the stores'
     identity stays, so such a run resumes the same stores, and identity.json records the width last used."""
     def recorded() -> int:
-        return json.load(open(os.path.join(tiny_study.folder, "identity.json")))["user_batch_size"]
+        with open(os.path.join(tiny_study.folder, "identity.json")) as f:
+            return json.load(f)["user_batch_size"]
 
-    assert tiny_study.config["user_batch_size"] == recorded() == 8  # the YAML's
+    assert tiny_study.ranker.scorer.user_batch_size == recorded() == 8  # the YAML's
+    narrow = tiny_study.run(study.zero_shot(), "test", 4)
     wide = study.Study("smollm2", "tiny", None, llm_path=tiny_llm_dir, data_path=tiny_data, out=str(tmp_path / "study"),
                        effect_users=10, probes=8, user_batch_size=3)
-    assert wide.config["user_batch_size"] == recorded() == 3
+    assert wide.ranker.scorer.user_batch_size == recorded() == 3
     assert wide.identity == tiny_study.identity and wide.folder == tiny_study.folder
+
+    def no_scoring(prompts):
+        raise AssertionError("a stored user was scored again")
+
+    monkeypatch.setattr(wide.ranker.scorer, "score_many", no_scoring)
+    resumed = wide.run(study.zero_shot(), "test", 4)
+    assert sorted(resumed) == sorted(narrow) and all(np.array_equal(resumed[u], narrow[u]) for u in narrow)

@@ -226,12 +226,13 @@ class LLMScorer(Scorer):
                 continue
             pending.append((i, prefix_ids + suffix_ids, len(prefix_ids), items, keys, found))
         fresh = self._score_jobs([(tuple(ids[:p]), ids[p:], items) for _, ids, p, items, _, _ in pending])
+        reductions = self.reductions
         for (i, ids, _, items, keys, found), scores in zip(pending, fresh):
-            scores = scores.reshape(len(items), len(self.reductions))  # a column per reduction, this scorer's first
+            scores = scores.reshape(len(items), len(reductions))  # a column per reduction, this scorer's first
             own = scores[:, 0]
             if keys is not None:  # a key already present keeps its value
                 self.score_cache.put({k: [v] for k, v in zip(keys, own)})
-                for r, (how, tokens) in enumerate(self.reductions[1:], 1):
+                for r, (how, tokens) in enumerate(reductions[1:], 1):
                     digest = self._digest(ids, *self._settings(how, tokens))
                     self.score_cache.put({item_key(digest, item): [v] for item, v in zip(items, scores[:, r])})
                 own = [found[k][0] if k in found else v for k, v in zip(keys, own)]
