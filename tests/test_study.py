@@ -625,3 +625,18 @@ def test_a_wider_batch_shares_the_stores_and_is_recorded(tiny_study, tiny_data, 
     monkeypatch.setattr(wide.ranker.scorer, "score_many", no_scoring)
     resumed = wide.run(study.zero_shot(), "test", 4)
     assert sorted(resumed) == sorted(narrow) and all(np.array_equal(resumed[u], narrow[u]) for u in narrow)
+
+
+def test_the_pool_table_counts_demonstrations_that_help_the_probes(tmp_path):
+    folder = tmp_path / "smollm2" / "tiny"
+    folder.mkdir(parents=True)
+    pool = {"pool_users": [1, 2, 3], "probe_users": [7, 8], "pool_scores": {"1": {"effect": -0.2},
+                                                                            "2": {"effect": 0.1},
+                                                                            "3": {"effect": -0.5}}}
+    states = {"lrgd-study-seed1": {**pool, "stage1": {"effect": 0.05}},
+              "lrgd-study-lambda_copy0-seed1": {**pool, "stage1": {"effect": 0.05}},  # an ablation: left out
+              "lrgd-compact-seed1": {**pool, "stage1": None}}  # stage 1 not finished: left out
+    for name, state in states.items():
+        (folder / f"{name}.state.json").write_text(json.dumps(state))
+    assert report.pool_rows(str(tmp_path)) == [
+        "| smollm2 tiny lrgd-study-seed1 | 3 | 2 | 1 | +0.1000 | -0.2000 | +0.0500 |"]
