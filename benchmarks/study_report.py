@@ -454,8 +454,12 @@ def plot_methods(tables: Dict[str, dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.6), squeeze=False)
-    for ax, (title, t) in zip(axes[0], tables.items()):
+    cols = min(3, len(tables))
+    rows = -(-len(tables) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows), squeeze=False)
+    for ax in axes.flat[len(tables):]:
+        ax.set_visible(False)
+    for ax, (title, t) in zip(axes.flat, tables.items()):
         names = sorted(t["per_user"], key=lambda m: (m != "zero-shot", m))
         stats = [mean_ci(list(t["per_user"][m].values())) for m in names]
         ax.bar(range(len(names)), [s[0] for s in stats],
@@ -463,7 +467,7 @@ def plot_methods(tables: Dict[str, dict], path: str) -> None:
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("NDCG@10")
-        ax.set_title(f"{title} ({t['users']} users)", fontsize=9)
+        ax.set_title(f"{title} ({t['users']} users)".replace(", ", ",\n", 1), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -639,9 +643,10 @@ def write_report(out: str, docs: str) -> str:
         lines.append(f"| {model} | {dataset} | {len(t['rows'])} | {t['probes']} | {t['test']} | "
                      f"{rho:+.3f} [{lo:+.3f}, {hi:+.3f}] | {within} | {t['rel_effect']:.3f} | {t['rel_ndcg']:.3f} | "
                      f"{t['ceiling']:.3f} | {t['rho_in_sample'][0]:+.3f} | {verdict_b(t)} |")
+    for (model, dataset), t in effect_tables.items():  # below the table: a row between plots starts no table
         png = f"effect_vs_ndcg_{model}_{dataset}.png"
         plot_effect(t, f"{model} {dataset}", os.path.join(docs, "results", png))
-        lines += ["", f"![Effect_D vs NDCG@10, {model}, {dataset}](results/{png})", ""]
+        lines += ["", f"![Effect_D vs NDCG@10, {model}, {dataset}](results/{png})"]
     for (model, dataset), t in effect_tables.items():
         lines += ["", f"Sets of {model} on {dataset} by kind (mean over the kind's sets; zero-shot NDCG@10 "
                   f"{t['zero_ndcg']:.4f}):", "", "| kind | sets | Effect_D (probes) | NDCG@10 (test) |", "|---|---|---|---|"]
