@@ -60,7 +60,8 @@ def _start(run_dir, args, processes):
 
 def _finish(proc, run_dir):
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-4000:]
+    rank0 = "\n".join(line for line in out.splitlines() if "[rank0]" in line)  # the first to fail, often
+    assert proc.returncode == 0, rank0[-3000:] + "\n...\n" + out[-3000:]
     with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as f:
         result = json.load(f)
     with open(os.path.join(run_dir, "map_sharded.json"), encoding="utf-8") as f:
