@@ -4,6 +4,9 @@ Nothing is downloaded: the model is built from a config and saved to a temporary
 loader's "local folder" path is what the tests exercise.
 """
 import os
+import signal
+import subprocess
+from typing import Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -12,6 +15,26 @@ from recbole_lrgd import compat
 from recbole_lrgd.llm.tiny import save_tiny_llm
 
 compat.apply()  # tests that use RecBole directly, not through build_config
+
+
+def launch(cmd: Sequence[str], **kwargs) -> subprocess.Popen:
+    """Start ``cmd`` (``accelerate launch`` and its workers, say) in a process group of its own, its stderr in its
+    stdout, so that ``finish`` can stop all of it."""
+    return subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> Tuple[int, str]:
+    """(exit status, output) of a ``launch``ed command. Past ``timeout`` the whole group is killed and the test
+    fails with its output: the workers hold the output pipe, so killing the launcher alone would leave the test
+    waiting on them for ever."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{' '.join(proc.args[:4])} ... ran past {timeout} s:\n{out[-3000:]}")
+    return proc.returncode, out
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,11 @@ import glob
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
 
-from conftest import write_tiny_dataset
+from conftest import finish, launch, write_tiny_dataset
 
 from recbole_lrgd import distributed as dist
 
@@ -55,13 +54,13 @@ def _start(run_dir, args, processes):
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), WORKER]
     cmd += args + [f"--result_file={os.path.join(run_dir, 'result.json')}"]
-    return subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return launch(cmd, cwd=run_dir, env=env)
 
 
 def _finish(proc, run_dir):
-    out, _ = proc.communicate(timeout=300)
+    returncode, out = finish(proc)
     rank0 = "\n".join(line for line in out.splitlines() if "[rank0]" in line)  # the first to fail, often
-    assert proc.returncode == 0, rank0[-3000:] + "\n...\n" + out[-3000:]
+    assert returncode == 0, rank0[-3000:] + "\n...\n" + out[-3000:]
     with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as f:
         result = json.load(f)
     with open(os.path.join(run_dir, "map_sharded.json"), encoding="utf-8") as f:
@@ -109,3 +108,22 @@ def test_two_processes_give_the_metrics_and_demonstrations_of_one(tmp_path, tiny
     # rank 0 alone logs: one log file, one printed result
     assert len(glob.glob(os.path.join(runs[2], "log", "LRGD", "*.log"))) == 1
     assert sum(line.startswith("test result:") for line in out_two.splitlines()) == 1, out_two[-4000:]
+
+
+def test_a_launch_past_its_time_is_stopped_with_its_workers_and_fails(tmp_path):
+    """A launched run that hangs fails the test, its workers killed too: a worker holding the output pipe would
+    otherwise keep the test waiting after its launcher is gone."""
+    pid_file = tmp_path / "worker.pid"
+    proc = launch(["sh", "-c", f"sleep 600 >/dev/null 2>&1 & echo $! > {pid_file}; echo started; wait"])
+    with pytest.raises(pytest.fail.Exception, match=r"ran past 2 s:\nstarted"):
+        finish(proc, timeout=2)
+    assert _state(int(pid_file.read_text())) in ("gone", "Z")  # killed (a zombie until its new parent reaps it)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (R, S, Z, ...), or "gone"."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"

@@ -491,7 +491,8 @@ def test_a_fit_launched_on_two_processes_equals_one_process_fit(tiny_study, tiny
     """``study.py fit`` under ``accelerate launch`` shares stage 1 (the pool) between 2 processes: the state holds
     the one-process fit's pool scores and set, and stage 1's process seconds are twice its wall seconds."""
     import socket
-    import subprocess
+
+    from conftest import finish, launch
 
     name = f"lrgd-default-s2-seed{study.SEED}"
     study.fit_part(tiny_study, "effect", only=name)
@@ -507,8 +508,8 @@ def test_a_fit_launched_on_two_processes_equals_one_process_fit(tiny_study, tiny
            str(port), study.__file__, "fit", "--part=effect", f"--only={name}", "--dataset=tiny", "--test_users=0",
            f"--llm_path={tiny_llm_dir}", f"--data_path={tiny_data}", f"--out={out}", "--effect_users=10",
            "--probes=8"]
-    proc = subprocess.run(cmd, cwd=tiny_data, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    returncode, log = finish(launch(cmd, cwd=tiny_data, env=env))
+    assert returncode == 0, log[-4000:]
     two = json.load(open(os.path.join(out, "smollm2", "tiny", state_file)))
     assert len(one["pool_scores"]) == len(two["pool_scores"]) > 2  # more than one round of 2
     for user, evaluation in one["pool_scores"].items():
@@ -519,7 +520,7 @@ def test_a_fit_launched_on_two_processes_equals_one_process_fit(tiny_study, tiny
     # the pool's rounds count twice their wall time, the work both processes repeat (the probes' zero-shot) once
     assert two["seconds"]["stage1"] < two["seconds"]["stage1_process"] < 2 * two["seconds"]["stage1"]
     assert two["seconds"]["stage1_demos"] == one["seconds"]["stage1_demos"] == len(one["pool_users"])
-    assert proc.stdout.count(f"{name}: stage 1 ") == 1  # the main process reports it
+    assert log.count(f"{name}: stage 1 ") == 1  # the main process reports it
 
 
 def test_a_fit_shares_its_pool_through_the_distributed_map(tiny_study, monkeypatch):
@@ -640,3 +641,25 @@ def test_the_pool_table_counts_demonstrations_that_help_the_probes(tmp_path):
         (folder / f"{name}.state.json").write_text(json.dumps(state))
     assert report.pool_rows(str(tmp_path)) == [
         "| smollm2 tiny lrgd-study-seed1 | 3 | 2 | 1 | +0.1000 | -0.2000 | +0.0500 |"]
+
+
+def test_the_compact_part_is_pooled_over_its_datasets(tiny_study, tmp_path, monkeypatch):
+    """Two datasets with the compact methods part pool into one claim (c) verdict for it; two identical datasets
+    pool to the one dataset's own difference."""
+    import shutil
+
+    monkeypatch.setitem(report.NOMINAL_USERS, "methods-compact", 4)
+    study.run_part(tiny_study, "methods-compact", 4, only="zero-shot|random2-d.|nearest2")
+    tiny_study.run(study.optimized(2, study.SEED), "test", 4)  # stands in for the compact fit (its name below)
+    fit = f"lrgd-compact-s2-seed{study.SEED}"
+    os.replace(os.path.join(tiny_study.folder, f"lrgd-default-s2-seed{study.SEED}-test.npz"),
+               os.path.join(tiny_study.folder, f"{fit}-test.npz"))
+    shutil.copytree(tiny_study.folder, os.path.join(os.path.dirname(tiny_study.folder), "tiny2"))
+    page = report.write_report(str(tmp_path / "study"), str(tmp_path / "docs"))
+    own = next(line for line in page.splitlines() if line.startswith(f"- Claim (c), smollm2 tiny, the compact methods "
+                                                                       f"part: "))
+    pooled = next(line for line in page.splitlines()
+                  if line.startswith("- Claim (c), smollm2, the compact methods part pooled over datasets: "))
+    assert "the mean over tiny, tiny2" in pooled and "on 4+4 users" in pooled
+    difference = own.split("random2 (")[1].split(" ")[0]  # the same users twice: the same mean difference
+    assert pooled.split("random2 (")[1].startswith(difference)
