@@ -406,7 +406,7 @@ def verdict_c(method: str, t: dict) -> str:
 
 
 def pooled_verdict_c(method: str, tables: Dict[str, dict]) -> Optional[str]:
-    """``decide_c`` over the datasets (name -> table, one model's) whose tables hold ``method`` and random sets,
+    """``decide_c`` over the datasets (name -> table, one model's and one part's) whose tables hold ``method`` and random sets,
     each dataset weighing the same (``pooled_diff``); None for fewer than two. It is about these datasets, and
     says so, naming any that decides otherwise on its own."""
     tables = {d: t for d, t in tables.items() if method in t["sets"] and len(baselines(t)) > 1}
@@ -702,7 +702,7 @@ def write_report(out: str, docs: str) -> str:
             if conditions is compact_part and not any(m.startswith("lrgd-compact") for m in t["per_user"]):
                 continue  # the rest of the compact part is the methods part's: shown there
             method_tables[f"{model} {dataset}, {title}"] = t
-            if conditions is not EFFECT_METHODS:  # each part pooled over its datasets
+            if conditions is methods_part or conditions is compact_part:  # each part pooled over its datasets
                 methods_parts.setdefault((model, title), {})[dataset] = t
             lines += [f"### {model}, {dataset}: {title} ({t['users']} test users)", "",
                       "| method | sets | NDCG@10 [95% CI] | spread of sets | − zero-shot [95% CI] | − random [95% CI] "

@@ -3,10 +3,13 @@
 Nothing is downloaded: the model is built from a config and saved to a temporary folder, so the
 loader's "local folder" path is what the tests exercise.
 """
+import contextlib
 import os
+import shlex
 import signal
 import subprocess
-from typing import Sequence, Tuple
+import uuid
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -17,23 +20,45 @@ from recbole_lrgd.llm.tiny import save_tiny_llm
 compat.apply()  # tests that use RecBole directly, not through build_config
 
 
-def launch(cmd: Sequence[str], **kwargs) -> subprocess.Popen:
-    """Start ``cmd`` (``accelerate launch`` and its workers, say) in a process group of its own, its stderr in its
-    stdout, so that ``finish`` can stop all of it."""
-    return subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kwargs)
+LAUNCH_MARK = "LRGD_TEST_LAUNCH"  # an environment variable every process of one launch inherits
+
+
+def launch(cmd: Sequence[str], env: Optional[Dict[str, str]] = None, **kwargs) -> subprocess.Popen:
+    """Start ``cmd`` (``accelerate launch`` and its workers, say), its stderr in its stdout, marked so that ``finish``
+    can find every process it starts: torchrun puts each worker in a session of its own, out of reach of a process
+    group kill."""
+    mark = uuid.uuid4().hex
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**(os.environ if env is None else env), LAUNCH_MARK: mark}, **kwargs)
+    proc.mark = mark
+    return proc
+
+
+def marked(mark: str) -> List[int]:
+    """The processes whose environment holds ``mark`` (``launch``'s)."""
+    wanted, found = f"{LAUNCH_MARK}={mark}".encode(), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if wanted in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:  # gone, or not ours
+            continue
+    return found
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> Tuple[int, str]:
-    """(exit status, output) of a ``launch``ed command. Past ``timeout`` the whole group is killed and the test
-    fails with its output: the workers hold the output pipe, so killing the launcher alone would leave the test
-    waiting on them for ever."""
+    """(exit status, output) of a ``launch``ed command. Past ``timeout`` every process of the launch is killed and
+    the test fails with its output: the workers hold the output pipe, so killing the launcher alone would leave the
+    test waiting on them."""
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        for pid in marked(proc.mark):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(proc.args[:4])} ... ran past {timeout} s:\n{out[-3000:]}")
+        pytest.fail(f"{shlex.join(proc.args)[:300]} ran past {timeout} s:\n{out[-3000:]}")
     return proc.returncode, out
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import sys
+import time
 
 import pytest
 
@@ -111,13 +112,21 @@ def test_two_processes_give_the_metrics_and_demonstrations_of_one(tmp_path, tiny
 
 
 def test_a_launch_past_its_time_is_stopped_with_its_workers_and_fails(tmp_path):
-    """A launched run that hangs fails the test, its workers killed too: a worker holding the output pipe would
-    otherwise keep the test waiting after its launcher is gone."""
-    pid_file = tmp_path / "worker.pid"
-    proc = launch(["sh", "-c", f"sleep 600 >/dev/null 2>&1 & echo $! > {pid_file}; echo started; wait"])
-    with pytest.raises(pytest.fail.Exception, match=r"ran past 2 s:\nstarted"):
+    """A launched run that hangs fails the test, with every process it started killed: one in its own session (as
+    torchrun starts its workers) holding the output pipe would keep the test waiting, one that does not would
+    live on."""
+    pids = tmp_path / "pids"
+    proc = launch(["sh", "-c", f"sleep 600 >/dev/null 2>&1 & echo $! >> {pids}; "
+                               f"setsid sh -c 'echo $$ >> {pids}; sleep 20; echo late' & echo started; wait"])
+    with pytest.raises(pytest.fail.Exception, match=r"ran past 2 s:\nstarted") as failed:
         finish(proc, timeout=2)
-    assert _state(int(pid_file.read_text())) in ("gone", "Z")  # killed (a zombie until its new parent reaps it)
+    assert str(failed.value).split("ran past 2 s:\n")[1] == "started\n"  # not "late": that worker was killed
+    workers = [int(p) for p in pids.read_text().split()]
+    for _ in range(100):  # a killed process may take a moment to die
+        if all(_state(w) in ("gone", "Z") for w in workers):  # a zombie until its new parent reaps it
+            break
+        time.sleep(0.02)
+    assert len(workers) == 2 and all(_state(w) in ("gone", "Z") for w in workers)
 
 
 def _state(pid: int) -> str:

@@ -644,8 +644,8 @@ def test_the_pool_table_counts_demonstrations_that_help_the_probes(tmp_path):
 
 
 def test_the_compact_part_is_pooled_over_its_datasets(tiny_study, tmp_path, monkeypatch):
-    """Two datasets with the compact methods part pool into one claim (c) verdict for it; two identical datasets
-    pool to the one dataset's own difference."""
+    """Two datasets with the compact methods part pool into one claim (c) verdict for it (one dataset: none); two
+    identical datasets pool to the one dataset's own difference."""
     import shutil
 
     monkeypatch.setitem(report.NOMINAL_USERS, "methods-compact", 4)
@@ -654,12 +654,15 @@ def test_the_compact_part_is_pooled_over_its_datasets(tiny_study, tmp_path, monk
     fit = f"lrgd-compact-s2-seed{study.SEED}"
     os.replace(os.path.join(tiny_study.folder, f"lrgd-default-s2-seed{study.SEED}-test.npz"),
                os.path.join(tiny_study.folder, f"{fit}-test.npz"))
+    pooled_line = "- Claim (c), smollm2, the compact methods part pooled over datasets: "
+    alone = report.write_report(str(tmp_path / "study"), str(tmp_path / "docs"))
+    assert "- Claim (c), smollm2 tiny, the compact methods part: " in alone and pooled_line not in alone
     shutil.copytree(tiny_study.folder, os.path.join(os.path.dirname(tiny_study.folder), "tiny2"))
-    page = report.write_report(str(tmp_path / "study"), str(tmp_path / "docs"))
-    own = next(line for line in page.splitlines() if line.startswith(f"- Claim (c), smollm2 tiny, the compact methods "
-                                                                       f"part: "))
-    pooled = next(line for line in page.splitlines()
-                  if line.startswith("- Claim (c), smollm2, the compact methods part pooled over datasets: "))
-    assert "the mean over tiny, tiny2" in pooled and "on 4+4 users" in pooled
+    page = report.write_report(str(tmp_path / "study"), str(tmp_path / "docs")).splitlines()
+    own = next((line for line in page if line.startswith("- Claim (c), smollm2 tiny, the compact methods part: ")), "")
+    pooled = next((line for line in page if line.startswith(pooled_line)), "")
+    assert "the mean over tiny, tiny2" in pooled and "on 4+4 users" in pooled, "\n".join(page[-40:])
     difference = own.split("random2 (")[1].split(" ")[0]  # the same users twice: the same mean difference
     assert pooled.split("random2 (")[1].startswith(difference)
+    section = page.index("### The methods parts pooled over datasets")
+    assert page[section + 4].startswith("- smollm2, the compact methods part: ")
