@@ -406,9 +406,9 @@ def verdict_c(method: str, t: dict) -> str:
 
 
 def pooled_verdict_c(method: str, tables: Dict[str, dict]) -> Optional[str]:
-    """``decide_c`` over the datasets (name -> table, one model's and one part's) whose tables hold ``method`` and random sets,
-    each dataset weighing the same (``pooled_diff``); None for fewer than two. It is about these datasets, and
-    says so, naming any that decides otherwise on its own."""
+    """``decide_c`` over the datasets (name -> table, of one model and one part) whose tables hold ``method`` and
+    random sets, each dataset weighing the same (``pooled_diff``); None for fewer than two. It is about these
+    datasets, and says so, naming any that decides otherwise on its own."""
     tables = {d: t for d, t in tables.items() if method in t["sets"] and len(baselines(t)) > 1}
     if len(tables) < 2:
         return None

@@ -7,6 +7,7 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -18,6 +19,13 @@ from recbole_lrgd import compat
 from recbole_lrgd.llm.tiny import save_tiny_llm
 
 compat.apply()  # tests that use RecBole directly, not through build_config
+
+
+def free_port() -> int:
+    """A local TCP port free now, for a launch's main process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 LAUNCH_MARK = "LRGD_TEST_LAUNCH"  # an environment variable every process of one launch inherits

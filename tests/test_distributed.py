@@ -3,13 +3,12 @@ processes giving exactly the metrics and demonstrations of a 1-process run."""
 import glob
 import json
 import os
-import socket
 import sys
 import time
 
 import pytest
 
-from conftest import finish, launch, write_tiny_dataset
+from conftest import finish, free_port, launch, write_tiny_dataset
 
 from recbole_lrgd import distributed as dist
 
@@ -38,12 +37,6 @@ def test_shard_and_unshard_round_trip(world_size):
     assert dist.unshard(parts) == items
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(run_dir, args, processes):
     os.makedirs(run_dir, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LRGD_DIST_OUT": run_dir, "CUDA_VISIBLE_DEVICES": "",
@@ -53,7 +46,7 @@ def _start(run_dir, args, processes):
     else:  # accelerate's torchrun launcher ("--multi_gpu") spawns the processes; CPU -> gloo
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), WORKER]
+               "--main_process_port", str(free_port()), WORKER]
     cmd += args + [f"--result_file={os.path.join(run_dir, 'result.json')}"]
     return launch(cmd, cwd=run_dir, env=env)
 

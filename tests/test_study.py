@@ -490,22 +490,17 @@ def test_the_compact_part_fits_with_the_compact_profile(tiny_study, monkeypatch)
 def test_a_fit_launched_on_two_processes_equals_one_process_fit(tiny_study, tiny_data, tiny_llm_dir, tmp_path):
     """``study.py fit`` under ``accelerate launch`` shares stage 1 (the pool) between 2 processes: the state holds
     the one-process fit's pool scores and set, and stage 1's process seconds are twice its wall seconds."""
-    import socket
-
-    from conftest import finish, launch
+    from conftest import finish, free_port, launch
 
     name = f"lrgd-default-s2-seed{study.SEED}"
     study.fit_part(tiny_study, "effect", only=name)
     state_file = f"lrgd-default-seed{study.SEED}.state.json"
     one = json.load(open(os.path.join(tiny_study.folder, state_file)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = str(tmp_path / "two")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           str(port), study.__file__, "fit", "--part=effect", f"--only={name}", "--dataset=tiny", "--test_users=0",
+           str(free_port()), study.__file__, "fit", "--part=effect", f"--only={name}", "--dataset=tiny", "--test_users=0",
            f"--llm_path={tiny_llm_dir}", f"--data_path={tiny_data}", f"--out={out}", "--effect_users=10",
            "--probes=8"]
     returncode, log = finish(launch(cmd, cwd=tiny_data, env=env))
