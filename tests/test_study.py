@@ -67,6 +67,32 @@ def test_a_study_of_another_identity_on_the_same_stores_is_one_clear_error(tiny_
     assert again.identity == tiny_study.identity
 
 
+def test_two_runs_started_at_once_on_one_folder_both_start(tiny_study, tiny_data, tiny_llm_dir, tmp_path,
+                                                          monkeypatch):
+    """The usual way to use both cores is two runs (the fit beside the baselines) on one store folder. A second
+    process that writes and moves the identity file while the first is writing its own must not take the first's
+    file from under it."""
+    real_replace, real_getpid = os.replace, os.getpid
+    second = []
+
+    def replace_after_a_second_process_started(src, dst):
+        if dst.endswith("identity.json") and not second:
+            second.append(None)
+            monkeypatch.setattr(os, "getpid", lambda: real_getpid() + 1)  # the other process
+            second.append(study.Study("smollm2", "tiny", None, llm_path=tiny_llm_dir, data_path=tiny_data,
+                                      out=str(tmp_path / "study"), effect_users=10, probes=8))
+            monkeypatch.setattr(os, "getpid", real_getpid)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_after_a_second_process_started)
+    first = study.Study("smollm2", "tiny", None, llm_path=tiny_llm_dir, data_path=tiny_data,
+                        out=str(tmp_path / "study"), effect_users=10, probes=8)
+    assert first.identity == second[1].identity
+    assert [n for n in os.listdir(first.folder) if "tmp" in n] == []
+    with open(os.path.join(first.folder, "identity.json")) as f:
+        assert json.load(f)["identity"] == first.identity
+
+
 def test_probes_are_disjoint_from_the_effect_users_and_never_see_their_own_demonstration(tiny_study):
     effect_users = {r[0] for r in tiny_study.tests[:10]}
     probes = [p.user for p in tiny_study.probes]
