@@ -67,8 +67,7 @@ def test_a_study_of_another_identity_on_the_same_stores_is_one_clear_error(tiny_
     assert again.identity == tiny_study.identity
 
 
-def test_two_runs_started_at_once_on_one_folder_both_start(tiny_study, tiny_data, tiny_llm_dir, tmp_path,
-                                                          monkeypatch):
+def test_two_runs_started_at_once_on_one_folder_both_start(tiny_data, tiny_llm_dir, tmp_path, monkeypatch):
     """The usual way to use both cores is two runs (the fit beside the baselines) on one store folder. A second
     process that writes and moves the identity file while the first is writing its own must not take the first's
     file from under it."""
@@ -77,7 +76,7 @@ def test_two_runs_started_at_once_on_one_folder_both_start(tiny_study, tiny_data
 
     def replace_after_a_second_process_started(src, dst):
         if dst.endswith("identity.json") and not second:
-            second.append(None)
+            second.append(None)  # once: the second start's own move passes straight through
             monkeypatch.setattr(os, "getpid", lambda: real_getpid() + 1)  # the other process
             second.append(study.Study("smollm2", "tiny", None, llm_path=tiny_llm_dir, data_path=tiny_data,
                                       out=str(tmp_path / "study"), effect_users=10, probes=8))
