@@ -45,6 +45,7 @@ from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
 from recbole_lrgd.data.probes import Probe, make_probes  # noqa: E402
 from recbole_lrgd.optimizer.two_stage import NOT_IN_IDENTITY  # noqa: E402
+from recbole_lrgd.whole_file import write_whole  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "out", "study")
 DATA_PATH = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -382,14 +383,12 @@ class Study:
         check_identity(self.folder, self.identity)
         if dist.is_main():  # replaced whole: another process may be reading it (check_identity)
             path = os.path.join(self.folder, "identity.json")  # beside the identity: what the last start used
-            tmp = f"{path}.tmp{os.getpid()}"  # per process: a second run may start beside this one
-            with open(tmp, "w") as f:
-                json.dump({**self.identity, "identity": self.identity, "pinned": PINNED,
-                           "weights_file": os.path.basename(weights), "user_batch_size": config["user_batch_size"],
-                           "test_users_available": len(self.tests),
-                           "probes": len(self.probes), "effect_users": [int(r[0]) for r in self.tests[:effect_users]],
-                           **({"gpu": torch.cuda.get_device_name(0)} if use_gpu else {})}, f, indent=1)
-            os.replace(tmp, path)
+            write_whole(path, json.dumps({
+                **self.identity, "identity": self.identity, "pinned": PINNED,
+                "weights_file": os.path.basename(weights), "user_batch_size": config["user_batch_size"],
+                "test_users_available": len(self.tests),
+                "probes": len(self.probes), "effect_users": [int(r[0]) for r in self.tests[:effect_users]],
+                **({"gpu": torch.cuda.get_device_name(0)} if use_gpu else {})}, indent=1))
 
     # -- optimizer -------------------------------------------------------------------------------
     def fit(self, name: str, stages: int, seed: int, profile: str, overrides: dict) -> Tuple[DemoChoice, float]:

@@ -34,6 +34,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
+from recbole_lrgd.whole_file import write_whole
+
 # variant name -> (RecBole model, config keys of the variant); baselines keep RecBole's defaults
 VARIANTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "LRGD-zero-shot": ("LRGD", {"demo_mode": "none"}),
@@ -286,13 +288,6 @@ def bootstrap_pairs(protocol: str, variants: Sequence[str]) -> List[Tuple[str, s
     return pairs
 
 
-def _atomic_write(path: str, data, binary: bool = False) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8", newline=None if binary else "") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def row_key(dataset: str, variant: str, digest: str) -> str:
     """Where a finished row is kept in the JSON store."""
     return f"{dataset}|{variant}|{digest}"
@@ -418,7 +413,7 @@ def bar_chart(rows: List[Dict[str, Any]], dataset: str, path: str, protocol: str
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue(), binary=True)
+    write_whole(path, buf.getvalue())
 
 
 def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_dict: Optional[Dict[str, Any]] = None,
@@ -456,9 +451,9 @@ def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_d
     rows, ran, reused, failed = [], [], [], {}
 
     def write_outputs() -> None:
-        _atomic_write(paths["json"], json.dumps({"rows": list(store.values())}, indent=1, sort_keys=True))
-        _atomic_write(paths["md"], markdown_report(dataset, rows, failed, protocol))
-        _atomic_write(paths["csv"], csv_text(rows, protocol))
+        write_whole(paths["json"], json.dumps({"rows": list(store.values())}, indent=1, sort_keys=True))
+        write_whole(paths["md"], markdown_report(dataset, rows, failed, protocol))
+        write_whole(paths["csv"], csv_text(rows, protocol))
 
     bar = tqdm(models, desc=f"benchmark {dataset}", unit="model", disable=not progress)
     for variant in bar:

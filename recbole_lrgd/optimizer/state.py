@@ -17,6 +17,7 @@ import numpy as np
 
 from recbole_lrgd.llm.loader import llm_device
 from recbole_lrgd.llm.score_cache import model_identity, quarantine
+from recbole_lrgd.whole_file import write_whole
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,4 @@ def save_state(path: Optional[str], state: Dict[str, Any]) -> None:
     if not path:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_whole(path, json.dumps(state, indent=1, sort_keys=True))
