@@ -117,6 +117,7 @@ def load_folder(folder: str) -> Dict[Tuple[str, str], Tuple[Store, dict]]:
     return found
 
 
+GLOBAL_KINDS = ("random", "anchor", "lrgd")  # one set shown to every user, as the optimizer picks (not per-user nearest)
 EFFECT_SETS = re.compile(r"random2-d\d+|anchor2-d\d+|nearest2|lrgd-default-s2-seed\d+")  # claim (b)'s sets
 SINGLE_SETS = re.compile(r"random1-d\d+")  # the per-demonstration form
 
@@ -149,10 +150,16 @@ def effect_table(stores, min_probes: int = 200, min_test: int = 500, sets: re.Pa
     n = [np.mean(list(r["ndcg_test"].values())) for r in rows]
     et = [np.mean(list(r["effect_test"].values())) for r in rows]
     rel_e, rel_n = split_half([r["effect_probe"] for r in rows]), split_half([r["ndcg_test"] for r in rows])
-    rand = [i for i, r in enumerate(rows) if r["kind"] == "random"]
-    rho_random = spearman_ci([e[i] for i in rand], [n[i] for i in rand]) if len(rand) >= 5 else None
+
+    def rho_of(kinds: Sequence[str]) -> Tuple[Optional[Tuple[float, float, float]], int]:
+        """rho over the sets of these kinds (None under 5 sets), and how many there are."""
+        idx = [i for i, r in enumerate(rows) if r["kind"] in kinds]
+        return (spearman_ci([e[i] for i in idx], [n[i] for i in idx]) if len(idx) >= 5 else None), len(idx)
+
+    rho_random, random_sets = rho_of(("random",))
+    rho_global, global_sets = rho_of(GLOBAL_KINDS)
     return {"rows": rows, "effect": e, "ndcg": n, "effect_test": et, "rho": spearman_ci(e, n), "rho_random": rho_random,
-            "random_sets": len(rand),
+            "random_sets": random_sets, "rho_global": rho_global, "global_sets": global_sets,
             "rho_in_sample": spearman_ci(et, n), "rel_effect": rel_e, "rel_ndcg": rel_n,
             "ceiling": float(np.sqrt(max(rel_e, 0) * max(rel_n, 0))),
             "probes": min(len(r["effect_probe"]) for r in rows), "test": min(len(r["ndcg_test"]) for r in rows),
@@ -626,10 +633,13 @@ def write_report(out: str, docs: str) -> str:
               "disjoint test users. rho: Spearman over sets with a bootstrap 95% CI (sets resampled). "
               "Reliability: split-half (Spearman-Brown) of the set means over users; the noise ceiling "
               "sqrt(rel_E x rel_N) is the highest rho the noise allows. In-sample: Effect_D measured on the "
-              "test users themselves (an upper reference, not a usable selector).", "",
-              "| model | dataset | sets | probes | test users | rho(Effect_D, NDCG@10) | rho, random sets only | "
-              "reliability Effect_D | reliability NDCG@10 | noise ceiling | in-sample rho | verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "test users themselves (an upper reference, not a usable selector). One set for every user: the "
+              "random, anchor and optimizer sets, without per-user nearest (the kind of set the optimizer "
+              "chooses).", "",
+              "| model | dataset | sets | probes | test users | rho(Effect_D, NDCG@10) | rho, one set for every user | "
+              "rho, random sets only | reliability Effect_D | reliability NDCG@10 | noise ceiling | in-sample rho | "
+              "verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     effect_tables = {}
     effect_users = {k: identities[k].get("effect_users") for k in all_stores}
     for (model, dataset), stores in sorted(all_stores.items()):
@@ -638,10 +648,11 @@ def write_report(out: str, docs: str) -> str:
             continue
         effect_tables[(model, dataset)] = t
         rho, lo, hi = t["rho"]
-        rr = t["rho_random"]
-        within = f"{rr[0]:+.3f} [{rr[1]:+.3f}, {rr[2]:+.3f}] ({t['random_sets']})" if rr else ""
+        within = {k: f"{t['rho_' + k][0]:+.3f} [{t['rho_' + k][1]:+.3f}, {t['rho_' + k][2]:+.3f}] "
+                     f"({t[k + '_sets']})" if t["rho_" + k] else "" for k in ("global", "random")}
         lines.append(f"| {model} | {dataset} | {len(t['rows'])} | {t['probes']} | {t['test']} | "
-                     f"{rho:+.3f} [{lo:+.3f}, {hi:+.3f}] | {within} | {t['rel_effect']:.3f} | {t['rel_ndcg']:.3f} | "
+                     f"{rho:+.3f} [{lo:+.3f}, {hi:+.3f}] | {within['global']} | {within['random']} | "
+                     f"{t['rel_effect']:.3f} | {t['rel_ndcg']:.3f} | "
                      f"{t['ceiling']:.3f} | {t['rho_in_sample'][0]:+.3f} | {verdict_b(t)} |")
     for (model, dataset), t in effect_tables.items():  # below the table: a row between plots starts no table
         png = f"effect_vs_ndcg_{model}_{dataset}.png"

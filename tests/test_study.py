@@ -143,12 +143,20 @@ def test_study_scores_equal_recboles_evaluation_of_the_same_demonstrations(tiny_
 
 def test_report_tables_from_stores(tiny_study, tmp_path):
     """The claim (b) table is computed from complete sets only; the methods table from shared users."""
-    for condition in [study.zero_shot()] + [study.random_set(d) for d in range(5)] + [study.nearest()]:
+    for condition in ([study.zero_shot()] + [study.random_set(d) for d in range(5)] + [study.nearest()]
+                      + [study.anchor_set(0)]):
         tiny_study.run(condition, "probe")
         tiny_study.run(condition, "test", 10)
     stores = report.load_folder(tiny_study.folder)
     table = report.effect_table(stores, min_probes=8, min_test=10)
-    assert len(table["rows"]) == 6 and table["probes"] == 8 and table["test"] == 10
+    assert len(table["rows"]) == 7 and table["probes"] == 8 and table["test"] == 10
+    kinds = [r["kind"] for r in table["rows"]]
+    for key, chosen in (("random", {"random"}), ("global", {"random", "anchor"})):  # never per-user nearest
+        idx = [i for i, k in enumerate(kinds) if k in chosen]
+        assert table[key + "_sets"] == len(idx)
+        np.testing.assert_equal(table["rho_" + key], report.spearman_ci(  # equal, nan CIs of tiny data included
+            [table["effect"][i] for i in idx], [table["ndcg"][i] for i in idx]))
+    assert table["global_sets"] == 6 and table["random_sets"] == 5
     zero = stores[("zero-shot", "probe")][0]
     assert table["effect"][0] == pytest.approx(np.mean(list(report.effects(
         stores[(table["rows"][0]["condition"], "probe")][0], zero).values())))
