@@ -340,6 +340,17 @@ def fmt_ci(mean: float, lo: float, hi: float, sign: bool = False) -> str:
     return f"{f.format(mean)} [{f.format(lo)}, {f.format(hi)}]"
 
 
+def fmt_rho(ci: Tuple[float, float, float]) -> str:
+    """A Spearman rho and its bootstrap CI, as the claim (b) tables print them."""
+    return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*ci)
+
+
+def subset_rho(t: dict, subset: str) -> str:
+    """The rho over a subset of an effect table's sets ("random", "global") and their count; blank under 5 sets."""
+    ci = t["rho_" + subset]
+    return f"{fmt_rho(ci)} ({t[subset + '_sets']})" if ci else ""
+
+
 def verdict_b(t: dict) -> str:
     """Holds when rho's CI is above 0; does not hold when it excludes rho >= 0.3 and half the noise ceiling (a
     predictor half as good as the noise lets any be); undecided otherwise."""
@@ -647,11 +658,8 @@ def write_report(out: str, docs: str) -> str:
         if t is None:
             continue
         effect_tables[(model, dataset)] = t
-        rho, lo, hi = t["rho"]
-        within = {k: f"{t['rho_' + k][0]:+.3f} [{t['rho_' + k][1]:+.3f}, {t['rho_' + k][2]:+.3f}] "
-                     f"({t[k + '_sets']})" if t["rho_" + k] else "" for k in ("global", "random")}
         lines.append(f"| {model} | {dataset} | {len(t['rows'])} | {t['probes']} | {t['test']} | "
-                     f"{rho:+.3f} [{lo:+.3f}, {hi:+.3f}] | {within['global']} | {within['random']} | "
+                     f"{fmt_rho(t['rho'])} | {subset_rho(t, 'global')} | {subset_rho(t, 'random')} | "
                      f"{t['rel_effect']:.3f} | {t['rel_ndcg']:.3f} | "
                      f"{t['ceiling']:.3f} | {t['rho_in_sample'][0]:+.3f} | {verdict_b(t)} |")
     for (model, dataset), t in effect_tables.items():  # below the table: a row between plots starts no table
@@ -675,8 +683,7 @@ def write_report(out: str, docs: str) -> str:
                   "|---|---|---|---|---|---|"]
         for (model, dataset), t in singles.items():
             if t:
-                rho, lo, hi = t["rho"]
-                lines.append(f"| {model} | {dataset} | {len(t['rows'])} | {rho:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                lines.append(f"| {model} | {dataset} | {len(t['rows'])} | {fmt_rho(t['rho'])} | "
                              f"{t['ceiling']:.3f} | {np.mean(t['ndcg']) - t['zero_ndcg']:+.4f} |")
 
     # claim c
