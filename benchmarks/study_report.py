@@ -335,14 +335,14 @@ def base_diff(table: Dict[str, dict], label: str, prefix: re.Pattern) -> Optiona
     return paired_bootstrap(table[label]["ndcg"], table[own.group(2)]["ndcg"])[:3]
 
 
-def fmt_ci(mean: float, lo: float, hi: float, sign: bool = False) -> str:
-    f = "{:+.4f}" if sign else "{:.4f}"
+def fmt_ci(mean: float, lo: float, hi: float, sign: bool = False, digits: int = 4) -> str:
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
     return f"{f.format(mean)} [{f.format(lo)}, {f.format(hi)}]"
 
 
 def fmt_rho(ci: Tuple[float, float, float]) -> str:
     """A Spearman rho and its bootstrap CI, as the claim (b) tables print them."""
-    return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*ci)
+    return fmt_ci(*ci, sign=True, digits=3)
 
 
 def subset_rho(t: dict, subset: str) -> str:
