@@ -44,6 +44,12 @@ def test_spearman_ci_of_a_monotone_relation_is_one():
     assert rho == pytest.approx(-1.0) and hi == pytest.approx(-1.0)
 
 
+def test_ci_cells_print_as_the_tables_show_them():
+    assert report.fmt_ci(0.3275, 0.29941, 0.35583) == "0.3275 [0.2994, 0.3558]"
+    assert report.fmt_ci(0.0036, -0.008, 0.01534, sign=True) == "+0.0036 [-0.0080, +0.0153]"
+    assert report.fmt_rho((0.4961, 0.0851, -0.7733)) == "+0.496 [+0.085, -0.773]"  # rho: 3 digits, signed
+
+
 # -- stores and the agreement with RecBole -----------------------------------------------------
 @pytest.fixture
 def tiny_study(tiny_data, tiny_llm_dir, tmp_path):
