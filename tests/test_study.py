@@ -700,3 +700,19 @@ def test_the_compact_part_is_pooled_over_its_datasets(tiny_study, tmp_path, monk
     assert pooled.split("random2 (")[1].startswith(difference)
     section = page.index("### The methods parts pooled over datasets")
     assert page[section + 4].startswith("- smollm2, the compact methods part: ")
+
+
+def test_models_are_compared_with_the_default_llm_per_reduction_on_shared_users():
+    hit, miss = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 1.0])  # target first: NDCG@10 1.0, then 0.5
+    def stores(scores, conditions):
+        return {(c, "test"): (dict(enumerate(scores)), {}) for c in conditions}
+    all_stores = {("smollm2", "d"): stores([miss] * 4, ["zero-shot", "first3-zero-shot"]),
+                  ("big", "d"): stores([hit] * 2, ["zero-shot", "sum-zero-shot", "first3-zero-shot"]),
+                  ("smollm2-cuda", "d"): stores([hit] * 4, ["zero-shot"]),  # another device: not compared
+                  ("big", "other"): stores([hit], ["zero-shot"]),  # no smollm2 there: no row
+                  ("small", "d"): stores([hit], ["random2-d0"])}  # no zero-shot store: no row
+    lines = report.model_comparison(all_stores)
+    rows = lines[next(i for i, line in enumerate(lines) if line.startswith("|---")) + 1:]
+    # users 0 and 1 are shared; each gains 1 - 0.5; sum has no smollm2 store, so its cell is blank
+    assert rows == ["| big | d | +0.5000 [+0.5000, +0.5000] (2) |  | +0.5000 [+0.5000, +0.5000] (2) |"]
+    assert report.model_comparison({("smollm2", "d"): all_stores[("smollm2", "d")]}) == []
