@@ -637,7 +637,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             fit_part(load(), args.part, args.only)
         finally:
             dist.shutdown()
-        return 0
+        return dist.leave(0)
     study = load()
     n = args.users or None
     index, count = (int(x) for x in args.shard.split("/"))

@@ -35,22 +35,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     from recbole_lrgd.quick_start import run
 
     files = args.config_files.strip().split(" ") if args.config_files else None
+    result = None
     try:
         result = run(model=args.model, dataset=args.dataset, config_file_list=files)
     except LRGDError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         dist.shutdown()  # every collective is done once run() returns
-    if not dist.is_main():
-        return 0
-    if args.result_file:
-        write_result(args.result_file, result)
+    if result is not None and dist.is_main():
+        report(args.result_file, result)
+    return dist.leave(0 if result is not None else 2)
+
+
+def report(result_file: Optional[str], result: Dict[str, Any]) -> None:
+    """Rank 0's output: the JSON file (if asked for) and the metrics line."""
+    if result_file:
+        write_result(result_file, result)
     metrics = "  ".join(f"{k}: {v:.4f}" for k, v in result["test_result"].items())
     print(f"{result['model']} on {result['dataset']} ({result['test_users']} test users, "
           f"fit {result['fit_time']:.1f}s, test {result['eval_time']:.1f}s)")
     print(f"test result: {metrics}")
-    return 0
 
 
 def write_result(path: str, result: Dict[str, Any]) -> None:

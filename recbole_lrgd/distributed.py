@@ -18,8 +18,10 @@ order, so every rank ends with the same list a single process would compute::
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import sys
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
@@ -63,6 +65,18 @@ def shutdown() -> None:
     ("terminate called without an active exception") after a run that succeeded."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def leave(code: int) -> int:
+    """``code`` in one process. Under a launcher: end the process with ``code`` once its exit handlers have run and
+    its output is flushed, without the interpreter's teardown, where a backend's C++ thread can still abort a run
+    that succeeded ("terminate called without an active exception"; ``shutdown`` makes it rarer, not impossible)."""
+    if not launched():
+        return code
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def world() -> Tuple[int, int]:

@@ -3,6 +3,7 @@ processes giving exactly the metrics and demonstrations of a 1-process run."""
 import glob
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -26,6 +27,22 @@ def test_helpers_are_no_ops_in_one_process():
         pass
     assert dist.map_sharded(lambda x: x * 10, range(4)) == [0, 10, 20, 30]
     assert str(dist.device_for("cpu")) == "cpu"
+    assert dist.leave(3) == 3  # one process: the exit code back, nothing ended
+
+
+def test_a_launched_process_leaves_with_its_code_after_its_exit_handlers_and_output(tmp_path):
+    marker = tmp_path / "atexit_ran"
+    script = ("import atexit, sys\n"
+              "from recbole_lrgd import distributed as dist\n"
+              f"atexit.register(lambda: open({str(marker)!r}, 'w').write('yes'))\n"
+              "print('metrics line', end='')\n"  # buffered in the pipe until flushed
+              "dist.leave(5)\n"
+              "print('not reached')\n")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "WORLD_SIZE": "2", "RANK": "1",
+           "PYTHONPATH": ROOT}  # buffered output, as a launched worker's pipe is
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert (proc.returncode, proc.stdout) == (5, "metrics line"), proc.stderr[-2000:]
+    assert marker.read_text() == "yes"
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 5])
