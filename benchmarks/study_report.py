@@ -370,6 +370,21 @@ MARGIN_C = 0.02
 Z_80 = 1.96 + 0.84  # a two-sided 5% test detects a true difference of Z_80 standard errors 80% of the time
 
 
+def stage_two_lines(t: dict) -> List[str]:
+    """What stage 2 adds to its own stage 1 (one fit, read after each stage) in a methods table ``t``: where
+    stage 2 moved the set, the methods' difference is stage 2's whole contribution; else it kept stage 1's."""
+    lines = []
+    for m in sorted(t["sets"]):
+        hit = re.fullmatch(r"lrgd-(.+)-s1", m)
+        later = f"lrgd-{hit.group(1)}-s2" if hit else None
+        if later in t["sets"]:
+            a, b = t["sets"][later], t["sets"][m]
+            said = ("0 (stage 2 kept stage 1's set)" if np.array_equal(a, b)
+                    else fmt_ci(*two_level_diff(a, b), sign=True))
+            lines.append(f"Stage 2's contribution, {later} − {m}: {said}.")
+    return lines
+
+
 def detectable(lo: float, hi: float) -> float:
     """The true difference a paired comparison with this 95% interval detects with 80% power (2.8 standard
     errors, the interval taken as normal)."""
@@ -765,7 +780,7 @@ def write_report(out: str, docs: str) -> str:
                 lines.append(f"| {m} | {t['draws'][m]} | {fmt_ci(*mean_ci(list(t['per_user'][m].values())))} | "
                              f"{(f'{min(spread):.4f}–{max(spread):.4f}' if len(spread) > 1 else '')} | {d0} | {dr} | "
                              f"{t['effect'][m]:+.4f} | {t['fit_seconds'][m]:.0f} |")
-            lines.append("")
+            lines += [""] + [line for later in stage_two_lines(t) for line in (later, "")]
     pools = pool_rows(out)
     if pools:
         lines += ["### What each optimizer fit chose from", "",

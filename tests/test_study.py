@@ -716,3 +716,18 @@ def test_models_are_compared_with_the_default_llm_per_reduction_on_shared_users(
     # users 0 and 1 are shared; each gains 1 - 0.5; sum has no smollm2 store, so its cell is blank
     assert rows == ["| big | d | +0.5000 [+0.5000, +0.5000] (2) |  | +0.5000 [+0.5000, +0.5000] (2) |"]
     assert report.model_comparison({("smollm2", "d"): all_stores[("smollm2", "d")]}) == []
+
+
+def test_stage_two_is_measured_against_its_own_stage_one():
+    hit, miss = np.array([[1.0, 1.0, 0.5, 0.5]]), np.array([[0.5, 0.5, 0.5, 0.5]])
+    moved = {"sets": {"zero-shot": miss, "lrgd-study-s1": miss, "lrgd-study-s2": hit,
+                      "lrgd-study-s2-fallback_zero_shotTrue": miss, "random2": np.vstack([miss, hit])}}
+    # two of four users gain 0.5 each: +0.25, and resampling users can give 0 to 0.5
+    assert report.stage_two_lines(moved) == ["Stage 2's contribution, lrgd-study-s2 − lrgd-study-s1: "
+                                             + report.fmt_ci(*report.two_level_diff(hit, miss), sign=True) + "."]
+    assert report.two_level_diff(hit, miss)[0] == pytest.approx(0.25)
+    kept = {"sets": {"zero-shot": miss, "lrgd-study-s1": hit, "lrgd-study-s2": hit}}
+    assert report.stage_two_lines(kept) == ["Stage 2's contribution, lrgd-study-s2 − lrgd-study-s1: "
+                                            "0 (stage 2 kept stage 1's set)."]
+    assert report.stage_two_lines({"sets": {"zero-shot": miss, "lrgd-compact-s2": hit}}) == []  # no stage 1 stored
+    assert report.stage_two_lines({"sets": {"zero-shot": miss, "lrgd-study-s1": hit}}) == []  # stage 1+2 not yet
