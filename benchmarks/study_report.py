@@ -780,7 +780,7 @@ def write_report(out: str, docs: str) -> str:
                 lines.append(f"| {m} | {t['draws'][m]} | {fmt_ci(*mean_ci(list(t['per_user'][m].values())))} | "
                              f"{(f'{min(spread):.4f}–{max(spread):.4f}' if len(spread) > 1 else '')} | {d0} | {dr} | "
                              f"{t['effect'][m]:+.4f} | {t['fit_seconds'][m]:.0f} |")
-            lines += [""] + [line for later in stage_two_lines(t) for line in (later, "")]
+            lines += [""] + [out for line in stage_two_lines(t) for out in (line, "")]
     pools = pool_rows(out)
     if pools:
         lines += ["### What each optimizer fit chose from", "",
