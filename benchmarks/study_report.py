@@ -385,6 +385,20 @@ def stage_two_lines(t: dict) -> List[str]:
     return lines
 
 
+def nearest_lead(tables: Dict[str, dict], min_datasets: int = 1) -> List[str]:
+    """What per-user nearest demonstrations (nearest2, picked for each test user) add over each optimizer's stage
+    1+2 (one set for everyone), the alternative the optimizer has to beat; over the datasets (name -> methods
+    table) that hold both, each weighing the same (``pooled_diff``), and only where at least ``min_datasets`` do."""
+    lines = []
+    for m in sorted({m for t in tables.values() for m in t["sets"] if re.fullmatch(r"lrgd-.+-s2", m)}):
+        have = {d: t for d, t in tables.items() if m in t["sets"] and "nearest2" in t["sets"]}
+        if len(have) >= max(min_datasets, 1):
+            over = f" (the mean over {', '.join(have)}, each weighing the same)" if len(have) > 1 else ""
+            lead = pooled_diff([(t["sets"]["nearest2"], t["sets"][m]) for t in have.values()])
+            lines.append(f"Per-user nearest's lead, nearest2 − {m}{over}: {fmt_ci(*lead, sign=True)}.")
+    return lines
+
+
 def detectable(lo: float, hi: float) -> float:
     """The true difference a paired comparison with this 95% interval detects with 80% power (2.8 standard
     errors, the interval taken as normal)."""
@@ -780,7 +794,7 @@ def write_report(out: str, docs: str) -> str:
                 lines.append(f"| {m} | {t['draws'][m]} | {fmt_ci(*mean_ci(list(t['per_user'][m].values())))} | "
                              f"{(f'{min(spread):.4f}–{max(spread):.4f}' if len(spread) > 1 else '')} | {d0} | {dr} | "
                              f"{t['effect'][m]:+.4f} | {t['fit_seconds'][m]:.0f} |")
-            lines += [""] + [out for line in stage_two_lines(t) for out in (line, "")]
+            lines += [""] + [out for line in stage_two_lines(t) + nearest_lead({dataset: t}) for out in (line, "")]
     pools = pool_rows(out)
     if pools:
         lines += ["### What each optimizer fit chose from", "",
@@ -820,6 +834,8 @@ def write_report(out: str, docs: str) -> str:
                   "dataset does, and it is about these datasets: how they differ from each other is not in the "
                   "interval.", ""]
         lines += [f"- {model}, {part}: {v}." for (model, part, _), v in pooled.items()] + [""]
+        lines += [f"- {model}, {part}: {line}" for (model, part), tables in sorted(methods_parts.items())
+                  for line in nearest_lead(tables, min_datasets=2)] + [""]
 
     # why demonstrations hurt, formats, scorers
     sections = [  # (title, pattern, copy bias, explanation, the prefix whose setting is compared with its base)

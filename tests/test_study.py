@@ -731,3 +731,21 @@ def test_stage_two_is_measured_against_its_own_stage_one():
                                             "0 (stage 2 kept stage 1's set)."]
     assert report.stage_two_lines({"sets": {"zero-shot": miss, "lrgd-compact-s2": hit}}) == []  # no stage 1 stored
     assert report.stage_two_lines({"sets": {"zero-shot": miss, "lrgd-study-s1": hit}}) == []  # stage 1+2 not yet
+
+
+def test_nearest_lead_is_nearest_minus_stage_two_pooled_over_datasets():
+    hit, miss = np.array([[1.0, 1.0, 0.5, 0.5]]), np.array([[0.5, 0.5, 0.5, 0.5]])
+    gains = {"sets": {"zero-shot": miss, "nearest2": hit, "lrgd-study-s2": miss,
+                      "lrgd-study-s2-fallback_zero_shotTrue": hit, "lrgd-study-s1": hit}}
+    ties = {"sets": {"zero-shot": miss, "nearest2": hit, "lrgd-study-s2": hit}}
+    # only stage 1+2 itself is compared (not its fallback twin, not stage 1): two of four users gain 0.5
+    assert report.nearest_lead({"a": gains}) == [
+        "Per-user nearest's lead, nearest2 − lrgd-study-s2: "
+        + report.fmt_ci(*report.two_level_diff(hit, miss), sign=True) + "."]
+    # two datasets weigh the same: (0.25 + 0) / 2
+    [line] = report.nearest_lead({"a": gains, "b": ties}, min_datasets=2)
+    assert line.startswith("Per-user nearest's lead, nearest2 − lrgd-study-s2 (the mean over a, b, each weighing "
+                           "the same): +0.1250 [")
+    assert report.nearest_lead({"a": gains, "c": {"sets": {"zero-shot": miss, "lrgd-study-s2": hit}}},
+                               min_datasets=2) == []  # only one dataset has nearest2
+    assert report.nearest_lead({"a": {"sets": {"zero-shot": miss, "lrgd-study-s2": hit}}}) == []
