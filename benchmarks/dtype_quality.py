@@ -199,15 +199,20 @@ def main(argv=None) -> int:
             cfg = settings_for(dataset, dtype, args.users, args.data_path)
             stores[dtype] = score_dataset(dataset, dtype, cfg)
             seconds[dtype] = float(np.load(store_path(dataset, dtype, cfg))["seconds"])
-        for new, base in PAIRS:
-            rows.append(compare(dataset, stores, seconds, new, base))
-            print(json.dumps(rows[-1]), flush=True)
-    command = "OMP_NUM_THREADS=1 python benchmarks/dtype_quality.py " + " ".join(
-        f"--{k}={v}" for k, v in vars(args).items())
-    with open(os.path.join(OUT, "dtype_quality.md"), "w") as f:
-        f.write(report(rows, command))
-    print(report(rows, command))
+        rows += [compare(dataset, stores, seconds, new, base) for new, base in PAIRS]
+    write_summary("dtype_quality", args, rows, report)
     return 0
+
+
+def write_summary(script: str, args: argparse.Namespace, rows: list, render) -> None:
+    """Each row as a JSON line, then ``render(rows, command)``: printed and written to OUT/<script>.md."""
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    command = f"OMP_NUM_THREADS=1 python benchmarks/{script}.py " + " ".join(f"--{k}={v}" for k, v in vars(args).items())
+    text = render(rows, command)
+    with open(os.path.join(OUT, f"{script}.md"), "w") as f:
+        f.write(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -385,7 +385,14 @@ def csv_text(rows: List[Dict[str, Any]], protocol: str = "sampled") -> str:
 
 
 def bar_chart(rows: List[Dict[str, Any]], dataset: str, path: str, protocol: str = "sampled") -> None:
-    import matplotlib
+    """The rows' metrics as a PNG at ``path``; skipped with one warning line where matplotlib is not installed
+    (an optional extra: the tables are written without it)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"warning: no {path}: the bar chart needs matplotlib (pip install matplotlib, or the plugin's "
+              "[bench] extra)", file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -497,7 +504,10 @@ def _parse_value(text: str) -> Any:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+                                     allow_abbrev=False,
+                                     epilog="Every other --key=value is a config key (RecBole's or the plugin's: "
+                                            "`recbole-lrgd --help` lists the plugin's) passed through to each model; "
+                                            "a variant's own keys (--list) win over it.")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="RecBole dataset name")
     parser.add_argument("--protocol", choices=list(PROTOCOLS), default="sampled",
                         help="sampled: sampled candidates (eval_args); full: every row ranks the whole catalogue "

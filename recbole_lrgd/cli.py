@@ -11,9 +11,13 @@
 (RecBole reads them from the command line). Under a launcher only rank 0 prints and writes ``--result_file``.
 """
 import argparse
+import contextlib
 import json
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
+
+PASS_THROUGH = ("Every other --key=value is a RecBole config key (RecBole's own, or any of the above), "
+                "as with run_recbole; --key=~ means ~ (None).")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -21,30 +25,84 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "--benchmark" in args_list:  # side-by-side table of LRGD variants and baselines: recbole_lrgd/benchmark.py
         from recbole_lrgd.benchmark import main as benchmark_main
         return benchmark_main([a for a in args_list if a != "--benchmark"])
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from recbole_lrgd.keys import help_text
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False, epilog=help_text() + "\n" + PASS_THROUGH)
     parser.add_argument("--model", "-m", default="LRGD", help="LRGD or a RecBole model name")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="RecBole dataset name")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
     parser.add_argument("--result_file", default=None, help="write the metrics and chosen demonstrations as JSON")
     parser.add_argument("--benchmark", action="store_true",
                         help="side-by-side table of models instead of one run (see --benchmark --help)")
-    args, _ = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(args_list)
 
     from recbole_lrgd import distributed as dist
     from recbole_lrgd.errors import LRGDError
     from recbole_lrgd.quick_start import run
 
-    files = args.config_files.strip().split(" ") if args.config_files else None
-    result = None
     try:
-        result = run(model=args.model, dataset=args.dataset, config_file_list=files)
+        recbole_args = recbole_arguments(rest)
     except LRGDError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    files = args.config_files.strip().split(" ") if args.config_files else None
+    result, failed = None, False
+    try:
+        # None without an error: a rank other than 0 under a launcher, whose share of a RecBole baseline is nothing
+        # (rank 0 runs it alone); it leaves with 0, since a launcher stops every rank once one fails
+        with command_line(recbole_args):
+            result = run(model=args.model, dataset=args.dataset, config_file_list=files)
+    except LRGDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        failed = True
     finally:
         dist.shutdown()  # every collective is done once run() returns
     if result is not None and dist.is_main():
         report(args.result_file, result)
-    return dist.leave(0 if result is not None else 2)
+    return dist.leave(2 if failed else 0)
+
+
+def recbole_arguments(rest: List[str]) -> List[str]:
+    """The command line's RecBole keys, each once as ``--key=value``. A word that is not ``--key=value`` is an
+    error naming its flag: RecBole would drop it and run on the key's default. A key given twice keeps its
+    last value, with a warning: RecBole would stop on it with a traceback."""
+    from recbole_lrgd.errors import LRGDError
+
+    values: Dict[str, str] = {}
+    for i, arg in enumerate(rest):
+        parts = arg[2:].split("=") if arg.startswith("--") else []
+        if len(parts) != 2 or not parts[0]:
+            raise LRGDError(_not_key_value(arg, rest[i - 1] if i else None, rest[i + 1] if i + 1 < len(rest) else None))
+        key, value = parts
+        if key in values and values[key] != value:
+            print(f"warning: --{key} is given twice ({values[key]!r}, then {value!r}): the last one is used",
+                  file=sys.stderr)
+        values[key] = value
+    return [f"--{key}={value}" for key, value in values.items()]
+
+
+def _not_key_value(arg: str, before: Optional[str], after: Optional[str]) -> str:
+    """Why ``arg`` is no RecBole ``--key=value``, and the flag to write instead."""
+    if arg.startswith("--") and "=" not in arg:
+        value = after if after is not None and not after.startswith("-") else "<value>"
+        return f"{arg} has no value: write {arg}={value} (RecBole keys are --key=value, one word)"
+    if arg.startswith("--"):
+        return f"{arg} has more than one '=': RecBole reads --key=value, one '=' (quote a value with '=' in a YAML file)"
+    if before is not None and before.startswith("--") and "=" not in before:
+        return f"{arg!r} is not a --key=value argument: write {before}={arg}"
+    return f"{arg!r} is not a --key=value argument (RecBole keys are --key=value)"
+
+
+@contextlib.contextmanager
+def command_line(recbole_args: List[str]) -> Iterator[None]:
+    """``sys.argv`` holds just ``recbole_args`` while RecBole's Config reads its keys from it."""
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "recbole-lrgd", *recbole_args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def report(result_file: Optional[str], result: Dict[str, Any]) -> None:

@@ -6,9 +6,13 @@ checkpoint) or loaded (the LLM), so bad input fails with a one-line ``LRGDError`
 from __future__ import annotations
 
 import contextlib
+import difflib
 import glob
+import importlib
+import importlib.util
 import logging
 import os
+import pkgutil
 import time
 from logging import getLogger
 from typing import Any, Dict, List, Optional, Tuple
@@ -21,25 +25,30 @@ from recbole.data import create_dataset, create_samplers, get_dataloader
 from recbole.data.dataloader import NegSampleEvalDataLoader
 from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_color
 
-from recbole_lrgd.data.candidates import (FixedCandidateEvalDataLoader, draw_negatives, item_distribution,
-                                         read_candidates_file, sample_user_subset, user_items)
+from recbole_lrgd.data.candidates import (FixedCandidateEvalDataLoader, draw_negatives, interacted_negatives,
+                                         item_distribution, read_candidates_file, sample_user_subset, user_items)
 from recbole_lrgd import compat
 from recbole_lrgd import distributed as dist
 from recbole_lrgd.data.atomic import check_atomic_files
-from recbole_lrgd.data.titles import item_file_header
+from recbole_lrgd.data.titles import check_title_coverage, item_file_header
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator import register_metrics
 from recbole_lrgd.evaluator.collector import PerUserCollector
+from recbole_lrgd.held_logs import held_logs, replay
 from recbole_lrgd.model import LRGD
+from recbole_lrgd.model.lrgd import check_prompt_budget
 from recbole_lrgd.model.retriever import Retriever, check_rerank_keys, load_or_train, source_model
-from recbole_lrgd.llm.loader import llm_summary, load_config_llm
+from recbole_lrgd.llm.loader import check_llm_device, llm_summary, load_config_llm
 from recbole_lrgd.properties_files import properties_dir, run_properties
 from recbole_lrgd.trainer import LRGDTrainer, eval_user_count
-from recbole_lrgd.validate import check_values, warn_unknown_keys
+from recbole_lrgd.validate import check_values, check_writable_folder, warn_unknown_keys
 
 PLUGIN_MODELS = {"LRGD": (LRGD, LRGDTrainer)}
 EVAL_ARGS_KEYS = ("split", "group_by", "order", "mode")
 PLUGIN_ONLY_METRICS = ("effectd",)
+# where RecBole's get_model looks for a model: one module per model, named by its class's name in lower case
+RECBOLE_MODEL_PACKAGES = ("general_recommender", "context_aware_recommender", "sequential_recommender",
+                          "knowledge_aware_recommender", "exlib_recommender")
 
 
 def properties_files(model: str, dataset: str) -> List[str]:
@@ -48,11 +57,46 @@ def properties_files(model: str, dataset: str) -> List[str]:
     return run_properties(model, dataset, plugin_model=model in PLUGIN_MODELS)
 
 
+def check_model_name(model: str) -> None:
+    """A name that is neither the plugin's model nor RecBole's is an ``LRGDError`` that suggests the nearest
+    known name, ignoring case (``lrgd`` -> ``LRGD``, ``sasrec`` -> ``SASRec``)."""
+    if model in PLUGIN_MODELS:
+        return
+    try:
+        get_model(model)
+        return
+    except (ValueError, AttributeError):  # no module of that name; or a module of it, but in another case
+        pass
+    found = {name.lower(): name for name in PLUGIN_MODELS}  # lower-case name -> plugin model or RecBole module
+    for package in RECBOLE_MODEL_PACKAGES:
+        spec = importlib.util.find_spec(f"recbole.model.{package}")
+        found.update({m.name: f"recbole.model.{package}.{m.name}"
+                      for m in pkgutil.iter_modules(spec.submodule_search_locations)})
+    close = difflib.get_close_matches(model.lower(), list(found), n=1)
+    hint = f"; did you mean {_model_class_name(found[close[0]])!r}?" if close else ""
+    raise LRGDError(f"`model_name` [{model}] is not the name of an existing model{hint}")
+
+
+def _model_class_name(found: str) -> str:
+    """A plugin model's name, or the model class a RecBole module holds (the module's name if it will not import:
+    an exlib model without its backend, lightgbm or xgboost)."""
+    if found in PLUGIN_MODELS:
+        return found
+    stem = found.rsplit(".", 1)[1]
+    try:
+        module = importlib.import_module(found)
+    except ImportError:
+        return stem
+    return next((name for name, obj in vars(module).items() if name.lower() == stem and isinstance(obj, type)), stem)
+
+
 def _check_eval_args(eval_args: Any, where: str) -> None:
     """RecBole merges configs shallowly: a partial eval_args silently drops the other keys."""
+    if not isinstance(eval_args, dict):
+        raise LRGDError(f"eval_args {where} must be a mapping of {', '.join(EVAL_ARGS_KEYS)}, not {eval_args!r}")
     missing = [k for k in EVAL_ARGS_KEYS if k not in (eval_args or {})]
     if missing:
-        raise LRGDError(f"eval_args in {where} is incomplete (missing {', '.join(missing)}): RecBole replaces the "
+        raise LRGDError(f"eval_args {where} is incomplete (missing {', '.join(missing)}): RecBole replaces the "
                         f"whole dict, so give all of {', '.join(EVAL_ARGS_KEYS)}")
 
 
@@ -75,10 +119,10 @@ def _read_user_config(files: List[str], config_dict: Optional[Dict[str, Any]]) -
         if not isinstance(loaded, dict):
             raise LRGDError(f"config file {path!r} holds a {type(loaded).__name__}, not key: value lines")
         if "eval_args" in loaded:
-            _check_eval_args(loaded["eval_args"], path)
+            _check_eval_args(loaded["eval_args"], f"in {path}")
         loaded_files[path] = loaded
     if config_dict and "eval_args" in config_dict:
-        _check_eval_args(config_dict["eval_args"], "config_dict")
+        _check_eval_args(config_dict["eval_args"], "in config_dict")
     return loaded_files
 
 
@@ -93,8 +137,7 @@ def build_config(model: str = "LRGD", dataset: str = "ml-100k", config_file_list
     files = properties_files(model, dataset) + list(user_files)
     model_arg = PLUGIN_MODELS[model][0] if model in PLUGIN_MODELS else model
     try:
-        if model not in PLUGIN_MODELS:
-            get_model(model)  # RecBole's ValueError names an unknown model
+        check_model_name(model)
         try:
             config = Config(model=model_arg, dataset=dataset, config_file_list=files, config_dict=config_dict)
         except ValueError as exc:
@@ -103,8 +146,10 @@ def build_config(model: str = "LRGD", dataset: str = "ml-100k", config_file_list
             # CE-loss sequential models (SASRec, GRU4Rec, BERT4Rec...) train without sampled negatives
             config = Config(model=model_arg, dataset=dataset, config_file_list=files,
                             config_dict={**(config_dict or {}), "train_neg_sample_args": None})
-    except ValueError as exc:
-        raise LRGDError(f"{str(exc).splitlines()[0]}") from None
+    except (ValueError, TypeError, NotImplementedError, RuntimeError, SyntaxError) as exc:
+        raise LRGDError(_config_error(exc)) from None
+    if "eval_args" in config.cmd_config_dict:  # RecBole fills a partial one from its own defaults
+        _check_eval_args(config.cmd_config_dict["eval_args"], "on the command line")
     if dist.is_main() and warn_unknown:
         given = {f"in {path}": list(keys) for path, keys in user_files.items()}
         given.update({"in config_dict": list(config_dict or {}), "on the command line": list(config.cmd_config_dict)})
@@ -114,6 +159,15 @@ def build_config(model: str = "LRGD", dataset: str = "ml-100k", config_file_list
     if model not in PLUGIN_MODELS:
         drop_plugin_only_metrics(config)
     return config
+
+
+def _config_error(exc: Exception) -> str:
+    """RecBole's Config refusing a value, as one line (with the metric names where it names no metric)."""
+    line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if line.startswith("There is no metric named"):
+        from recbole.evaluator.register import metrics_dict
+        line = f"metrics: {line[0].lower()}{line[1:]} (RecBole's: {', '.join(sorted(metrics_dict))})"
+    return line
 
 
 def drop_plugin_only_metrics(config: Config) -> None:
@@ -131,8 +185,12 @@ def _eval_mode(config: Config, phase: str) -> str:
 
 def validate_config(config: Config, is_plugin: bool) -> None:
     """Catch bad input before anything is written."""
-    _check_eval_args(config["eval_args"], "the final config")
+    _check_eval_args(config["eval_args"], "in the final config")
     dataset, data_path = config["dataset"], config["data_path"]
+    given = config.external_config_dict.get("data_path")  # RecBole's data_path is <given>/<dataset>, or ml-100k's copy
+    if isinstance(given, str) and os.path.exists(given) and not os.path.isdir(given):
+        raise LRGDError(f"data_path {given} is a file, not a folder: set it to the folder that holds "
+                        f"{dataset}/{dataset}.inter")
     inter = os.path.join(data_path, f"{dataset}.inter")
     if not os.path.isfile(inter):
         raise LRGDError(f"unknown dataset {dataset!r}: no {inter} (put {dataset}.inter and {dataset}.item "
@@ -164,6 +222,11 @@ def validate_config(config: Config, is_plugin: bool) -> None:
         if config["title_field"] not in item_file_header(data_path, dataset):
             raise LRGDError(f"{os.path.join(data_path, dataset + '.item')} has no title field "
                             f"{config['title_field']!r}: set title_field to one of its columns")
+        state_file = config["demo_state_file"]
+        if config["demo_mode"] == "lrgd" and state_file:  # written after stage 1's first unit of work
+            if os.path.isdir(state_file):
+                raise LRGDError(f"demo_state_file {state_file} is a folder, not a file")
+            check_writable_folder(os.path.dirname(os.path.abspath(state_file)), "the folder of demo_state_file")
 
 
 def _check_rerank(config: Config) -> None:
@@ -194,7 +257,7 @@ def _eval_loader(config: Config, used, dataset, sampler, phase: str, n_users: Op
     loader_cls = get_dataloader(config, phase)
     sampled = issubclass(loader_cls, NegSampleEvalDataLoader) and sampler is not None
     if sampled and phase == "test" and config["candidates_file"]:
-        return _candidates_file_loader(config, dataset, sampler)
+        return _candidates_file_loader(config, dataset, sampler, used["items"])
     uid_field = dataset.uid_field
     keep = sample_user_subset(dataset.inter_feat[uid_field].numpy(), n_users, config["seed"])
     if len(keep) < len(dataset.inter_feat[uid_field].unique()):
@@ -209,9 +272,10 @@ def _eval_loader(config: Config, used, dataset, sampler, phase: str, n_users: Op
     return FixedCandidateEvalDataLoader(config, dataset, sampler, negatives)
 
 
-def _candidates_file_loader(config: Config, dataset, sampler):
-    """The test loader of ``candidates_file``: only the file's users, each ranking its target and the
-    first N-1 other ids of its line (LLMRank's protocol), for LRGD and RecBole models alike."""
+def _candidates_file_loader(config: Config, dataset, sampler, seen: Dict[int, np.ndarray]):
+    """The test loader of ``candidates_file``: the file's users (``eval_users`` of them, sampled), each ranking its
+    target and the first N-1 other ids of its line (LLMRank's protocol), for LRGD and RecBole models alike. Negatives a
+    user interacted with (``seen``: ``user_items``) are kept, as the file gives them, with a warning."""
     uid_field, iid_field = dataset.uid_field, dataset.iid_field
     uids, iids = dataset.inter_feat[uid_field].numpy(), dataset.inter_feat[iid_field].numpy()
     if len(np.unique(uids)) != len(uids):
@@ -221,6 +285,16 @@ def _candidates_file_loader(config: Config, dataset, sampler):
     negatives = read_candidates_file(config["candidates_file"], dataset.field2token_id[uid_field],
                                      dataset.field2token_id[iid_field], targets,
                                      int(config["test_neg_sample_args"]["sample_num"]))
+    # eval_users: a seeded sample of the file's users, the same for every model (the file is checked whole first)
+    keep = sample_user_subset(np.array(sorted(negatives), dtype=np.int64), config["eval_users"], config["seed"])
+    negatives = {int(u): negatives[int(u)] for u in keep}
+    interacted = interacted_negatives(negatives, seen)
+    if interacted:
+        total = sum(negs.size for negs in negatives.values())
+        getLogger(__name__).warning(
+            f"candidates_file {config['candidates_file']}: {len(interacted):,} of {len(negatives):,} users have "
+            f"items they interacted with among their negatives ({sum(interacted.values()):,} of {total:,} "
+            "negatives), which their metrics count as wrong answers")
     mask = torch.isin(dataset.inter_feat[uid_field], torch.as_tensor(sorted(negatives)))
     return FixedCandidateEvalDataLoader(config, dataset.copy(dataset.inter_feat[mask]), sampler, negatives)
 
@@ -259,6 +333,17 @@ def prepare_retriever(config: Config, source: str) -> Retriever:
         seen = user_items(dataset)  # every item of each user, before a sequential build() augments the rows
         train, valid, test = prepare_data(config, dataset)
         return load_or_train(config, source, train, valid, test, seen)
+
+
+def _check_lrgd_data(config: Config, test_data) -> None:
+    """What LRGD's prompts need of the data, checked before its LLM loads: titles for most of the evaluated
+    users' candidates (every item in a full ranking), and a prompt budget their shortest prompts fit."""
+    if isinstance(test_data, FixedCandidateEvalDataLoader):
+        candidates = np.concatenate([np.empty(0, dtype=np.int64), *test_data.candidate_sets().values()])
+    else:  # a full ranking: every item is a candidate
+        candidates = np.arange(1, test_data._dataset.item_num)
+    check_title_coverage(test_data._dataset, config["title_field"], candidates, eval_user_count(test_data))
+    check_prompt_budget(config, test_data)
 
 
 def _configure_rank(config: Config, visible: Optional[str]) -> None:
@@ -305,9 +390,21 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
                 _configure_rank(each, visible)
         if model not in PLUGIN_MODELS and not dist.is_main():
             return None
-    if model in PLUGIN_MODELS:  # fail on a model that will not load before anything is written
-        load_config_llm(config)
+    if model in PLUGIN_MODELS:  # this rank's device (a launcher sets it above), before the data
+        check_llm_device(config)
     init_seed(config["seed"], config["reproducibility"])
+    # the data, then the LLM, before the log file: bad data (read by RecBole, which writes nothing without
+    # save_dataset) or a model that will not load is one line with nothing written; what they log is held
+    # for the log file
+    with held_logs() as held:
+        # rank 0 first: with save_dataset it writes the processed dataset, which the others then read
+        with dist.main_first() if model in PLUGIN_MODELS else contextlib.nullcontext():
+            dataset_obj = create_dataset(config)
+        getLogger().info(str(dataset_obj))  # as loaded: a sequential build() in prepare_data changes it
+        train_data, valid_data, test_data = prepare_data(config, dataset_obj)
+        if model in PLUGIN_MODELS:
+            _check_lrgd_data(config, test_data)
+            load_config_llm(config)
     if dist.is_main():
         init_logger(config)
     else:  # no log file, and only warnings on the console
@@ -316,12 +413,7 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
     logger.info(config)
     if model in PLUGIN_MODELS:
         logger.info(llm_summary(config))
-
-    # rank 0 first: with save_dataset it writes the processed dataset, which the others then read
-    with dist.main_first() if model in PLUGIN_MODELS else contextlib.nullcontext():
-        dataset_obj = create_dataset(config)
-    logger.info(dataset_obj)
-    train_data, valid_data, test_data = prepare_data(config, dataset_obj)
+    replay(held)
     retriever, retriever_time = None, None
     if retriever_config is not None:
         start = time.time()

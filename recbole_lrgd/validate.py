@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import glob
 import os
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from logging import getLogger
@@ -127,13 +128,29 @@ RULES: Dict[str, Rule] = {
     "demo_state_file": text(),
     "warm_start": boolean(),
     "rerank_score_all": boolean(),
+    "fallback_zero_shot": boolean(),
+}
+
+
+def _topk(value: Any) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return bool(values) and all(_is_int(k) and k >= 1 for k in values)
+
+
+# RecBole's own keys the plugin reads, checked as its own (Config checks metrics, topk and eval_args' type)
+RECBOLE_RULES: Dict[str, Rule] = {
+    "seed": integer(0),
+    "topk": Rule(_topk, "a positive integer or a list of them"),
+    "data_path": text(none=False),
+    "checkpoint_dir": text(none=False),
+    "valid_metric": text(none=False),
 }
 
 
 def check_values(config) -> None:
     """Each plugin key the config holds has a value its rule accepts (one ``LRGDError`` otherwise). RecBole
     reads ``--key=~`` from the command line as the string '~': that means ~ (None) here."""
-    for key, rule in RULES.items():
+    for key, rule in {**RECBOLE_RULES, **RULES}.items():
         if key not in config:
             continue
         value = config[key]
@@ -141,9 +158,44 @@ def check_values(config) -> None:
             config[key] = value = None
         if not rule.ok(value):
             raise LRGDError(f"{key} must be {rule.expected}, not {value!r}")
+    check_valid_metric(config["valid_metric"], config["metrics"], config["topk"])
+    check_writable_folder(config["checkpoint_dir"], "checkpoint_dir")
     if config["lrgd_scope"] == "per_user" and config["library_size"] < config["num_demos"]:
         raise LRGDError(f"library_size {config['library_size']} is smaller than num_demos {config['num_demos']}: "
                         "with lrgd_scope per_user each user retrieves num_demos from the library")
+
+
+def check_valid_metric(valid_metric: str, metrics: Sequence[str], topk: Sequence[int]) -> None:
+    """``valid_metric`` names one of ``metrics``, at one of ``topk`` for a top-k metric: RecBole reads it from the
+    validation results after the first epoch (a KeyError then), or, for LRGD, never."""
+    from recbole.evaluator.register import metrics_dict
+
+    def at_k(metric: str) -> bool:  # RecBole reports it per cut-off, as <metric>@<k>
+        need = getattr(metrics_dict.get(metric.lower()), "metric_need", [])
+        return bool({"rec.topk", "rec.items"} & set(need))
+
+    name, at, k = valid_metric.partition("@")
+    if (name.lower() not in {m.lower() for m in metrics} or bool(at) != at_k(name)
+            or (at and not (k.isdigit() and int(k) in topk))):
+        options = [f"{m}@{max(topk)}" if at_k(m) else m for m in metrics]
+        raise LRGDError(f"valid_metric {valid_metric!r} is not among the evaluated metrics (metrics {list(metrics)}, "
+                        f"topk {list(topk)}): e.g. {', '.join(options)}")
+
+
+def check_writable_folder(path: str, key: str) -> None:
+    """``path`` is a folder this process can create files in, or can be created: its nearest existing
+    ancestor is a folder that takes a new entry (tried with an empty folder, removed at once, since
+    permission bits do not bind root)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise LRGDError(f"{key} {path!r} cannot be a folder: {existing} is a file")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".lrgd-write-check-"))
+    except OSError as exc:
+        raise LRGDError(f"{key} {path!r} cannot be written: {existing} does not take new files "
+                        f"({exc.strerror})") from None
 
 
 def _yaml_keys(path: str) -> FrozenSet[str]:

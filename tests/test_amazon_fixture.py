@@ -144,8 +144,8 @@ def test_dataset_files_follow_the_protocol(tmp_path, name):
     for RecBole's sports files (the shared copies arrive filtered and load as published)."""
     folder = tmp_path / name
     folder.mkdir()
-    (folder / f"{name}.inter").write_text(INTER_HEADER + "\n")
-    (folder / f"{name}.item").write_text(ITEM_HEADER + "\n")
+    (folder / f"{name}.inter").write_text(INTER_HEADER + "\nu1\ti1\t5.0\t1\n")  # one line: an empty file is an error
+    (folder / f"{name}.item").write_text(ITEM_HEADER + "\ni1\tA title\tBeauty\t1.0\tBeauty\t5.0\tBrand\n")
     config = build_config("LRGD", name, config_dict={"data_path": str(tmp_path), "use_gpu": False})
     assert config["load_col"] == {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title"]}
     interval = "[5,inf)" if name == "amazon-sports-outdoors" else "[0,inf)"  # [0,inf): RecBole's default, no filter

@@ -161,3 +161,37 @@ def test_published_data_loads_as_published_and_a_rare_item_is_a_candidate(tmp_pa
     assert ds.item_num - 1 == len(counts) and ds.user_num - 1 == len(hist)  # every published user and item
     sets = _raw_sets(result)
     assert set(sets) == set(named) and all(named[u] in sets[u] and counts[named[u]] < 5 for u in named)
+
+
+def test_negatives_the_user_interacted_with_are_kept_with_a_warning(tiny_data, tmp_path, caplog):
+    hist = _histories(tiny_data)
+    path, expected = _write_file(tmp_path, hist, ["u1", "u2", "u4"])
+    lines = open(path).read().splitlines()
+    for k, u in ((0, "u1"), (2, "u4")):  # two of u1's and one of u4's own earlier items replace their first ids
+        ids = lines[k].split("\t")[1].split()
+        own = hist[u][: 2 if u == "u1" else 1]
+        lines[k] = f"{u}\t{' '.join(own + ids[len(own):])}"
+        expected[u] = [hist[u][-1]] + [i for i in own + ids[len(own):] if i != hist[u][-1]][:19]
+    open(path, "w").write("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING"):
+        result = run("Pop", "tiny", config_dict=_cfg(tiny_data, candidates_file=path), saved=False)
+    assert [r.getMessage() for r in caplog.records if "among their negatives" in r.getMessage()] == [
+        f"candidates_file {path}: 2 of 3 users have items they interacted with among their negatives "
+        "(3 of 57 negatives), which their metrics count as wrong answers"]
+    assert _raw_sets(result) == {u: expected[u] for u in ("u1", "u2", "u4")}  # kept as the file gives them
+
+
+def test_eval_users_is_a_seeded_sample_of_the_files_users_the_same_for_every_model(tiny_data, tiny_llm_dir,
+                                                                                     tmp_path, monkeypatch):
+    hist = _histories(tiny_data)
+    users = ["u3", "u7", "u8", "u15", "u22", "u4", "u9"]
+    path, expected = _write_file(tmp_path, hist, users)
+    install_stub_scorer(monkeypatch, lambda prompt, target: np.array([float(c == target) for c in prompt.candidates]))
+    cfg = _cfg(tiny_data, candidates_file=path, eval_users=3)
+    lrgd = run("LRGD", "tiny", config_dict={**cfg, "llm_path": tiny_llm_dir, "demo_mode": "none"}, saved=False)
+    pop = run("Pop", "tiny", config_dict=cfg, saved=False)
+    sampled = _raw_sets(lrgd)
+    assert len(sampled) == 3 and set(sampled) < set(users) and _raw_sets(pop) == sampled
+    assert all(sampled[u] == expected[u] for u in sampled)
+    every = run("Pop", "tiny", config_dict={**cfg, "eval_users": None}, saved=False)
+    assert set(_raw_sets(every)) == set(users)

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import sys
 
 import pytest
 
@@ -123,6 +124,21 @@ def test_cli_entry_points(tmp_path, monkeypatch, capsys):
     assert os.path.isfile(os.path.join(out, "compare_tiny.png"))
     assert main(["--dataset=tiny", "--models=Nope", f"--out={out}"]) == 2
     assert "unknown benchmark variant 'Nope'" in capsys.readouterr().err
+
+
+def test_without_matplotlib_the_tables_are_written_and_the_png_skipped_with_one_warning(tmp_path, monkeypatch,
+                                                                                        capsys):
+    monkeypatch.setattr(quick_start, "run", _fake_run)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    out = str(tmp_path / "out")
+    assert main(["--dataset=tiny", "--models=Pop", f"--out={out}"]) == 0
+    captured = capsys.readouterr()
+    assert "| Pop | 0.5000 |" in captured.out
+    assert sorted(os.listdir(out)) == ["compare_tiny.csv", "compare_tiny.json", "compare_tiny.md"]
+    png = os.path.join(out, "compare_tiny.png")
+    warnings = [line for line in captured.err.splitlines() if "warning" in line.lower() or "Traceback" in line]
+    assert warnings == [f"warning: no {png}: the bar chart needs matplotlib (pip install matplotlib, or the "
+                        "plugin's [bench] extra)"]
 
 
 def test_rows_keep_recboles_per_user_ndcg_without_scoring_twice(tiny_data, tiny_llm_dir, tmp_path, monkeypatch):

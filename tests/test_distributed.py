@@ -1,5 +1,5 @@
-"""recbole_lrgd.distributed: the helpers in one process, and LRGD under ``accelerate launch`` with 2 CPU
-processes giving exactly the metrics and demonstrations of a 1-process run."""
+"""recbole_lrgd.distributed: the helpers in one process, and LRGD and RecBole baselines under ``accelerate launch``
+with 2 CPU processes giving exactly the metrics (and LRGD's demonstrations) of a 1-process run."""
 import glob
 import json
 import os
@@ -15,6 +15,7 @@ from recbole_lrgd import distributed as dist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "dist_worker.py")
+CLI = os.path.join(ROOT, "run_recbole_lrgd.py")
 
 
 def test_helpers_are_no_ops_in_one_process():
@@ -54,26 +55,31 @@ def test_shard_and_unshard_round_trip(world_size):
     assert dist.unshard(parts) == items
 
 
-def _start(run_dir, args, processes):
+def _start(run_dir, args, processes, script=WORKER):
     os.makedirs(run_dir, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LRGD_DIST_OUT": run_dir, "CUDA_VISIBLE_DEVICES": "",
            "ACCELERATE_USE_CPU": "true", "PYTHONPATH": ROOT}
     if processes == 1:
-        cmd = [sys.executable, WORKER]
+        cmd = [sys.executable, script]
     else:  # accelerate's torchrun launcher ("--multi_gpu") spawns the processes; CPU -> gloo
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), WORKER]
+               "--main_process_port", str(free_port()), script]
     cmd += args + [f"--result_file={os.path.join(run_dir, 'result.json')}"]
     return launch(cmd, cwd=run_dir, env=env)
 
 
-def _finish(proc, run_dir):
+def _succeeded(proc, run_dir):
+    """(result.json, output) of a run that must exit 0."""
     returncode, out = finish(proc)
     rank0 = "\n".join(line for line in out.splitlines() if "[rank0]" in line)  # the first to fail, often
     assert returncode == 0, rank0[-3000:] + "\n...\n" + out[-3000:]
     with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as f:
-        result = json.load(f)
+        return json.load(f), out
+
+
+def _finish(proc, run_dir):
+    result, out = _succeeded(proc, run_dir)
     with open(os.path.join(run_dir, "map_sharded.json"), encoding="utf-8") as f:
         sharded = json.load(f)
     return result, sharded, out
@@ -119,6 +125,26 @@ def test_two_processes_give_the_metrics_and_demonstrations_of_one(tmp_path, tiny
     # rank 0 alone logs: one log file, one printed result
     assert len(glob.glob(os.path.join(runs[2], "log", "LRGD", "*.log"))) == 1
     assert sum(line.startswith("test result:") for line in out_two.splitlines()) == 1, out_two[-4000:]
+
+
+@pytest.mark.parametrize("model", ["Pop", "BPR", "LRGD"])
+def test_every_model_exits_0_under_a_launch_with_the_metrics_of_one_process(tmp_path, tiny_llm_dir, model):
+    """A RecBole baseline runs on rank 0 alone while the other rank leaves at once: that rank must leave with 0, or
+    the launcher stops rank 0 and fails the launch. LRGD is sharded over both ranks."""
+    write_tiny_dataset(str(tmp_path))
+    args = [f"--model={model}", "--dataset=tiny", f"--data_path={tmp_path}", "--use_gpu=False",
+            "--show_progress=False", "--eval_users=8", "--epochs=1"]
+    if model == "LRGD":
+        args += [f"--llm_path={tiny_llm_dir}", "--demo_mode=none", "--valid_users=4", "--score_cache=False"]
+    runs = {n: str(tmp_path / f"run{n}") for n in (1, 2)}
+    procs = {n: _start(runs[n], args, n, script=CLI) for n in (1, 2)}
+    (one, out_one), (two, out_two) = (_succeeded(procs[n], runs[n]) for n in (1, 2))
+
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    assert one["test_users"] == two["test_users"] == 8
+    assert one["test_result"] == two["test_result"] and "ndcg@10" in one["test_result"]
+    printed = [[line for line in out.splitlines() if line.startswith("test result:")] for out in (out_one, out_two)]
+    assert len(printed[1]) == 1 and printed[0] == printed[1], out_two[-4000:]  # rank 0 alone prints
 
 
 def test_a_launch_past_its_time_is_stopped_with_its_workers_and_fails(tmp_path):

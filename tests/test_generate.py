@@ -80,7 +80,7 @@ def test_generate_prompt_numbers_the_shown_candidates():
 
 # -- the scorer and a whole run ----------------------------------------------------------------------
 def _scorer(tiny_llm, max_new_tokens, **kw):
-    from recbole_lrgd.llm.scorer import make_scorer
+    from recbole_lrgd.llm.modes import make_scorer
 
     return make_scorer(*tiny_llm, mode="generate", candidate_batch_size=20, user_batch_size=8, score_cache=None,
                        model_id="", max_new_tokens=max_new_tokens, match_threshold=THRESHOLD,

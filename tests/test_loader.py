@@ -141,3 +141,28 @@ def test_run_with_a_non_model_file_writes_nothing(tmp_path, monkeypatch):
 def test_default_model_file_is_found():
     path = loader.default_llm_path()
     assert path.endswith(loader.DEFAULT_GGUF)
+
+
+
+@pytest.mark.default_llm
+@pytest.mark.parametrize("keep", ["half", "header"])
+def test_a_truncated_gguf_is_named_as_such_in_one_error_line(tmp_path, monkeypatch, capsys, keep):
+    """A GGUF cut in its tensor data says so with its size and the size its header expects, one cut in its
+    header says so too: never the converter's reshape error."""
+    from recbole_lrgd import cli
+    from recbole_lrgd.llm.gguf_header import expected_size
+
+    default = loader.default_llm_path()
+    full = os.path.getsize(default)
+    assert expected_size(default) == full  # the whole file is what its header says
+    size = full // 2 if keep == "half" else 100_000  # the default file's header is longer than 100 kB
+    cut = tmp_path / "cut.gguf"
+    with open(default, "rb") as src:
+        cut.write_bytes(src.read(size))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["recbole-lrgd", f"--llm_path={cut}", "--eval_users=2",
+                                     f"--llm_cache_dir={tmp_path / 'cache'}"])  # RecBole reads sys.argv
+    assert cli.main() == 2
+    why = (f": {size} bytes, but its header expects {full} (copy or download it again)" if keep == "half"
+           else f" ({size} bytes): its header runs past the end of the file")
+    assert capsys.readouterr().err == f"error: GGUF file {str(cut)!r} is truncated or corrupt{why}\n"

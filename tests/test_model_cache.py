@@ -190,3 +190,29 @@ def test_default_gguf_from_the_cache_equals_its_conversion(tmp_path):
     assert cached_tok.chat_template == tok.chat_template
     assert torch.equal(logits(cached, cached_tok), logits(converted, tok))
     loader._load.cache_clear()
+
+
+def test_the_tokenizer_alone_is_read_where_the_model_reads_it_and_kept_for_it(tiny_gguf, tmp_path, monkeypatch):
+    """Checks before the model loads take the tokenizer alone: from the GGUF file while there is no complete
+    entry, from the entry once there is one; the model's load then reuses it rather than reading it again."""
+    from transformers import AutoTokenizer
+
+    cfg = config_for(tiny_gguf, str(tmp_path / "cache"))
+    entry = model_cache.entry_dir(cfg["llm_cache_dir"], model_cache.identity(tiny_gguf, torch.float32))
+    reads = []
+    real = AutoTokenizer.from_pretrained
+
+    def from_pretrained(folder, **kwargs):
+        reads.append((folder, kwargs.get("gguf_file")))
+        return real(folder, **kwargs)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", from_pretrained)
+    for source in ((os.path.dirname(tiny_gguf), "tiny.gguf"), (entry, None)):
+        loader._load.cache_clear()
+        loader._tokenizer.cache_clear()
+        reads.clear()
+        tokenizer = loader.load_config_tokenizer(cfg)
+        assert reads == [source] and loader._load.cache_info().currsize == 0  # no model loaded
+        assert loader.load_config_llm(cfg)[1] is tokenizer and reads == [source]
+    assert tokenizer(TEXT)["input_ids"] == make_tokenizer()(TEXT)["input_ids"]
+    loader._load.cache_clear()

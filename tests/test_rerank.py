@@ -161,7 +161,7 @@ def test_users_whose_target_is_not_offered_are_not_llm_scored_and_their_metrics_
     assert skipped["test_per_user"] == every["test_per_user"] and skipped["test_result"] == every["test_result"]
     # every user is scored where the metrics could tell: a metric of the recommended items themselves, or a
     # top-k deeper than N (there ties among the retriever's scores below the N are broken by torch.topk)
-    for other in ({"metrics": ["Recall", "ShannonEntropy"]}, {"topk": [1, 4, 5]}):
+    for other in ({"metrics": ["Recall", "ShannonEntropy"], "valid_metric": "Recall@4"}, {"topk": [1, 4, 5]}):
         seen["scored"].clear()
         _lrgd(tiny_data, tiny_llm_dir, "Pop", **{**keys, **other})
         assert len(seen["scored"]) == 12
@@ -245,7 +245,7 @@ def test_bad_rerank_settings_are_one_line_errors_before_anything_is_written(tiny
     _assert_clean_error(tiny_data, "candidate_source re-ranks a full ranking: set eval_args to",
                         **base, eval_args={**FULL, "mode": "uni19"})
     _assert_clean_error(tiny_data, "EffectD compares sampled candidate lists",
-                        **base, metrics=["Recall", "EffectD"])
+                        **base, metrics=["Recall", "EffectD"], valid_metric="Recall@10")
     _assert_clean_error(tiny_data, "candidate_source needs one held-out test item per user",
                         **base, eval_args={**FULL, "split": {"RS": [0.8, 0.1, 0.1]}})
     _assert_clean_error(tiny_data, "validate LRGD on sampled candidates", **base, valid_users=6)

@@ -57,7 +57,7 @@ def _prompt(tok, mode, candidates=None, user=3):
 
 
 def _scorer(tiny_llm, mode, path, **kw):
-    from recbole_lrgd.llm.scorer import make_scorer
+    from recbole_lrgd.llm.modes import make_scorer
 
     return make_scorer(*tiny_llm, mode=mode, candidate_batch_size=7, user_batch_size=8,
                        score_cache=ScoreCache(str(path)), model_id="tiny", max_new_tokens=8, match_threshold=0.8,

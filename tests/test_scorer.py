@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from recbole_lrgd.llm.prompt import Demonstration, Prompt, build_prompt, encode_parts, encode_prompt
-from recbole_lrgd.llm.scorer import (LLMScorer, common_start, make_scorer, mean_token_logprob, naive_likelihood,
+from recbole_lrgd.llm.modes import make_scorer
+from recbole_lrgd.llm.scorer import (LLMScorer, common_start, mean_token_logprob, naive_likelihood,
                                      pack_candidates)
 
 

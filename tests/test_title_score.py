@@ -12,7 +12,8 @@ from conftest import yaml_config
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_parts, encode_prompt
 from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
-from recbole_lrgd.llm.scorer import make_scorer, naive_likelihood, title_logprob
+from recbole_lrgd.llm.modes import make_scorer
+from recbole_lrgd.llm.scorer import naive_likelihood, title_logprob
 from recbole_lrgd.optimizer.state import SCORE_KEYS
 from recbole_lrgd.validate import check_values
 

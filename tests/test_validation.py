@@ -227,3 +227,198 @@ def test_4500_word_titles_are_capped_once_and_run_like_short_ones(base, tmp_path
         assert titles[1].startswith("Item ") and "  " not in titles[1]  # whitespace runs are one space
         assert max(len(TOK(t, add_special_tokens=False).input_ids) for t in titles) <= 32
     assert timings[4500] < 3 * timings[3] + 5, timings
+
+
+@pytest.mark.parametrize("keys,match", [
+    ({"seed": "abc"}, "seed must be an integer >= 0, not 'abc'"),
+    ({"metrics": ["Nope"]}, "metrics: there is no metric named 'Nope' \\(RecBole's: auc, .*ndcg"),
+    ({"topk": [1.5]}, r"topk must be a positive integer or a list of them, not \[1.5\]"),
+    ({"valid_metric": "Foo@3"}, r"valid_metric 'Foo@3' is not among the evaluated metrics .*: e.g. Hit@10, NDCG@10"),
+    ({"valid_metric": "NDCG@7"}, "valid_metric 'NDCG@7' is not among the evaluated metrics"),
+    ({"valid_metric": "NDCG"}, "valid_metric 'NDCG' is not among the evaluated metrics"),
+    ({"eval_args": "uni19"}, "eval_args in config_dict must be a mapping of split, group_by, order, mode, not 'uni19'"),
+    ({"fallback_zero_shot": 2}, "fallback_zero_shot must be True or False, not 2"),
+])
+def test_recbole_keys_the_plugin_reads_are_one_line_before_anything_is_written(base, monkeypatch, keys, match):
+    _fails_first(monkeypatch, match, model="LRGD", dataset="tiny", config_dict={**base, **keys})
+
+
+def test_a_checkpoint_dir_that_cannot_be_made_is_one_line(base, monkeypatch, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    _fails_first(monkeypatch, f"checkpoint_dir '{afile}/saved' cannot be a folder: {afile} is a file",
+                 model="Pop", dataset="tiny", config_dict={**base, "checkpoint_dir": f"{afile}/saved"})
+    _fails_first(monkeypatch, "checkpoint_dir '/proc/no/such' cannot be written: /proc does not take new files",
+                 model="Pop", dataset="tiny", config_dict={**base, "checkpoint_dir": "/proc/no/such"})
+    build_config("Pop", "tiny", config_dict={**base, "checkpoint_dir": str(tmp_path / "new" / "deep")})
+    assert sorted(os.listdir(tmp_path)) == ["afile", "tiny"]  # the write check left nothing, created nothing
+
+
+def test_a_valid_metric_of_the_evaluated_metrics_passes(base):
+    config = build_config("LRGD", "tiny", config_dict={**base, "metrics": ["Hit", "NDCG", "EffectD"], "topk": 5,
+                                                        "valid_metric": "EffectD"})
+    assert config["valid_metric"] == "EffectD" and config["topk"] == [5]
+    assert build_config("Pop", "tiny", config_dict={**base, "valid_metric": "hit@5"})["valid_metric"] == "hit@5"
+
+
+def test_every_boolean_key_takes_true_or_false_only():
+    """A key whose YAML default is True or False has a rule that refuses other values (RecBole reads
+    --key=2 as the integer 2 and --key=maybe as a string)."""
+    from recbole_lrgd.keys import plugin_keys
+    from recbole_lrgd.validate import RULES
+
+    booleans = [k.key for _, keys in plugin_keys() for k in keys if k.default in ("True", "False")]
+    assert "fallback_zero_shot" in booleans and len(booleans) >= 4
+    for key in booleans:
+        assert RULES[key].ok(True) and RULES[key].ok(False), key
+        assert not any(RULES[key].ok(v) for v in (2, 0, "maybe", "yes", None)), key
+
+
+def test_a_partial_eval_args_on_the_command_line_names_the_missing_keys(base, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run_recbole_lrgd.py", "--eval_args={'split':{'LS':'valid_and_test'}}"])
+    _fails_first(monkeypatch, "eval_args on the command line is incomplete \\(missing group_by, order, mode\\)",
+                 model="LRGD", dataset="tiny", config_dict=base)
+
+
+@pytest.mark.parametrize("model,hint", [("lrgd", "LRGD"), ("sasrec", "SASRec"), ("SASRek", "SASRec"),
+                                        ("bpr", "BPR"), ("NoSuchModel", None)])
+def test_an_unknown_model_suggests_the_nearest_name_ignoring_case(base, monkeypatch, model, hint):
+    message = _fails_first(monkeypatch, r"`model_name` \[" + model + r"\] is not the name of an existing model",
+                           model=model, dataset="tiny", config_dict=base)
+    assert message.endswith(f"; did you mean {hint!r}?" if hint else "existing model")
+
+
+# -- data checked before the LLM loads and the log file is written ----------------------------------
+def _write_item_file(folder, titles):
+    """Rewrite ``tiny.item`` with ``titles``: raw item id -> title (an empty one for none)."""
+    with open(os.path.join(folder, "tiny", "tiny.item"), "w") as f:
+        f.write("item_id:token\ttitle:token\n")
+        f.writelines(f"{item}\t{title}\n" for item, title in titles.items())
+
+
+def test_an_inter_file_with_a_header_only_is_one_line(base, monkeypatch):
+    inter = os.path.join(base["data_path"], "tiny", "tiny.inter")
+    with open(inter) as f:
+        header = f.readline()
+    with open(inter, "w") as f:
+        f.write(header)
+    for model in ("LRGD", "Pop"):
+        _fails_first(monkeypatch, r"tiny\.inter has a header line but no data lines", model=model, dataset="tiny",
+                     config_dict=base)
+
+
+def test_item_ids_that_match_none_of_the_inter_are_one_line_and_some_a_warning(base, monkeypatch, caplog):
+    _write_item_file(base["data_path"], {f"x{i}": f"Other Item {i}" for i in range(40)})
+    _fails_first(monkeypatch, r"no item_id of .*tiny\.inter is in .*tiny\.item \(0 of 40 match\): RecBole would "
+                 "drop every interaction", model="LRGD", dataset="tiny", config_dict=base)
+    _write_item_file(base["data_path"], {**{f"i{i}": f"Item {i}" for i in range(10)},
+                                         **{f"x{i}": f"Other Item {i}" for i in range(30)}})
+    with open(os.path.join(base["data_path"], "tiny", "tiny.inter")) as f:
+        dropped = sum(int(line.split("\t")[1][1:]) >= 10 for line in list(f)[1:])
+    with caplog.at_level(logging.WARNING):
+        build_config("LRGD", "tiny", config_dict=base)
+    assert [r.getMessage() for r in caplog.records if "no line in" in r.getMessage()] == [
+        f"30 of 40 items (75.0%) of {base['data_path']}/tiny/tiny.inter have no line in {base['data_path']}/tiny/"
+        f"tiny.item: RecBole drops their {dropped} interactions (filter_inter_by_user_or_item)"]
+
+
+@pytest.mark.parametrize("dataset", ["tiny", "ml-100k"])
+def test_a_data_path_that_is_a_file_is_one_line(base, monkeypatch, tmp_path, dataset):
+    """RecBole would read ml-100k from its own copy whatever data_path says."""
+    afile = tmp_path / "afile.txt"
+    afile.write_text("")
+    _fails_first(monkeypatch, f"data_path {afile} is a file, not a folder: set it to the folder that holds "
+                 f"{dataset}/{dataset}.inter", model="LRGD", dataset=dataset,
+                 config_dict={**base, "data_path": str(afile)})
+
+
+def test_titles_missing_for_most_candidates_stop_before_the_llm(base, monkeypatch):
+    _write_item_file(base["data_path"], {f"i{i}": "" if i % 10 < 7 else f"Item {i}" for i in range(40)})
+    _fails_first(monkeypatch, r"^\d+\.\d% of the candidates of the 5 evaluated users have no title in field 'title' "
+                 r"of .*tiny\.item \(28 of 40 items \(70\.0%\) have none\): is title_field \(or the \.item file\) "
+                 r"the right one\?$", model="LRGD", dataset="tiny", config_dict=base)
+
+
+def test_some_missing_titles_are_one_warning_kept_for_the_log_file(base, monkeypatch, caplog):
+    """Logged while the data is checked, before the log file exists: the warning reaches it all the same
+    (and the console), after the config, with the dataset as loaded (before a sequential build)."""
+    import recbole_lrgd.quick_start as quick_start
+
+    _write_item_file(base["data_path"], {f"i{i}": "" if i % 10 < 3 else f"Item {i}" for i in range(40)})
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # logging as a fresh process has it: nothing set up
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    loaded = []
+    monkeypatch.setattr(quick_start, "load_config_llm", lambda config: loaded.append(os.path.isdir("log")))
+    monkeypatch.setattr(quick_start, "llm_summary", lambda config: "LLM: stand-in")
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(quick_start.LRGD, "__init__", stop)  # the run is over once the log is written
+    try:
+        with pytest.raises(Stop):
+            run("LRGD", "tiny", config_dict={**base, "state": "INFO"})
+    finally:
+        for handler in root.handlers:
+            handler.close()
+    assert loaded == [False]  # the LLM loaded before the log file existed
+    (log,) = [os.path.join("log", "LRGD", name) for name in os.listdir(os.path.join("log", "LRGD"))]
+    with open(log) as f:
+        text = f.read()
+    warning = "12 of 40 items (30.0%) have no title in field 'title' of"
+    assert text.count(warning) == 1 and text.index("LLM: stand-in") < text.index(warning)
+    with open(os.path.join(base["data_path"], "tiny", "tiny.inter")) as f:
+        assert f"The number of inters: {len(f.readlines()) - 1}\n" in text
+
+
+ITEMS = " ".join(f"i{i}" for i in range(22))
+
+
+@pytest.mark.parametrize("text,match", [
+    (f"u1\t{ITEMS}\nnobody\t{ITEMS}\n", "line 2: user 'nobody' is not in the dataset"),
+    (f"u1\t{ITEMS}\nu2\t{ITEMS} B00NOSUCH\n", "line 2: item 'B00NOSUCH' is not in the dataset"),
+    (f"u1\t{ITEMS}\nu1\t{ITEMS}\n", "line 2: user 'u1' already has candidates on line 1"),
+    ("u1\ti1 i2 i3 i4 i5\n", "line 1: [45] candidates besides the target, 19 needed"),
+    (f"u1 {ITEMS}\n", "line 1: expected user_id, a tab, then space-separated item ids"),
+])
+def test_a_bad_candidates_file_is_one_line_before_the_llm(base, monkeypatch, tmp_path, text, match):
+    path = tmp_path / "cands.txt"
+    path.write_text(text)
+    _fails_first(monkeypatch, match, model="LRGD", dataset="tiny", config_dict={**base, "candidates_file": str(path)})
+
+
+def test_a_prompt_budget_below_the_shortest_prompt_is_one_line_before_the_llm(base, monkeypatch):
+    """Checked with the tokenizer alone: the model is not loaded."""
+    _fails_first(monkeypatch, r"max_prompt_tokens 30 is too small: .* alone take \d+ tokens; set max_prompt_tokens to "
+                 r"at least \d+", model="LRGD", dataset="tiny", config_dict={**base, "max_prompt_tokens": 30})
+
+
+@pytest.mark.parametrize("device,match", [
+    ("cuda:7", "llm_device 'cuda:7': (this torch sees no CUDA GPU|there (is|are) [0-6] CUDA device)"),
+    ("gpu", "llm_device 'gpu' is not a torch device"),
+])
+def test_an_llm_device_that_is_not_here_is_one_line(base, monkeypatch, device, match):
+    _fails_first(monkeypatch, match, model="LRGD", dataset="tiny", config_dict={**base, "llm_device": device})
+
+
+@pytest.mark.parametrize("where", ["under a file", "a folder", "read-only"])
+def test_a_demo_state_file_that_cannot_be_written_is_one_line(base, monkeypatch, tmp_path, where):
+    afile, folder = tmp_path / "afile", tmp_path / "ro"
+    afile.write_text("")
+    folder.mkdir()
+    if where == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("permission bits do not stop root")
+        folder.chmod(0o555)
+    path, match = {"under a file": (afile / "state.json", f"{afile} is a file"),
+                   "a folder": (folder, f"demo_state_file {folder} is a folder, not a file"),
+                   "read-only": (folder / "state.json", "cannot be written")}[where]
+    try:
+        _fails_first(monkeypatch, match, model="LRGD", dataset="tiny",
+                     config_dict={**base, "demo_mode": "lrgd", "demo_state_file": str(path)})
+    finally:
+        folder.chmod(0o755)

@@ -6,6 +6,7 @@ rating:float". One pass over the lines (about 0.1 s for ml-100k's 100,000) names
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import List, Optional, Set, Tuple
 
@@ -15,6 +16,8 @@ from recbole_lrgd.errors import LRGDError
 
 TYPES = tuple(t.value for t in FeatureType)
 FLOAT_TYPES = (FeatureType.FLOAT.value, FeatureType.FLOAT_SEQ.value)
+
+logger = logging.getLogger(__name__)
 
 
 def parse_header(line: str, path: str, separator: str = "\t") -> List[Tuple[str, str]]:
@@ -67,15 +70,19 @@ def _is_number(value: str, ftype: str, seq_separator: str) -> bool:
 
 def check_atomic_file(path: str, fields: Optional[Set[str]] = None, unloaded: Set[str] = frozenset(),
                       separator: str = "\t", seq_separator: str = " ", encoding: str = "utf-8") -> None:
-    """Every line is ``encoding`` text with no more fields than the header, and every loaded float field
-    (in ``fields``, or all where None, less ``unloaded``) holds numbers."""
+    """Every line is ``encoding`` text with no more fields than the header, there is at least one line
+    below the header (RecBole's "Some feat is empty" otherwise), and every loaded float field (in ``fields``,
+    or all where None, less ``unloaded``) holds numbers."""
     sep = "tab" if separator == "\t" else repr(separator)
+    rows = 0
     try:
         with open(path, encoding=encoding) as f:
             header = parse_header(f.readline(), path, separator)
             floats = [(k, f"{field}:{ftype}", ftype) for k, (field, ftype) in enumerate(header)
                       if ftype in FLOAT_TYPES and (fields is None or field in fields) and field not in unloaded]
             for lineno, line in enumerate(f, start=2):
+                if line.strip("\r\n"):  # pandas skips blank lines
+                    rows += 1
                 values = line.rstrip("\r\n").split(separator)
                 if len(values) > len(header):
                     raise LRGDError(f"{path} line {lineno}: {len(values)} {sep}-separated fields, the header has "
@@ -91,6 +98,8 @@ def check_atomic_file(path: str, fields: Optional[Set[str]] = None, unloaded: Se
                                             ) from None
     except UnicodeDecodeError as exc:
         raise LRGDError(f"{path} line {_undecodable_line(path, encoding)}: not {encoding} text ({exc.reason})") from None
+    if not rows:
+        raise LRGDError(f"{path} has a header line but no data lines")
 
 
 def _undecodable_line(path: str, encoding: str) -> int:
@@ -104,12 +113,58 @@ def _undecodable_line(path: str, encoding: str) -> int:
     return 0
 
 
+def _column(path: str, field: str, separator: str, encoding: str) -> Optional[List[str]]:
+    """The values of ``field`` in an atomic file, one per data line (None when its header has no such field)."""
+    with open(path, encoding=encoding) as f:
+        names = [name for name, _ in parse_header(f.readline(), path, separator)]
+        if field not in names:
+            return None
+        k = names.index(field)
+        rows = (line.rstrip("\r\n").split(separator) for line in f if line.strip("\r\n"))
+        return [values[k] if k < len(values) else "" for values in rows]
+
+
+def check_feature_ids(config, files: List[Tuple[str, str]], separator: str, encoding: str) -> None:
+    """With ``filter_inter_by_user_or_item`` RecBole drops every interaction whose user (item) has no line in
+    a loaded .user (.item) file: when that is all of them, one ``LRGDError`` here instead of RecBole's "Some
+    feat is empty" traceback; when it is some, a warning with the count and share."""
+    if config["filter_inter_by_user_or_item"] is not True:  # RecBole filters on True alone
+        return
+    inters = [path for path, suffix in files if suffix == "inter"]
+    for suffix, field in (("user", config["USER_ID_FIELD"]), ("item", config["ITEM_ID_FIELD"])):
+        feature_file = next((path for path, kind in files if kind == suffix), None)
+        fields = loaded_fields(config, suffix)
+        if feature_file is None or (fields is not None and field not in fields):
+            continue  # no such file, or RecBole does not load it
+        known = _column(feature_file, field, separator, encoding)
+        ids = [value for path in inters for value in _column(path, field, separator, encoding) or ()]
+        if known is None or not ids:
+            continue  # RecBole names a missing id column itself
+        known_ids = set(known)
+        dropped = [value for value in ids if value not in known_ids]
+        if not dropped:
+            continue
+        distinct, missing = len(set(ids)), len(set(dropped))
+        if len(dropped) == len(ids):
+            raise LRGDError(f"no {field} of {', '.join(inters)} is in {feature_file} (0 of {distinct:,} match): "
+                            "RecBole would drop every interaction (filter_inter_by_user_or_item); do both files use "
+                            "the same ids?")
+        logger.warning(f"{missing:,} of {distinct:,} {suffix}s ({missing / distinct:.1%}) of {', '.join(inters)} have "
+                       f"no line in {feature_file}: RecBole drops their {len(dropped):,} interactions "
+                       f"(filter_inter_by_user_or_item)")
+
+
 def check_atomic_files(config) -> None:
-    """Every atomic file RecBole will load for ``config``, checked with its separators, encoding and columns."""
+    """Every atomic file RecBole will load for ``config``, checked with its separators, encoding and columns,
+    and the ids of the .inter against those of the .user and .item (``check_feature_ids``)."""
     unload_col = config["unload_col"] or {}
+    separator, encoding = config["field_separator"] or "\t", config["encoding"] or "utf-8"
+    loaded = []
     for path, suffix in atomic_files(config):
         fields = loaded_fields(config, suffix)
         if fields is not None and not fields:
             continue  # RecBole skips a file none of whose columns it loads
-        check_atomic_file(path, fields, set(unload_col.get(suffix, ())), config["field_separator"] or "\t",
-                          config["seq_separator"] or " ", config["encoding"] or "utf-8")
+        check_atomic_file(path, fields, set(unload_col.get(suffix, ())), separator,
+                          config["seq_separator"] or " ", encoding)
+        loaded.append((path, suffix))
+    check_feature_ids(config, loaded, separator, encoding)

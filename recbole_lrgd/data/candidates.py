@@ -150,3 +150,14 @@ def read_candidates_file(path: str, user_token2id: Dict[str, int], item_token2id
     if not table:
         raise LRGDError(f"candidates_file {path} holds no candidate lines")
     return table
+
+
+def interacted_negatives(negatives: Dict[int, np.ndarray], seen: Dict[int, np.ndarray]) -> Dict[int, int]:
+    """Per user, how many of its negatives (``read_candidates_file``'s table) are items it interacted with
+    (``seen``: ``user_items``), which its metrics then count as wrong answers; users with none are left out."""
+    counts = {}
+    for uid, negs in negatives.items():
+        n = int(np.isin(negs, seen.get(uid, ())).sum())
+        if n:
+            counts[uid] = n
+    return counts

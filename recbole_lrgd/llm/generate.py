@@ -20,7 +20,7 @@ import torch
 
 from recbole_lrgd.llm.prompt import Prompt, encode_parts
 from recbole_lrgd.llm.score_cache import ScoreCache
-from recbole_lrgd.llm.scorer import Scorer
+from recbole_lrgd.llm.scorer import ParseStats, Scorer
 
 _BULLET = r"\s*(?:[-*\u2022>]\s*)?"
 _INDEX = re.compile(_BULLET + r"(?:(?:candidate|item|option|no\.?)\s*|#)?"
@@ -28,22 +28,6 @@ _INDEX = re.compile(_BULLET + r"(?:(?:candidate|item|option|no\.?)\s*|#)?"
 _ONLY_INDICES = re.compile(r"^[\s\d\[\]().,;:>#\-*\u2022|/]*$")  # "3, 1, 2", "[3] > [1]", "3 1 2"
 _TRAILING_PAREN = re.compile(r"\s*\([^()]*\)\s*$")
 _LEAD_IN = re.compile(r"^\s*[A-Za-z][A-Za-z ]{0,30}:")  # "Ranking: 3, 1, 2"
-
-
-@dataclass(frozen=True)
-class ParseStats:
-    """How much of one output was understood: a prompt with ``mentioned == 0`` is a parse failure."""
-
-    mentioned: int
-    candidates: int
-
-    @property
-    def failed(self) -> bool:
-        return self.mentioned == 0
-
-    @property
-    def unparsed(self) -> int:
-        return self.candidates - self.mentioned
 
 
 def normalise(text: str) -> str:

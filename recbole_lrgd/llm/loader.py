@@ -109,6 +109,28 @@ def llm_device(config) -> str:
     return str(config["llm_device"] or config["device"])
 
 
+def check_llm_device(config) -> None:
+    """The LLM's device exists here (without ``llm_device_map``, which places the model itself): one
+    ``LRGDError`` line, not torch's assertion once the model has loaded."""
+    if config["llm_device_map"]:
+        return
+    name = llm_device(config)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise LRGDError(f"llm_device {name!r} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LRGDError(f"llm_device {name!r}: this torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                            "use cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise LRGDError(f"llm_device {name!r}: there {'is' if count == 1 else 'are'} {count} CUDA device(s) "
+                            f"here, cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise LRGDError(f"llm_device {name!r}: this torch has no MPS (Apple GPU) backend here; use cpu")
+
+
 def resolved_dtype_name(config) -> str:
     """The dtype a config's LLM runs in, e.g. ``"bfloat16"`` for ``llm_dtype: auto`` on an AMX CPU: the
     name every identity of scores (score cache, optimizer state) must hold, never ``"auto"``."""
@@ -121,18 +143,62 @@ def load_config_llm(config):
                     config["llm_cache_dir"])
 
 
+def load_config_tokenizer(config):
+    """The tokenizer of a config's LLM without its model, for checks before the model loads, read from where
+    the model's load reads it (a complete converted-model cache entry of a GGUF, else the GGUF file, folder or
+    hub id) and kept for that load."""
+    from transformers.utils import logging as hf_logging
+
+    path, gguf_file = resolve_llm_path(config["llm_path"])
+    folder, gguf = path, gguf_file
+    if gguf_file and config["llm_cache_dir"] and config["llm_device_map"] is None:
+        dtype = resolve_dtype(config["llm_dtype"], llm_device(config))
+        entry = model_cache.complete_entry(config["llm_cache_dir"], os.path.join(path, gguf_file), dtype)
+        if entry is not None:
+            folder, gguf = entry, None
+    if gguf:  # a file cut short is named as such, not as the converter's reshape error
+        from recbole_lrgd.llm.gguf_header import check_complete
+
+        check_complete(os.path.join(folder, gguf))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return _tokenizer(folder, gguf)
+    except Exception as exc:  # noqa: BLE001 - any failure is reported as one line
+        name = os.path.join(path, gguf_file) if gguf_file else path
+        raise LRGDError(f"could not load the tokenizer of LLM {name!r}: {_first_line(exc)}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(folder: str, gguf_file: Optional[str]):
+    """A tokenizer read once per process: ``load_config_tokenizer`` and the model's load share it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
+
+
 @lru_cache(maxsize=2)
 def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, device_map: Optional[str],
           cache_dir: Optional[str]):
     """``(model, tokenizer, where)``; ``where`` says whether a GGUF came from the converted-model cache."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     def from_pretrained(folder: str, **kwargs):
-        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        tokenizer = _tokenizer(folder, kwargs.get("gguf_file"))
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map, **kwargs)
         return model, tokenizer
 
+    if gguf_file:  # a file cut short is named as such, not as the converter's reshape error
+        from recbole_lrgd.llm.gguf_header import check_complete
+
+        check_complete(os.path.join(path, gguf_file))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # GGUF dequantisation logs a line per tensor type
     try:
@@ -145,8 +211,7 @@ def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, 
             where = "converted" if gguf_file else "loaded"
     except Exception as exc:  # noqa: BLE001 - any failure is reported as one line
         name = os.path.join(path, gguf_file) if gguf_file else path
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LRGDError(f"could not load LLM {name!r}: {reason}") from exc
+        raise LRGDError(f"could not load LLM {name!r}: {_first_line(exc)}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
     if device_map is None:

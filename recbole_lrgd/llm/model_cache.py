@@ -74,6 +74,14 @@ def load_or_convert(cache_dir: str, model_file: str, dtype: torch.dtype, convert
     return model, tokenizer, "converted"
 
 
+def complete_entry(cache_dir: str, model_file: str, dtype: torch.dtype) -> Optional[str]:
+    """The folder of the complete entry ``load_or_convert`` would load for ``model_file`` in ``dtype``; None
+    when there is none yet or it is unusable (a cheap look at its marker and files, nothing loaded)."""
+    ident = identity(model_file, dtype)
+    entry = entry_dir(cache_dir, ident)
+    return entry if os.path.isdir(entry) and _entry_problem(entry, ident) is None else None
+
+
 def store(entry: str, model, tokenizer, ident: Dict[str, Any]) -> bool:
     """Write ``entry`` atomically; True when this call's entry (or a concurrent writer's) is in place."""
     parent = os.path.dirname(entry)

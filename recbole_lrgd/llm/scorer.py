@@ -5,7 +5,8 @@
 ``verbalizer``: candidates are labelled A, B, C...; the score of a candidate is the logit of its label's
 token after the prompt.
 Both are ``LLMScorer``; ``generate`` (the LLM writes a ranked list) is ``GenerateScorer`` in
-``recbole_lrgd.llm.generate``. ``make_scorer`` builds the one a mode needs; all share ``Scorer``.
+``recbole_lrgd.llm.generate``; ``recbole_lrgd.llm.modes.make_scorer`` builds the one a mode needs. All
+share ``Scorer``.
 
 There is one way to run the model: ``score_many``. A prompt is a prefix (instruction + demonstrations)
 and the user's suffix; in likelihood mode its candidates are packed after the suffix. A prompt's row (or rows)
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import astuple, dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -39,11 +40,24 @@ from recbole_lrgd.llm.kv_cache import KVModel
 from recbole_lrgd.llm.prompt import Prompt, encode_parts
 from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
 
-if TYPE_CHECKING:
-    from recbole_lrgd.llm.generate import ParseStats
-
 SCORER_MODES = ("likelihood", "verbalizer", "generate")
 TITLE_SCORES = ("mean", "sum", "first")  # likelihood mode: how a title's token log-probs make its score
+
+
+@dataclass(frozen=True)
+class ParseStats:
+    """How much of one output was understood: a prompt with ``mentioned == 0`` is a parse failure."""
+
+    mentioned: int
+    candidates: int
+
+    @property
+    def failed(self) -> bool:
+        return self.mentioned == 0
+
+    @property
+    def unparsed(self) -> int:
+        return self.candidates - self.mentioned
 
 
 @dataclass
@@ -73,7 +87,7 @@ class ScoreCounts:
     def unparsed_rate(self) -> Optional[float]:
         return self.unparsed_candidates / self.generated_candidates if self.generated_candidates else None
 
-    def add_parse(self, stats: "ParseStats") -> None:
+    def add_parse(self, stats: ParseStats) -> None:
         self.generated_prompts += 1
         self.failed_prompts += int(stats.failed)
         self.generated_candidates += stats.candidates
@@ -429,21 +443,6 @@ def pack_candidates(candidates: Sequence[Sequence[int]], prefix_len: int):
     causal = torch.ones((n, n), dtype=torch.bool).tril()
     allowed = torch.cat([torch.ones((n, prefix_len), dtype=torch.bool), same & causal], 1)
     return torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), allowed, source
-
-
-def make_scorer(model, tokenizer, *, mode: str, candidate_batch_size: int, user_batch_size: int,
-                score_cache: Optional[ScoreCache], model_id: str, max_new_tokens: int,
-                match_threshold: float, title_score: str, title_score_tokens: Optional[int]) -> Scorer:
-    """The scorer for ``mode``: an ``LLMScorer`` (likelihood, verbalizer) or a ``GenerateScorer``, each given
-    the settings its mode uses (their defaults live in properties/model/LRGD.yaml)."""
-    from recbole_lrgd.llm.generate import GenerateScorer  # generate.py builds on Scorer, above
-
-    if mode == "generate":
-        return GenerateScorer(model, tokenizer, user_batch_size=user_batch_size, score_cache=score_cache,
-                              model_id=model_id, max_new_tokens=max_new_tokens, match_threshold=match_threshold)
-    return LLMScorer(model, tokenizer, mode, candidate_batch_size, user_batch_size=user_batch_size,
-                     score_cache=score_cache, model_id=model_id, title_score=title_score,
-                     title_score_tokens=title_score_tokens)
 
 
 # -- a title's score from its tokens' log-probs: the one reduction of both paths -----------------

@@ -7,21 +7,24 @@ user sees are ``self.choice``, fixed by ``LRGDTrainer.fit`` (``prepare_demonstra
 from __future__ import annotations
 
 import copy
-from typing import Callable, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from recbole_lrgd.data.candidates import FixedCandidateEvalDataLoader
 from recbole_lrgd.data.chunks import user_chunks
 from recbole_lrgd.data.demonstrations import DemoChoice, DemonstrationPool, training_sequences
 from recbole_lrgd.data.titles import item_titles
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.llm.loader import llm_device, load_config_llm
+from recbole_lrgd.llm.loader import llm_device, load_config_llm, load_config_tokenizer
 from recbole_lrgd.llm.prompt import DEFAULT_INSTRUCTION
 from recbole_lrgd.llm.score_cache import ScoreCache, model_identity
-from recbole_lrgd.llm.scorer import Scorer, ScoreCounts, make_scorer
+from recbole_lrgd.llm.modes import make_scorer
+from recbole_lrgd.llm.scorer import Scorer, ScoreCounts
 from recbole_lrgd.model.ranker import ICLRanker
 
 DEMO_MODES = ("none", "random", "nearest", "lrgd")  # lrgd: chosen by the two-stage optimizer in fit
@@ -41,6 +44,46 @@ def config_scorer(config) -> Scorer:
                        title_score_tokens=config["title_score_tokens"])
 
 
+def config_ranker(config, titles: Sequence[str], scorer: Any) -> ICLRanker:
+    """The ranker of a config's prompt settings over ``titles``, scoring with ``scorer`` (a ``Scorer``, or for
+    prompts alone anything with a scorer's ``tokenizer`` and ``mode``)."""
+    listed = config["list_candidates"]
+    return ICLRanker(
+        titles, scorer, num_demos=config["num_demos"], max_his_len=config["max_his_len"],
+        max_prompt_tokens=config["max_prompt_tokens"], instruction=config["prompt_instruction"] or DEFAULT_INSTRUCTION,
+        list_candidates=None if listed in (None, "auto") else bool(listed), seed=config["seed"],
+        demo_format=config["demo_format"], demo_negatives=config["demo_negatives"])
+
+
+@dataclass(frozen=True)
+class _PromptsOnly:
+    """What the ranker's prompts read of a scorer: its tokenizer and mode, no model."""
+
+    tokenizer: Any
+    mode: str
+
+
+def check_prompt_budget(config, eval_data) -> None:
+    """Every evaluated user's shortest prompt (no demonstrations, one history item, its candidates) fits
+    ``max_prompt_tokens``, checked with the tokenizer alone before the model loads: ``build_prompt``'s
+    ``LRGDError`` otherwise. Candidates known only when evaluating (a retriever's top-N) are checked then."""
+    if not config["max_prompt_tokens"] or not isinstance(eval_data, FixedCandidateEvalDataLoader):
+        return
+    dataset = eval_data._dataset
+    tokenizer = load_config_tokenizer(config)
+    titles = item_titles(dataset, config["title_field"], tokenizer, config["max_title_tokens"])
+    ranker = config_ranker(config, titles, _PromptsOnly(tokenizer, config["scorer_mode"]))
+    feat = dataset.inter_feat
+    seqs = feat[config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]].numpy()
+    lens = feat[config["ITEM_LIST_LENGTH_FIELD"]].numpy()
+    first_row: Dict[int, int] = {}
+    for row, user in enumerate(feat[dataset.uid_field].tolist()):
+        first_row.setdefault(user, row)
+    for user, candidates in eval_data.candidate_sets().items():
+        row = first_row[user]
+        ranker.prompt(user, seqs[row, : lens[row]], candidates, [])
+
+
 class LRGD(SequentialRecommender):
     """In-context-learning recommender: ranks each user's candidates with a causal LM."""
 
@@ -54,13 +97,7 @@ class LRGD(SequentialRecommender):
             raise LRGDError(f"demo_mode {self.demo_mode!r}: use one of {', '.join(DEMO_MODES)}")
         tokenizer = load_config_llm(config)[1]
         self.titles = item_titles(dataset, config["title_field"], tokenizer, config["max_title_tokens"])
-        listed = config["list_candidates"]
-        self.ranker = ICLRanker(
-            self.titles, config_scorer(config), num_demos=config["num_demos"], max_his_len=config["max_his_len"],
-            max_prompt_tokens=config["max_prompt_tokens"],
-            instruction=config["prompt_instruction"] or DEFAULT_INSTRUCTION,
-            list_candidates=None if listed in (None, "auto") else bool(listed), seed=config["seed"],
-            demo_format=config["demo_format"], demo_negatives=config["demo_negatives"])
+        self.ranker = config_ranker(config, self.titles, config_scorer(config))
         self.choice: Optional[DemoChoice] = DemoChoice() if self.demo_mode == "none" else None  # set by fit
         self.demo_state: Optional[dict] = None  # lrgd: the optimizer's state (sets, objectives, seconds)
 

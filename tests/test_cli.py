@@ -1,0 +1,104 @@
+"""The command line: RecBole keys are ``--key=value`` words, each once; ``--help`` lists every plugin key."""
+import os
+import re
+import sys
+
+import pytest
+
+from recbole_lrgd import cli
+from recbole_lrgd.keys import plugin_keys, reference_markdown
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """``quick_start.run`` records the command line RecBole would read, and runs nothing."""
+    import recbole_lrgd.quick_start as quick_start
+
+    seen = []
+
+    def fake_run(**kwargs):
+        seen.append(list(sys.argv[1:]))
+        return None
+
+    monkeypatch.setattr(quick_start, "run", fake_run)
+    return seen
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--demo_mode", "random"], "error: --demo_mode has no value: write --demo_mode=random"),
+    (["--use_gpu"], "error: --use_gpu has no value: write --use_gpu=<value>"),
+    (["--eval_users=5", "random"], "error: 'random' is not a --key=value argument"),
+    (["--prompt_instruction=a=b"], "error: --prompt_instruction=a=b has more than one '='"),
+])
+def test_a_word_that_is_not_key_value_is_one_line_naming_the_flag(no_run, capsys, argv, line):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(line), err
+    assert no_run == []  # nothing ran
+
+
+def test_a_bare_word_error_is_exactly_one_line(no_run, capsys):
+    assert cli.main(["--model=Pop", "--demo_mode", "random"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: --demo_mode has no value: write --demo_mode=random (RecBole keys are --key=value, "
+                   "one word)"]
+    assert no_run == []
+
+
+def test_a_key_given_twice_keeps_its_last_value_with_a_warning(no_run, capsys):
+    assert cli.main(["--eval_users=5", "--model=Pop", "--eval_users=4", "--seed=3", "--seed=3"]) == 0
+    assert no_run == [["--eval_users=4", "--seed=3"]]
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: --eval_users is given twice ('5', then '4'): the last one is used"]
+    assert "--eval_users=5" not in sys.argv  # the process's own command line is back
+
+
+def test_help_lists_every_plugin_key_with_its_default_and_meaning(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for _, keys in plugin_keys():
+        for k in keys:
+            line = next((l for l in out.splitlines() if l.strip().startswith(f"--{k.key}={k.default}")), None)
+            assert line is not None, k.key
+            if k.meaning:
+                assert line.rstrip().endswith(k.meaning), k.key
+    assert "demo_negatives" in out and "Every other --key=value is a RecBole config key" in out
+
+
+def test_the_key_reference_is_generated_from_the_yaml():
+    """docs/keys.md is ``python -m recbole_lrgd.keys``'s output (regenerate it after editing a YAML)."""
+    with open(os.path.join(ROOT, "docs", "keys.md"), encoding="utf-8") as f:
+        assert f.read() == reference_markdown()
+
+
+def test_a_yaml_comment_line_joins_its_key_and_a_heading_its_section(tmp_path):
+    from recbole_lrgd.keys import read_keys
+
+    path = tmp_path / "m.yaml"
+    path.write_text("# Head one\n# and two\na: 1   # (int) first\n    #   more\nb:\n  x: 1\n# Next\nc: ~\n")
+    got = [(k.key, k.default, k.meaning, k.section) for k in read_keys(str(path))]
+    assert got == [("a", "1", "(int) first more", "Head one and two"), ("b", "{x: 1}", "", "Head one and two"),
+                   ("c", "~", "", "Next")]
+
+
+def test_the_benchmark_help_says_other_keys_pass_through(capsys):
+    from recbole_lrgd.benchmark import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert "Every other --key=value is a config key" in out and "passed through to each model" in out
+
+
+def test_the_batch_size_key_says_that_it_moves_bf16_scores_and_where_the_measurement_is():
+    from recbole_lrgd.keys import plugin_keys
+
+    meaning = {k.key: k.meaning for _, keys in plugin_keys() for k in keys}["user_batch_size"]
+    assert "bfloat16" in meaning and "docs/performance.md" in meaning
+    with open(os.path.join(ROOT, "docs", "performance.md"), encoding="utf-8") as f:
+        assert "benchmarks/out/batch_quality.md" in f.read()
+    assert os.path.isfile(os.path.join(ROOT, "benchmarks", "out", "batch_quality.md"))
