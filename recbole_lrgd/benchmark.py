@@ -34,6 +34,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
+from recbole_lrgd.console import quiet_libraries
+from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.whole_file import write_whole
 
 # variant name -> (RecBole model, config keys of the variant); baselines keep RecBole's defaults
@@ -106,8 +108,6 @@ def _blend(name: str, text: str) -> float:
     except ValueError:
         blend = math.nan
     if not 0 <= blend <= 1:  # nan too
-        from recbole_lrgd.errors import LRGDError
-
         raise LRGDError(f"benchmark variant {name!r}: the blend after @ must be a number >= 0 and <= 1, not {text!r}")
     return blend
 
@@ -117,8 +117,6 @@ def resolve_variant(name: str) -> Tuple[str, Dict[str, Any]]:
     ``<Retriever>>LRGD-<mode>[@<blend>]`` (LRGD in ``RERANK_MODES[mode]`` re-ranks the RecBole model's top
     ``rerank_top``, with ``rerank_blend`` <blend> where given) or ``<Retriever>>alone`` (``rerank_blend`` 1:
     the retriever's order, the user's history excluded, and no LLM scoring). A bad name is an ``LRGDError``."""
-    from recbole_lrgd.errors import LRGDError
-
     if name in VARIANTS:
         return VARIANTS[name]
     retriever, sep, ranker = name.partition(">")
@@ -146,8 +144,6 @@ def resolve_variant(name: str) -> Tuple[str, Dict[str, Any]]:
 def check_variant(name: str, protocol: str) -> None:
     """A variant the protocol can run: re-ranking ones rank the whole catalogue, plain LRGD ones sampled
     candidates (``LRGDError`` otherwise, as for a bad name)."""
-    from recbole_lrgd.errors import LRGDError
-
     model, keys = resolve_variant(name)
     if "candidate_source" in keys and not PROTOCOLS[protocol].full_ranking:
         raise LRGDError(f"benchmark variant {name!r} re-ranks a full ranking: run it with --protocol=full")
@@ -436,7 +432,6 @@ def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_d
     ``paths``."""
     from tqdm import tqdm
 
-    from recbole_lrgd.errors import LRGDError
     from recbole_lrgd.quick_start import run
 
     if protocol not in PROTOCOLS:
@@ -538,8 +533,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         key, value = item[2:].split("=", 1)
         config_dict[key] = _parse_value(value)
 
-    from recbole_lrgd.errors import LRGDError
-
+    quiet_libraries()
     models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
     files = args.config_files.strip().split(" ") if args.config_files else []
     saved_argv = sys.argv

@@ -38,8 +38,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, rest = parser.parse_known_args(args_list)
 
     from recbole_lrgd import distributed as dist
+    from recbole_lrgd.console import quiet_libraries
     from recbole_lrgd.errors import LRGDError
     from recbole_lrgd.quick_start import run
+
+    quiet_libraries()
 
     try:
         recbole_args = recbole_arguments(rest)

@@ -28,6 +28,7 @@ from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_co
 from recbole_lrgd.data.candidates import (FixedCandidateEvalDataLoader, draw_negatives, interacted_negatives,
                                          item_distribution, read_candidates_file, sample_user_subset, user_items)
 from recbole_lrgd import compat
+from recbole_lrgd.console import FILE_ONLY, keep_file_only_records_off_the_console
 from recbole_lrgd import distributed as dist
 from recbole_lrgd.data.atomic import check_atomic_files
 from recbole_lrgd.data.titles import check_title_coverage, item_file_header
@@ -409,8 +410,9 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
         init_logger(config)
     else:  # no log file, and only warnings on the console
         logging.basicConfig(level=logging.WARNING, format=f"[rank {dist.world()[0]}] %(levelname)s  %(message)s")
+    keep_file_only_records_off_the_console()
     logger = getLogger()
-    logger.info(config)
+    logger.info(config, extra=FILE_ONLY)
     if model in PLUGIN_MODELS:
         logger.info(llm_summary(config))
     replay(held)
@@ -426,7 +428,7 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
     else:
         model_cls, trainer_cls = get_model(model), get_trainer(config["MODEL_TYPE"], config["model"])
     model_obj = model_cls(config, train_data._dataset).to(config["device"])
-    logger.info(model_obj)
+    logger.info(model_obj, extra=FILE_ONLY)
     trainer = trainer_cls(config, model_obj)
     if retriever is not None:
         trainer.use_retriever(retriever)

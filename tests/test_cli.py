@@ -102,3 +102,25 @@ def test_the_batch_size_key_says_that_it_moves_bf16_scores_and_where_the_measure
     with open(os.path.join(ROOT, "docs", "performance.md"), encoding="utf-8") as f:
         assert "benchmarks/out/batch_quality.md" in f.read()
     assert os.path.isfile(os.path.join(ROOT, "benchmarks", "out", "batch_quality.md"))
+
+
+def test_the_console_shows_the_data_the_llm_line_and_the_metrics_and_the_log_file_the_config(tiny_data,
+                                                                                            tiny_llm_dir):
+    """A run's console: RecBole's data summary, the LLM line, the metrics; no config dump and no pandas
+    FutureWarning from RecBole's code. The log file keeps the config."""
+    import glob
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "PYTHONWARNINGS": "default"}
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "run_recbole_lrgd.py"), "--dataset=tiny",
+                           f"--data_path={tiny_data}", f"--llm_path={tiny_llm_dir}", "--eval_users=4",
+                           "--use_gpu=False", "--score_cache=False", "--show_progress=False"],
+                          cwd=tiny_data, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    assert "The number of users" in console and "LLM: " in console and "test result: hit@1" in console
+    assert "demo_negatives" not in console and "FutureWarning" not in console
+    logs = glob.glob(os.path.join(tiny_data, "log", "LRGD", "*.log"))
+    assert len(logs) == 1
+    with open(logs[0], encoding="utf-8") as f:
+        assert "demo_negatives" in f.read()
