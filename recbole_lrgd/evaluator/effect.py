@@ -3,7 +3,7 @@
     l_D(u)   = -log softmax_c( s(c | P(D, u, C_u)) / T )[target]
     Effect_D = mean_u [ l_0(u) - l_D(u) ]        (l_0: the same prompt with no demonstrations)
 
-In the dual-model view (spec section 3) the demonstrations are the dual model's training data, and
+In the dual-model view (docs/theory.md) the demonstrations are the dual model's training data, and
 a positive effect means the gradient step they induce lowers its test loss.
 """
 from __future__ import annotations

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np

@@ -183,8 +183,7 @@ class LLMScorer(Scorer):
     @property
     def score_settings(self) -> tuple:
         """The settings besides model, mode and prompt that a score depends on, for the cache digest: none
-        for verbalizer labels and for the mean (so the keys of the mean are those from before
-        ``title_score`` existed), the reduction otherwise, with its token count for ``first``."""
+        for verbalizer labels and for the mean (the default keeps the shortest digest), the reduction otherwise, with its token count for ``first``."""
         return self._settings(self.title_score, self.title_score_tokens)
 
     def _settings(self, how: str, tokens: Optional[int]) -> tuple:
@@ -455,8 +454,8 @@ def check_title_score(how: str, first_tokens: Optional[int]) -> None:
 
 
 def reduction_settings(how: str, first_tokens: Optional[int]) -> tuple:
-    """A reduction's settings in the score-cache digest: none for the mean (its keys are those from before
-    ``title_score`` existed), its name otherwise, with its token count for ``first``."""
+    """A reduction's settings in the score-cache digest: none for the mean (the default keeps the shortest
+    digest), its name otherwise, with its token count for ``first``."""
     if how == "mean":
         return ()
     return (how, first_tokens) if how == "first" else (how,)

@@ -24,7 +24,7 @@ import yaml
 from recbole.utils import get_model, get_trainer, init_seed, set_color
 
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.optimizer.state import digest
+from recbole_lrgd.digest import digest
 from recbole_lrgd.properties_files import properties_dir
 
 # config keys that cannot change what a retriever learns: where things go, what is logged, which device

@@ -1,2 +1,2 @@
-"""LRGD's fit: two-stage demonstration optimization (spec sections 4 and 5)."""
+"""LRGD's fit: two-stage demonstration optimization (docs/theory.md)."""
 from recbole_lrgd.optimizer.two_stage import DemoOptimizer, OptimizerSettings  # noqa: F401

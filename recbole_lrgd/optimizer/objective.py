@@ -5,7 +5,7 @@ Effect itself is ``evaluator.effect.ProbeEffect``'s).
     robust Effect = mean - lambda_std * std   over the clean set and its P perturbed copies
 
 Scores are (n_probes, C) arrays with the probe's target in column 0; copy bias is measured on extra
-columns holding the demonstrations' own targets (spec section 4).
+columns holding the demonstrations' own targets.
 """
 from __future__ import annotations
 

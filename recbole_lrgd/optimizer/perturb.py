@@ -1,4 +1,4 @@
-"""Perturbations of demonstrations: noise on the dual model's training data (spec section 4).
+"""Perturbations of demonstrations: noise on the dual model's training data (docs/theory.md).
 
 A demonstration here is ``(history item ids, target item id)``; all functions are pure and seeded.
 """

@@ -1,4 +1,4 @@
-"""The optimizer's state on disk: pool scores, chosen set, objective history (spec section 5).
+"""The optimizer's state on disk: pool scores, chosen set, objective history.
 
 Written atomically after every unit of work, so an interrupted fit resumes where it stopped, and
 kept beside RecBole's checkpoints, so a later run on new interactions warm-starts from it. Its
@@ -28,11 +28,6 @@ SCORE_KEYS = ("scorer_mode", "max_his_len", "max_prompt_tokens", "max_title_toke
               "list_candidates", "title_field", "max_new_tokens", "title_match_threshold", "title_score",
               "title_score_tokens", "demo_format", "demo_negatives")
 STATE_KEYS = ("identity", "data", "pool_scores", "stage1", "stage2", "history")  # a readable state has these
-
-
-def digest(obj: Any) -> str:
-    """A stable hash of a JSON-able object."""
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def score_context(config: Mapping[str, Any]) -> Dict[str, Any]:

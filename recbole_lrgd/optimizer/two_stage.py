@@ -1,4 +1,4 @@
-"""Two-stage demonstration optimization, LRGD's ``fit`` (spec section 5).
+"""Two-stage demonstration optimization, LRGD's ``fit`` (docs/theory.md).
 
 Stage 1 (selection): a seeded pool of training users' demonstrations, each scored alone by its
 regularised robust Effect on probe users (training users whose last training item is the target);
@@ -30,7 +30,8 @@ from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator.effect import ProbeEffect
 from recbole_lrgd.optimizer.objective import Evaluation, combine, copy_bias, drift, redundancy
 from recbole_lrgd.optimizer.perturb import perturb_demonstrations
-from recbole_lrgd.optimizer.state import data_fingerprint, digest, load_state, save_state
+from recbole_lrgd.digest import digest
+from recbole_lrgd.optimizer.state import data_fingerprint, load_state, save_state
 
 SCOPES = ("global", "per_user")
 YAML_KEYS = {"scope": "lrgd_scope", "token_budget": "demo_token_budget"}  # field -> YAML key, where they differ

@@ -1,0 +1,11 @@
+"""A stable hash of a JSON-able object: the identity of saved work (an optimizer state, a trained retriever)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def digest(obj: Any) -> str:
+    """The SHA-1 of ``obj`` as sorted-key JSON (other values as their ``str``)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
