@@ -16,6 +16,10 @@ import json
 import sys
 from typing import Any, Dict, Iterator, List, Optional
 
+from recbole_lrgd.console import quiet_libraries
+from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.keys import help_text
+
 PASS_THROUGH = ("Every other --key=value is a RecBole config key (RecBole's own, or any of the above), "
                 "as with run_recbole; --key=~ means ~ (None).")
 
@@ -25,8 +29,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "--benchmark" in args_list:  # side-by-side table of LRGD variants and baselines: recbole_lrgd/benchmark.py
         from recbole_lrgd.benchmark import main as benchmark_main
         return benchmark_main([a for a in args_list if a != "--benchmark"])
-    from recbole_lrgd.keys import help_text
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False, epilog=help_text() + "\n" + PASS_THROUGH)
     parser.add_argument("--model", "-m", default="LRGD", help="LRGD or a RecBole model name")
@@ -38,8 +40,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, rest = parser.parse_known_args(args_list)
 
     from recbole_lrgd import distributed as dist
-    from recbole_lrgd.console import quiet_libraries
-    from recbole_lrgd.errors import LRGDError
     from recbole_lrgd.quick_start import run
 
     quiet_libraries()
@@ -70,8 +70,6 @@ def recbole_arguments(rest: List[str]) -> List[str]:
     """The command line's RecBole keys, each once as ``--key=value``. A word that is not ``--key=value`` is an
     error naming its flag: RecBole would drop it and run on the key's default. A key given twice keeps its
     last value, with a warning: RecBole would stop on it with a traceback."""
-    from recbole_lrgd.errors import LRGDError
-
     values: Dict[str, str] = {}
     for i, arg in enumerate(rest):
         parts = arg[2:].split("=") if arg.startswith("--") else []

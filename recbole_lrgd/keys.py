@@ -54,8 +54,8 @@ def read_keys(path: str) -> List[KeyDoc]:
         elif line.startswith("#"):  # a heading comment, possibly over several lines
             heading = line.lstrip("# ").strip()
             section = f"{section} {heading}" if in_heading else heading
-        elif _MORE_COMMENT.match(line) and keys:
-            keys[-1]["meaning"].append(_MORE_COMMENT.match(line)["comment"])
+        elif (more := _MORE_COMMENT.match(line)) and keys:
+            keys[-1]["meaning"].append(more["comment"])
         in_heading = line.startswith("#")
     return [KeyDoc(k["key"], k["default"], " ".join(p.strip() for p in k["meaning"] if p.strip()), k["section"])
             for k in keys]

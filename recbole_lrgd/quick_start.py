@@ -23,6 +23,7 @@ import yaml
 from recbole.config import Config
 from recbole.data import create_dataset, create_samplers, get_dataloader
 from recbole.data.dataloader import NegSampleEvalDataLoader
+from recbole.evaluator.register import metrics_dict
 from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_color
 
 from recbole_lrgd.data.candidates import (FixedCandidateEvalDataLoader, draw_negatives, interacted_negatives,
@@ -95,7 +96,7 @@ def _check_eval_args(eval_args: Any, where: str) -> None:
     """RecBole merges configs shallowly: a partial eval_args silently drops the other keys."""
     if not isinstance(eval_args, dict):
         raise LRGDError(f"eval_args {where} must be a mapping of {', '.join(EVAL_ARGS_KEYS)}, not {eval_args!r}")
-    missing = [k for k in EVAL_ARGS_KEYS if k not in (eval_args or {})]
+    missing = [k for k in EVAL_ARGS_KEYS if k not in eval_args]
     if missing:
         raise LRGDError(f"eval_args {where} is incomplete (missing {', '.join(missing)}): RecBole replaces the "
                         f"whole dict, so give all of {', '.join(EVAL_ARGS_KEYS)}")
@@ -166,7 +167,6 @@ def _config_error(exc: Exception) -> str:
     """RecBole's Config refusing a value, as one line (with the metric names where it names no metric)."""
     line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if line.startswith("There is no metric named"):
-        from recbole.evaluator.register import metrics_dict
         line = f"metrics: {line[0].lower()}{line[1:]} (RecBole's: {', '.join(sorted(metrics_dict))})"
     return line
 
