@@ -4,7 +4,7 @@
     python benchmarks/compare.py --dataset=amazon-beauty --data_path=../shared/data --eval_users=200
     python benchmarks/compare.py --list
 
-The same as ``python run_recbole_lrgd.py --benchmark ...``; see ``recbole_lrgd/benchmark.py``.
+The same as ``python run_recbole_lrgd.py --benchmark ...``; see ``recbole_lrgd/benchmark/``.
 Writes benchmarks/out/compare_<dataset>.{md,csv,png,json}; re-running skips finished rows.
 """
 import os
@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_lrgd.benchmark import main  # noqa: E402
+from recbole_lrgd.benchmark.run import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

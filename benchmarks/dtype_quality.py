@@ -109,8 +109,9 @@ def _score_dataset(dataset: str, dtype: str, cfg: dict) -> dict:
     from recbole.data import create_dataset
     from recbole.utils import init_seed
 
+    from recbole_lrgd.config import build_config
+    from recbole_lrgd.data.loaders import prepare_data
     from recbole_lrgd.model import LRGD
-    from recbole_lrgd.quick_start import build_config, prepare_data
 
     path = store_path(dataset, dtype, cfg)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -124,7 +125,6 @@ def _score_dataset(dataset: str, dtype: str, cfg: dict) -> dict:
     model = LRGD(config, train._dataset)
     if dtype == QUANTIZED:
         quantize_linear(model.ranker.scorer.model)
-    model.prepare_demonstrations(train._dataset)
     uid = test._dataset.uid_field
     for batch in test:
         interaction = batch[0]

@@ -21,11 +21,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole.data import create_dataset  # noqa: E402
 from recbole.utils import init_logger, init_seed  # noqa: E402
 
+from recbole_lrgd.config import build_config  # noqa: E402
 from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
+from recbole_lrgd.data.loaders import prepare_data  # noqa: E402
 from recbole_lrgd.data.probes import make_probes  # noqa: E402
-from recbole_lrgd.evaluator.effect import ProbeEffect  # noqa: E402
 from recbole_lrgd.model import LRGD  # noqa: E402
-from recbole_lrgd.quick_start import build_config, prepare_data  # noqa: E402
+from recbole_lrgd.optimizer.probe_effect import ProbeEffect  # noqa: E402
 from recbole_lrgd.trainer import LRGDTrainer  # noqa: E402
 
 

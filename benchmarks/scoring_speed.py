@@ -43,13 +43,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole.data import create_dataset  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
+from recbole_lrgd.config import build_config  # noqa: E402
 from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
+from recbole_lrgd.data.loaders import prepare_data  # noqa: E402
 from recbole_lrgd.llm.hardware import native_bf16_unit  # noqa: E402
 from recbole_lrgd.llm.prompt import Prompt, encode_prompt  # noqa: E402
 from recbole_lrgd.llm.scorer import naive_likelihood  # noqa: E402
 from recbole_lrgd.model import LRGD  # noqa: E402
-from recbole_lrgd.quick_start import build_config, prepare_data  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 MODES = ("likelihood", "verbalizer", "generate")
@@ -130,14 +131,12 @@ def timed(model, fn: Callable[[], None]) -> Tuple[float, int]:
 def mode_model(config, train_ds, dtype: str, mode: str) -> LRGD:
     """An LRGD of ``dtype`` and ``mode`` with its (seeded, so every model's same) random demonstrations."""
     config["llm_dtype"], config["scorer_mode"] = dtype, mode  # read when the model is built: the config is shared
-    model = LRGD(config, train_ds)
-    model.prepare_demonstrations(train_ds)
-    return model
+    return LRGD(config, train_ds)
 
 
 def user_prompts(model: LRGD, users, choice: DemoChoice) -> List[Prompt]:
     ranker = model.ranker
-    return [ranker.prompt(u, h, c, ranker.demonstrations_for(u, h, choice)) for u, h, c in users]
+    return [ranker.prompt(u, h, c, ranker.policy(choice).demonstrations(u, h)) for u, h, c in users]
 
 
 def chunked(scorer, prompts: List[Prompt]) -> Callable[[], None]:
@@ -204,7 +203,7 @@ def main() -> None:
     prompts: Dict[str, List[Prompt]] = {mode: user_prompts(m, users, m.choice) for mode, m in first.items()}
     pool, ranker = first["likelihood"].ranker.pool, first["likelihood"].ranker
     prompts["nearest"] = user_prompts(first["likelihood"], users,
-                                      DemoChoice.for_mode("nearest", pool, ranker.num_demos, ranker.seed))
+                                      DemoChoice.for_mode("nearest", pool, ranker.demos.num_demos, ranker.demos.seed))
     prompts["zero-shot"] = user_prompts(first["likelihood"], users, DemoChoice())
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,6 +12,7 @@ nearest, an anchor user's neighbours, the optimizer's set, ...). A *population* 
 ``test`` (RecBole's test users with their uni19 candidates, in a seeded order, the first N used)
 or ``probe`` (training users disjoint from the effect part's test users, their last training item
 the target, 19 negatives from training items: where Effect_D is measured, as the optimizer does).
+The conditions and the parts that group them are in ``study_parts.py``; ``report`` is ``study_report.py``.
 
 Every (model, dataset, condition, population) is stored after each batch as target-first score
 arrays in ``benchmarks/out/study/<model>/<dataset>/<condition>-<population>.npz``, with the JSON
@@ -23,8 +24,6 @@ it, not scored again (a store's seconds count the users it scored itself).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -33,7 +32,7 @@ import re
 import sys
 import time
 import zipfile
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,17 +42,14 @@ sys.path.insert(0, ROOT)
 from recbole_lrgd import distributed as dist  # noqa: E402
 from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
-from recbole_lrgd.data.probes import Probe, make_probes  # noqa: E402
-from recbole_lrgd.optimizer.two_stage import NOT_IN_IDENTITY  # noqa: E402
+from recbole_lrgd.data.probes import make_probes  # noqa: E402
 from recbole_lrgd.whole_file import write_whole  # noqa: E402
+
+from study_parts import EFFECT_TEST_USERS, PARTS, PROFILES, SEED, Condition, part_tasks  # noqa: E402
+from study_report import write_report  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "out", "study")
 DATA_PATH = os.path.join(os.path.dirname(ROOT), "shared", "data")
-# optimizer profiles beside the YAML defaults ("default"): name -> the file of the LRGD.yaml keys it changes
-PROFILES = {name: os.path.join(ROOT, "benchmarks", f"study_profile{suffix}.yaml")
-            for name, suffix in (("study", ""), ("compact", "_compact"))}
-SEED = 2020
-EFFECT_TEST_USERS = 500  # the effect part's test users: the first 500 of the seeded order
 PROBES = 200
 PROBE_NEGATIVES = 19  # the probes rank 20 candidates, as test users do (uni19)
 BATCH = 32  # prompts scored between saves
@@ -119,149 +115,6 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-# -- conditions --------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Condition:
-    """A named way to give users demonstrations; ``choose(study)`` returns the ``DemoChoice`` (and for
-    optimizer conditions the fit's seconds). Whatever changes its prompts must be in its store key (its choice,
-    num_demos, ``prompt``): conditions whose keys differ in the name alone share their scores."""
-
-    name: str
-    choose: Callable[["Study"], Tuple[DemoChoice, float]]
-    num_demos: int = 2  # demonstrations a per-user choice retrieves
-    prompt: Tuple[Tuple[str, Any], ...] = ()  # prompt keys set otherwise than the YAML (demo_format, title_score)
-    stage1: Optional[Callable[["Study"], Tuple[DemoChoice, float]]] = None  # an optimizer's: its fit's stage 1 alone
-
-    def named(self, prefix: str, **keys: Any) -> "Condition":
-        """The same demonstrations under other prompt keys (named ``prefix-<name>``)."""
-        return dataclasses.replace(self, name=f"{prefix}-{self.name}", prompt=tuple(sorted(keys.items())))
-
-
-# where each prompt key lives: the ranker builds the prompt, the scorer reduces a title's token log-probs
-PROMPT_KEYS = {"num_demos": "ranker", "demo_format": "ranker", "demo_negatives": "ranker", "title_score": "scorer",
-               "title_score_tokens": "scorer"}
-
-
-def zero_shot() -> Condition:
-    return Condition("zero-shot", lambda st: (DemoChoice(), 0.0))
-
-
-def random_set(draw: int, k: int = 2) -> Condition:
-    """A seeded random global set of ``k`` pool users (draw 0 is the product's ``demo_mode: random``)."""
-    return Condition(f"random{k}-d{draw}", lambda st: (DemoChoice.chosen(
-        [(u, 0) for u in st.pool.random_users(k, SEED + 1000 * draw)], False), 0.0), k)
-
-
-def nested_set(draw: int, k: int, cut: int = 0, of: int = 4) -> Condition:
-    """The first ``k`` of a seeded random set of ``of`` pool users, each demonstration's ``cut`` oldest
-    history items removed: sets that differ only in K, or only in history length."""
-    name = f"nested{k}" + (f"-cut{cut}" if cut else "") + f"-d{draw}"
-    return Condition(name, lambda st: (DemoChoice.chosen(
-        [(u, cut) for u in st.pool.random_users(of, SEED + 5000 + 1000 * draw)[:k]], False), 0.0), k)
-
-
-def nearest(k: int = 2) -> Condition:
-    return Condition(f"nearest{k}", lambda st: (DemoChoice(None, per_user=True), 0.0), k)
-
-
-def anchor_set(draw: int, k: int = 2) -> Condition:
-    """A nearest-style global set: the ``k`` pool users whose items overlap most with a seeded anchor's."""
-    def choose(st: "Study") -> Tuple[DemoChoice, float]:
-        anchor = st.pool.random_users(1, SEED + 7000 + draw)[0]
-        users = st.pool.nearest_users(st.pool.sequences[anchor], k, exclude=anchor)
-        return DemoChoice.chosen([(u, 0) for u in users], False), 0.0
-    return Condition(f"anchor{k}-d{draw}", choose, k)
-
-
-def optimized(stages: int, seed: int, profile: str = "default", **overrides) -> Condition:
-    """The two-stage optimizer's set (``profile``: "default", the YAML's keys, or a name of ``PROFILES``),
-    fitted on training users with its own probes; its state is kept beside the stores (a fit resumes)."""
-    if profile != "default" and profile not in PROFILES:
-        raise ValueError(f"unknown optimizer profile {profile!r}: default or one of {', '.join(PROFILES)}")
-    def suffix(keys: Dict[str, Any]) -> str:
-        return "".join(f"-{k}{v}" for k, v in sorted(keys.items()))
-    name = f"lrgd-{profile}-s{stages}{suffix(overrides)}-seed{seed}"  # the seed last: the report pools seeds
-    # stage 1 and 1+2 share one fit: its state has no stage, nor the keys of how a finished fit is read
-    fitted = {k: v for k, v in overrides.items() if k not in NOT_IN_IDENTITY}
-    fit_name = f"lrgd-{profile}{suffix(fitted)}-seed{seed}"
-
-    def choose(st: "Study") -> Tuple[DemoChoice, float]:
-        return st.fit(fit_name, stages, seed, profile, overrides)
-
-    def stage1(st: "Study") -> Tuple[DemoChoice, float]:
-        return st.fit(fit_name, 1, seed, profile, overrides)
-    return Condition(name, choose, stage1=stage1)
-
-
-def effect_sets() -> List[Condition]:
-    """Claim (b)'s 30 sets: 20 random, 5 anchor (nearest-style), per-user nearest and 4 optimizer fits,
-    interleaved so that any finished prefix holds every kind."""
-    others = [nearest()] + [c for d in range(5) for c in
-                            ([anchor_set(d), optimized(2, SEED + d)] if d < 4 else [anchor_set(d)])]
-    randoms = [random_set(d) for d in range(20)]
-    return [c for k in range(20) for c in ([randoms[k]] + ([others[k]] if k < len(others) else []))]
-
-
-def single_sets(n: int = 20) -> List[Condition]:
-    """The per-demonstration form: one random pool user's demonstration alone."""
-    return [random_set(d, k=1) for d in range(n)]
-
-
-def bias_conditions(draws: int = 3) -> List[Condition]:
-    """Why demonstrations hurt: K = 1, 2, 4 (random draws and nearest) and shorter demonstration histories
-    (10, 5 and 2 of the 10 items shown), each with the copy-bias populations."""
-    per_draw = [[nested_set(d, 1), nested_set(d, 2), nested_set(d, 4), nested_set(d, 2, cut=5),
-                 nested_set(d, 2, cut=8)] for d in range(draws)]
-    return per_draw[0] + [nearest(1), nearest(2), nearest(4)] + [c for draw in per_draw[1:] for c in draw]
-
-
-def format_conditions(draws: int = 3) -> List[Condition]:
-    """Other demonstration formats beside today's next_item (random2-d*, nearest2: their test stores are the
-    effect part's), on the same demonstrations."""
-    base = [c for d in range(draws) for c in ([random_set(d)] + ([nearest()] if d == 0 else []))]
-    return [v for c in base for v in (c, c.named("listed", demo_format="listed"),
-                                      c.named("contrast", demo_format="contrast"))]
-
-
-def scorer_conditions() -> List[Condition]:
-    """Other reductions of a title's token log-probs, each on zero-shot's prompts and on the product's random
-    set's, then the mean of both, zero-shot and random2-d0 (stored already where the effect part ran; else read
-    from the cache the sum's pass filled). The report derives a length prior from the mean and the sum."""
-    return [c.named(name, **keys) for name, keys in (("sum", {"title_score": "sum"}),
-                                                     ("first3", {"title_score": "first", "title_score_tokens": 3}))
-            for c in (zero_shot(), random_set(0))] + [zero_shot(), random_set(0)]  # --shard=i/2: one prompt set
-
-
-def method_conditions() -> List[Condition]:
-    """Claim (c): zero-shot, 5 random draws, nearest, and the study profile's stage 1 and stage 1+2, the latter
-    also with ``fallback_zero_shot`` (the same fit, read otherwise: no scoring where it falls back or not)."""
-    return ([zero_shot()] + [random_set(d) for d in range(5)] + [nearest()] +
-            [optimized(1, SEED, "study"), optimized(2, SEED, "study"),
-             optimized(2, SEED, "study", fallback_zero_shot=True)])
-
-
-def compact_method_conditions() -> List[Condition]:
-    """Claim (c) for a model too slow for the study profile: zero-shot, 3 random draws, nearest and the compact
-    profile's stage 1+2 (``benchmarks/study_profile_compact.yaml``)."""
-    return [zero_shot()] + [random_set(d) for d in range(3)] + [nearest(), optimized(2, SEED, "compact")]
-
-
-def confirm_conditions() -> List[Condition]:
-    """The candidate default beside today's: zero-shot, the product's random set (random2-d0, ``demo_mode: random``)
-    and per-user nearest with K = 2 and 4, on any dataset (the bias part chose nearest4 on ml-100k)."""
-    return [zero_shot(), random_set(0), nearest(2), nearest(4)]
-
-
-ABLATIONS = ({"perturb_num": 0}, {"lambda_std": 0}, {"lambda_redundancy": 0}, {"lambda_copy": 0}, {"lambda_reg": 0})
-
-
-def ablation_conditions(seeds: int = 2) -> List[Condition]:
-    """What each part of the optimizer contributes: the YAML-default fit (the effect part's lrgd-default-s2, 4 seeds)
-    without perturbations, without each regularizer, and stage 1 alone, on its first ``seeds`` seeds."""
-    return [c for d in range(seeds) for c in
-            [optimized(2, SEED + d, **off) for off in ABLATIONS] + [optimized(1, SEED + d)]]
-
-
 def hold_lock(lock: IO[str], poll_s: float = 2.0) -> None:
     """Take ``lock`` (an open file) for the main process while every launched process waits in short collective
     polls: a long wait (another process fitting) outlasts no collective's timeout. One process: a plain wait."""
@@ -288,6 +141,7 @@ def store_folder(out: str, model: str, dataset: str, use_gpu: bool = False) -> s
     return os.path.join(out, f"{model}-cuda" if use_gpu else model, dataset)
 
 
+SCORER_KEYS = ("title_score", "title_score_tokens")  # a condition's keys the scorer reads (the ranker: the others)
 Row = Tuple[int, np.ndarray, np.ndarray]  # (user, history, candidates with the target first)
 
 
@@ -340,10 +194,11 @@ class Study:
         from recbole.data import create_dataset
         from recbole.utils import init_seed
 
+        from recbole_lrgd.config import build_config
+        from recbole_lrgd.data.loaders import prepare_data
         from recbole_lrgd.llm.loader import default_llm_path, resolved_dtype_name
         from recbole_lrgd.model import LRGD
-        from recbole_lrgd.optimizer.state import SCORE_KEYS
-        from recbole_lrgd.quick_start import build_config, prepare_data
+        from recbole_lrgd.settings import SCORE_KEYS
 
         if use_gpu and not torch.cuda.is_available():
             raise SystemExit("study.py: --use_gpu, but torch sees no CUDA device here")
@@ -360,13 +215,13 @@ class Study:
         train, _, test = prepare_data(config, create_dataset(config))
         self.train_dataset = train._dataset
         self.lrgd = LRGD(config, self.train_dataset)
-        self.lrgd.prepare_demonstrations(self.train_dataset)
         self.ranker, self.pool = self.lrgd.ranker, self.lrgd.ranker.pool
+        self._scorers: Dict[tuple, Any] = {}  # a condition's scorer keys -> its scorer (ranker_for)
         m = self.lrgd
         self.tests = test_rows(test, m.USER_ID, m.ITEM_ID, m.ITEM_SEQ, m.ITEM_SEQ_LEN)
         items = np.unique(np.concatenate([self.pool.sequences[int(u)] for u in self.pool.users]))
         self.probes = make_probes(self.pool, probes, PROBE_NEGATIVES, self.train_dataset.item_num, SEED,
-                                  max_his_len=self.ranker.max_his_len, items=items,
+                                  max_his_len=self.ranker.settings.max_his_len, items=items,
                                   exclude={r[0] for r in self.tests[:effect_users]})
         weights = llm_path or default_llm_path()
         self.identity = {"model": model, "sha256": file_sha256(weights), "dtype": resolved_dtype_name(config),
@@ -391,24 +246,26 @@ class Study:
                 **({"gpu": torch.cuda.get_device_name(0)} if use_gpu else {})}, indent=1))
 
     # -- optimizer -------------------------------------------------------------------------------
-    def fit(self, name: str, stages: int, seed: int, profile: str, overrides: dict) -> Tuple[DemoChoice, float]:
+    def fit(self, ranker: Any, name: str, stages: int, seed: int, profile: str, overrides: dict
+            ) -> Tuple[DemoChoice, float]:
         """Run (or resume) the two-stage optimizer with ``profile`` and ``seed`` up to ``stages``; its state file
         ``<name>.state.json`` lives here, so stage 1+2 resumes after a stage-1 fit of the same name. Returns the
         set and the seconds of the stages it used."""
         import yaml
 
-        from recbole_lrgd.optimizer import DemoOptimizer, OptimizerSettings
+        from recbole_lrgd.optimizer.two_stage import DemoOptimizer
+        from recbole_lrgd.settings import OptimizerSettings
 
         keys = dict(self.config.final_config_dict)
         if profile in PROFILES:
             with open(PROFILES[profile], encoding="utf-8") as f:
                 keys.update(yaml.safe_load(f))
         keys.update(overrides)
-        settings = dataclasses.replace(OptimizerSettings.from_config(keys), seed=seed)
-        self.ranker.num_demos = settings.num_demos
-        optimizer = DemoOptimizer(self.ranker, settings, context={"study": self.identity}, show_progress=dist.is_main(),
+        settings = OptimizerSettings.from_config(keys).with_seed(seed)
+        optimizer = DemoOptimizer(ranker.variant(num_demos=settings.num_demos), settings,
+                                  state_path=os.path.join(self.folder, f"{name}.state.json"),
+                                  context={"study": self.identity}, show_progress=dist.is_main(),
                                   map_fn=dist.map_sharded, is_main=dist.is_main(), round_size=dist.world()[1])
-        optimizer.state_path = os.path.join(self.folder, f"{name}.state.json")
         start = time.time()
         # processes sharing a fit: one fits, the rest wait, then resume; a finished fit is read without the lock
         # (while another process fits its stage 2, say). The main process decides, so launched ranks agree.
@@ -419,10 +276,10 @@ class Study:
                 state = optimizer.run(self.train_dataset.item_num, stages)
         elif state is None:  # finished just after the main process looked
             state = optimizer.finished(stages)
-        timing = state.get("seconds", {})  # what one process would have spent (older states: wall seconds)
+        timing = state.seconds  # what one process would have spent (older states: wall seconds)
         seconds = sum(timing.get(f"{k}_process", timing.get(k, 0.0)) for k in ("stage1", "stage2")[:stages]) or \
             time.time() - start
-        return DemoChoice.chosen(state["chosen"], per_user=settings.scope == "per_user"), float(seconds)
+        return DemoChoice.chosen(state.chosen, per_user=settings.scope == "per_user"), float(seconds)
 
     # -- scoring ---------------------------------------------------------------------------------
     def rows(self, population: str, n: Optional[int]) -> List[Row]:
@@ -430,45 +287,37 @@ class Study:
             return [(p.user, p.history, p.candidates) for p in self.probes]
         return self.tests[:n]
 
-    def prompt(self, population: str, user: int, history: np.ndarray, candidates: np.ndarray, choice: DemoChoice):
+    @staticmethod
+    def prompt(ranker: Any, population: str, user: int, history: np.ndarray, candidates: np.ndarray,
+               choice: DemoChoice):
         """A user's prompt under ``choice``. A probe never sees its own demonstration (it holds the answer).
         ``targets`` scores the user's demonstrations' own targets instead of its candidates (the copy bias:
         their mass beside the candidates), ``targets0`` the same items without the demonstrations."""
-        specs = choice.for_user(self.pool, user, history, self.ranker.num_demos)
-        if population == "probe":
-            specs = [s for s in specs if s[0] != user]
-        demos = [self.pool.demonstration(*s) for s in specs]
+        demos = ranker.policy(choice).demonstrations(user, history, probe=population == "probe")
         if population in ("targets", "targets0"):
             candidates = [target for _, target in demos]
             demos = demos if population == "targets" else []
-        return self.ranker.prompt(user, history, candidates, demos)
+        return ranker.prompt(user, history, candidates, demos)
 
-    @contextlib.contextmanager
-    def keys_of(self, condition: Condition) -> Iterator[None]:
-        """The condition's prompt keys and num_demos while it chooses (an optimizer fits in them) and scores; then
-        the ranker's are restored."""
-        owners = {"ranker": self.ranker, "scorer": self.ranker.scorer}
-        keys = (("num_demos", condition.num_demos),) + condition.prompt
-        before = {k: getattr(owners[PROMPT_KEYS[k]], k) for k, _ in keys}
-        try:
-            for k, v in keys:
-                setattr(owners[PROMPT_KEYS[k]], k, v)
-            yield
-        finally:
-            for k, v in before.items():
-                setattr(owners[PROMPT_KEYS[k]], k, v)
+    def ranker_for(self, condition: Condition) -> Any:
+        """The ranker of ``condition``: the study's, with the condition's num_demos and prompt keys (a scorer of
+        its own where it sets the scorer's keys; kept, so conditions with the same keys share its prefix caches)."""
+        keys = dict(condition.prompt)
+        scorer_keys = tuple(sorted((k, keys.pop(k)) for k in SCORER_KEYS if k in keys))
+        if scorer_keys and scorer_keys not in self._scorers:
+            self._scorers[scorer_keys] = self.ranker.scorer.variant(**dict(scorer_keys))
+        return self.ranker.variant(scorer=self._scorers.get(scorer_keys), num_demos=condition.num_demos, **keys)
 
     def run(self, condition: Condition, population: str, n: Optional[int] = None) -> Dict[int, np.ndarray]:
         """Score ``condition`` on the first ``n`` users of ``population`` (resuming its store)."""
-        with self.keys_of(condition):
-            choice, fit_seconds = condition.choose(self)
-            self.ranker.num_demos = condition.num_demos  # an optimizer sets its own
-            key = {**self.identity, "condition": condition.name, "population": population, "num_demos":
-                   condition.num_demos, "choice": [list(choice.specs)] if choice.specs is not None else "nearest",
-                   "per_user": choice.per_user, **dict(condition.prompt)}
-            return self._score(condition, population, n, choice, key, fit_seconds)
+        ranker = self.ranker_for(condition)
+        choice, fit_seconds = condition.choose(self, ranker)
+        key = {**self.identity, "condition": condition.name, "population": population, "num_demos":
+               condition.num_demos, "choice": [list(choice.specs)] if choice.specs is not None else "nearest",
+               "per_user": choice.per_user, **dict(condition.prompt)}
+        return self._score(ranker, condition, population, n, choice, key, fit_seconds)
 
-    def _score(self, condition: Condition, population: str, n: Optional[int], choice: DemoChoice, key: dict,
+    def _score(self, ranker: Any, condition: Condition, population: str, n: Optional[int], choice: DemoChoice, key: dict,
                fit_seconds: float) -> Dict[int, np.ndarray]:
         path = os.path.join(self.folder, f"{condition.name}-{population}.npz")
         done, seconds = load_store(path, key)
@@ -479,8 +328,8 @@ class Study:
             part = [r for r in part if r[0] not in done]
             if part:
                 begun = time.time()
-                prompts = [self.prompt(population, u, h, c, choice) for u, h, c in part]
-                for (user, _, _), scores in zip(part, self.ranker.score(prompts)):
+                prompts = [self.prompt(ranker, population, u, h, c, choice) for u, h, c in part]
+                for (user, _, _), scores in zip(part, ranker.score(prompts)):
                     done[user] = np.asarray(scores, dtype=np.float64)
                 seconds += time.time() - begun
             save_store(path, key, done, seconds, fit_seconds)
@@ -537,37 +386,11 @@ def save_store(path: str, key: dict, done: Dict[int, np.ndarray], seconds: float
 
 
 # -- parts -------------------------------------------------------------------------------------
-COPY = ("test", "targets", "targets0")  # NDCG@10 and the copy bias
-# part -> (its conditions, the populations each is scored on, whether its test users are --users rather than
-# the effect part's first 500)
-PARTS: Dict[str, Tuple[Callable[[], List[Condition]], Tuple[str, ...], bool]] = {
-    "effect": (lambda: [zero_shot()] + effect_sets(), ("probe", "test"), False),  # claim (b)
-    "single": (single_sets, ("probe", "test"), False),  # claim (b), per demonstration
-    "bias": (bias_conditions, COPY, False),  # copy bias, K, history length
-    "format": (format_conditions, COPY, False),  # demonstration formats
-    "scorer": (scorer_conditions, ("test",), False),  # title-score reductions
-    "methods": (method_conditions, ("test",), True),  # claim (c)
-    "methods-compact": (compact_method_conditions, ("test",), True),  # claim (c) for a larger, slower model
-    "ablation": (ablation_conditions, ("test",), False),  # claim (c), part by part
-    "confirm": (confirm_conditions, ("test",), True),  # a candidate default on the confirming datasets
-    "zero-shot": (lambda: [zero_shot()], ("test",), True),  # each model's zero-shot NDCG@10
-}
 # parts whose LLM passes share a score cache (saved/study_score_cache, not committed): a likelihood pass stores
 # every title-score reduction, so the scorer part scores each of its two prompt sets once (its sum pass gives
 # first3 too), none when the zero-shot part scored its users with the cache
 CACHED_PARTS = ("zero-shot", "scorer")
 SCORE_CACHE = os.path.join(ROOT, "saved", "study_score_cache")
-Task = Tuple[Condition, List[Tuple[str, Optional[int]]]]  # a condition and its (population, users) to score
-
-
-def part_tasks(part: str, users: Optional[int], effect_users: int = EFFECT_TEST_USERS) -> List[Task]:
-    """What a part scores: each condition on each of its populations, the first ``users`` test users (all
-    probes)."""
-    conditions, populations, own_users = PARTS[part]
-    size = users if own_users else effect_users
-    return [(c, [(p, None if p == "probe" else size) for p in populations]) for c in conditions()]
-
-
 def run_part(study: Study, part: str, users: Optional[int], index: int = 0, count: int = 1,
              only: Optional[str] = None) -> None:
     """Score a part's conditions ``index``, ``index + count``, ...: processes that share the stores, not the
@@ -585,8 +408,7 @@ def fit_part(study: Study, part: str, only: Optional[str] = None) -> None:
     stage 2 is not shared (each process would repeat it): ``run`` does it, and the scoring, from the saved state."""
     for condition, _ in part_tasks(part, None, study.effect_users):
         if condition.stage1 is not None and (not only or re.fullmatch(only, condition.name)):
-            with study.keys_of(condition):
-                choice, seconds = condition.stage1(study)
+            choice, seconds = condition.stage1(study, study.ranker_for(condition))
             if dist.is_main():
                 print(f"{study.model_name} {study.dataset} {condition.name}: stage 1 {choice.specs} "
                       f"({seconds:.0f} s on one process)", flush=True)
@@ -622,8 +444,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--user_batch_size must be 0 (the YAML's) or more, not {args.user_batch_size}")
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     if args.command == "report":
-        from study_report import write_report
-
         print(write_report(OUT, os.path.join(ROOT, "docs")))
         return 0
     def load() -> Study:

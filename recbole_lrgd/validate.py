@@ -1,4 +1,5 @@
-"""Config keys checked before anything is written: each plugin key's type and range, and a warning
+"""Config keys checked before anything is written: each plugin key's type and range (its settings field's
+rule, ``settings.RULES``), RecBole's keys the plugin reads, and a warning
 (with a "did you mean") for a key that neither RecBole nor the plugin knows, which RecBole would
 otherwise keep silently while the run uses the default of the key that was meant.
 """
@@ -8,20 +9,14 @@ import difflib
 import glob
 import os
 import tempfile
-from dataclasses import dataclass
 from functools import lru_cache
 from logging import getLogger
-from numbers import Real
-from typing import Any, Callable, Dict, FrozenSet, Iterable, Mapping, Optional, Sequence
+from typing import Any, Dict, FrozenSet, Iterable, Mapping, Sequence
 
 import yaml
 
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.llm.loader import DTYPES
-from recbole_lrgd.llm.prompt import DEMO_FORMATS
-from recbole_lrgd.llm.scorer import SCORER_MODES, TITLE_SCORES
-from recbole_lrgd.model.lrgd import DEMO_MODES
-from recbole_lrgd.optimizer.two_stage import SCOPES
+from recbole_lrgd.settings import RULES, Rule, is_int, integer, text
 
 # keys RecBole reads without declaring them in a YAML of its own: the model and dataset arguments, the
 # ones Config sets (device, types, negative-sampling args), its DDP launch keys, the legacy neg_sampling,
@@ -33,108 +28,9 @@ RECBOLE_RUNTIME_KEYS = ("model", "dataset", "device", "MODEL_TYPE", "MODEL_INPUT
 CLI_KEYS = ("config_files", "result_file")
 
 
-@dataclass(frozen=True)
-class Rule:
-    """What a key accepts: ``ok(value)``, described as ``expected`` in the error."""
-
-    ok: Callable[[Any], bool]
-    expected: str
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def integer(low: int, none: str = "", only: Sequence[int] = ()) -> Rule:
-    """An integer >= ``low`` (or one of ``only``); ``none`` describes what ``~`` means, where allowed."""
-    expected = " or ".join(map(str, only)) if only else ("a positive integer" if low == 1 else f"an integer >= {low}")
-    return Rule(lambda v: (none and v is None) or (_is_int(v) and (v in only if only else v >= low)),
-                expected + (f" or ~ ({none})" if none else ""))
-
-
-def number(low: float, high: Optional[float] = None, above: bool = False, word: str = "") -> Rule:
-    """A number in [low, high] (``above``: > low), or the string ``word`` where given."""
-    def ok(v: Any) -> bool:
-        if word and v == word:
-            return True
-        if not isinstance(v, Real) or isinstance(v, bool):
-            return False
-        return (v > low if above else v >= low) and (high is None or v <= high)
-    expected = f"a number {'>' if above else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-    return Rule(ok, expected + (f" or {word}" if word else ""))
-
-
-def choice(options: Iterable[str], none: bool = False) -> Rule:
-    options = tuple(options)
-    return Rule(lambda v: v in options or (none and v is None), "one of " + ", ".join(options) + (" or ~" if none else ""))
-
-
-def boolean(word: str = "", none: bool = False) -> Rule:
-    return Rule(lambda v: isinstance(v, bool) or (word and v == word) or (none and v is None),
-                "True or False" + (f" or {word}" if word else "") + (" or ~" if none else ""))
-
-
-def text(none: bool = True) -> Rule:
-    return Rule(lambda v: isinstance(v, str) or (none and v is None), "a string" + (" or ~" if none else ""))
-
-
-# every plugin key of properties/ (overall.yaml and model/LRGD.yaml), checked where the config has it
-RULES: Dict[str, Rule] = {
-    "eval_users": integer(1, none="all users"),
-    "valid_users": integer(1, none="no validation for LRGD, all users for RecBole models"),
-    "retriever_valid_users": integer(1, none="all users"),
-    "candidates_file": text(),
-    "llm_path": text(),
-    "llm_device": text(),
-    "llm_dtype": choice(["auto", *DTYPES]),
-    "llm_device_map": text(),
-    "llm_cache_dir": text(),
-    "scorer_mode": choice(SCORER_MODES),
-    "title_score": choice(TITLE_SCORES),
-    "title_score_tokens": integer(1),
-    "candidate_batch_size": integer(1),
-    "user_batch_size": integer(1),
-    "max_new_tokens": integer(1),
-    "title_match_threshold": number(0, 1),
-    "score_cache": boolean(),
-    "score_cache_dir": text(none=False),
-    "demo_mode": choice(DEMO_MODES, none=True),
-    "num_demos": integer(0),
-    "demo_format": choice(DEMO_FORMATS),
-    "demo_negatives": integer(1),
-    "list_candidates": boolean("auto", none=True),
-    "max_his_len": integer(1),
-    "max_prompt_tokens": integer(1, none="no limit"),
-    "max_title_tokens": integer(1, none="whole titles"),
-    "prompt_instruction": text(),
-    "title_field": text(none=False),
-    "effect_temperature": number(0, above=True, word="auto"),
-    "lrgd_stages": integer(1, only=(1, 2)),
-    "lrgd_scope": choice(SCOPES),
-    "library_size": integer(1),
-    "pool_size": integer(1),
-    "probe_users": integer(1),
-    "probe_negatives": integer(1),
-    "perturb_num": integer(0),
-    "perturb_rate": number(0, 1),
-    "lambda_std": number(0),
-    "lambda_redundancy": number(0),
-    "lambda_copy": number(0),
-    "lambda_reg": number(0),
-    "demo_token_budget": integer(1, none="no budget"),
-    "stage2_steps": integer(0),
-    "stage2_patience": integer(1),
-    "stage2_candidates": integer(1),
-    "demo_state_file": text(),
-    "warm_start": boolean(),
-    "rerank_score_all": boolean(),
-    "fallback_zero_shot": boolean(),
-}
-
-
 def _topk(value: Any) -> bool:
     values = value if isinstance(value, list) else [value]
-    return bool(values) and all(_is_int(k) and k >= 1 for k in values)
+    return bool(values) and all(is_int(k) and k >= 1 for k in values)
 
 
 # RecBole's own keys the plugin reads, checked as its own (Config checks metrics, topk and eval_args' type)

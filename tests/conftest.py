@@ -135,7 +135,7 @@ def install_stub_scorer(monkeypatch, score_fn):
 
     def score_users(self, interaction, *args, **kwargs):
         pos = interaction["label"] == 1
-        max_his_len = self.ranker.max_his_len
+        max_his_len = self.ranker.settings.max_his_len
         targets = {tuple(self.titles[i] for i in seq[:n][-max_his_len:]): self.titles[t] for seq, n, t in zip(
             interaction[self.ITEM_SEQ][pos].tolist(), interaction[self.ITEM_SEQ_LEN][pos].tolist(),
             interaction[self.ITEM_ID][pos].tolist())}

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recbole_lrgd.config import build_config
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.quick_start import build_config, run
+from recbole_lrgd.quick_start import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = [os.path.join(ROOT, "..", "shared", "data", "amazon-beauty"), os.path.join(ROOT, "shared", "data",

@@ -86,7 +86,7 @@ def test_a_yaml_comment_line_joins_its_key_and_a_heading_its_section(tmp_path):
 
 
 def test_the_benchmark_help_says_other_keys_pass_through(capsys):
-    from recbole_lrgd.benchmark import main
+    from recbole_lrgd.benchmark.run import main
 
     with pytest.raises(SystemExit):
         main(["--help"])

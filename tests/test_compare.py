@@ -7,7 +7,9 @@ import sys
 import pytest
 
 import recbole_lrgd.quick_start as quick_start
-from recbole_lrgd.benchmark import VARIANTS, config_hash, main, run_benchmark
+from recbole_lrgd.benchmark.run import main, run_benchmark
+from recbole_lrgd.benchmark.store import config_hash
+from recbole_lrgd.benchmark.variants import VARIANTS
 from recbole_lrgd.errors import LRGDError
 
 

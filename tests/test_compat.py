@@ -334,7 +334,7 @@ import recbole.trainer.trainer as trainer_module
 from recbole.config import configurator
 from recbole.evaluator import register
 
-import recbole_lrgd.quick_start  # the module of build_config and run
+import recbole_lrgd.quick_start  # the module of run, which imports build_config's
 from recbole_lrgd import cli, compat
 
 def applied():
@@ -365,7 +365,7 @@ def test_applied_by_the_entry_points_not_on_import(tmp_path: Path) -> None:
     assert report["entry_modules"] == {
         "float_alias": False, "config": False, "torch_load": False, "effectd": False, "our_finders": []
     }
-    # the command line goes through quick_start.run and build_config; the exlib shim turns an unknown
+    # the command line goes through quick_start.run and config.build_config; the exlib shim turns an unknown
     # model name into RecBole's ValueError, reported as one error line
     assert report["cli_rc"] == 2
     assert "error: `model_name` [NoSuchModel] is not the name of an existing model" in done.stderr

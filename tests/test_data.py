@@ -8,7 +8,8 @@ from recbole_lrgd.data.candidates import draw_negatives, item_distribution, samp
 from recbole_lrgd.data.demonstrations import DemonstrationPool, training_sequences
 from recbole_lrgd.data.titles import UNTITLED, item_titles
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.quick_start import build_config, prepare_data
+from recbole_lrgd.config import build_config
+from recbole_lrgd.data.loaders import prepare_data
 
 
 def _dataset(root, **cfg):

@@ -7,14 +7,16 @@ import pytest
 
 from conftest import yaml_config
 
+from recbole_lrgd.config import build_config
 from recbole_lrgd.data.demonstrations import DemonstrationPool
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.prompt import (DEMO_FORMATS, USER_MARKER, Demonstration, build_prompt, encode_prompt,
                                      render_demonstration, render_message, truncate_to_budget)
 from recbole_lrgd.llm.tiny import make_tokenizer
 from recbole_lrgd.model.ranker import ICLRanker
-from recbole_lrgd.optimizer.state import SCORE_KEYS, score_context
-from recbole_lrgd.quick_start import build_config, run
+from recbole_lrgd.optimizer.state import score_context
+from recbole_lrgd.settings import SCORE_KEYS, DemoSettings, PromptSettings
+from recbole_lrgd.quick_start import run
 from recbole_lrgd.validate import check_values
 
 TOK = make_tokenizer()
@@ -31,13 +33,9 @@ def _pool() -> DemonstrationPool:
 
 def _ranker(**overrides) -> ICLRanker:
     """A ranker over the hand-made pool, every setting not overridden read from the YAML."""
-    cfg = yaml_config(**overrides)
-    ranker = ICLRanker(TITLES, types.SimpleNamespace(tokenizer=TOK, mode="likelihood"), num_demos=cfg["num_demos"],
-                       max_his_len=cfg["max_his_len"], max_prompt_tokens=cfg["max_prompt_tokens"],
-                       instruction="Recommend.", list_candidates=None, seed=cfg["seed"],
-                       demo_format=cfg["demo_format"], demo_negatives=cfg["demo_negatives"])
-    ranker.pool = _pool()
-    return ranker
+    cfg = yaml_config(**{"prompt_instruction": "Recommend.", "list_candidates": None, **overrides})
+    return ICLRanker(TITLES, types.SimpleNamespace(tokenizer=TOK, mode="likelihood"), PromptSettings.from_config(cfg),
+                     DemoSettings.from_config(cfg), _pool())
 
 
 # -- the text of each format --------------------------------------------------------------------------
@@ -200,4 +198,4 @@ def test_listed_run_scores_differ_from_next_item_and_repeat_exactly(tiny_data, t
     assert {"demo_format", "demo_negatives"} <= set(SCORE_KEYS)
     contexts = [score_context(r["model_obj"].config) for r in (base, listed, again)]
     assert contexts[0] != contexts[1] == contexts[2]
-    assert listed["model_obj"].ranker.demo_format == "listed"  # LRGD passes the config on
+    assert listed["model_obj"].ranker.settings.demo_format == "listed"  # LRGD passes the config on

@@ -81,7 +81,7 @@ def test_probe_effects_use_training_targets_and_never_the_probe_itself(tiny_data
     from conftest import StubScorer
 
     from recbole_lrgd.data.probes import make_probes
-    from recbole_lrgd.evaluator.effect import probe_effects, single_demonstration_effects
+    from recbole_lrgd.optimizer.probe_effect import probe_effects, single_demonstration_effects
 
     result = _run(tiny_data, tiny_llm_dir, demo_mode="random", eval_users=2)
     ranker = result["model_obj"].ranker
@@ -95,7 +95,7 @@ def test_probe_effects_use_training_targets_and_never_the_probe_itself(tiny_data
     def bump_target(prompt, target):  # the target gains 1 when some demonstration is shown
         return np.array([(1.0 if prompt.demonstrations else 0.0) if c == target else 0.0 for c in prompt.candidates])
 
-    targets = {tuple(ranker.titles[i] for i in p.history[-ranker.max_his_len:]): ranker.titles[p.candidates[0]]
+    targets = {tuple(ranker.titles[i] for i in p.history[-ranker.settings.max_his_len:]): ranker.titles[p.candidates[0]]
                for p in probes}
     ranker.scorer = StubScorer(ranker.scorer.tokenizer, targets, bump_target)
     own = probes[0].user

@@ -15,7 +15,9 @@ from conftest import StubScorer, yaml_config
 from recbole_lrgd.model import lrgd
 from recbole_lrgd.optimizer.objective import Evaluation, copy_bias, drift, redundancy, robust_effect
 from recbole_lrgd.optimizer.perturb import perturb_demonstrations, perturb_history
-from recbole_lrgd.optimizer.two_stage import DemoOptimizer, OptimizerSettings
+from recbole_lrgd.optimizer.state import OptimizerState, ScoredSet
+from recbole_lrgd.optimizer.two_stage import DemoOptimizer
+from recbole_lrgd.settings import OptimizerSettings
 from recbole_lrgd.quick_start import run
 
 LLM_PATH = [None]  # the tiny LLM's folder (set by the stub fixture): the pre-flight load stays cheap
@@ -127,7 +129,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_set(tiny_data, stub, 
 
 
 def test_a_resumed_fit_restores_the_probes_zero_shot_scores(tiny_data, stub, tiny_llm, tmp_path, monkeypatch):
-    from recbole_lrgd.evaluator.effect import ProbeEffect
+    from recbole_lrgd.optimizer.probe_effect import ProbeEffect
 
     scored = []  # probes scored without demonstrations, per call
     real = ProbeEffect._score_zero_shot
@@ -241,12 +243,36 @@ def test_collapse_guard_reverts_to_the_best_set_seen():
         yaml_config(stage2_steps=3, stage2_patience=3, stage2_candidates=2)))
     opt.pool = types.SimpleNamespace(demonstration=lambda user, cut=0: ((1, 2, 3), 4))
     opt.effect = types.SimpleNamespace(kept_zero_shot=lambda: None)
-    state = {"stage1": {"set": [[1, 0], [2, 0]], "effect": 0.10, "objective": 0.10}, "stage2": None,
-             "history": [], "pool_scores": {"3": {"objective": 1.0}, "4": {"objective": 0.9}}}
+    state = OptimizerState(identity="", identity_context={}, data="", settings={}, probe_users=[], pool_users=[3, 4],
+                           stage1=ScoredSet([(1, 0), (2, 0)], table[(1, 2)]),
+                           pool_scores={3: Evaluation(0, 0, 0, 0, 0, 1.0), 4: Evaluation(0, 0, 0, 0, 0, 0.9)})
     opt.stage2(state)
-    events = [h["event"] for h in state["history"]]
+    events = [h.event for h in state.history]
     assert "accept" in events and "collapse guard: revert" in events
-    assert state["stage2"]["current"] == [[1, 0], [2, 0]]
+    assert state.stage2.current == [(1, 0), (2, 0)]
+
+
+def test_a_state_file_reads_back_as_it_was_written():
+    """``OptimizerState`` reads the committed study fits' state files and writes them back unchanged (one written
+    before the probes' zero-shot scores were kept gains ``zero_shot: null``), their identities still the digest
+    of their settings and context: they resume."""
+    import glob
+
+    from recbole_lrgd.optimizer.state import state_identity
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = sorted(glob.glob(os.path.join(root, "benchmarks", "out", "study", "*", "*", "*.state.json")))
+    if not paths:
+        pytest.skip("no committed study state files here")
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        saved = json.loads(text)
+        written = json.dumps(OptimizerState.from_json(saved).to_json(), indent=1, sort_keys=True)
+        assert written == (text if "zero_shot" in saved else json.dumps({**saved, "zero_shot": None}, indent=1,
+                                                                         sort_keys=True)), path
+        settings = {k: v for k, v in saved["settings"].items() if k not in ("warm_start", "fallback_zero_shot")}
+        assert state_identity(settings, saved["identity_context"]) == saved["identity"], path
 
 
 def test_perturbations_and_regularizers():
@@ -385,7 +411,7 @@ def test_settings_come_from_the_yaml_and_a_missing_key_is_an_error():
 def test_probe_scoring_is_one_batched_call_per_set(tiny_data, stub):
     """A set's clean and perturbed prompts go to the scorer in one call, the probes' zero-shot prompts in
     one more (once); ``probe_effects`` scores its with-demonstration prompts in one call too."""
-    from recbole_lrgd.evaluator.effect import probe_effects
+    from recbole_lrgd.optimizer.probe_effect import probe_effects
 
     model = _fit(tiny_data, lrgd_stages=1)["model_obj"]
     opt = _optimizer(model)

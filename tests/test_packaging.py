@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from recbole_lrgd import cli, properties_files
+from recbole_lrgd.config import build_config
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.quick_start import build_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PROPERTIES = ROOT / "properties"

@@ -76,7 +76,7 @@ def test_baseline_per_user_metrics_come_from_recboles_evaluation(tiny_data):
 
 
 def test_benchmark_reports_the_paired_bootstrap():
-    from recbole_lrgd.benchmark import BOOTSTRAP_PAIRS, bootstrap_lines
+    from recbole_lrgd.benchmark.report import BOOTSTRAP_PAIRS, bootstrap_lines
 
     rows = [{"variant": "LRGD-stage1+2", "per_user_ndcg10": {str(u): 1.0 for u in range(10)}},
             {"variant": "LRGD-random", "per_user_ndcg10": {str(u): 0.5 for u in range(10)}}]

@@ -9,9 +9,9 @@ from recbole.data.interaction import Interaction
 
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.model.ranker import ICLRanker
-from recbole_lrgd.model.retriever import Retriever
 from recbole_lrgd.quick_start import run
-from recbole_lrgd.trainer import reranked_row
+from recbole_lrgd.rerank.blend import reranked_row
+from recbole_lrgd.rerank.retriever import Retriever
 
 FULL = {"split": {"LS": "valid_and_test"}, "group_by": "user", "order": "TO", "mode": "full"}
 
@@ -208,14 +208,15 @@ def test_the_retriever_is_trained_once(tiny_data, tiny_llm_dir, monkeypatch):
 def test_the_retriever_stops_early_on_retriever_valid_users(tiny_data, tiny_llm_dir, monkeypatch):
     """LRGD's valid_users is its own LLM validation; the retriever's training validates on retriever_valid_users
     (sampled as valid_users samples a RecBole model's), all users by default."""
-    from recbole_lrgd import quick_start
+    from recbole_lrgd.rerank import source
+    from recbole_lrgd.trainer import eval_user_count
 
-    real, seen = quick_start.load_or_train, []
+    real, seen = source.load_or_train, []
 
-    def recording(config, source, train, valid, test, user_items):
-        seen.append((config["valid_users"], quick_start.eval_user_count(valid)))
-        return real(config, source, train, valid, test, user_items)
-    monkeypatch.setattr(quick_start, "load_or_train", recording)
+    def recording(config, candidate_source, train, valid, test, user_items):
+        seen.append((config["valid_users"], eval_user_count(valid)))
+        return real(config, candidate_source, train, valid, test, user_items)
+    monkeypatch.setattr(source, "load_or_train", recording)
     _lrgd(tiny_data, tiny_llm_dir, "BPR", retriever_valid_users=5)
     _lrgd(tiny_data, tiny_llm_dir, "BPR")
     everyone = run("BPR", "tiny", config_dict=_cfg(tiny_data, eval_users=None), saved=False)["test_users"]

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 import recbole_lrgd.quick_start as quick_start
-from recbole_lrgd.benchmark import CSV_TAIL, bootstrap_pairs, main, resolve_variant, run_benchmark
+from recbole_lrgd.benchmark.report import CSV_TAIL, bootstrap_pairs
+from recbole_lrgd.benchmark.run import main, run_benchmark
+from recbole_lrgd.benchmark.variants import resolve_variant
+from recbole_lrgd.config import build_config
 from recbole_lrgd.errors import LRGDError
 from test_rerank import FULL, _histories
 
@@ -86,7 +89,7 @@ def _hand_count_in_top_n(data_path, cfg, users, id_tokens):
 
     (path,) = glob.glob(os.path.join(data_path, "saved", "retriever-BPR-tiny-*.pth"))
     weights = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    dataset = create_dataset(quick_start.build_config("BPR", "tiny", config_dict={**cfg, "eval_args": FULL}))
+    dataset = create_dataset(build_config("BPR", "tiny", config_dict={**cfg, "eval_args": FULL}))
     user_ids, item_ids = dataset.field2token_id[dataset.uid_field], dataset.field2token_id[dataset.iid_field]
     histories = _histories(data_path)
     inside = []
@@ -162,7 +165,7 @@ def test_full_protocol_benchmark(tiny_data, tiny_llm_dir, tmp_path, monkeypatch)
 
 
 def test_a_reranked_rows_retriever_validates_on_the_baselines_valid_users():
-    from recbole_lrgd.benchmark import variant_config
+    from recbole_lrgd.benchmark.variants import variant_config
 
     assert variant_config("BPR", {"valid_users": 7}, [])[1]["valid_users"] == 7
     model, cfg = variant_config("BPR>LRGD-zero-shot", {"valid_users": 7}, [])

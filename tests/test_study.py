@@ -1,4 +1,4 @@
-"""The study (benchmarks/study.py, study_report.py): its statistics, its stores and its agreement with RecBole."""
+"""The study (benchmarks/study*.py): its statistics, its stores and its agreement with RecBole."""
 import dataclasses
 import json
 import os
@@ -10,7 +10,9 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 import study  # noqa: E402
+import study_parts as parts  # noqa: E402
 import study_report as report  # noqa: E402
+from recbole_lrgd.settings import OptimizerSettings  # noqa: E402
 
 
 # -- statistics --------------------------------------------------------------------------------
@@ -61,7 +63,7 @@ def test_a_study_of_another_identity_on_the_same_stores_is_one_clear_error(tiny_
                                                                            tmp_path):
     """Another --test_users would score every condition again under its key and overwrite the stores: it stops
     first, naming the option, and leaves the folder as it was."""
-    tiny_study.run(study.zero_shot(), "test", 4)
+    tiny_study.run(parts.zero_shot(), "test", 4)
     before = {n: os.path.getmtime(os.path.join(tiny_study.folder, n)) for n in os.listdir(tiny_study.folder)}
     with pytest.raises(SystemExit, match=r"eval_users: None there, 5 here\); pass the options") as info:
         study.Study("smollm2", "tiny", 5, llm_path=tiny_llm_dir, data_path=tiny_data, out=str(tmp_path / "study"),
@@ -106,27 +108,27 @@ def test_probes_are_disjoint_from_the_effect_users_and_never_see_their_own_demon
     choice = study.DemoChoice.chosen([(probe.user, 0), (tiny_study.pool.users[0], 0)], False)
     other = tiny_study.pool.demonstration(tiny_study.pool.users[0])
     assert tiny_study.pool.users[0] != probe.user
-    shown = tiny_study.prompt("probe", probe.user, probe.history, probe.candidates, choice).demonstrations
+    shown = tiny_study.prompt(tiny_study.ranker, "probe", probe.user, probe.history, probe.candidates, choice).demonstrations
     assert [d.target for d in shown] == [tiny_study.ranker.titles[other[1]]]
     test_user, history, candidates = tiny_study.tests[0]
-    assert len(tiny_study.prompt("test", test_user, history, candidates, choice).demonstrations) == 2
+    assert len(tiny_study.prompt(tiny_study.ranker, "test", test_user, history, candidates, choice).demonstrations) == 2
 
 
 def test_copy_bias_populations_score_the_demonstrations_targets_with_and_without_them(tiny_study):
     user, history, candidates = tiny_study.tests[0]
     choice = study.DemoChoice.chosen([(u, 0) for u in tiny_study.pool.users[:2]], False)
     targets = [tiny_study.ranker.titles[tiny_study.pool.demonstration(u)[1]] for u in tiny_study.pool.users[:2]]
-    with_demos = tiny_study.prompt("targets", user, history, candidates, choice)
-    without = tiny_study.prompt("targets0", user, history, candidates, choice)
+    with_demos = tiny_study.prompt(tiny_study.ranker, "targets", user, history, candidates, choice)
+    without = tiny_study.prompt(tiny_study.ranker, "targets0", user, history, candidates, choice)
     assert with_demos.candidates == without.candidates == targets
     assert len(with_demos.demonstrations) == 2 and without.demonstrations == ()
 
 
 def test_a_store_resumes_and_a_changed_key_starts_afresh(tiny_study, monkeypatch):
-    first = tiny_study.run(study.random_set(0), "test", 10)
+    first = tiny_study.run(parts.random_set(0), "test", 10)
     assert len(first) == 10
-    monkeypatch.setattr(tiny_study.ranker, "score", lambda prompts: pytest.fail("a finished store was rescored"))
-    again = tiny_study.run(study.random_set(0), "test", 10)
+    monkeypatch.setattr(tiny_study.ranker.scorer, "score_many", lambda prompts: pytest.fail("a finished store was rescored"))
+    again = tiny_study.run(parts.random_set(0), "test", 10)
     assert all(np.array_equal(first[u], again[u]) for u in first)
     path = os.path.join(tiny_study.folder, "random2-d0-test.npz")
     assert study.load_store(path, {"other": "key"}) == ({}, 0.0)
@@ -142,15 +144,15 @@ def test_study_scores_equal_recboles_evaluation_of_the_same_demonstrations(tiny_
         "seed": study.SEED, "score_cache": False, "show_progress": False, "use_gpu": False, "state": "WARNING"})
     theirs = result["test_per_user"]["ndcg@10"]
     assert len(theirs) == len(tiny_study.tests)
-    ours = report.ndcg10(tiny_study.run(study.random_set(0), "test", None))
+    ours = report.ndcg10(tiny_study.run(parts.random_set(0), "test", None))
     assert ours.keys() == theirs.keys()
     assert all(ours[u] == pytest.approx(theirs[u], abs=1e-9) for u in ours)
 
 
 def test_report_tables_from_stores(tiny_study, tmp_path):
     """The claim (b) table is computed from complete sets only; the methods table from shared users."""
-    for condition in ([study.zero_shot()] + [study.random_set(d) for d in range(5)] + [study.nearest()]
-                      + [study.anchor_set(0)]):
+    for condition in ([parts.zero_shot()] + [parts.random_set(d) for d in range(5)] + [parts.nearest()]
+                      + [parts.anchor_set(0)]):
         tiny_study.run(condition, "probe")
         tiny_study.run(condition, "test", 10)
     stores = report.load_folder(tiny_study.folder)
@@ -188,8 +190,8 @@ def test_target_mass_is_the_softmax_share_of_the_appended_items():
 
 
 def test_bias_table_groups_draws_and_measures_copy_bias(tiny_study):
-    tiny_study.run(study.zero_shot(), "test", 10)
-    for condition in (study.nested_set(0, 1), study.nested_set(1, 1)):
+    tiny_study.run(parts.zero_shot(), "test", 10)
+    for condition in (parts.nested_set(0, 1), parts.nested_set(1, 1)):
         for population in ("test", "targets", "targets0"):
             tiny_study.run(condition, population, 10)
     stores = report.load_folder(tiny_study.folder)
@@ -203,13 +205,13 @@ def test_bias_table_groups_draws_and_measures_copy_bias(tiny_study):
 
 
 def test_a_prompt_key_condition_scores_otherwise_and_restores_the_ranker(tiny_study):
-    base = tiny_study.run(study.random_set(0), "test", 10)
-    listed = tiny_study.run(study.random_set(0).named("listed", demo_format="listed"), "test", 10)
-    summed = tiny_study.run(study.zero_shot().named("sum", title_score="sum"), "test", 10)
-    zero = tiny_study.run(study.zero_shot(), "test", 10)
+    base = tiny_study.run(parts.random_set(0), "test", 10)
+    listed = tiny_study.run(parts.random_set(0).named("listed", demo_format="listed"), "test", 10)
+    summed = tiny_study.run(parts.zero_shot().named("sum", title_score="sum"), "test", 10)
+    zero = tiny_study.run(parts.zero_shot(), "test", 10)
     assert all(not np.allclose(base[u], listed[u]) for u in base)
     assert all(np.all(summed[u] < zero[u]) for u in zero)  # sums of >= 2 negative log-probs < their mean
-    assert tiny_study.ranker.demo_format == "next_item" and tiny_study.ranker.scorer.title_score == "mean"
+    assert tiny_study.ranker.settings.demo_format == "next_item" and tiny_study.ranker.scorer.title_score == "mean"
     assert os.path.isfile(os.path.join(tiny_study.folder, "listed-random2-d0-test.npz"))
 
 
@@ -219,7 +221,7 @@ def test_parts_shard_by_condition_and_coverage_counts_finished_stores(tiny_study
     assert tasks[0][1] == [("probe", None), ("test", 10)]
     assert study.part_tasks("methods", 7)[0][1] == [("test", 7)]
     study.run_part(tiny_study, "zero-shot", 10)
-    tiny_study.run(study.zero_shot(), "probe")
+    tiny_study.run(parts.zero_shot(), "probe")
     identity = json.load(open(os.path.join(tiny_study.folder, "identity.json")))
     cov = report.coverage(report.load_folder(tiny_study.folder), {**identity, "test_users_available": 10})
     # effect: the probe store only (its test users are the nominal 500); methods: all 10 users there are
@@ -300,30 +302,30 @@ def test_claim_b_verdict_needs_a_noise_ceiling_that_could_show_a_correlation():
 
 
 def test_a_condition_with_a_stored_conditions_prompts_copies_its_scores(tiny_study, monkeypatch):
-    first = tiny_study.run(study.random_set(0), "test", 6)
+    first = tiny_study.run(parts.random_set(0), "test", 6)
     scored = []
-    real = tiny_study.ranker.score
-    monkeypatch.setattr(tiny_study.ranker, "score", lambda prompts: scored.extend(prompts) or real(prompts))
-    twin = dataclasses.replace(study.random_set(0), name="twin")  # the same demonstrations under another name
+    real = tiny_study.ranker.scorer.score_many
+    monkeypatch.setattr(tiny_study.ranker.scorer, "score_many", lambda prompts: scored.extend(prompts) or real(prompts))
+    twin = dataclasses.replace(parts.random_set(0), name="twin")  # the same demonstrations under another name
     copied = tiny_study.run(twin, "test", 6)
     assert scored == [] and sorted(copied) == sorted(first)
     assert all(np.array_equal(copied[u], first[u]) for u in first)
     assert len(tiny_study.run(twin, "test", 8)) == 8 and len(scored) == 2  # users the twin lacks are scored
     os.remove(os.path.join(tiny_study.folder, "random2-d0-test.npz"))
     assert len(tiny_study.run(twin, "test", 8)) == 8 and len(scored) == 2  # the copies are the twin's own now
-    tiny_study.run(study.random_set(1), "test", 6)  # other demonstrations
+    tiny_study.run(parts.random_set(1), "test", 6)  # other demonstrations
     tiny_study.run(twin.named("listed", demo_format="listed"), "test", 6)  # the same ones shown otherwise
-    tiny_study.run(study.random_set(0), "probe", 6)  # another population (twin's test users are no probes' twins)
+    tiny_study.run(parts.random_set(0), "probe", 6)  # another population (twin's test users are no probes' twins)
     assert len(scored) == 2 + 6 + 6 + len(tiny_study.probes)
 
 
 def test_the_same_condition_name_with_other_demonstrations_is_scored_again(tiny_study, monkeypatch):
     users = tiny_study.pool.users
-    first = study.Condition("x", lambda st: (study.DemoChoice.chosen([(users[0], 0)], False), 0.0))
-    second = study.Condition("x", lambda st: (study.DemoChoice.chosen([(users[1], 0)], False), 0.0))
+    first = study.Condition("x", lambda st, ranker: (study.DemoChoice.chosen([(users[0], 0)], False), 0.0))
+    second = study.Condition("x", lambda st, ranker: (study.DemoChoice.chosen([(users[1], 0)], False), 0.0))
     tiny_study.run(first, "test", 4)
-    calls, score = [], tiny_study.ranker.score
-    monkeypatch.setattr(tiny_study.ranker, "score", lambda prompts: calls.append(len(prompts)) or score(prompts))
+    calls, score = [], tiny_study.ranker.scorer.score_many
+    monkeypatch.setattr(tiny_study.ranker.scorer, "score_many", lambda prompts: calls.append(len(prompts)) or score(prompts))
     tiny_study.run(first, "test", 4)
     assert calls == []
     tiny_study.run(second, "test", 4)
@@ -333,8 +335,8 @@ def test_the_same_condition_name_with_other_demonstrations_is_scored_again(tiny_
 def test_length_prior_is_derived_from_the_sum_and_mean_stores(tiny_study):
     study.run_part(tiny_study, "scorer", None, only="sum-zero-shot")  # --only: that one of the part's six
     assert sorted(os.listdir(tiny_study.folder)) == ["identity.json", "sum-zero-shot-test.npz"]
-    summed = tiny_study.run(study.zero_shot().named("sum", title_score="sum"), "test", 10)
-    mean = tiny_study.run(study.zero_shot(), "test", 10)
+    summed = tiny_study.run(parts.zero_shot().named("sum", title_score="sum"), "test", 10)
+    mean = tiny_study.run(parts.zero_shot(), "test", 10)
     stores = report.with_length_priors(report.load_folder(tiny_study.folder), alphas=(0.0, 0.5, 1.0))
     for u in mean:
         np.testing.assert_allclose(stores[("len0.0-zero-shot", "test")][0][u], summed[u], rtol=1e-12)
@@ -369,7 +371,7 @@ def test_the_scorer_part_reads_the_zero_shot_parts_pass_from_the_score_cache(tin
     assert sum(jobs) == 10  # sum and first3: every score from the cache
     for name in ("sum-zero-shot", "first3-zero-shot"):
         keys = {"sum": {"title_score": "sum"}, "first3": {"title_score": "first", "title_score_tokens": 3}}
-        fresh = tiny_study.run(study.zero_shot().named(name.split("-")[0], **keys[name.split("-")[0]]), "test", 10)
+        fresh = tiny_study.run(parts.zero_shot().named(name.split("-")[0], **keys[name.split("-")[0]]), "test", 10)
         with np.load(os.path.join(cached.folder, f"{name}-test.npz")) as z:
             got = {int(u): v for u, v in zip(z["users"], z["scores"])}
         assert set(got) == set(fresh) and len(got) == 10
@@ -380,7 +382,7 @@ def test_the_scorer_part_reads_the_zero_shot_parts_pass_from_the_score_cache(tin
     assert sum(jobs) == 10
     with np.load(os.path.join(cached.folder, "random2-d0-test.npz")) as z:
         got = {int(u): v for u, v in zip(z["users"], z["scores"])}
-    fresh = tiny_study.run(study.random_set(0), "test", 10)
+    fresh = tiny_study.run(parts.random_set(0), "test", 10)
     assert set(got) == set(fresh)
     for u in fresh:
         np.testing.assert_allclose(got[u], fresh[u], atol=1e-6)
@@ -388,13 +390,13 @@ def test_the_scorer_part_reads_the_zero_shot_parts_pass_from_the_score_cache(tin
 
 def test_ablation_fits_with_the_part_switched_off_and_is_reported_against_the_full_fit(tiny_study, tmp_path,
                                                                                         monkeypatch):
-    names = [c.name for c in study.ablation_conditions(seeds=1)]
+    names = [c.name for c in parts.ablation_conditions(seeds=1)]
     assert names == ["lrgd-default-s2-perturb_num0-seed2020", "lrgd-default-s2-lambda_std0-seed2020",
                      "lrgd-default-s2-lambda_redundancy0-seed2020", "lrgd-default-s2-lambda_copy0-seed2020",
                      "lrgd-default-s2-lambda_reg0-seed2020", "lrgd-default-s1-seed2020"]
-    for condition in (study.zero_shot(), study.random_set(0), study.optimized(2, study.SEED)):
+    for condition in (parts.zero_shot(), parts.random_set(0), parts.optimized(2, study.SEED)):
         tiny_study.run(condition, "test", 10)
-    import recbole_lrgd.optimizer as optimizer
+    import recbole_lrgd.optimizer.two_stage as optimizer
 
     real, settings = optimizer.DemoOptimizer, []
 
@@ -403,11 +405,9 @@ def test_ablation_fits_with_the_part_switched_off_and_is_reported_against_the_fu
         return real(ranker, fit_settings, **kwargs)
     monkeypatch.setattr(optimizer, "DemoOptimizer", recording)
     study.run_part(tiny_study, "ablation", None, only="lrgd-default-s2-lambda_copy0-seed2020")
-    from recbole_lrgd.optimizer import OptimizerSettings
-
     yaml_fit = OptimizerSettings.from_config(tiny_study.config.final_config_dict)
     assert yaml_fit.lambda_copy > 0  # the YAML's weight, which the ablation turns off
-    assert settings == [dataclasses.replace(yaml_fit, lambda_copy=0, seed=study.SEED)]
+    assert settings == [dataclasses.replace(yaml_fit.with_seed(study.SEED), lambda_copy=0)]
     page = report.write_report(str(tmp_path / "study"), str(tmp_path / "docs"))
     assert "ablations of the YAML-default optimizer (10 test users)" in page
     stores = report.load_folder(tiny_study.folder)
@@ -440,11 +440,11 @@ def test_confirm_part_compares_nearest4_with_the_default_random_set(tiny_study, 
 
 def test_stage_1_and_stage_1_plus_2_share_one_fit(tiny_study, monkeypatch):
     """The methods part scores stage 1 and stage 1+2 of one seed: stage 1 is fitted once, in one state file."""
-    from recbole_lrgd.optimizer import DemoOptimizer
+    from recbole_lrgd.optimizer.two_stage import DemoOptimizer
 
-    tiny_study.run(study.optimized(1, study.SEED), "test", 4)
+    tiny_study.run(parts.optimized(1, study.SEED), "test", 4)
     monkeypatch.setattr(DemoOptimizer, "stage1", lambda self, state: pytest.fail("stage 1 fitted a second time"))
-    tiny_study.run(study.optimized(2, study.SEED), "test", 4)
+    tiny_study.run(parts.optimized(2, study.SEED), "test", 4)
     states = sorted(f for f in os.listdir(tiny_study.folder) if f.endswith(".state.json"))
     assert states == [f"lrgd-default-seed{study.SEED}.state.json"]
     seconds = json.load(open(os.path.join(tiny_study.folder, states[0])))["seconds"]
@@ -457,14 +457,14 @@ def test_stage_1_and_stage_1_plus_2_share_one_fit(tiny_study, monkeypatch):
 def test_the_fallback_condition_reads_the_same_fit_and_copies_its_twins_scores(tiny_study, monkeypatch):
     """stage 1+2 with ``fallback_zero_shot`` reads stage 1+2's fit: where the kept set's recorded Effect is below 0
     its prompts are zero-shot's, else stage 1+2's, and either way their stored scores are copied."""
-    from recbole_lrgd.optimizer import DemoOptimizer
+    from recbole_lrgd.optimizer.two_stage import DemoOptimizer
 
-    twins = {"s2": tiny_study.run(study.optimized(2, study.SEED), "test", 4),
-             "zero": tiny_study.run(study.zero_shot(), "test", 4)}
+    twins = {"s2": tiny_study.run(parts.optimized(2, study.SEED), "test", 4),
+             "zero": tiny_study.run(parts.zero_shot(), "test", 4)}
     assert not all(np.array_equal(twins["s2"][u], twins["zero"][u]) for u in twins["zero"])  # tells them apart
     monkeypatch.setattr(DemoOptimizer, "run", lambda *a, **k: pytest.fail("the fit ran a second time"))
-    monkeypatch.setattr(tiny_study.ranker, "score", lambda prompts: pytest.fail("a twin's prompts were scored"))
-    fallback = study.optimized(2, study.SEED, fallback_zero_shot=True)
+    monkeypatch.setattr(tiny_study.ranker.scorer, "score_many", lambda prompts: pytest.fail("a twin's prompts were scored"))
+    fallback = parts.optimized(2, study.SEED, fallback_zero_shot=True)
     assert fallback.name == f"lrgd-default-s2-fallback_zero_shotTrue-seed{study.SEED}"
     path = os.path.join(tiny_study.folder, f"lrgd-default-seed{study.SEED}.state.json")
     state = json.load(open(path))
@@ -486,12 +486,12 @@ def test_a_shared_fit_waits_for_the_process_fitting_it(tiny_study):
     import fcntl
     import threading
 
-    condition = study.optimized(1, study.SEED)
+    condition = parts.optimized(1, study.SEED)
     path = os.path.join(tiny_study.folder, f"lrgd-default-seed{study.SEED}.state.json.lock")
     os.makedirs(tiny_study.folder, exist_ok=True)
     with open(path, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        fit = threading.Thread(target=condition.choose, args=(tiny_study,))
+        fit = threading.Thread(target=condition.choose, args=(tiny_study, tiny_study.ranker))
         fit.start()
         fit.join(timeout=3)
         assert fit.is_alive()  # still waiting for the lock
@@ -505,7 +505,7 @@ def test_the_compact_part_fits_with_the_compact_profile(tiny_study, monkeypatch)
     over the YAML's; an unknown profile is an error."""
     import yaml
 
-    import recbole_lrgd.optimizer as optimizer
+    import recbole_lrgd.optimizer.two_stage as optimizer
 
     names = [c.name for c, _ in study.part_tasks("methods-compact", 500)]
     assert names == ["zero-shot", "random2-d0", "random2-d1", "random2-d2", "nearest2", "lrgd-compact-s2-seed2020"]
@@ -519,11 +519,11 @@ def test_the_compact_part_fits_with_the_compact_profile(tiny_study, monkeypatch)
         study.run_part(tiny_study, "methods-compact", 4, only="lrgd-compact-.*")
     with open(study.PROFILES["compact"], encoding="utf-8") as f:
         compact = yaml.safe_load(f)
-    yaml_fit = optimizer.OptimizerSettings.from_config(tiny_study.config.final_config_dict)
+    yaml_fit = OptimizerSettings.from_config(tiny_study.config.final_config_dict)
     assert compact and all(getattr(yaml_fit, k) != v for k, v in compact.items())  # each key changes something
-    assert settings == [dataclasses.replace(yaml_fit, seed=study.SEED, **compact)]
+    assert settings == [dataclasses.replace(yaml_fit.with_seed(study.SEED), **compact)]
     with pytest.raises(ValueError, match="unknown optimizer profile 'big'"):
-        study.optimized(2, study.SEED, "big")
+        parts.optimized(2, study.SEED, "big")
 
 
 def test_a_fit_launched_on_two_processes_equals_one_process_fit(tiny_study, tiny_data, tiny_llm_dir, tmp_path):
@@ -577,17 +577,17 @@ def test_a_finished_fit_is_read_without_waiting_and_left_as_it_is(tiny_study):
     import fcntl
     import threading
 
-    tiny_study.run(study.optimized(1, study.SEED), "test", 4)
+    tiny_study.run(parts.optimized(1, study.SEED), "test", 4)
     path = os.path.join(tiny_study.folder, f"lrgd-default-seed{study.SEED}.state.json")
     with open(path + ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         before = os.stat(path).st_mtime_ns
-        scored = threading.Thread(target=tiny_study.run, args=(study.optimized(1, study.SEED), "test", 6))
+        scored = threading.Thread(target=tiny_study.run, args=(parts.optimized(1, study.SEED), "test", 6))
         scored.start()
         scored.join(timeout=120)
         assert not scored.is_alive() and os.stat(path).st_mtime_ns == before
         assert len(report.load_folder(tiny_study.folder)[(f"lrgd-default-s1-seed{study.SEED}", "test")][0]) == 6
-        stage2 = threading.Thread(target=study.optimized(2, study.SEED).choose, args=(tiny_study,))
+        stage2 = threading.Thread(target=parts.optimized(2, study.SEED).choose, args=(tiny_study, tiny_study.ranker))
         stage2.start()
         stage2.join(timeout=3)
         assert stage2.is_alive() and os.stat(path).st_mtime_ns == before  # waiting for the lock, nothing written
@@ -648,7 +648,7 @@ def test_a_wider_batch_shares_the_stores_and_is_recorded(tiny_study, tiny_data, 
             return json.load(f)["user_batch_size"]
 
     assert tiny_study.ranker.scorer.user_batch_size == recorded() == 8  # the YAML's
-    narrow = tiny_study.run(study.zero_shot(), "test", 4)
+    narrow = tiny_study.run(parts.zero_shot(), "test", 4)
     wide = study.Study("smollm2", "tiny", None, llm_path=tiny_llm_dir, data_path=tiny_data, out=str(tmp_path / "study"),
                        effect_users=10, probes=8, user_batch_size=3)
     assert wide.ranker.scorer.user_batch_size == recorded() == 3
@@ -658,7 +658,7 @@ def test_a_wider_batch_shares_the_stores_and_is_recorded(tiny_study, tiny_data, 
         raise AssertionError("a stored user was scored again")
 
     monkeypatch.setattr(wide.ranker.scorer, "score_many", no_scoring)
-    resumed = wide.run(study.zero_shot(), "test", 4)
+    resumed = wide.run(parts.zero_shot(), "test", 4)
     assert sorted(resumed) == sorted(narrow) and all(np.array_equal(resumed[u], narrow[u]) for u in narrow)
 
 
@@ -684,7 +684,7 @@ def test_the_compact_part_is_pooled_over_its_datasets(tiny_study, tmp_path, monk
 
     monkeypatch.setitem(report.NOMINAL_USERS, "methods-compact", 4)
     study.run_part(tiny_study, "methods-compact", 4, only="zero-shot|random2-d.|nearest2")
-    tiny_study.run(study.optimized(2, study.SEED), "test", 4)  # stands in for the compact fit (its name below)
+    tiny_study.run(parts.optimized(2, study.SEED), "test", 4)  # stands in for the compact fit (its name below)
     fit = f"lrgd-compact-s2-seed{study.SEED}"
     os.replace(os.path.join(tiny_study.folder, f"lrgd-default-s2-seed{study.SEED}-test.npz"),
                os.path.join(tiny_study.folder, f"{fit}-test.npz"))

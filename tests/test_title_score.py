@@ -14,7 +14,7 @@ from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_parts, e
 from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
 from recbole_lrgd.llm.modes import make_scorer
 from recbole_lrgd.llm.scorer import naive_likelihood, title_logprob
-from recbole_lrgd.optimizer.state import SCORE_KEYS
+from recbole_lrgd.settings import SCORE_KEYS
 from recbole_lrgd.validate import check_values
 
 MODES = [("mean", None), ("sum", None), ("first", 3)]

@@ -10,12 +10,14 @@ import pytest
 
 from conftest import write_tiny_dataset
 
+from recbole_lrgd.config import build_config
 from recbole_lrgd.data.candidates import read_candidates_file
 from recbole_lrgd.data.titles import cap_tokens
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.prompt import build_prompt, encode_prompt
 from recbole_lrgd.llm.tiny import make_tokenizer
-from recbole_lrgd.quick_start import build_config, run
+from recbole_lrgd.model import LRGD
+from recbole_lrgd.quick_start import run
 
 TOK = make_tokenizer()
 
@@ -358,7 +360,7 @@ def test_some_missing_titles_are_one_warning_kept_for_the_log_file(base, monkeyp
     def stop(*args, **kwargs):
         raise Stop
 
-    monkeypatch.setattr(quick_start.LRGD, "__init__", stop)  # the run is over once the log is written
+    monkeypatch.setattr(LRGD, "__init__", stop)  # the run is over once the log is written
     try:
         with pytest.raises(Stop):
             run("LRGD", "tiny", config_dict={**base, "state": "INFO"})

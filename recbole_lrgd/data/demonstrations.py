@@ -5,7 +5,8 @@ A demonstration is named by a ``Spec``, ``(pool user, cut)``: that training user
 ``max_his_len`` items before its last one, minus the ``cut`` oldest) and its last item. ``DemoChoice``
 is the one place the ``demo_mode`` policies live: none, one global set (random, or lrgd's global
 scope), each user's nearest pool users (nearest) or its nearest of an optimized library (lrgd's
-per-user scope).
+per-user scope); ``DemoPolicy`` binds a choice to its pool and K, and answers "which demonstrations does
+user u see" for the ranker, the probes, the optimizer and the study alike.
 """
 from __future__ import annotations
 
@@ -146,3 +147,22 @@ class DemoChoice:
         if self.per_user:
             return f"per user, nearest of the library {self.users}"
         return f"global set of users {self.users}" if self.specs else "none (zero-shot)"
+
+
+@dataclass(frozen=True)
+class DemoPolicy:
+    """A ``choice`` bound to its ``pool`` and ``k`` (the K a per-user choice retrieves)."""
+
+    choice: DemoChoice
+    pool: Optional[DemonstrationPool]
+    k: int
+
+    def specs(self, user: int, history: Sequence[int], probe: bool = False) -> List[Spec]:
+        """The demonstrations ``user`` (with this history) sees, in prompt order. A ``probe`` (its last training
+        item the target) never sees its own demonstration, which holds the answer."""
+        specs = self.choice.for_user(self.pool, user, history, self.k)
+        return [s for s in specs if s[0] != user] if probe else specs
+
+    def demonstrations(self, user: int, history: Sequence[int], probe: bool = False) -> List[DemoItems]:
+        """``specs`` as item ids."""
+        return [self.pool.demonstration(*spec) for spec in self.specs(user, history, probe)]

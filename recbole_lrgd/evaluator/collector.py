@@ -8,6 +8,7 @@ reported value. ``LRGDCollector`` also collects LRGD's with/without-demonstratio
 """
 from __future__ import annotations
 
+import inspect
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -61,22 +62,18 @@ class PerUserCollector(Collector):
             metric_cls = metrics_dict.get(name.lower())
             if metric_cls is None or not issubclass(metric_cls, TopkMetric):
                 continue
-            values = _per_user_values(metric_cls(self.config), struct)
-            if values is None:
-                continue
-            short, matrix = values
+            matrix = _per_user_values(metric_cls(self.config), struct)
             for k in self.topk:
-                out[f"{short}@{k}"] = dict(zip(users, np.asarray(matrix[:, k - 1], dtype=np.float64).tolist()))
+                out[f"{name.lower()}@{k}"] = dict(zip(users, np.asarray(matrix[:, k - 1], dtype=np.float64).tolist()))
         return out
 
 
-def _per_user_values(metric: TopkMetric, struct) -> Optional[tuple]:
-    """``(name, users x max(topk) matrix)`` a RecBole top-k metric averages: its own
-    ``calculate_metric`` runs, and the matrix it hands to ``topk_result`` is kept."""
-    kept = []
-    metric.topk_result = lambda name, value: kept.append((name, value)) or {}
-    metric.calculate_metric(struct)
-    return kept[0] if len(kept) == 1 else None
+def _per_user_values(metric: TopkMetric, struct) -> np.ndarray:
+    """The users x max(topk) matrix a RecBole top-k metric averages, from its own ``used_info`` and
+    ``metric_info`` (as its ``calculate_metric`` computes it; Hit, MRR and Precision read no ``pos_len``)."""
+    pos_index, pos_len = metric.used_info(struct)
+    takes_len = len(inspect.signature(metric.metric_info).parameters) == 2
+    return metric.metric_info(pos_index, pos_len) if takes_len else metric.metric_info(pos_index)
 
 
 class LRGDCollector(PerUserCollector):

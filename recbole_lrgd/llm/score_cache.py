@@ -161,14 +161,20 @@ class ScoreCache:
                     moved = True
                     logger.warning(f"score cache {self.path} is corrupt ({exc}): moved to "
                                    f"{self.path}.corrupt, starting a fresh one")
-                    try:
-                        quarantine(self.path)
-                    except OSError as move_exc:
-                        self._disable(move_exc)
+                    if not self._set_aside():
                         return
                     continue
                 self._disable(exc)
                 return
+
+    def _set_aside(self) -> bool:
+        """Move the corrupt file to ``*.corrupt``; where it cannot be moved, the cache is off (False)."""
+        try:
+            quarantine(self.path)
+            return True
+        except OSError as exc:
+            self._disable(exc)
+            return False
 
     def _disable(self, exc: BaseException) -> None:
         logger.warning(f"score cache {self.path} is off for this run: {exc}")
@@ -179,12 +185,8 @@ class ScoreCache:
         self.close()
         if is_corruption(exc):
             logger.warning(f"score cache {self.path} turned out corrupt ({exc}): moved aside, starting a fresh one")
-            try:
-                quarantine(self.path)
-            except OSError as move_exc:
-                self._disable(move_exc)
-                return
-            self._open()
+            if self._set_aside():
+                self._open()
         else:
             self._disable(exc)
 

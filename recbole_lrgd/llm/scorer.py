@@ -39,9 +39,8 @@ import torch
 from recbole_lrgd.llm.kv_cache import KVModel
 from recbole_lrgd.llm.prompt import Prompt, encode_parts
 from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
+from recbole_lrgd.settings import SCORER_MODES, TITLE_SCORES
 
-SCORER_MODES = ("likelihood", "verbalizer", "generate")
-TITLE_SCORES = ("mean", "sum", "first")  # likelihood mode: how a title's token log-probs make its score
 
 
 @dataclass(frozen=True)
@@ -179,6 +178,14 @@ class LLMScorer(Scorer):
                          model_id=model_id)
         self.candidate_batch_size = max(1, int(candidate_batch_size))
         self.title_score, self.title_score_tokens = title_score, title_score_tokens
+
+    def variant(self, **keys) -> "LLMScorer":
+        """A scorer of the same model, score cache and batch sizes with another ``title_score`` and/or
+        ``title_score_tokens`` (its own prefix caches and counts)."""
+        reduction = {"title_score": self.title_score, "title_score_tokens": self.title_score_tokens, **keys}
+        return LLMScorer(self.model, self.tokenizer, self.mode, self.candidate_batch_size,
+                         user_batch_size=self.user_batch_size, score_cache=self.score_cache, model_id=self.model_id,
+                         **reduction)
 
     @property
     def score_settings(self) -> tuple:

@@ -1,8 +1,9 @@
 """LRGD as a RecBole sequential model: a thin adapter over ``ICLRanker``; no trainable weights.
 
-RecBole's evaluation rows go to the ranker a ``user_chunks`` chunk at a time; the demonstrations each
-user sees are ``self.choice``, fixed by ``LRGDTrainer.fit`` (``prepare_demonstrations``, and for
-``demo_mode: lrgd`` the optimizer's result through ``use_demonstrations``).
+RecBole's evaluation rows go to the ranker a ``user_chunks`` chunk at a time. The ranker is built whole from the
+config and the training data (its pool); the demonstrations each user sees are ``self.choice``, fixed here for
+``demo_mode`` none, random and nearest, and for ``lrgd`` by ``LRGDTrainer.fit`` (the optimizer's result, through
+``use_demonstrations``).
 """
 from __future__ import annotations
 
@@ -21,38 +22,31 @@ from recbole_lrgd.data.demonstrations import DemoChoice, DemonstrationPool, trai
 from recbole_lrgd.data.titles import item_titles
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.loader import llm_device, load_config_llm, load_config_tokenizer
-from recbole_lrgd.llm.prompt import DEFAULT_INSTRUCTION
 from recbole_lrgd.llm.score_cache import ScoreCache, model_identity
 from recbole_lrgd.llm.modes import make_scorer
 from recbole_lrgd.llm.scorer import Scorer, ScoreCounts
 from recbole_lrgd.model.ranker import ICLRanker
-
-DEMO_MODES = ("none", "random", "nearest", "lrgd")  # lrgd: chosen by the two-stage optimizer in fit
-
+from recbole_lrgd.optimizer.result import FitResult
+from recbole_lrgd.settings import DEMO_MODES, DemoSettings, PromptSettings, ScorerSettings
 
 def config_scorer(config) -> Scorer:
-    """The scorer of a config's ``scorer_mode``, every setting read from the config."""
+    """The scorer of a config's ``ScorerSettings`` over its LLM."""
     model, tokenizer = load_config_llm(config)
+    s = ScorerSettings.from_config(config)
     cache, model_id = None, ""
-    if config["score_cache"]:
-        cache = ScoreCache.in_dir(config["score_cache_dir"])
+    if s.score_cache:
+        cache = ScoreCache.in_dir(s.score_cache_dir)
         model_id = model_identity(config["llm_path"], config["llm_dtype"], llm_device(config))
-    return make_scorer(model, tokenizer, mode=config["scorer_mode"],
-                       candidate_batch_size=config["candidate_batch_size"], user_batch_size=config["user_batch_size"],
-                       score_cache=cache, model_id=model_id, max_new_tokens=config["max_new_tokens"],
-                       match_threshold=config["title_match_threshold"], title_score=config["title_score"],
-                       title_score_tokens=config["title_score_tokens"])
+    return make_scorer(model, tokenizer, mode=s.scorer_mode, candidate_batch_size=s.candidate_batch_size,
+                       user_batch_size=s.user_batch_size, score_cache=cache, model_id=model_id,
+                       max_new_tokens=s.max_new_tokens, match_threshold=s.title_match_threshold,
+                       title_score=s.title_score, title_score_tokens=s.title_score_tokens)
 
 
-def config_ranker(config, titles: Sequence[str], scorer: Any) -> ICLRanker:
-    """The ranker of a config's prompt settings over ``titles``, scoring with ``scorer`` (a ``Scorer``, or for
-    prompts alone anything with a scorer's ``tokenizer`` and ``mode``)."""
-    listed = config["list_candidates"]
-    return ICLRanker(
-        titles, scorer, num_demos=config["num_demos"], max_his_len=config["max_his_len"],
-        max_prompt_tokens=config["max_prompt_tokens"], instruction=config["prompt_instruction"] or DEFAULT_INSTRUCTION,
-        list_candidates=None if listed in (None, "auto") else bool(listed), seed=config["seed"],
-        demo_format=config["demo_format"], demo_negatives=config["demo_negatives"])
+def config_ranker(config, titles: Sequence[str], scorer: Any, pool: Optional[DemonstrationPool] = None) -> ICLRanker:
+    """The ranker of a config's prompt and demonstration settings over ``titles`` and ``pool``, scoring with
+    ``scorer`` (a ``Scorer``, or for prompts alone anything with a scorer's ``tokenizer`` and ``mode``)."""
+    return ICLRanker(titles, scorer, PromptSettings.from_config(config), DemoSettings.from_config(config), pool)
 
 
 @dataclass(frozen=True)
@@ -90,16 +84,21 @@ class LRGD(SequentialRecommender):
     input_type = InputType.POINTWISE
 
     def __init__(self, config, dataset):
+        """``dataset``: the training data (RecBole hands a model its train loader's dataset), whose users'
+        sequences make the demonstration pool."""
         super().__init__(config, dataset)
         self.config = config
-        self.demo_mode = config["demo_mode"] or "none"
+        self.demo_mode = DemoSettings.from_config(config).mode
         if self.demo_mode not in DEMO_MODES:
             raise LRGDError(f"demo_mode {self.demo_mode!r}: use one of {', '.join(DEMO_MODES)}")
         tokenizer = load_config_llm(config)[1]
         self.titles = item_titles(dataset, config["title_field"], tokenizer, config["max_title_tokens"])
-        self.ranker = config_ranker(config, self.titles, config_scorer(config))
-        self.choice: Optional[DemoChoice] = DemoChoice() if self.demo_mode == "none" else None  # set by fit
-        self.demo_state: Optional[dict] = None  # lrgd: the optimizer's state (sets, objectives, seconds)
+        pool = DemonstrationPool(training_sequences(dataset), dataset.item_num, config["max_his_len"])
+        self.ranker = config_ranker(config, self.titles, config_scorer(config), pool)
+        # lrgd's choice is the optimizer's, set by fit
+        self.choice: Optional[DemoChoice] = None if self.demo_mode == "lrgd" else DemoChoice.for_mode(
+            self.demo_mode, pool, self.ranker.demos.num_demos, self.ranker.demos.seed)
+        self.fit_result: Optional[FitResult] = None  # lrgd: the optimizer's chosen set and stage seconds
 
     def score_counts(self) -> ScoreCounts:
         """A snapshot of the scorer's counts (cache hits, generate-mode parse failures); zeros when a
@@ -107,17 +106,14 @@ class LRGD(SequentialRecommender):
         return copy.copy(getattr(self.ranker.scorer, "counts", None) or ScoreCounts())
 
     # -- demonstrations --------------------------------------------------------------------------
-    def prepare_demonstrations(self, train_dataset) -> None:
-        """Build the pool from training interactions and fix the choice of ``demo_mode`` (lrgd's comes from
-        the optimizer, through ``use_demonstrations``)."""
-        self.ranker.pool = DemonstrationPool(training_sequences(train_dataset), train_dataset.item_num,
-                                             self.ranker.max_his_len)
-        if self.demo_mode != "lrgd":
-            self.choice = DemoChoice.for_mode(self.demo_mode, self.ranker.pool, self.ranker.num_demos, self.ranker.seed)
+    def use_demonstrations(self, choice: DemoChoice, fit: Optional[FitResult] = None) -> None:
+        """Show ``choice``'s demonstrations from now on (the optimizer's, with its ``fit``: what ``run`` reports)."""
+        self.choice, self.fit_result = choice, fit
 
-    def use_demonstrations(self, choice: DemoChoice, optimizer_state: Optional[dict] = None) -> None:
-        """Install a choice (the optimizer's, with its state, which the benchmark reports stage times from)."""
-        self.choice, self.demo_state = choice, optimizer_state
+    @property
+    def user_batch_size(self) -> int:
+        """Users scored together in one forward pass: callers chunk users by it."""
+        return self.ranker.scorer.user_batch_size
 
     @property
     def global_demo_users(self) -> list:
@@ -140,9 +136,10 @@ class LRGD(SequentialRecommender):
         lens = interaction[self.ITEM_SEQ_LEN].cpu().numpy()
         scores = np.zeros(len(users), dtype=np.float64)
         without = np.zeros(len(users), dtype=np.float64) if zero_shot else None
-        for chunk in user_chunks(users, self.ranker.scorer.user_batch_size):
+        policy = self.ranker.policy(self.choice)
+        for chunk in user_chunks(users, self.user_batch_size):
             got, got_without = self.ranker.score_users(
-                [(user, seqs[rows[0], : lens[rows[0]]], items[rows]) for user, rows in chunk], self.choice, zero_shot)
+                [(user, seqs[rows[0], : lens[rows[0]]], items[rows]) for user, rows in chunk], policy, zero_shot)
             for k, (_, rows) in enumerate(chunk):
                 scores[rows] = got[k]
                 if zero_shot:

@@ -1,5 +1,5 @@
 """The regularised objective of a demonstration set, from probe scores (pure functions; the per-probe
-Effect itself is ``evaluator.effect.ProbeEffect``'s).
+Effect itself is ``optimizer.probe_effect.ProbeEffect``'s).
 
     objective = robust Effect - lambda_redundancy * redundancy - lambda_copy * copy - lambda_reg * drift
     robust Effect = mean - lambda_std * std   over the clean set and its P perturbed copies
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from itertools import combinations
-from typing import Dict, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -65,10 +65,17 @@ class Evaluation:
     objective: float
     effects: tuple = ()  # clean + perturbed Effect values
 
-    def to_dict(self) -> Dict[str, float]:
+    def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["effects"] = list(self.effects)
         return d
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Evaluation":
+        """The evaluation ``to_dict`` gave, from a mapping that may hold other keys too (a state's entry)."""
+        kept = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        kept["effects"] = tuple(kept.get("effects", ()))
+        return cls(**kept)
 
 
 def combine(effects: Sequence[float], redundancy_value: float, copy_value: float, drift_value: float,

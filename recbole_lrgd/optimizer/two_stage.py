@@ -14,12 +14,9 @@ demonstration of pool user ``user`` with its ``cut`` oldest shown history items 
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, fields
 from functools import cached_property
-from logging import getLogger
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -27,67 +24,13 @@ from tqdm import tqdm
 from recbole_lrgd.data.demonstrations import DemoChoice, Spec
 from recbole_lrgd.data.probes import Probe, make_probes
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.evaluator.effect import ProbeEffect
 from recbole_lrgd.optimizer.objective import Evaluation, combine, copy_bias, drift, redundancy
 from recbole_lrgd.optimizer.perturb import perturb_demonstrations
-from recbole_lrgd.digest import digest
-from recbole_lrgd.optimizer.state import data_fingerprint, load_state, save_state
-
-SCOPES = ("global", "per_user")
-YAML_KEYS = {"scope": "lrgd_scope", "token_budget": "demo_token_budget"}  # field -> YAML key, where they differ
-NOT_IN_IDENTITY = ("warm_start", "fallback_zero_shot")  # how a saved state is used, not what its scores are
-
-
-@dataclass(frozen=True)
-class OptimizerSettings:
-    """The optimizer's keys of ``properties/model/LRGD.yaml`` (and RecBole's ``seed``), which holds their defaults."""
-
-    num_demos: int
-    scope: str
-    library_size: int
-    pool_size: int
-    probe_users: int
-    probe_negatives: int
-    perturb_num: int
-    perturb_rate: float
-    lambda_std: float
-    lambda_redundancy: float
-    lambda_copy: float
-    lambda_reg: float
-    token_budget: Optional[int]  # ~: no budget
-    stage2_steps: int
-    stage2_patience: int
-    stage2_candidates: int
-    seed: int
-    effect_temperature: Union[float, str]
-    warm_start: bool
-    fallback_zero_shot: bool
-
-    @classmethod
-    def from_config(cls, config) -> "OptimizerSettings":
-        """Settings from a RecBole config (or any mapping); a key it lacks is an ``LRGDError``."""
-        values = {}
-        for spec in fields(cls):
-            key = YAML_KEYS.get(spec.name, spec.name)
-            if key not in config:
-                raise LRGDError(f"the config has no {key!r}: properties/model/LRGD.yaml sets every optimizer key")
-            values[spec.name] = float(config[key]) if spec.type in ("float", float) else config[key]
-        return cls(**values)
-
-    @property
-    def set_size(self) -> int:
-        """Demonstrations the optimizer chooses: the set (global) or the library users retrieve from."""
-        return self.num_demos if self.scope == "global" else max(self.num_demos, self.library_size)
-
-    @property
-    def lambdas(self) -> Dict[str, float]:
-        return {"std": self.lambda_std, "redundancy": self.lambda_redundancy, "copy": self.lambda_copy,
-                "reg": self.lambda_reg}
-
-    def identity(self) -> Dict[str, Any]:
-        """The settings that decide the optimizer's scores and choices."""
-        return {k: v for k, v in asdict(self).items() if k not in NOT_IN_IDENTITY}
-
+from recbole_lrgd.optimizer.probe_effect import ProbeEffect
+from recbole_lrgd.optimizer.progress import StateFile
+from recbole_lrgd.settings import SCOPES, OptimizerSettings
+from recbole_lrgd.optimizer.state import (OptimizerState, ScoredSet, Stage2Search, data_fingerprint, plain_context,
+                                          save_state, state_identity)
 
 def set_key(specs: Sequence[Spec]) -> str:
     """A demonstration set as a memo key."""
@@ -99,8 +42,9 @@ class DemoOptimizer:
 
     ``ranker`` is the ``ICLRanker`` that scores test users (its pool, prompts and scorer); ``context``
     is what else decides a score (``state.score_context``: the model's identity, the prompt keys),
-    hashed with the settings into the state's identity; ``map_fn(fn, items)`` runs ``fn`` over items
-    (a distributed map shards it over processes); ``is_main`` says whether this process writes the state.
+    hashed with the settings into the state's identity (``state.state_identity``); ``state_path`` is where
+    the state is kept (``progress.StateFile``); ``map_fn(fn, items)`` runs ``fn`` over items (a distributed
+    map shards it over processes); ``is_main`` says whether this process writes the state.
     """
 
     def __init__(self, ranker, settings: OptimizerSettings, state_path: Optional[str] = None,
@@ -113,9 +57,8 @@ class DemoOptimizer:
         self.show_progress, self.is_main = show_progress, is_main
         self.map_fn = map_fn or (lambda fn, items: [fn(i) for i in items])
         self.round_size = max(1, int(round_size))  # pool demonstrations scored between saves (the process count)
-        self.context = json.loads(json.dumps(context or {}, sort_keys=True, default=str))
-        self.identity = digest({"settings": settings.identity(), "context": self.context})
-        self.logger = getLogger()
+        self.context = plain_context(context)
+        self.identity = state_identity(settings.identity(), self.context)
         self._memo: Dict[str, Evaluation] = {}
 
     # -- data ----------------------------------------------------------------------------------
@@ -126,7 +69,7 @@ class DemoOptimizer:
         self.pool = pool = self.ranker.pool
         self.items = np.unique(np.concatenate([pool.sequences[int(u)] for u in pool.users]))
         self.probes: List[Probe] = make_probes(pool, s.probe_users, s.probe_negatives, item_num, s.seed,
-                                               max_his_len=self.ranker.max_his_len, items=self.items)
+                                               max_his_len=self.ranker.settings.max_his_len, items=self.items)
         probe_users = {p.user for p in self.probes}
         rest = np.array([u for u in pool.users if int(u) not in probe_users], dtype=np.int64)
         rng = np.random.default_rng([s.seed, 11])
@@ -166,10 +109,11 @@ class DemoOptimizer:
         if not specs:  # zero-shot (``fallback_zero_shot``): nothing moves, by definition
             return combine([0.0] * (s.perturb_num + 1), 0.0, 0.0, 0.0, s.lambdas)
         choice = DemoChoice.chosen(specs, per_user=s.scope == "per_user")
+        policy = self.ranker.policy(choice)
         rows, extras = [], []
         for version in range(s.perturb_num + 1):
             for probe in self.probes:
-                chosen = self.effect.seen_by(probe, choice)
+                chosen = policy.specs(probe.user, probe.history, probe=True)
                 demos = [self.pool.demonstration(*spec) for spec in chosen]
                 if version:  # a global set's copies are shared by all probes (one cached prefix each)
                     salt = probe.user if s.scope == "per_user" else 0
@@ -193,129 +137,98 @@ class DemoOptimizer:
         return evaluation
 
     # -- state -----------------------------------------------------------------------------------
-    def _fresh_state(self) -> Dict[str, Any]:
-        return {"identity": self.identity, "identity_context": self.context, "data": self.data_id,
-                "settings": asdict(self.settings), "probe_users": [p.user for p in self.probes],
-                "pool_users": self.pool_users,
-                "pool_scores": {}, "stage1": None, "stage2": None, "history": [], "warm_start_from": None,
-                "warm_start_pool_scores": {}}
+    def _state_file(self) -> StateFile:
+        """This fit's state file (read when used: ``state_path`` names it)."""
+        return StateFile(self.state_path, self.identity, self.data_id, self.is_main)
 
-    def _save(self, state: Dict[str, Any]) -> None:
+    def _fresh_state(self) -> OptimizerState:
+        return OptimizerState(identity=self.identity, identity_context=self.context, data=self.data_id,
+                              settings=self.settings.flat(), probe_users=[p.user for p in self.probes],
+                              pool_users=self.pool_users)
+
+    def _save(self, state: OptimizerState) -> None:
         if self.is_main:
-            state["zero_shot"] = self.effect.kept_zero_shot()  # the probes' zero-shot scores: a resume skips them
+            state.zero_shot = self.effect.kept_zero_shot()  # the probes' zero-shot scores: a resume skips them
             save_state(self.state_path, state)
 
-    def initial_state(self) -> Dict[str, Any]:
-        """Resume a matching state; warm-start from one on other data; else start afresh.
-
-        A warm start keeps the saved stage-1 (pool) scores of the users still in the data, in
-        ``warm_start_pool_scores``: stage 2 ranks its swaps by them. They were measured on the old
-        data, so they only order the swaps; every set is evaluated afresh.
-        """
-        saved = load_state(self.state_path, set_aside=self.is_main)
-        if self._matches(saved):
-            self.logger.info(f"demonstration optimizer: resuming from {self.state_path}")
-            self._remember(saved)
-            self.effect.restore_zero_shot(saved.get("zero_shot"))
-            return saved
-        state = self._fresh_state()
-        if saved and saved.get("identity") == self.identity and self.settings.warm_start and saved.get("chosen"):
-            users = set(int(u) for u in self.pool.users)
-            start = [tuple(s) for s in saved["chosen"] if int(s[0]) in users]
-            if start:
-                state["warm_start_from"] = [list(s) for s in start]
-                pool_scores = saved["pool_scores"] or saved.get("warm_start_pool_scores") or {}
-                state["warm_start_pool_scores"] = {u: v for u, v in pool_scores.items() if int(u) in users}
-                self.logger.info(f"demonstration optimizer: warm start from the saved set {start} (new data)")
+    def initial_state(self) -> OptimizerState:
+        """Resume a matching state (its evaluations and the probes' zero-shot scores are kept, so nothing is
+        scored again); warm-start from one on other data; else start afresh (``StateFile.begin``)."""
+        users = {int(u) for u in self.pool.users}
+        state, resumed = self._state_file().begin(self._fresh_state(), users, self.settings.warm_start)
+        if resumed:
+            self._remember(state)
+            self.effect.restore_zero_shot(state.zero_shot)
         return state
 
-    def _matches(self, saved: Optional[Dict[str, Any]]) -> bool:
-        """Whether a saved state is this fit's: the same identity and data."""
-        return bool(saved) and saved.get("identity") == self.identity and saved.get("data") == self.data_id
-
-    def finished(self, stages: int) -> Optional[Dict[str, Any]]:
-        """The saved state when it is this fit's and has finished ``stages``; else None. Reading it needs no lock
-        (states are replaced whole) and changes nothing."""
-        saved = load_state(self.state_path, set_aside=False)
-        if not self._matches(saved) or not saved.get("stage1"):
-            return None
-        if stages >= 2 and not (saved.get("stage2") or {}).get("done"):
-            return None
-        saved["chosen"] = self._chosen(saved, stages)
+    def finished(self, stages: int) -> Optional[OptimizerState]:
+        """The saved state when it is this fit's and has finished ``stages``, its ``chosen`` the set that fit ends
+        with; else None. Reading it needs no lock (states are replaced whole) and changes nothing."""
+        saved = self._state_file().finished(stages)
+        if saved is not None:
+            saved.chosen = self._chosen(saved, stages)
         return saved
 
-    def _chosen(self, state: Dict[str, Any], stages: int) -> List[List[int]]:
+    def _chosen(self, state: OptimizerState, stages: int) -> List[Spec]:
         """The set a fit of ``stages`` ends with: stage 2's current set, or stage 1's; none (zero-shot) when
         ``fallback_zero_shot`` and that set's Effect on the probes, as the state recorded it, is below zero."""
-        chosen = state["stage2"]["current"] if stages >= 2 else state["stage1"]["set"]
+        chosen = state.stage2.current if stages >= 2 else state.stage1.specs
         if not self.settings.fallback_zero_shot:
             return chosen
-        effect = next(h["effect"] for h in [*state["history"], state["stage1"]] if h["set"] == chosen)
+        effect = next(h.evaluation.effect for h in [*state.history, state.stage1] if h.specs == chosen)
         return [] if effect < 0 else chosen
 
-    def _remember(self, state: Dict[str, Any]) -> None:
+    def _remember(self, state: OptimizerState) -> None:
         """Seed the memo with the evaluations a saved state holds, so a resumed fit rescores nothing."""
-        entries = [({"set": [[int(u), 0]], **v}) for u, v in state["pool_scores"].items()]
-        for entry in entries + list(state["history"]) + ([state["stage1"]] if state["stage1"] else []):
-            self._memorize(entry["set"], entry)
-
-    def _memorize(self, specs: Sequence[Sequence[int]], values: Dict[str, Any]) -> None:
-        """Keep an evaluation given as a dict (a state's entry, or another process's result)."""
-        kept = {k: v for k, v in values.items() if k in Evaluation.__dataclass_fields__}
-        kept["effects"] = tuple(kept.get("effects", ()))
-        self._memo[set_key([tuple(x) for x in specs])] = Evaluation(**kept)
+        entries = [ScoredSet([(u, 0)], e) for u, e in state.pool_scores.items()]
+        for entry in entries + state.history + ([state.stage1] if state.stage1 else []):
+            self._memo[set_key(entry.specs)] = entry.evaluation
 
     # -- the two stages --------------------------------------------------------------------------
-    def run(self, item_num: int, stages: int) -> Dict[str, Any]:
+    def run(self, item_num: int, stages: int) -> OptimizerState:
         """Both stages (or stage 1 alone); returns the state, whose ``chosen`` is the final set."""
         begun = time.time()  # stage 1's time includes the probes' zero-shot scores
         self.setup(item_num)
         state = self.initial_state()
-        if state["warm_start_from"] and not state["stage1"]:
-            start = [tuple(s) for s in state["warm_start_from"]]
-            state["stage1"] = {"set": [list(s) for s in start], **self.evaluate(start).to_dict()}
+        if state.warm_start_from and not state.stage1:
+            start = state.warm_start_from
+            state.stage1 = ScoredSet(list(start), self.evaluate(start))
             self._record(state, "warm start", start)
-        if not state["stage1"]:
-            self._clock(state, "stage1", begun)
+        if not state.stage1:
+            state.add_seconds("stage1", time.time() - begun)
             self.stage1(state)
         if stages >= 2:
             self.stage2(state)
-        state["chosen"] = [list(s) for s in self._chosen(state, stages)]
+        state.chosen = list(self._chosen(state, stages))
         self._save(state)
         return state
 
-    def _clock(self, state: Dict[str, Any], stage: str, since: float, processes: int = 1) -> None:
-        """Add the seconds since ``since`` to ``state["seconds"][stage]`` (wall) and to ``<stage>_process``: what
-        one process would have spent (wall x the processes that shared the work; work every process repeats
-        counts once). Clocked step by step and saved with the step, so a resumed fit's time counts every run."""
-        timing, wall = state.setdefault("seconds", {}), time.time() - since
-        timing[stage] = timing.get(stage, 0.0) + wall
-        timing[f"{stage}_process"] = timing.get(f"{stage}_process", 0.0) + wall * processes
+    def _record(self, state: OptimizerState, event: str, specs: Sequence[Spec]) -> None:
+        state.history.append(ScoredSet(list(specs), self.evaluate(specs), event))
 
-    def _record(self, state: Dict[str, Any], event: str, specs: Sequence[Spec]) -> None:
-        state["history"].append({"event": event, "set": [list(s) for s in specs], **self.evaluate(specs).to_dict()})
-
-    def stage1(self, state: Dict[str, Any]) -> None:
-        """Score each pool demonstration alone (sharded by ``map_fn``), then choose greedily."""
-        todo = [u for u in self.pool_users if str(u) not in state["pool_scores"]]
+    def stage1(self, state: OptimizerState) -> None:
+        """Score each pool demonstration alone (sharded by ``map_fn``), then choose greedily. The seconds are
+        clocked step by step and saved with the step, so a resumed fit's time counts every run."""
+        todo = [u for u in self.pool_users if u not in state.pool_scores]
         bar = tqdm(total=len(self.pool_users), initial=len(self.pool_users) - len(todo), ncols=100,
                    desc="LRGD stage 1 (pool)", unit="demo", disable=not self.show_progress)
         chunk = self.round_size  # one demonstration per process, then the state is saved: a fit resumes
         for start in range(0, len(todo), chunk):
             begun, part = time.time(), todo[start: start + chunk]
-            for user, evaluation in zip(part, self.map_fn(lambda u: self.evaluate([(u, 0)]).to_dict(), part)):
-                state["pool_scores"][str(user)] = evaluation
-                self._memorize([(user, 0)], evaluation)  # scored by another process, maybe
-            self._clock(state, "stage1", begun, processes=len(part))
-            state["seconds"]["stage1_demos"] = state["seconds"].get("stage1_demos", 0) + len(part)
+            for user, scored in zip(part, self.map_fn(lambda u: self.evaluate([(u, 0)]).to_dict(), part)):
+                evaluation = Evaluation.from_dict(scored)  # scored by another process, maybe
+                state.pool_scores[user] = evaluation
+                self._memo[set_key([(user, 0)])] = evaluation
+            state.add_seconds("stage1", time.time() - begun, processes=len(part))
+            state.add_pool_demos(len(part))
             self._save(state)
             bar.update(len(part))
         bar.close()
         begun = time.time()
-        chosen = self.greedy({int(u): v["objective"] for u, v in state["pool_scores"].items()})
-        state["stage1"] = {"set": [list(s) for s in chosen], **self.evaluate(chosen).to_dict()}
+        chosen = self.greedy({u: e.objective for u, e in state.pool_scores.items()})
+        state.stage1 = ScoredSet(chosen, self.evaluate(chosen))
         self._record(state, "stage 1", chosen)
-        self._clock(state, "stage1", begun)
+        state.add_seconds("stage1", time.time() - begun)
         self._save(state)
 
     def greedy(self, single: Dict[int, float]) -> List[Spec]:
@@ -355,46 +268,44 @@ class DemoOptimizer:
             return None
         return proposal if self.fits_budget(proposal) else None
 
-    def stage2(self, state: Dict[str, Any]) -> None:
+    def stage2(self, state: OptimizerState) -> None:
         """Coordinate search with accept-if-better, early stop and the collapse guard."""
         s = self.settings
-        if state["stage2"] and state["stage2"]["done"]:
+        if state.stage2 and state.stage2.done:
             return
-        st = state["stage2"] or {"step": 0, "rejected": 0, "current": state["stage1"]["set"],
-                                 "best_safe": state["stage1"]["set"] if state["stage1"]["effect"] >= 0 else None,
-                                 "done": False}
-        state["stage2"] = st
-        pool_scores = state["pool_scores"] or state.get("warm_start_pool_scores") or {}
-        ranked = sorted((int(u) for u in pool_scores), key=lambda u: (-pool_scores[str(u)]["objective"], u))
-        bar = tqdm(total=s.stage2_steps, initial=st["step"], ncols=100, desc="LRGD stage 2 (search)",
+        first = state.stage1
+        st = state.stage2 or Stage2Search(current=list(first.specs),
+                                          best_safe=list(first.specs) if first.evaluation.effect >= 0 else None)
+        state.stage2 = st
+        pool_scores = state.ranking_scores()
+        ranked = sorted(pool_scores, key=lambda u: (-pool_scores[u].objective, u))
+        bar = tqdm(total=s.stage2_steps, initial=st.step, ncols=100, desc="LRGD stage 2 (search)",
                    unit="move", disable=not self.show_progress)
-        while not st["done"] and st["step"] < s.stage2_steps and st["rejected"] < s.stage2_patience:
-            begun, current = time.time(), [tuple(x) for x in st["current"]]
-            proposal = self._move(current, st["step"], ranked)
-            st["step"] += 1
+        while not st.done and st.step < s.stage2_steps and st.rejected < s.stage2_patience:
+            begun, current = time.time(), st.current
+            proposal = self._move(current, st.step, ranked)
+            st.step += 1
             bar.update(1)
             if proposal is None or self.evaluate(proposal).objective <= self.evaluate(current).objective:
-                st["rejected"] += 1
+                st.rejected += 1
             else:
-                st["rejected"] = 0
-                st["current"] = [list(x) for x in proposal]
+                st.rejected = 0
+                st.current = proposal
                 self._record(state, "accept", proposal)
                 self._guard(state)
-            self._clock(state, "stage2", begun)
+            state.add_seconds("stage2", time.time() - begun)
             self._save(state)
         bar.close()
         self._guard(state)
-        st["done"] = True
+        st.done = True
 
-    def _guard(self, state: Dict[str, Any]) -> None:
+    def _guard(self, state: OptimizerState) -> None:
         """Track the best non-collapsed set; revert to it when the current set's Effect is below zero."""
-        st = state["stage2"]
-        current = [tuple(x) for x in st["current"]]
-        evaluation = self.evaluate(current)
+        st = state.stage2
+        evaluation = self.evaluate(st.current)
         if evaluation.effect >= 0:
-            best = st["best_safe"]
-            if best is None or evaluation.objective > self.evaluate([tuple(x) for x in best]).objective:
-                st["best_safe"] = [list(x) for x in current]
-        elif st["best_safe"] is not None:
-            st["current"] = [list(x) for x in st["best_safe"]]
-            self._record(state, "collapse guard: revert", [tuple(x) for x in st["best_safe"]])
+            if st.best_safe is None or evaluation.objective > self.evaluate(st.best_safe).objective:
+                st.best_safe = list(st.current)
+        elif st.best_safe is not None:
+            st.current = list(st.best_safe)
+            self._record(state, "collapse guard: revert", st.best_safe)

@@ -3,7 +3,7 @@
 With ``candidate_source`` set, LRGD is evaluated over the whole catalogue: a RecBole model ranks every item
 for a test user and LRGD re-ranks its top ``rerank_top`` (``LRGDTrainer.evaluate``). The retriever is either
 trained here, on the same split in the same run, with RecBole's own Trainer and that model's RecBole defaults
-(``quick_start`` builds its Config and data as ``run(<model>, ...)`` would, so it is the very model of the
+(``source.py`` builds its Config and data as ``run(<model>, ...)`` would, so it is the very model of the
 retriever-alone row), or loaded from a checkpoint RecBole's Trainer saved.
 
 A trained retriever is kept in ``checkpoint_dir`` under a name keyed by the model, the config keys that can
@@ -66,19 +66,12 @@ def source_model(source: str) -> str:
 
 
 def check_rerank_keys(config) -> None:
-    """``candidate_source``, ``rerank_top`` and ``rerank_blend`` hold values LRGD can use (one ``LRGDError``
-    each); RecBole reads ``--key=~`` as the string '~', which means ~ here."""
-    if config["candidate_source"] == "~":
-        config["candidate_source"] = None
-    source, top, blend = config["candidate_source"], config["rerank_top"], config["rerank_blend"]
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        raise LRGDError(f"rerank_top must be a positive integer, not {top!r}")
-    if not isinstance(blend, (int, float)) or isinstance(blend, bool) or not 0 <= blend <= 1:
-        raise LRGDError(f"rerank_blend must be a number >= 0 and <= 1, not {blend!r}")
+    """``candidate_source`` names a model LRGD can re-rank: a RecBole model, or a checkpoint of this dataset (one
+    ``LRGDError``). Its type, and ``rerank_top``'s and ``rerank_blend``'s ranges, are their settings fields'
+    rules (``validate.check_values``)."""
+    source = config["candidate_source"]
     if source is None:
         return
-    if not isinstance(source, str):
-        raise LRGDError(f"candidate_source must be a RecBole model name or a checkpoint .pth, not {source!r}")
     if is_checkpoint(source):
         if not os.path.isfile(source):
             raise LRGDError(f"candidate_source {source} does not exist (a RecBole checkpoint .pth)")

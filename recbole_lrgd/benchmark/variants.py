@@ -1,0 +1,153 @@
+"""The benchmark's variants and protocols: which RecBole model and which config keys a row runs.
+
+``VARIANTS`` names the listed rows (LRGD's demonstration modes and RecBole's baselines); a re-ranking
+row, ``<Retriever>>LRGD-<mode>[@<blend>]`` or ``<Retriever>>alone``, is parsed by ``resolve_variant``.
+``PROTOCOLS`` says what each protocol (``sampled``, ``full``) sets for every row and which metrics its
+tables show; ``check_variant`` refuses a variant the protocol cannot run, and ``variant_config`` gives a
+row's model and final config.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Sequence, Tuple
+
+import yaml
+from recbole.utils import get_model
+
+from recbole_lrgd.errors import LRGDError
+
+# variant name -> (RecBole model, config keys of the variant); baselines keep RecBole's defaults
+VARIANTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "LRGD-zero-shot": ("LRGD", {"demo_mode": "none"}),
+    "LRGD-random": ("LRGD", {"demo_mode": "random"}),
+    "LRGD-nearest": ("LRGD", {"demo_mode": "nearest"}),
+    "LRGD-stage1": ("LRGD", {"demo_mode": "lrgd", "lrgd_stages": 1}),
+    "LRGD-stage1+2": ("LRGD", {"demo_mode": "lrgd", "lrgd_stages": 2}),
+    "Pop": ("Pop", {}),
+    "BPR": ("BPR", {}),
+    "SASRec": ("SASRec", {}),
+    "GRU4Rec": ("GRU4Rec", {}),
+    "BERT4Rec": ("BERT4Rec", {}),
+}
+# re-ranking variants (full protocol), parsed by resolve_variant rather than listed
+RERANK_GRAMMAR = "<Retriever>>LRGD-<mode>[@<blend>] or <Retriever>>alone"
+ALONE = "alone"
+# <mode> of LRGD-<mode> -> LRGD's keys: those of the LRGD variants above, and lrgd (the optimizer, LRGD.yaml's stages)
+RERANK_MODES = {**{name[len("LRGD-"):]: keys for name, (model, keys) in VARIANTS.items() if model == "LRGD"},
+                "lrgd": {"demo_mode": "lrgd"}}
+
+METRICS = [("hit@1", "Hit@1"), ("hit@5", "Hit@5"), ("hit@10", "Hit@10"), ("ndcg@5", "NDCG@5"),
+           ("ndcg@10", "NDCG@10"), ("mrr@10", "MRR@10"), ("effectd", "EffectD")]
+PLOT_METRICS = ["hit@10", "ndcg@10", "mrr@10"]
+FULL_EVAL_ARGS = {"split": {"LS": "valid_and_test"}, "group_by": "user", "order": "TO", "mode": "full"}
+FULL_METRICS = [("recall@10", "Recall@10"), ("ndcg@10", "NDCG@10"), ("mrr@10", "MRR@10"),
+                ("target_in_top_n", "in top-N")]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What a protocol sets for every row, and what its tables show."""
+
+    config: Dict[str, Any]  # config keys of every row
+    metrics: List[Tuple[str, str]]  # (row key, label): the table's metric columns
+    plot: List[str]  # the row keys the bar chart shows
+    models: List[str]  # the variants run when none are named
+    full_ranking: bool  # re-ranking variants run, LRGD on sampled candidates does not
+
+
+PROTOCOLS = {
+    "sampled": Protocol({}, METRICS, PLOT_METRICS, list(VARIANTS), full_ranking=False),
+    "full": Protocol({"eval_args": FULL_EVAL_ARGS, "metrics": ["Recall", "NDCG", "MRR"], "topk": [10]},
+                     FULL_METRICS, ["recall@10", "ndcg@10", "mrr@10"],
+                     ["Pop", "BPR", "SASRec", "BPR>alone", "BPR>LRGD-zero-shot", "SASRec>alone",
+                      "SASRec>LRGD-zero-shot"], full_ranking=True),
+}
+
+
+def _is_recbole_model(name: str) -> bool:
+    try:
+        get_model(name)
+    except (ValueError, AttributeError):  # AttributeError: a known module, a misspelt class ('bpr')
+        return False
+    return True
+
+
+def _blend(name: str, text: str) -> float:
+    try:
+        blend = float(text)
+    except ValueError:
+        blend = math.nan
+    if not 0 <= blend <= 1:  # nan too
+        raise LRGDError(f"benchmark variant {name!r}: the blend after @ must be a number >= 0 and <= 1, not {text!r}")
+    return blend
+
+
+def resolve_variant(name: str) -> Tuple[str, Dict[str, Any]]:
+    """(RecBole model, the variant's config keys) of a name of ``VARIANTS`` or of a re-ranking variant:
+    ``<Retriever>>LRGD-<mode>[@<blend>]`` (LRGD in ``RERANK_MODES[mode]`` re-ranks the RecBole model's top
+    ``rerank_top``, with ``rerank_blend`` <blend> where given) or ``<Retriever>>alone`` (``rerank_blend`` 1:
+    the retriever's order, the user's history excluded, and no LLM scoring). A bad name is an ``LRGDError``."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    retriever, sep, ranker = name.partition(">")
+    if not sep:
+        raise LRGDError(f"unknown benchmark variant {name!r}: use one of {', '.join(VARIANTS)}, or {RERANK_GRAMMAR}")
+    if not _is_recbole_model(retriever):
+        raise LRGDError(f"unknown benchmark variant {name!r}: {retriever!r} is not a RecBole model name "
+                        f"(Pop, BPR, SASRec...) in {RERANK_GRAMMAR}")
+    ranker, at, blend = ranker.partition("@")
+    if ranker == ALONE:
+        if at:
+            raise LRGDError(f"benchmark variant {name!r}: {ALONE} is the retriever's own order (blend 1), "
+                            "it takes no @")
+        return "LRGD", {"candidate_source": retriever, "demo_mode": "none", "rerank_blend": 1.0}
+    mode = ranker[len("LRGD-"):] if ranker.startswith("LRGD-") else None
+    if mode not in RERANK_MODES:
+        raise LRGDError(f"unknown benchmark variant {name!r}: {ranker!r} is neither {ALONE} nor LRGD-<mode> "
+                        f"with <mode> one of {', '.join(RERANK_MODES)}")
+    keys = {"candidate_source": retriever, **RERANK_MODES[mode]}
+    if at:
+        keys["rerank_blend"] = _blend(name, blend)
+    return "LRGD", keys
+
+
+def check_variant(name: str, protocol: str) -> None:
+    """A variant the protocol can run: re-ranking ones rank the whole catalogue, plain LRGD ones sampled
+    candidates (``LRGDError`` otherwise, as for a bad name)."""
+    model, keys = resolve_variant(name)
+    if "candidate_source" in keys and not PROTOCOLS[protocol].full_ranking:
+        raise LRGDError(f"benchmark variant {name!r} re-ranks a full ranking: run it with --protocol=full")
+    if model == "LRGD" and "candidate_source" not in keys and PROTOCOLS[protocol].full_ranking:
+        raise LRGDError(f"benchmark variant {name!r} ranks sampled candidates: with --protocol=full give LRGD a "
+                        f"retriever to re-rank, e.g. BPR>{name}")
+
+
+def variant_config(name: str, config_dict: Dict[str, Any], config_files: Sequence[str],
+                   effectd: bool = True) -> Tuple[str, Dict[str, Any]]:
+    """(RecBole model, config_dict) of one variant: the shared config, then the variant's keys.
+    LRGD variants with demonstrations also report EffectD unless the user's config sets metrics."""
+    model, overrides = resolve_variant(name)
+    cfg = {**config_dict, **overrides}
+    if model == "LRGD":  # valid_users is for the baselines' early stopping; LRGD would LLM-score them all
+        cfg["valid_users"] = None
+        if "candidate_source" in overrides:  # its retriever stops early on the users its baseline row does
+            cfg["retriever_valid_users"] = config_dict.get("valid_users")
+    if effectd and model == "LRGD" and overrides.get("demo_mode") != "none" and not _sets_metrics(
+            config_dict, config_files):
+        cfg["metrics"] = ["Hit", "NDCG", "MRR", "EffectD"]
+    return model, cfg
+
+
+def _sets_metrics(config_dict: Dict[str, Any], config_files: Sequence[str]) -> bool:
+    if "metrics" in config_dict:
+        return True
+    for path in config_files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            continue  # run() reports a bad file as a one-line error
+        if isinstance(loaded, dict) and "metrics" in loaded:
+            return True
+    return False
