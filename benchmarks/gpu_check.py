@@ -58,23 +58,22 @@ def main() -> None:
     common = {"eval_users": args.eval_users, "demo_mode": "random"}
     gpu, gpu_time = timed_run("LRGD", llm_path=tiny, llm_dtype="float32", **common)
     cpu, cpu_time = timed_run("LRGD", llm_path=tiny, llm_dtype="float32", use_gpu=False, **common)
-    report["tiny_cuda_vs_cpu"] = {"cuda": gpu["test_result"], "cpu": cpu["test_result"],
-                                  "equal": gpu["test_result"] == cpu["test_result"],
+    report["tiny_cuda_vs_cpu"] = {"cuda": gpu.test_result, "cpu": cpu.test_result,
+                                  "equal": gpu.test_result == cpu.test_result,
                                   "cuda_s": gpu_time, "cpu_s": cpu_time}
     speed = {}
     for dtype in ("bfloat16", "float32"):
         res, secs = timed_run("LRGD", llm_path=smol, llm_dtype=dtype, **common)
-        speed[dtype] = {"eval_s": res["eval_time"], "users_per_s": res["test_users"] / res["eval_time"],
+        speed[dtype] = {"eval_s": res.eval_time, "users_per_s": res.test_users / res.eval_time,
                         "wall_s": secs}
     report["smollm2_shape_speed"] = speed
-    sets = {"LRGD": gpu["test_data"].candidate_sets()}
+    digests = {"LRGD": gpu.candidates}  # a digest of the evaluated users' candidate sets: equal = the same sets
     for name, cfg in [("SASRec", {"epochs": 20}), ("Pop", {})]:
         res, secs = timed_run(name, eval_users=args.eval_users, **cfg)
-        sets[name] = res["test_data"].candidate_sets()
-        report[name] = {"test_result": res["test_result"], "wall_s": secs, "fit_s": res["fit_time"]}
-    report["identical_candidates"] = all(
-        sets[m].keys() == sets["LRGD"].keys() and all(np.array_equal(sets[m][u], sets["LRGD"][u]) for u in sets[m])
-        for m in sets)
+        digests[name] = res.candidates
+        report[name] = {"test_result": res.test_result, "wall_s": secs, "fit_s": res.fit_time}
+    report["candidates_digests"] = digests
+    report["identical_candidates"] = all(digest == digests["LRGD"] for digest in digests.values())
     text = json.dumps(report, indent=1, default=float)
     print(text)
     os.makedirs(args.out, exist_ok=True)

@@ -10,15 +10,20 @@
 ``python -m recbole_lrgd.cli`` are the same command. Any other ``--key=value`` is a RecBole config key
 (RecBole reads them from the command line). Under a launcher only rank 0 prints and writes ``--result_file``.
 """
+from __future__ import annotations
+
 import argparse
 import contextlib
 import json
 import sys
-from typing import Any, Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional
 
 from recbole_lrgd.console import quiet_libraries
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.keys import help_text
+
+if TYPE_CHECKING:  # the run's modules load torch: imported where a run starts, not for --help
+    from recbole_lrgd.results import RunResult
 
 PASS_THROUGH = ("Every other --key=value is a RecBole config key (RecBole's own, or any of the above), "
                 "as with run_recbole; --key=~ means ~ (None).")
@@ -106,26 +111,24 @@ def command_line(recbole_args: List[str]) -> Iterator[None]:
         sys.argv = saved
 
 
-def report(result_file: Optional[str], result: Dict[str, Any]) -> None:
+def report(result_file: Optional[str], result: RunResult) -> None:
     """Rank 0's output: the JSON file (if asked for) and the metrics line."""
     if result_file:
         write_result(result_file, result)
-    metrics = "  ".join(f"{k}: {v:.4f}" for k, v in result["test_result"].items())
-    print(f"{result['model']} on {result['dataset']} ({result['test_users']} test users, "
-          f"fit {result['fit_time']:.1f}s, test {result['eval_time']:.1f}s)")
+    metrics = "  ".join(f"{k}: {v:.4f}" for k, v in result.test_result.items())
+    print(f"{result.model} on {result.dataset} ({result.test_users} test users, "
+          f"fit {result.fit_time:.1f}s, test {result.eval_time:.1f}s)")
     print(f"test result: {metrics}")
 
 
-def write_result(path: str, result: Dict[str, Any]) -> None:
+def write_result(path: str, result: RunResult) -> None:
     """The run's metrics, timings and demonstrations (global set, if any) as JSON."""
     from recbole_lrgd import distributed as dist
 
-    model = result.get("model_obj")
-    keep = ("model", "dataset", "test_result", "best_valid_result", "best_valid_score", "fit_time", "eval_time",
-            "test_users")
-    out = {k: result.get(k) for k in keep}
+    out = {k: getattr(result, k) for k in ("model", "dataset", "test_result", "best_valid_result", "best_valid_score",
+                                           "fit_time", "eval_time", "test_users")}
     out["best_valid_result"] = dict(out["best_valid_result"] or {})
-    out["global_demo_users"] = [int(u) for u in getattr(model, "global_demo_users", None) or []]
+    out["global_demo_users"] = [int(u) for u in result.global_demo_users]
     out["world_size"] = dist.world()[1]
     with open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1, default=float)

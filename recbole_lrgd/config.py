@@ -27,7 +27,7 @@ from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator import register_metrics
 from recbole_lrgd.model import LRGD
 from recbole_lrgd.properties_files import properties_dir, run_properties
-from recbole_lrgd.rerank.retriever import check_rerank_keys
+from recbole_lrgd.rerank.retriever import check_source
 from recbole_lrgd.trainer import LRGDTrainer
 from recbole_lrgd.validate import check_values, check_writable_folder, warn_unknown_keys
 
@@ -165,6 +165,19 @@ def drop_plugin_only_metrics(config: Config) -> None:
         config["valid_metric_bigger"] = True
 
 
+def _check_fusion(config: Config) -> None:
+    """``prior_model`` fuses scores of sampled candidates; ``auto`` needs validation users to choose on."""
+    if config["candidate_source"]:
+        raise LRGDError("prior_model and candidate_source both set: fuse on sampled candidates (prior_model) or "
+                        "re-rank a retriever's full ranking (candidate_source, rerank_blend), not both")
+    if "full" in (_eval_mode(config, "test"), _eval_mode(config, "valid")):
+        raise LRGDError("prior_model fuses scores of sampled candidates (eval_args mode uni19 or pop19): for a full "
+                        "ranking re-rank a retriever's top-N with candidate_source and rerank_blend")
+    if config["prior_weight"] == "auto" and config["valid_users"] is None:
+        raise LRGDError("prior_weight auto chooses the weight on validation users: set valid_users (e.g. 200), "
+                        "or give prior_weight a number in [0, 1]")
+
+
 def _eval_mode(config: Config, phase: str) -> str:
     mode = config["eval_args"]["mode"]
     return str(mode[phase] if isinstance(mode, dict) else mode)
@@ -218,8 +231,12 @@ def validate_config(config: Config, is_plugin: bool) -> None:
 
 def _check_rerank(config: Config) -> None:
     """``candidate_source`` and its keys: the retriever's full ranking is re-ranked on the test users only,
-    with one held-out item each, by RecBole's top-k metrics (EffectD compares sampled candidate lists)."""
-    check_rerank_keys(config)
+    with one held-out item each, by RecBole's top-k metrics (EffectD compares sampled candidate lists). And
+    ``prior_model``'s: fusion on sampled candidates, its ``auto`` weight chosen on validation users."""
+    check_source(config, "candidate_source")
+    check_source(config, "prior_model")
+    if config["prior_model"]:
+        _check_fusion(config)
     if not config["candidate_source"]:
         return
     if config["candidates_file"]:

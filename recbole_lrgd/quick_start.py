@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from logging import Logger, getLogger
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import numpy as np
@@ -20,29 +21,55 @@ from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_co
 from recbole_lrgd import distributed as dist
 from recbole_lrgd.config import PLUGIN_MODELS, build_config
 from recbole_lrgd.console import FILE_ONLY, keep_file_only_records_off_the_console
-from recbole_lrgd.data.candidates import FixedCandidateEvalDataLoader
+from recbole_lrgd.data.candidates import FixedCandidateEvalDataLoader, candidates_digest
 from recbole_lrgd.data.loaders import prepare_data
+from recbole_lrgd.data.slices import slice_table, user_slices
 from recbole_lrgd.data.titles import check_title_coverage
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator.collector import PerUserCollector
 from recbole_lrgd.held_logs import held_logs, replay
 from recbole_lrgd.llm.loader import check_llm_device, llm_summary, load_config_llm
-from recbole_lrgd.model.lrgd import check_prompt_budget
+from recbole_lrgd.model.lrgd import LRGD, check_prompt_budget
+from recbole_lrgd.rerank.fuse import Fusion
 from recbole_lrgd.rerank.source import build_retriever_config, prepare_retriever
+from recbole_lrgd.results import RunResult
 from recbole_lrgd.trainer import eval_user_count
 
 T = TypeVar("T")
 
 
 def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optional[List[str]] = None,
-        config_dict: Optional[Dict[str, Any]] = None, saved: bool = True) -> Optional[Dict[str, Any]]:
-    """Run one model on one dataset; returns RecBole's result dict plus timings and the loaders.
+        config_dict: Optional[Dict[str, Any]] = None, saved: bool = True) -> Optional[RunResult]:
+    """Run one model on one dataset: ``build`` it, then ``fit_and_test`` it; None on a rank with nothing to do.
 
     Under ``accelerate launch`` (or torchrun) every rank calls this. For LRGD each rank builds the
     same data and demonstrations, scores its shard of the users and gets everyone's scores, so all
     ranks return the metrics of a single-process run; only rank 0 logs to the console and the log
     file and may write a saved dataset (the others wait for it). A RecBole baseline is not sharded:
     rank 0 runs it alone and the other ranks return None at once.
+    """
+    built = build(model, dataset, config_file_list, config_dict)
+    return None if built is None else fit_and_test(built, saved)
+
+
+@dataclass(frozen=True)
+class Built:
+    """The live objects of one run, ready to fit and test (``build``)."""
+
+    config: Config
+    train_data: Any
+    valid_data: Any
+    test_data: Any
+    model: Any
+    trainer: Any
+    logger: Logger
+    retriever_time: Optional[float] = None
+
+
+def build(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optional[List[str]] = None,
+          config_dict: Optional[Dict[str, Any]] = None) -> Optional[Built]:
+    """The config, the data, the log and the model with its trainer; None on a rank other than 0 for a RecBole
+    baseline. Inputs are checked, and the data and the LLM loaded, before the log file is written.
 
     With ``candidate_source`` LRGD re-ranks a retriever's full-sort top-N: the retriever gets its own
     Config and data (``rerank.source.build_retriever_config``), is trained or loaded (``prepare_retriever``,
@@ -52,13 +79,12 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     config = build_config(model, dataset, config_file_list, config_dict)
     is_plugin = model in PLUGIN_MODELS
-    source = config["candidate_source"] if is_plugin else None
-    retriever_config = build_retriever_config(source, dataset, config_file_list, config_dict,
-                                              config["retriever_valid_users"]) if source else None
+    sources = {key: config[key] for key in ("candidate_source", "prior_model") if is_plugin and config[key]}
+    source_configs = {key: build_retriever_config(source, dataset, config_file_list, config_dict,
+                                                  config["retriever_valid_users"]) for key, source in sources.items()}
     if dist.launched():
-        for each in (config, retriever_config):
-            if each is not None:
-                _configure_rank(each, visible)
+        for each in (config, *source_configs.values()):
+            _configure_rank(each, visible)
         if not is_plugin and not dist.is_main():
             return None
     if is_plugin:  # this rank's device (a launcher sets it above), before the data
@@ -70,31 +96,51 @@ def run(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optiona
     with held_logs() as held:
         train_data, valid_data, test_data = _load_data(config, is_plugin)
     logger = _setup_logging(config, is_plugin, held)
-    retriever, retriever_time = None, None
-    if retriever_config is not None:
-        retriever, retriever_time = _timed(lambda: prepare_retriever(retriever_config, source))
-
+    retrievers, retriever_time = {}, None
+    if sources:  # the retriever of candidate_source, or the prior of prior_model
+        retrievers, retriever_time = _timed(lambda: {key: prepare_retriever(source_configs[key], source)
+                                                     for key, source in sources.items()})
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_obj, trainer = _build_model_and_trainer(config, model, train_data, retriever, logger)
+    model_obj, trainer = _build_model_and_trainer(config, model, train_data, logger)
+    if "candidate_source" in retrievers:
+        trainer.use_retriever(retrievers["candidate_source"])
+    if "prior_model" in retrievers:
+        trainer.use_prior(Fusion(retrievers["prior_model"].model, config["prior_weight"]))
+    return Built(config, train_data, valid_data, test_data, model_obj, trainer, logger, retriever_time)
+
+
+def fit_and_test(built: Built, saved: bool = True) -> RunResult:
+    """Fit the model (LRGD: choose its demonstrations), test it, log and return the result."""
+    config, trainer, logger, is_plugin = built.config, built.trainer, built.logger, isinstance(built.model, LRGD)
     (best_valid_score, best_valid_result), fit_time = _timed(lambda: trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]))
+        built.train_data, built.valid_data, saved=saved, show_progress=config["show_progress"]))
     init_seed(config["seed"], config["reproducibility"])
     test_result, eval_time = _timed(lambda: trainer.evaluate(
-        test_data, load_best_model=saved and not is_plugin, show_progress=config["show_progress"]))
+        built.test_data, load_best_model=saved and not is_plugin, show_progress=config["show_progress"]))
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
-    test_users = eval_user_count(test_data)
+    test_users = eval_user_count(built.test_data)
+    per_user = trainer.eval_collector.per_user_metrics()
+    slices = user_slices(built.train_data._dataset, built.test_data._dataset) if config["slices"] else None
+    if slices is not None:
+        for line in slice_table(per_user, slices):
+            logger.info(line)
     logger.info(f"fit time {fit_time:.1f}s, test time {eval_time:.1f}s, test users {test_users}"
-                + (f", retriever {retriever_time:.1f}s" if retriever is not None else ""))
-    return {
-        "model": config["model"], "dataset": config["dataset"],
-        "best_valid_score": best_valid_score, "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": best_valid_result, "test_result": dict(test_result or {}),
-        "fit_time": fit_time, "eval_time": eval_time, "test_users": test_users, "retriever_time": retriever_time,
-        "test_data": test_data, "model_obj": model_obj, "test_per_user": trainer.eval_collector.per_user_metrics(),
-        # candidate_source: the share of test users whose held-out item is among the retriever's top rerank_top
-        "target_in_top_n": getattr(trainer, "target_in_top_n", None),
-    }
+                + (f", retriever {built.retriever_time:.1f}s" if built.retriever_time is not None else ""))
+    lrgd = built.model if is_plugin else None
+    target_in_top_n = getattr(trainer, "target_in_top_n", None)
+    return RunResult(
+        model=config["model"], dataset=config["dataset"], test_result=dict(test_result or {}),
+        best_valid_score=best_valid_score, valid_score_bigger=config["valid_metric_bigger"],
+        best_valid_result=best_valid_result, fit_time=fit_time, eval_time=eval_time, test_users=test_users,
+        candidates=candidates_digest(built.test_data), test_per_user=per_user,
+        retriever_time=built.retriever_time, target_in_top_n=target_in_top_n,
+        rerank_top=config["rerank_top"] if target_in_top_n is not None else None,
+        demonstrations=str(lrgd.choice) if lrgd else "",
+        global_demo_users=tuple(int(u) for u in lrgd.global_demo_users) if lrgd else (),
+        fit=lrgd.fit_result if lrgd else None, score_counts=lrgd.score_counts() if lrgd else None,
+        prior_weight=None if getattr(trainer, "fusion", None) is None else float(trainer.fusion.weight),
+        slices=slices)
 
 
 def _configure_rank(config: Config, visible: Optional[str]) -> None:
@@ -156,9 +202,9 @@ def _setup_logging(config: Config, is_plugin: bool, held: List[logging.LogRecord
     return logger
 
 
-def _build_model_and_trainer(config: Config, model: str, train_data, retriever, logger: Logger) -> Tuple[Any, Any]:
-    """The model on the config's device and its Trainer (LRGD's, or RecBole's for the model), the
-    retriever of ``candidate_source`` handed to it, and per-user test metrics collected for the benchmark."""
+def _build_model_and_trainer(config: Config, model: str, train_data, logger: Logger) -> Tuple[Any, Any]:
+    """The model on the config's device and its Trainer (LRGD's, or RecBole's for the model), collecting
+    per-user test metrics for the benchmark."""
     if model in PLUGIN_MODELS:
         model_cls, trainer_cls = PLUGIN_MODELS[model]
     else:
@@ -166,8 +212,6 @@ def _build_model_and_trainer(config: Config, model: str, train_data, retriever, 
     model_obj = model_cls(config, train_data._dataset).to(config["device"])
     logger.info(model_obj, extra=FILE_ONLY)
     trainer = trainer_cls(config, model_obj)
-    if retriever is not None:
-        trainer.use_retriever(retriever)
     PerUserCollector.install(trainer)  # per-user test metrics from RecBole's own ranking, for the benchmark
     return model_obj, trainer
 

@@ -131,6 +131,7 @@ class EvalSettings(Settings):
 
     eval_users: Optional[int] = setting(integer(1, none="all users"))
     valid_users: Optional[int] = setting(integer(1, none="no validation for LRGD, all users for RecBole models"))
+    slices: bool = setting(boolean())
     candidates_file: Optional[str] = setting(text())
 
 
@@ -251,13 +252,15 @@ class OptimizerSettings(Settings):
 
 @dataclass(frozen=True)
 class RerankSettings(Settings):
-    """Re-ranking a retriever's full ranking (``rerank/``)."""
+    """Re-ranking a retriever's full ranking, and fusion with a prior model on sampled candidates (``rerank/``)."""
 
     candidate_source: Optional[str] = setting(text())
     rerank_top: int = setting(integer(1))
     rerank_blend: float = setting(number(0, 1))
     rerank_score_all: bool = setting(boolean())
     retriever_valid_users: Optional[int] = setting(integer(1, none="all users"))
+    prior_model: Optional[str] = setting(text())
+    prior_weight: Union[float, str] = setting(number(0, 1, word="auto"))
 
 
 GROUPS: Tuple[type, ...] = (EvalSettings, LLMSettings, ScorerSettings, PromptSettings, DemoSettings,

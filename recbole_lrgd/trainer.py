@@ -30,6 +30,7 @@ from recbole_lrgd.optimizer.state import score_context, state_identity
 from recbole_lrgd.optimizer.two_stage import DemoOptimizer
 from recbole_lrgd.settings import OptimizerSettings
 from recbole_lrgd.rerank.blend import misses_need_no_llm, reranked_row, top_candidates
+from recbole_lrgd.rerank.fuse import Fusion, choose_weight, user_blocks
 from recbole_lrgd.rerank.retriever import Retriever
 
 
@@ -51,10 +52,15 @@ class LRGDTrainer(Trainer):
         self.retriever: Optional[Retriever] = None  # candidate_source: full-sort loaders re-rank its top-N
         # the last full-sort evaluation's share of users whose held-out item was among their top-N candidates
         self.target_in_top_n: Optional[float] = None
+        self.fusion: Optional[Fusion] = None  # prior_model: sampled candidates' scores fused with the prior's
 
     def use_retriever(self, retriever: Retriever) -> None:
         """Evaluate full-sort loaders by re-ranking this retriever's top ``rerank_top`` (``candidate_source``)."""
         self.retriever = retriever
+
+    def use_prior(self, fusion: Fusion) -> None:
+        """Fuse sampled candidates' scores with a prior model's (``prior_model``); ``fit`` picks an ``auto`` weight."""
+        self.fusion = fusion
 
     def _build_optimizer(self, **kwargs):
         return None  # nothing to optimise with gradients
@@ -69,12 +75,30 @@ class LRGDTrainer(Trainer):
             self.optimize_demonstrations(train_data._dataset, saved, show_progress)
         if verbose:
             self.logger.info(set_color("demonstrations", "green") + f": {self.model.choice}")
+        if self.fusion is not None and self.fusion.weight == "auto":
+            self.fusion = self.fusion.with_weight(self._choose_prior_weight(valid_data, show_progress))
         if not valid_data or self.config["valid_users"] is None:
             return None, None
         self.best_valid_score, self.best_valid_result = self._valid_epoch(valid_data, show_progress=show_progress)
         if verbose:
             self.logger.info(set_color("valid result", "blue") + f": {dict(self.best_valid_result)}")
         return self.best_valid_score, self.best_valid_result
+
+    def _choose_prior_weight(self, valid_data, show_progress: bool = False) -> float:
+        """``prior_weight: auto``: the weight of ``fuse.WEIGHT_GRID`` with the best NDCG@10 on the validation users."""
+        blocks = []
+        bar = tqdm(total=eval_user_count(valid_data), ncols=100, desc=set_color("LLM scoring (prior weight)", "pink"),
+                   unit="user", disable=not show_progress)
+        with bar:
+            for interaction, *_ in valid_data:
+                llm, _ = self._score_batch(interaction, False, bar.update)
+                blocks += user_blocks(interaction[self.model.USER_ID].cpu().numpy(), llm,
+                                      self.fusion.prior_scores(interaction),
+                                      interaction[self.config["LABEL_FIELD"]].cpu().numpy())
+        weight, means = choose_weight(blocks)
+        self.logger.info(set_color("prior weight", "green") + f": auto chose {weight:g} by NDCG@10 on {len(blocks)} "
+                         "validation users (" + ", ".join(f"{w:g}: {m:.4f}" for w, m in means.items()) + ")")
+        return weight
 
     def optimize_demonstrations(self, train_dataset, saved: bool = True, show_progress: bool = False
                                 ) -> FitResult:
@@ -129,14 +153,16 @@ class LRGDTrainer(Trainer):
                     offered += self._collect_reranked(batch, bar.update)
                     continue
                 interaction, row_idx, positive_u, positive_i = batch
-                scores, zero_shot = self._score_batch(interaction, self.eval_collector.needs_zero_shot, bar.update)
+                llm, zero_shot = self._score_batch(interaction, self.eval_collector.needs_zero_shot, bar.update)
+                scores = llm if self.fusion is None else self.fusion.fuse(
+                    interaction[self.model.USER_ID].cpu().numpy(), llm, self.fusion.prior_scores(interaction))
                 scores_tensor = torch.from_numpy(scores).float().to(self.device)
                 if self.config["eval_type"] == EvaluatorType.RANKING:  # as Trainer._neg_sample_batch_eval
                     matrix = torch.full((positive_u[-1] + 1, self.tot_item_num), -np.inf, device=self.device)
                     matrix[row_idx, interaction[self.config["ITEM_ID_FIELD"]]] = scores_tensor
                     scores_tensor = matrix
                 self.eval_collector.eval_batch_collect(scores_tensor, interaction, positive_u, positive_i,
-                                                       effect_scores=None if zero_shot is None else (scores, zero_shot))
+                                                       effect_scores=None if zero_shot is None else (llm, zero_shot))
         finally:
             bar.close()
         if full_sort:

@@ -164,3 +164,13 @@ def yaml_config(**overrides):
             config.update(yaml.safe_load(f))
     config.update(overrides)
     return config
+
+
+def run_live(model: str, dataset: str, config_file_list=None, config_dict=None, saved: bool = True):
+    """``quick_start.run`` for a test that needs the run's live objects too: ``(built, result)``, where ``built``
+    holds the config, the loaders, the model and its trainer (``quick_start.Built``) and ``result`` is the
+    ``RunResult`` that ``run`` would have returned."""
+    from recbole_lrgd import quick_start
+
+    built = quick_start.build(model, dataset, config_file_list, config_dict)
+    return built, quick_start.fit_and_test(built, saved)

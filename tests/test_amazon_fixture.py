@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import run_live
+
 from recbole_lrgd.config import build_config
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.quick_start import run
@@ -98,11 +100,11 @@ def test_amazon_beauty_loads_by_name_with_raw_titles_and_5_core(amazon_beauty, t
     assert config["eval_args"]["mode"] == {"valid": "uni19", "test": "uni19"} and config["eval_args"]["order"] == "TO"
     assert config["eval_args"]["split"] == {"LS": "valid_and_test"} and config["title_field"] == "title"
 
-    result = run("LRGD", "amazon-beauty", config_dict=_cfg(data_path, llm_path=tiny_llm_dir, demo_mode="random",
-                                                           score_cache=False, max_title_tokens=None, **FIVE_CORE),
-                 saved=False)  # whole titles: the tiny LLM's tokens are bytes, so a 32-token cap cuts at 32 bytes
-    model = result["model_obj"]
-    ds = result["test_data"]._dataset
+    built, result = run_live("LRGD", "amazon-beauty", config_dict=_cfg(
+        data_path, llm_path=tiny_llm_dir, demo_mode="random", score_cache=False, max_title_tokens=None, **FIVE_CORE),
+        saved=False)  # whole titles: the tiny LLM's tokens are bytes, so a 32-token cap cuts at 32 bytes
+    model = built.model
+    ds = built.test_data._dataset
     core = _core(inter)
     raw_items = ds.field2id_token[ds.iid_field]
     assert set(raw_items[1:]) == set(core.item)  # RecBole's 5-core equals the iterative 5-core
@@ -112,15 +114,15 @@ def test_amazon_beauty_loads_by_name_with_raw_titles_and_5_core(amazon_beauty, t
     title_of = dict(zip(items.item, items.title))
     for iid in range(1, len(raw_items)):  # whole raw strings, not split into words
         assert model.titles[iid] == title_of[raw_items[iid]]
-    assert result["test_users"] == 12
-    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    assert result.test_users == 12
+    assert 0.0 <= result.test_result["ndcg@10"] <= 1.0
 
 
 def test_a_recbole_baseline_runs_on_the_same_files(amazon_beauty):
     data_path, inter, _, _ = amazon_beauty
-    result = run("Pop", "amazon-beauty", config_dict=_cfg(data_path), saved=False)
-    assert result["test_users"] == 12
-    for cands in result["test_data"].candidate_sets().values():
+    built, result = run_live("Pop", "amazon-beauty", config_dict=_cfg(data_path), saved=False)
+    assert result.test_users == 12
+    for cands in built.test_data.candidate_sets().values():
         assert len(np.unique(cands)) == 20
 
 

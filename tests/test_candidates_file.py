@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import install_stub_scorer
+from conftest import install_stub_scorer, run_live
 
 from recbole_lrgd.data.candidates import read_candidates_file
 from recbole_lrgd.errors import LRGDError
@@ -45,8 +45,9 @@ def _write_file(tmp_path, hist, users, n_items=40):
     return str(path), expected
 
 
-def _raw_sets(result):
-    data = result["test_data"]
+def _raw_sets(built):
+    """raw user -> raw candidate items, from a run's test loader (``built.test_data``)."""
+    data = built.test_data
     ds = data._dataset
     users, items = ds.field2id_token[ds.uid_field], ds.field2id_token[ds.iid_field]
     return {users[uid]: [items[i] for i in cands] for uid, cands in data.candidate_sets().items()}
@@ -64,19 +65,19 @@ def test_every_model_ranks_exactly_the_files_candidates(tiny_data, tiny_llm_dir,
 
     install_stub_scorer(monkeypatch, oracle)
     cfg = _cfg(tiny_data, candidates_file=path)
-    lrgd = run("LRGD", "tiny", config_dict={**cfg, "llm_path": tiny_llm_dir, "demo_mode": "none"}, saved=False)
-    pop = run("Pop", "tiny", config_dict=cfg, saved=False)
-    sasrec = run("SASRec", "tiny", config_dict=cfg, saved=True)
-    for result in (lrgd, pop, sasrec):
-        assert result["test_users"] == len(users)
-        sets = _raw_sets(result)
+    lrgd = run_live("LRGD", "tiny", config_dict={**cfg, "llm_path": tiny_llm_dir, "demo_mode": "none"}, saved=False)
+    pop = run_live("Pop", "tiny", config_dict=cfg, saved=False)
+    sasrec = run_live("SASRec", "tiny", config_dict=cfg, saved=True)
+    for built, result in (lrgd, pop, sasrec):
+        assert result.test_users == len(users)
+        sets = _raw_sets(built)
         assert set(sets) == set(users)
         for u in users:
             assert sets[u] == expected[u]  # target first, then the file's first 19 non-target ids in order
     titles = {f"i{j}": f"The Item Number {j}" for j in range(40)}
     assert sorted(seen) == sorted(sorted(titles[i] for i in expected[u]) for u in users)
-    assert lrgd["test_result"]["hit@1"] == pytest.approx(1.0)
-    assert 0.0 <= pop["test_result"]["ndcg@10"] <= 1.0 and 0.0 <= sasrec["test_result"]["ndcg@10"] <= 1.0
+    assert lrgd[1].test_result["hit@1"] == pytest.approx(1.0)
+    assert 0.0 <= pop[1].test_result["ndcg@10"] <= 1.0 and 0.0 <= sasrec[1].test_result["ndcg@10"] <= 1.0
 
 
 def test_a_bad_id_is_an_error_naming_the_line(tiny_data, tmp_path):
@@ -156,10 +157,10 @@ def test_published_data_loads_as_published_and_a_rare_item_is_a_candidate(tmp_pa
         lines.append(f"{u}\t{' '.join(others)}")
     path = tmp_path / "games.random"
     path.write_text("\n".join(lines) + "\n")
-    result = run("Pop", name, config_dict=_cfg(str(tmp_path), candidates_file=str(path)), saved=False)
-    ds = result["test_data"]._dataset
+    built, _ = run_live("Pop", name, config_dict=_cfg(str(tmp_path), candidates_file=str(path)), saved=False)
+    ds = built.test_data._dataset
     assert ds.item_num - 1 == len(counts) and ds.user_num - 1 == len(hist)  # every published user and item
-    sets = _raw_sets(result)
+    sets = _raw_sets(built)
     assert set(sets) == set(named) and all(named[u] in sets[u] and counts[named[u]] < 5 for u in named)
 
 
@@ -174,11 +175,11 @@ def test_negatives_the_user_interacted_with_are_kept_with_a_warning(tiny_data, t
         expected[u] = [hist[u][-1]] + [i for i in own + ids[len(own):] if i != hist[u][-1]][:19]
     open(path, "w").write("\n".join(lines) + "\n")
     with caplog.at_level("WARNING"):
-        result = run("Pop", "tiny", config_dict=_cfg(tiny_data, candidates_file=path), saved=False)
+        built, _ = run_live("Pop", "tiny", config_dict=_cfg(tiny_data, candidates_file=path), saved=False)
     assert [r.getMessage() for r in caplog.records if "among their negatives" in r.getMessage()] == [
         f"candidates_file {path}: 2 of 3 users have items they interacted with among their negatives "
         "(3 of 57 negatives), which their metrics count as wrong answers"]
-    assert _raw_sets(result) == {u: expected[u] for u in ("u1", "u2", "u4")}  # kept as the file gives them
+    assert _raw_sets(built) == {u: expected[u] for u in ("u1", "u2", "u4")}  # kept as the file gives them
 
 
 def test_eval_users_is_a_seeded_sample_of_the_files_users_the_same_for_every_model(tiny_data, tiny_llm_dir,
@@ -188,10 +189,11 @@ def test_eval_users_is_a_seeded_sample_of_the_files_users_the_same_for_every_mod
     path, expected = _write_file(tmp_path, hist, users)
     install_stub_scorer(monkeypatch, lambda prompt, target: np.array([float(c == target) for c in prompt.candidates]))
     cfg = _cfg(tiny_data, candidates_file=path, eval_users=3)
-    lrgd = run("LRGD", "tiny", config_dict={**cfg, "llm_path": tiny_llm_dir, "demo_mode": "none"}, saved=False)
-    pop = run("Pop", "tiny", config_dict=cfg, saved=False)
+    lrgd, _ = run_live("LRGD", "tiny", config_dict={**cfg, "llm_path": tiny_llm_dir, "demo_mode": "none"},
+                       saved=False)
+    pop, _ = run_live("Pop", "tiny", config_dict=cfg, saved=False)
     sampled = _raw_sets(lrgd)
     assert len(sampled) == 3 and set(sampled) < set(users) and _raw_sets(pop) == sampled
     assert all(sampled[u] == expected[u] for u in sampled)
-    every = run("Pop", "tiny", config_dict={**cfg, "eval_users": None}, saved=False)
+    every, _ = run_live("Pop", "tiny", config_dict={**cfg, "eval_users": None}, saved=False)
     assert set(_raw_sets(every)) == set(users)

@@ -10,7 +10,9 @@ import recbole_lrgd.quick_start as quick_start
 from recbole_lrgd.benchmark.run import main, run_benchmark
 from recbole_lrgd.benchmark.store import config_hash
 from recbole_lrgd.benchmark.variants import VARIANTS
+from recbole_lrgd.data.candidates import candidates_digest
 from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.results import RunResult
 
 
 def _cfg(data_path, llm_dir):
@@ -98,8 +100,11 @@ def _fake_run(model, dataset, config_file_list=None, config_dict=None, saved=Tru
         def candidate_sets(self):
             return {1: [1, 2, 3]}
 
-    return {"test_result": {"hit@1": 0.5, "hit@5": 0.75, "hit@10": 1.0, "ndcg@5": 0.6, "ndcg@10": 0.6,
-                            "mrr@10": 0.55}, "fit_time": 1.0, "eval_time": 2.0, "test_users": 4, "test_data": Data()}
+    return RunResult(model=model, dataset=dataset,
+                     test_result={"hit@1": 0.5, "hit@5": 0.75, "hit@10": 1.0, "ndcg@5": 0.6, "ndcg@10": 0.6,
+                                  "mrr@10": 0.55},
+                     best_valid_score=None, valid_score_bigger=True, best_valid_result=None,
+                     fit_time=1.0, eval_time=2.0, test_users=4, candidates=candidates_digest(Data()))
 
 
 def test_a_failing_variant_is_reported_not_stored_and_the_rest_run(tmp_path, monkeypatch, capsys):

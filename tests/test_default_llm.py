@@ -12,10 +12,10 @@ def test_default_llm_on_ml100k_is_deterministic(tmp_path, monkeypatch):
            "state": "WARNING", "score_cache": False}  # the second run must really score
     first = run("LRGD", "ml-100k", config_dict=cfg, saved=False)
     second = run("LRGD", "ml-100k", config_dict=cfg, saved=False)
-    assert first["test_users"] == 4
-    assert first["test_result"] == second["test_result"]
-    assert first["model_obj"].global_demo_users == second["model_obj"].global_demo_users
-    assert 0.0 <= first["test_result"]["ndcg@10"] <= 1.0
+    assert first.test_users == 4
+    assert first.test_result == second.test_result
+    assert first.global_demo_users == second.global_demo_users
+    assert 0.0 <= first.test_result["ndcg@10"] <= 1.0
 
 
 def test_default_llm_cached_scores_equal_naive_scores():

@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from conftest import yaml_config
+from conftest import run_live, yaml_config
 
 from recbole_lrgd.config import build_config
 from recbole_lrgd.data.demonstrations import DemonstrationPool
@@ -16,7 +16,6 @@ from recbole_lrgd.llm.tiny import make_tokenizer
 from recbole_lrgd.model.ranker import ICLRanker
 from recbole_lrgd.optimizer.state import score_context
 from recbole_lrgd.settings import SCORE_KEYS, DemoSettings, PromptSettings
-from recbole_lrgd.quick_start import run
 from recbole_lrgd.validate import check_values
 
 TOK = make_tokenizer()
@@ -165,7 +164,8 @@ def test_build_config_checks_the_format(tiny_data, tiny_llm_dir):
 
 
 def _run(tiny_data, tiny_llm_dir, monkeypatch, **extra):
-    """A tiny-LLM run with the score cache on; returns the result and every (prompt text, scores) scored."""
+    """A tiny-LLM run with the score cache on; returns its live objects (``quick_start.Built``), its result and every
+    (prompt text, scores) scored."""
     scored = []
     original = ICLRanker.score
 
@@ -178,24 +178,24 @@ def _run(tiny_data, tiny_llm_dir, monkeypatch, **extra):
            "llm_path": tiny_llm_dir, "state": "WARNING", "demo_mode": "random", "score_cache": True, **extra}
     with monkeypatch.context() as patch:
         patch.setattr(ICLRanker, "score", spy)
-        return run("LRGD", "tiny", config_dict=cfg, saved=False), scored
+        return (*run_live("LRGD", "tiny", config_dict=cfg, saved=False), scored)
 
 
 def test_listed_run_scores_differ_from_next_item_and_repeat_exactly(tiny_data, tiny_llm_dir, monkeypatch):
     """The score cache's keys are the prompts' token ids: a listed run finds none of next_item's scores,
     and a second listed run (the same seeded others, the same prompts) finds all of its own."""
-    base, base_scored = _run(tiny_data, tiny_llm_dir, monkeypatch)
-    listed, listed_scored = _run(tiny_data, tiny_llm_dir, monkeypatch, demo_format="listed")
-    again, again_scored = _run(tiny_data, tiny_llm_dir, monkeypatch, demo_format="listed")
+    base_built, _, base_scored = _run(tiny_data, tiny_llm_dir, monkeypatch)
+    listed_built, listed, listed_scored = _run(tiny_data, tiny_llm_dir, monkeypatch, demo_format="listed")
+    again_built, again, again_scored = _run(tiny_data, tiny_llm_dir, monkeypatch, demo_format="listed")
     assert len(listed_scored) == len(base_scored) > 0
     assert all("Chose: " in text and "Next item: " not in text for text, _ in listed_scored)
     assert all("Next item: " in text and "Chose: " not in text for text, _ in base_scored)
     assert [s for _, s in base_scored] != [s for _, s in listed_scored]
-    assert listed["model_obj"].score_counts().cache_hits == 0  # not one next_item key reused
-    assert again["model_obj"].score_counts().cache_misses == 0
-    assert again_scored == listed_scored and again["test_result"] == listed["test_result"]
+    assert listed.score_counts.cache_hits == 0  # not one next_item key reused
+    assert again.score_counts.cache_misses == 0
+    assert again_scored == listed_scored and again.test_result == listed.test_result
     # the optimizer's state identity too
     assert {"demo_format", "demo_negatives"} <= set(SCORE_KEYS)
-    contexts = [score_context(r["model_obj"].config) for r in (base, listed, again)]
+    contexts = [score_context(built.model.config) for built in (base_built, listed_built, again_built)]
     assert contexts[0] != contexts[1] == contexts[2]
-    assert listed["model_obj"].ranker.settings.demo_format == "listed"  # LRGD passes the config on
+    assert listed_built.model.ranker.settings.demo_format == "listed"  # LRGD passes the config on

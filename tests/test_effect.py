@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import install_stub_scorer
+from conftest import install_stub_scorer, run_live
 
 from recbole_lrgd.evaluator.effect import effect_per_user, fit_temperature, listwise_loss, target_first
 from recbole_lrgd.quick_start import run
@@ -34,12 +34,16 @@ def test_fitted_temperature_scales_with_the_scores():
     assert listwise_loss(scores, t1).mean() <= listwise_loss(scores, 1.5 * t1).mean()
 
 
-def _run(tiny_data, tiny_llm_dir, **extra):
+def _cfg(tiny_data, tiny_llm_dir, **extra):
     cfg = {"data_path": tiny_data, "eval_users": 12, "show_progress": False, "use_gpu": False,
            "eval_batch_size": 100, "llm_path": tiny_llm_dir, "state": "WARNING", "num_demos": 2,
            "metrics": ["Hit", "NDCG", "MRR", "EffectD"]}
     cfg.update(extra)
-    return run("LRGD", "tiny", config_dict=cfg, saved=False)
+    return cfg
+
+
+def _run(tiny_data, tiny_llm_dir, **extra):
+    return run("LRGD", "tiny", config_dict=_cfg(tiny_data, tiny_llm_dir, **extra), saved=False)
 
 
 def _demo_shift(delta):
@@ -52,29 +56,29 @@ def _demo_shift(delta):
 @pytest.mark.parametrize("delta", [2.0, -1.5])
 def test_effectd_through_recbole_matches_the_analytic_value(tiny_data, tiny_llm_dir, monkeypatch, delta):
     install_stub_scorer(monkeypatch, _demo_shift(delta))
-    result = _run(tiny_data, tiny_llm_dir, demo_mode="random")["test_result"]
+    result = _run(tiny_data, tiny_llm_dir, demo_mode="random").test_result
     assert result["effectd"] == pytest.approx(analytic_effect(delta), abs=1e-4)
     assert result["effectd_pos"] == (1.0 if delta > 0 else 0.0)
 
 
 def test_zero_shot_mode_gives_exactly_zero(tiny_data, tiny_llm_dir, monkeypatch):
     install_stub_scorer(monkeypatch, _demo_shift(2.0))
-    result = _run(tiny_data, tiny_llm_dir, demo_mode="none")["test_result"]
+    result = _run(tiny_data, tiny_llm_dir, demo_mode="none").test_result
     assert result["effectd"] == 0.0 and result["effectd_pos"] == 0.0
 
 
 def test_effectd_as_valid_metric(tiny_data, tiny_llm_dir, monkeypatch):
     install_stub_scorer(monkeypatch, _demo_shift(1.0))
     result = _run(tiny_data, tiny_llm_dir, demo_mode="random", valid_metric="EffectD", valid_users=6)
-    assert result["best_valid_score"] == pytest.approx(analytic_effect(1.0), abs=1e-4)
-    assert result["best_valid_result"]["effectd"] == result["best_valid_score"]
+    assert result.best_valid_score == pytest.approx(analytic_effect(1.0), abs=1e-4)
+    assert result.best_valid_result["effectd"] == result.best_valid_score
 
 
 def test_baselines_skip_effectd(tiny_data):
     result = run("Pop", "tiny", config_dict={"data_path": tiny_data, "eval_users": 12, "use_gpu": False,
                                               "state": "WARNING", "metrics": ["Hit", "EffectD"],
                                               "valid_metric": "EffectD"}, saved=False)
-    assert "effectd" not in result["test_result"] and "hit@10" in result["test_result"]
+    assert "effectd" not in result.test_result and "hit@10" in result.test_result
 
 
 def test_probe_effects_use_training_targets_and_never_the_probe_itself(tiny_data, tiny_llm_dir):
@@ -83,8 +87,9 @@ def test_probe_effects_use_training_targets_and_never_the_probe_itself(tiny_data
     from recbole_lrgd.data.probes import make_probes
     from recbole_lrgd.optimizer.probe_effect import probe_effects, single_demonstration_effects
 
-    result = _run(tiny_data, tiny_llm_dir, demo_mode="random", eval_users=2)
-    ranker = result["model_obj"].ranker
+    built, _ = run_live("LRGD", "tiny", config_dict=_cfg(tiny_data, tiny_llm_dir, demo_mode="random", eval_users=2),
+                        saved=False)
+    ranker = built.model.ranker
     probes = make_probes(ranker.pool, n_users=4, n_negatives=9, item_num=len(ranker.titles), seed=0)
     assert len(probes) == 4 and all(len(p.candidates) == 10 for p in probes)
     for p in probes:

@@ -171,11 +171,11 @@ def _run(tiny_data, tiny_llm_dir, **extra):
 
 def test_generate_run_end_to_end_returns_the_parse_failure_rate(tiny_data, tiny_llm_dir):
     result = _run(tiny_data, tiny_llm_dir)
-    counts = result["model_obj"].score_counts()
+    counts = result.score_counts
     assert counts.generated_prompts == 8
-    assert result["test_result"]["generate_parse_failure"] == counts.failed_prompts / 8
-    assert result["test_result"]["generate_unparsed"] == counts.unparsed_candidates / 160
-    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    assert result.test_result["generate_parse_failure"] == counts.failed_prompts / 8
+    assert result.test_result["generate_unparsed"] == counts.unparsed_candidates / 160
+    assert 0.0 <= result.test_result["ndcg@10"] <= 1.0
 
 
 def test_parse_failure_rates_count_prompts_and_candidates(tiny_data, tiny_llm_dir, monkeypatch):
@@ -185,5 +185,5 @@ def test_parse_failure_rates_count_prompts_and_candidates(tiny_data, tiny_llm_di
     outputs = iter(["1", "no idea"] * 5)
     monkeypatch.setattr(GenerateScorer, "generate", lambda self, prefix, suffix: next(outputs))
     result = _run(tiny_data, tiny_llm_dir, eval_users=10)
-    assert result["test_result"]["generate_parse_failure"] == pytest.approx(0.5)
-    assert result["test_result"]["generate_unparsed"] == pytest.approx(195 / 200)
+    assert result.test_result["generate_parse_failure"] == pytest.approx(0.5)
+    assert result.test_result["generate_unparsed"] == pytest.approx(195 / 200)

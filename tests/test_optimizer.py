@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import StubScorer, yaml_config
+from conftest import StubScorer, run_live, yaml_config
 
 from recbole_lrgd.model import lrgd
 from recbole_lrgd.optimizer.objective import Evaluation, copy_bias, drift, redundancy, robust_effect
@@ -56,17 +56,28 @@ def stub(monkeypatch, tiny_llm, tiny_llm_dir):
     return holder
 
 
-def _fit(tiny_data, **extra):
+def _fit_cfg(tiny_data, **extra):
     cfg = {"llm_path": LLM_PATH[0], "data_path": tiny_data, "eval_users": 3, "show_progress": False, "use_gpu": False,
            "eval_batch_size": 100, "state": "WARNING", "demo_mode": "lrgd", "num_demos": 2,
            "pool_size": 10, "probe_users": 8, "probe_negatives": 5, "perturb_num": 1, "lambda_redundancy": 0.0,
            "lambda_copy": 0.0, "lambda_reg": 0.0, "stage2_steps": 6, "stage2_patience": 6}
     cfg.update(extra)
-    return run("LRGD", "tiny", config_dict=cfg, saved=False)
+    return cfg
+
+
+def _fit(tiny_data, **extra):
+    """The run's ``RunResult``."""
+    return run("LRGD", "tiny", config_dict=_fit_cfg(tiny_data, **extra), saved=False)
+
+
+def _fit_live(tiny_data, **extra):
+    """The run's live objects (``quick_start.Built``: the fitted model) and its ``RunResult``."""
+    return run_live("LRGD", "tiny", config_dict=_fit_cfg(tiny_data, **extra), saved=False)
 
 
 def _chosen(result):
-    return list(result["model_obj"].choice.specs)
+    """The demonstrations the fit chose, as the model shows them (``LRGD.use_demonstrations(fit.choice)``)."""
+    return list(result.fit.choice.specs)
 
 
 def _optimizer(model):
@@ -82,13 +93,14 @@ def _targets(model):
 
 
 def test_stage1_picks_the_known_good_demonstrations(tiny_data, stub):
-    result = _fit(tiny_data, lrgd_stages=1)
-    model = result["model_obj"]
-    assert model.demo_mode == "lrgd" and len(model.global_demo_users) == 2
+    built, result = _fit_live(tiny_data, lrgd_stages=1)
+    model = built.model
+    assert model.demo_mode == "lrgd" and len(result.global_demo_users) == 2
+    assert list(result.global_demo_users) == model.global_demo_users == [u for u, _ in _chosen(result)]
     targets = _targets(model)
     opt = _optimizer(model)
     best = sorted((quality(targets[u]) for u in opt.pool_users), reverse=True)[:2]
-    assert sorted((quality(targets[u]) for u in model.global_demo_users), reverse=True) == best
+    assert sorted((quality(targets[u]) for u in result.global_demo_users), reverse=True) == best
     assert best[0] > 0  # the test means something: the pool holds good demonstrations ...
     assert min(quality(targets[u]) for u in opt.pool_users) < 0  # ... and bad ones
 
@@ -125,7 +137,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_set(tiny_data, stub, 
     stub["scorer"] = QualityStub(tiny_llm[1])
     again = _fit(tiny_data, demo_state_file=path)  # a finished state: reused, fit scores nothing
     assert _chosen(again) == _chosen(full)
-    assert stub["scorer"].calls == again["test_users"]  # one prompt per test user, none for fit
+    assert stub["scorer"].calls == again.test_users  # one prompt per test user, none for fit
 
 
 def test_a_resumed_fit_restores_the_probes_zero_shot_scores(tiny_data, stub, tiny_llm, tmp_path, monkeypatch):
@@ -170,7 +182,7 @@ def test_fallback_to_zero_shot_when_every_set_hurts_the_probes(tiny_data, stub, 
     fallen = _fit(tiny_data, demo_state_file=path, lrgd_stages=1, fallback_zero_shot=True)
     assert _chosen(fallen) == [] and json.load(open(path))["chosen"] == []  # the same finished fit, reused
     assert shown and all(not p.demonstrations for p in shown)  # only the test users, each zero-shot
-    assert len(shown) == fallen["test_users"]
+    assert len(shown) == fallen.test_users
     stub["scorer"] = QualityStub(tiny_llm[1])  # some demonstrations help: the fallback leaves the set
     assert len(_chosen(_fit(tiny_data, lrgd_stages=1, fallback_zero_shot=True))) == 2
 
@@ -295,10 +307,11 @@ def test_perturbations_and_regularizers():
 
 
 def test_per_user_scope_optimizes_a_library_users_retrieve_from(tiny_data, stub):
-    result = _fit(tiny_data, lrgd_stages=1, lrgd_scope="per_user", library_size=4)
-    model = result["model_obj"]
+    built, result = _fit_live(tiny_data, lrgd_stages=1, lrgd_scope="per_user", library_size=4)
+    model = built.model
     library = model.choice.users
-    assert model.choice.per_user and model.global_demo_users == [] and len(library) == 4
+    assert model.choice == result.fit.choice and result.fit.per_user  # the model shows what the fit chose
+    assert model.choice.per_user and result.global_demo_users == () and len(library) == 4
     targets = _targets(model)
     opt = _optimizer(model)
     best = sorted((quality(targets[u]) for u in opt.pool_users), reverse=True)[:4]
@@ -309,8 +322,8 @@ def test_per_user_scope_optimizes_a_library_users_retrieve_from(tiny_data, stub)
 
 
 def test_token_budget_bounds_the_chosen_set(tiny_data, stub):
-    result = _fit(tiny_data, demo_token_budget=250)
-    model = result["model_obj"]
+    built, result = _fit_live(tiny_data, demo_token_budget=250)
+    model = built.model
     opt = _optimizer(model)
     chosen = _chosen(result)
     assert 0 < opt.demo_tokens(chosen) <= 250
@@ -322,7 +335,7 @@ def _reused(stub, tiny_llm, tiny_data, path, **extra):
     """Fit again with a fresh stub: True when the saved finished state was reused (fit scored nothing)."""
     stub["scorer"] = QualityStub(tiny_llm[1])
     result = _fit(tiny_data, demo_state_file=path, **extra)
-    return stub["scorer"].calls == result["test_users"]
+    return stub["scorer"].calls == result.test_users
 
 
 def test_state_is_not_reused_where_auto_resolves_to_another_dtype(tiny_data, stub, tiny_llm, tmp_path, monkeypatch):
@@ -376,8 +389,7 @@ def test_warm_started_stage2_can_swap_a_demonstration(tiny_data, stub, tiny_llm,
     """The warm start keeps the saved pool scores, so stage 2 can swap in a better pool demonstration
     (without them it could only shorten histories, which this stub's scores ignore)."""
     path = str(tmp_path / "state.json")
-    first = _fit(tiny_data, demo_state_file=path)
-    model = first["model_obj"]
+    model = _fit_live(tiny_data, demo_state_file=path)[0].model
     state = json.load(open(path))
     worth = {int(u): quality(_targets(model)[int(u)]) for u in state["pool_scores"]}
     worst = sorted(worth, key=lambda u: (worth[u], u))[:2]
@@ -413,7 +425,7 @@ def test_probe_scoring_is_one_batched_call_per_set(tiny_data, stub):
     one more (once); ``probe_effects`` scores its with-demonstration prompts in one call too."""
     from recbole_lrgd.optimizer.probe_effect import probe_effects
 
-    model = _fit(tiny_data, lrgd_stages=1)["model_obj"]
+    model = _fit_live(tiny_data, lrgd_stages=1)[0].model
     opt = _optimizer(model)
     scorer, calls = stub["scorer"], []
     scorer.score_many = lambda prompts: calls.append(len(prompts)) or [scorer.score(p) for p in prompts]

@@ -2,10 +2,9 @@
 import numpy as np
 import pytest
 import torch
-from conftest import install_stub_scorer
+from conftest import install_stub_scorer, run_live
 
 from recbole_lrgd.evaluator.per_user import ndcg_at, paired_bootstrap
-from recbole_lrgd.quick_start import run
 
 
 def test_paired_bootstrap_known_answers():
@@ -26,14 +25,15 @@ def _cfg(tiny_data, **extra):
             "show_progress": False, "score_cache": False, **extra}
 
 
-def _assert_means_are_recboles(result):
-    """Every per-user metric covers the test users, and its mean is RecBole's reported value."""
-    per_user = result["test_per_user"]
+def _assert_means_are_recboles(built, result):
+    """Every per-user metric covers the test users (of ``built.test_data``), and its mean is RecBole's reported
+    value."""
+    per_user = result.test_per_user
     assert set(per_user) == KEYS
-    users = set(result["test_data"].uid_list.tolist())
+    users = set(built.test_data.uid_list.tolist())
     for key, values in per_user.items():
         assert set(values) == users
-        assert round(float(np.mean(list(values.values()))), 4) == result["test_result"][key], key
+        assert round(float(np.mean(list(values.values()))), 4) == result.test_result[key], key
 
 
 def _target_rank(title: str) -> int:
@@ -53,14 +53,15 @@ def test_lrgd_per_user_metrics_come_from_recboles_evaluation(tiny_data, tiny_llm
         return np.array([-_target_rank(target) + 0.5 if c == target else order[c] for c in prompt.candidates])
 
     install_stub_scorer(monkeypatch, score)
-    result = run("LRGD", "tiny", config_dict=_cfg(tiny_data, llm_path=tiny_llm_dir, demo_mode="none"), saved=False)
-    _assert_means_are_recboles(result)
-    ndcg = result["test_per_user"]["ndcg@10"]
+    built, result = run_live("LRGD", "tiny", config_dict=_cfg(tiny_data, llm_path=tiny_llm_dir, demo_mode="none"),
+                             saved=False)
+    _assert_means_are_recboles(built, result)
+    ndcg = result.test_per_user["ndcg@10"]
     if case == "ties":  # counting ties against the target (the old second pass) would give 0 for every user
-        assert result["test_result"]["ndcg@10"] > 0 and len(set(ndcg.values())) > 1
+        assert result.test_result["ndcg@10"] > 0 and len(set(ndcg.values())) > 1
     else:
-        ds = result["test_data"]._dataset
-        titles = result["model_obj"].titles
+        ds = built.test_data._dataset
+        titles = built.model.titles
         targets = dict(zip(ds.inter_feat[ds.uid_field].tolist(), ds.inter_feat[ds.iid_field].tolist()))
         expected = {u: 1 / np.log2(_target_rank(titles[targets[u]]) + 2) for u in ndcg}
         assert ndcg == pytest.approx(expected) and len(set(expected.values())) > 2
@@ -68,9 +69,9 @@ def test_lrgd_per_user_metrics_come_from_recboles_evaluation(tiny_data, tiny_llm
 
 def test_baseline_per_user_metrics_come_from_recboles_evaluation(tiny_data):
     """Pop scores by interaction count, so candidates tie; its per-user values are RecBole's too."""
-    result = run("Pop", "tiny", config_dict=_cfg(tiny_data), saved=False)
-    _assert_means_are_recboles(result)
-    model, data = result["model_obj"], result["test_data"]
+    built, result = run_live("Pop", "tiny", config_dict=_cfg(tiny_data), saved=False)
+    _assert_means_are_recboles(built, result)
+    model, data = built.model, built.test_data
     counts = [model.item_cnt[torch.as_tensor(c)].flatten() for c in data.candidate_sets().values()]
     assert any(len(torch.unique(c)) < len(c) for c in counts)  # ties among some user's candidates
 

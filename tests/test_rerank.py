@@ -7,6 +7,8 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
+from conftest import run_live
+
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.model.ranker import ICLRanker
 from recbole_lrgd.quick_start import run
@@ -24,9 +26,12 @@ def _cfg(data_path, **extra):
     return cfg
 
 
+def _lrgd_cfg(data_path, llm_dir, source, **extra):
+    return _cfg(data_path, llm_path=llm_dir, candidate_source=source, demo_mode="none", **extra)
+
+
 def _lrgd(data_path, llm_dir, source, **extra):
-    return run("LRGD", "tiny", config_dict=_cfg(data_path, llm_path=llm_dir, candidate_source=source,
-                                                demo_mode="none", **extra), saved=False)
+    return run("LRGD", "tiny", config_dict=_lrgd_cfg(data_path, llm_dir, source, **extra), saved=False)
 
 
 @pytest.fixture
@@ -70,9 +75,9 @@ def test_keeping_the_retrievers_order_gives_recboles_own_full_sort_metrics(tiny_
         seen["llm"] = _as_retriever
     lrgd = _lrgd(tiny_data, tiny_llm_dir, source, rerank_blend=1.0 if how.startswith("rerank") else 0.0,
                  rerank_score_all=True)
-    assert reference["test_users"] == lrgd["test_users"] == 12  # eval_users: the same seeded sample in full mode
-    assert lrgd["test_result"] == reference["test_result"]
-    assert lrgd["test_per_user"] == reference["test_per_user"] and len(lrgd["test_per_user"]["ndcg@10"]) == 12
+    assert reference.test_users == lrgd.test_users == 12  # eval_users: the same seeded sample in full mode
+    assert lrgd.test_result == reference.test_result
+    assert lrgd.test_per_user == reference.test_per_user and len(lrgd.test_per_user["ndcg@10"]) == 12
     if how.startswith("rerank"):
         assert seen["scored"] == {}  # ICLRanker.score_users, the LLM's only way in, was never called
     else:
@@ -94,12 +99,12 @@ def test_candidates_are_the_retrievers_top_n_without_history(tiny_data, tiny_llm
     """BPR's top 8 recomputed here from the reference run's model (RecBole's own weights), with the user's
     items but the target removed by hand from the raw data, equal LRGD's candidates in order; Pop's are the
     items of highest count in RecBole's own Pop that the user does not have (ties at the boundary either way)."""
-    reference = run("BPR", "tiny", config_dict=_cfg(tiny_data), saved=True)
+    reference, _ = run_live("BPR", "tiny", config_dict=_cfg(tiny_data), saved=True)
     _lrgd(tiny_data, tiny_llm_dir, "BPR", rerank_top=8, rerank_score_all=True)
-    ds = reference["test_data"]._dataset
+    ds = reference.test_data._dataset
     user_ids, item_ids = ds.field2token_id[ds.uid_field], ds.field2token_id[ds.iid_field]
     hist = _histories(tiny_data)
-    model = reference["model_obj"].eval()
+    model = reference.model.eval()
     assert len(seen["scored"]) == 12
     for user, (_, candidates) in seen["scored"].items():
         raw = ds.field2id_token[ds.uid_field][user]
@@ -113,7 +118,7 @@ def test_candidates_are_the_retrievers_top_n_without_history(tiny_data, tiny_llm
 
     seen["scored"].clear()
     _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_top=8, rerank_score_all=True)
-    counts = run("Pop", "tiny", config_dict=_cfg(tiny_data), saved=False)["model_obj"].item_cnt.view(-1).numpy()
+    counts = run_live("Pop", "tiny", config_dict=_cfg(tiny_data), saved=False)[0].model.item_cnt.view(-1).numpy()
     for user, (_, candidates) in seen["scored"].items():
         raw = ds.field2id_token[ds.uid_field][user]
         allowed = set(range(1, ds.item_num)) - {item_ids[i] for i in hist[raw][:-1]}
@@ -123,8 +128,9 @@ def test_candidates_are_the_retrievers_top_n_without_history(tiny_data, tiny_llm
 
 def test_a_sequential_retriever_offers_no_history_item_either(tiny_data, tiny_llm_dir, seen):
     """RecBole's own SASRec full sort keeps the user's history; the retriever drops it for every model."""
-    result = _lrgd(tiny_data, tiny_llm_dir, "SASRec", rerank_top=30, rerank_score_all=True)
-    ds = result["test_data"]._dataset
+    built, _ = run_live("LRGD", "tiny", config_dict=_lrgd_cfg(tiny_data, tiny_llm_dir, "SASRec", rerank_top=30,
+                                                              rerank_score_all=True), saved=False)
+    ds = built.test_data._dataset
     hist = _histories(tiny_data)
     assert len(seen["scored"]) == 12
     for user, (_, candidates) in seen["scored"].items():
@@ -141,8 +147,8 @@ def test_a_target_outside_the_top_n_is_a_miss(tiny_data, tiny_llm_dir, seen):
     offered = {u: seen["target"][u] in c.tolist() for u, (_, c) in seen["scored"].items()}
     assert set(offered.values()) == {True, False}  # both kinds of user
     for k in (1, 2):
-        assert result["test_per_user"][f"recall@{k}"] == {u: float(hit) for u, hit in offered.items()}
-        assert result["test_per_user"][f"mrr@{k}"] == {u: float(hit) for u, hit in offered.items()}
+        assert result.test_per_user[f"recall@{k}"] == {u: float(hit) for u, hit in offered.items()}
+        assert result.test_per_user[f"mrr@{k}"] == {u: float(hit) for u, hit in offered.items()}
 
 
 @pytest.mark.parametrize("blend", [0.0, 0.5])
@@ -158,7 +164,7 @@ def test_users_whose_target_is_not_offered_are_not_llm_scored_and_their_metrics_
     seen["scored"].clear()
     skipped = _lrgd(tiny_data, tiny_llm_dir, "Pop", **keys)
     assert set(seen["scored"]) == offered
-    assert skipped["test_per_user"] == every["test_per_user"] and skipped["test_result"] == every["test_result"]
+    assert skipped.test_per_user == every.test_per_user and skipped.test_result == every.test_result
     # every user is scored where the metrics could tell: a metric of the recommended items themselves, or a
     # top-k deeper than N (there ties among the retriever's scores below the N are broken by torch.topk)
     for other in ({"metrics": ["Recall", "ShannonEntropy"], "valid_metric": "Recall@4"}, {"topk": [1, 4, 5]}):
@@ -199,8 +205,8 @@ def test_the_retriever_is_trained_once(tiny_data, tiny_llm_dir, monkeypatch):
         raise AssertionError("the retriever was trained again")
 
     monkeypatch.setattr(Trainer, "fit", no_training)
-    assert _lrgd(tiny_data, tiny_llm_dir, "BPR")["test_result"] == first["test_result"]
-    assert _lrgd(tiny_data, tiny_llm_dir, cached[0])["test_result"] == first["test_result"]
+    assert _lrgd(tiny_data, tiny_llm_dir, "BPR").test_result == first.test_result
+    assert _lrgd(tiny_data, tiny_llm_dir, cached[0]).test_result == first.test_result
     with pytest.raises(AssertionError, match="trained again"):
         _lrgd(tiny_data, tiny_llm_dir, "BPR", learning_rate=0.01)
 
@@ -219,7 +225,7 @@ def test_the_retriever_stops_early_on_retriever_valid_users(tiny_data, tiny_llm_
     monkeypatch.setattr(source, "load_or_train", recording)
     _lrgd(tiny_data, tiny_llm_dir, "BPR", retriever_valid_users=5)
     _lrgd(tiny_data, tiny_llm_dir, "BPR")
-    everyone = run("BPR", "tiny", config_dict=_cfg(tiny_data, eval_users=None), saved=False)["test_users"]
+    everyone = run("BPR", "tiny", config_dict=_cfg(tiny_data, eval_users=None), saved=False).test_users
     assert seen == [(5, 5), (None, everyone)]
     assert len(glob.glob(os.path.join(tiny_data, "saved", "retriever-BPR-tiny-*.pth"))) == 2  # two trainings
 
@@ -255,8 +261,8 @@ def test_bad_rerank_settings_are_one_line_errors_before_anything_is_written(tiny
 def test_lrgd_validates_on_sampled_candidates_and_tests_on_the_full_ranking(tiny_data, tiny_llm_dir):
     result = _lrgd(tiny_data, tiny_llm_dir, "Pop", valid_users=6, eval_args={**FULL, "mode": {"valid": "uni19",
                                                                                                "test": "full"}})
-    assert result["test_users"] == 12 and set(result["best_valid_result"]) >= {"recall@10", "ndcg@10"}
-    assert result["best_valid_score"] == result["best_valid_result"]["ndcg@10"]
+    assert result.test_users == 12 and set(result.best_valid_result) >= {"recall@10", "ndcg@10"}
+    assert result.best_valid_score == result.best_valid_result["ndcg@10"]
 
 
 def test_two_processes_give_the_metrics_of_one(tmp_path, tiny_llm_dir):

@@ -15,6 +15,7 @@ from recbole_lrgd.benchmark.run import main, run_benchmark
 from recbole_lrgd.benchmark.variants import resolve_variant
 from recbole_lrgd.config import build_config
 from recbole_lrgd.errors import LRGDError
+from conftest import run_live
 from test_rerank import FULL, _histories
 
 MODELS = ["Pop", "BPR", "BPR>alone", "BPR>LRGD-zero-shot", "BPR>LRGD-zero-shot@0.5"]
@@ -122,18 +123,18 @@ def test_full_protocol_benchmark(tiny_data, tiny_llm_dir, tmp_path, monkeypatch)
     assert all(r[k] is not None for r in rows.values() for k in ("recall@10", "ndcg@10", "mrr@10"))
     assert all("hit@10" not in r and "effectd" not in r for r in rows.values())
 
-    alone = quick_start.run("LRGD", "tiny", config_dict={**cfg, "eval_args": FULL, "metrics": ["Recall", "NDCG", "MRR"],
-                                                        "topk": [10], "candidate_source": "BPR", "demo_mode": "none",
-                                                        "rerank_blend": 1.0}, saved=False)
+    built, alone = run_live("LRGD", "tiny", config_dict={**cfg, "eval_args": FULL, "metrics": ["Recall", "NDCG", "MRR"],
+                                                         "topk": [10], "candidate_source": "BPR", "demo_mode": "none",
+                                                         "rerank_blend": 1.0}, saved=False)
     metrics = ("recall@10", "ndcg@10", "mrr@10")
-    assert {k: rows["BPR>alone"][k] for k in metrics} == {k: alone["test_result"][k] for k in metrics}
+    assert {k: rows["BPR>alone"][k] for k in metrics} == {k: alone.test_result[k] for k in metrics}
     assert {k: rows["BPR>alone"][k] for k in metrics} == {k: rows["BPR"][k] for k in metrics}
     assert rows["BPR>alone"]["per_user_ndcg10"] == rows["BPR"]["per_user_ndcg10"]
 
-    dataset = alone["test_data"]._dataset
+    dataset = built.test_data._dataset
     share = _hand_count_in_top_n(tiny_data, cfg, sorted(map(int, users)), dataset.field2id_token[dataset.uid_field])
     assert 0 < share < 1  # both kinds of user
-    assert alone["target_in_top_n"] == share
+    assert alone.target_in_top_n == share
     assert [rows[v]["target_in_top_n"] for v in RERANKED] == [share] * 3  # one retriever, one top-N
     assert rows["Pop"]["target_in_top_n"] is None and rows["BPR"]["target_in_top_n"] is None
 

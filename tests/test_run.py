@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import install_stub_scorer
+from conftest import install_stub_scorer, run_live
 
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.quick_start import run
@@ -25,17 +25,17 @@ def _lrgd(tiny_data, tiny_llm_dir, **extra):
 def test_lrgd_runs_end_to_end_and_is_deterministic(tiny_data, tiny_llm_dir):
     a = _lrgd(tiny_data, tiny_llm_dir, demo_mode="random", score_cache=False)  # both runs really score
     b = _lrgd(tiny_data, tiny_llm_dir, demo_mode="random", score_cache=False)
-    assert a["test_users"] == 12
-    assert set(a["test_result"]) >= {"hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10"}
-    assert all(0.0 <= v <= 1.0 for v in a["test_result"].values())
-    assert a["test_result"] == b["test_result"]
-    assert a["model_obj"].global_demo_users == b["model_obj"].global_demo_users
+    assert a.test_users == 12
+    assert set(a.test_result) >= {"hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "mrr@10"}
+    assert all(0.0 <= v <= 1.0 for v in a.test_result.values())
+    assert a.test_result == b.test_result
+    assert a.global_demo_users == b.global_demo_users
 
 
 @pytest.mark.parametrize("mode", ["none", "nearest"])
 def test_demo_modes_run(tiny_data, tiny_llm_dir, mode):
     result = _lrgd(tiny_data, tiny_llm_dir, demo_mode=mode)
-    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    assert 0.0 <= result.test_result["ndcg@10"] <= 1.0
 
 
 @pytest.mark.parametrize("invert,expected", [(False, {"hit@1": 1.0, "mrr@10": 1.0}),
@@ -47,14 +47,16 @@ def test_metrics_are_right_when_the_answer_is_known(tiny_data, tiny_llm_dir, mon
         [float((c == target) != invert) for c in prompt.candidates]))
     result = _lrgd(tiny_data, tiny_llm_dir, demo_mode="none")
     for key, value in expected.items():
-        assert result["test_result"][key] == pytest.approx(value)
+        assert result.test_result[key] == pytest.approx(value)
 
 
 def test_baselines_and_lrgd_rank_identical_candidates(tiny_data, tiny_llm_dir):
-    lrgd = _lrgd(tiny_data, tiny_llm_dir, demo_mode="none")
-    sasrec = run("SASRec", "tiny", config_dict=_cfg(tiny_data), saved=True)
-    pop = run("Pop", "tiny", config_dict=_cfg(tiny_data), saved=False)
-    sets = [r["test_data"].candidate_sets() for r in (lrgd, sasrec, pop)]
+    lrgd = run_live("LRGD", "tiny", config_dict=_cfg(tiny_data, llm_path=tiny_llm_dir, demo_mode="none"),
+                    saved=False)
+    sasrec = run_live("SASRec", "tiny", config_dict=_cfg(tiny_data), saved=True)
+    pop = run_live("Pop", "tiny", config_dict=_cfg(tiny_data), saved=False)
+    sets = [built.test_data.candidate_sets() for built, _ in (lrgd, sasrec, pop)]
+    assert lrgd[1].candidates == sasrec[1].candidates == pop[1].candidates  # the results' digests say so too
     assert len(sets[0]) == 12
     for other in sets[1:]:
         assert other.keys() == sets[0].keys()
@@ -62,7 +64,7 @@ def test_baselines_and_lrgd_rank_identical_candidates(tiny_data, tiny_llm_dir):
             np.testing.assert_array_equal(other[uid], sets[0][uid])
     for uid, cands in sets[0].items():
         assert len(np.unique(cands)) == 20  # target + 19 distinct negatives
-    assert 0.0 <= sasrec["test_result"]["ndcg@10"] <= 1.0 and 0.0 <= pop["test_result"]["ndcg@10"] <= 1.0
+    assert 0.0 <= sasrec[1].test_result["ndcg@10"] <= 1.0 and 0.0 <= pop[1].test_result["ndcg@10"] <= 1.0
 
 
 def _assert_clean_error(tmp, match, **kwargs):

@@ -254,12 +254,15 @@ def test_unusable_location_turns_the_cache_off_with_a_warning(tmp_path, caplog):
 
 
 # -- through quick_start.run -------------------------------------------------------------------------
+def _cfg(tiny_data, tiny_llm_dir, **extra):
+    return {"data_path": tiny_data, "eval_users": 8, "show_progress": False, "use_gpu": False,
+            "eval_batch_size": 100, "num_demos": 1, "llm_path": tiny_llm_dir, "state": "WARNING", **extra}
+
+
 def _run(tiny_data, tiny_llm_dir, **extra):
     from recbole_lrgd.quick_start import run
 
-    cfg = {"data_path": tiny_data, "eval_users": 8, "show_progress": False, "use_gpu": False,
-           "eval_batch_size": 100, "num_demos": 1, "llm_path": tiny_llm_dir, "state": "WARNING", **extra}
-    return run("LRGD", "tiny", config_dict=cfg, saved=False)
+    return run("LRGD", "tiny", config_dict=_cfg(tiny_data, tiny_llm_dir, **extra), saved=False)
 
 
 def _db(tiny_data):
@@ -270,19 +273,21 @@ def test_rerun_gives_identical_metrics_from_the_cache_alone(tiny_data, tiny_llm_
     caplog.set_level(logging.INFO)
     first = _run(tiny_data, tiny_llm_dir)
     assert os.path.isfile(_db(tiny_data))
-    counts = first["model_obj"].score_counts()
+    counts = first.score_counts
     assert (counts.cache_hits, counts.cache_misses) == (0, 160)
     caplog.clear()
     second = _run(tiny_data, tiny_llm_dir)
-    assert second["test_result"] == first["test_result"]
-    counts = second["model_obj"].score_counts()
+    assert second.test_result == first.test_result
+    counts = second.score_counts
     assert (counts.cache_hits, counts.cache_misses) == (160, 0)
     assert any("160 of 160 scores cached (100.0% hits)" in r.getMessage() for r in caplog.records)
 
 
 def test_flag_off_writes_no_db_file(tiny_data, tiny_llm_dir):
-    result = _run(tiny_data, tiny_llm_dir, score_cache=False)
-    assert result["model_obj"].ranker.scorer.score_cache is None
+    from conftest import run_live
+
+    built, _ = run_live("LRGD", "tiny", config_dict=_cfg(tiny_data, tiny_llm_dir, score_cache=False), saved=False)
+    assert built.model.ranker.scorer.score_cache is None
     assert not os.path.exists(os.path.join(tiny_data, "saved", "score_cache"))
 
 
@@ -292,7 +297,7 @@ def test_run_with_a_garbage_cache_file_warns_and_works(tiny_data, tiny_llm_dir, 
     with caplog.at_level(logging.WARNING):
         result = _run(tiny_data, tiny_llm_dir)
     assert any("corrupt" in r.getMessage() for r in caplog.records)
-    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    assert 0.0 <= result.test_result["ndcg@10"] <= 1.0
     assert len(ScoreCache(_db(tiny_data))) == 160 * 3  # the fresh file took this run's scores, of each reduction
 
 

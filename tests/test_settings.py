@@ -45,7 +45,7 @@ def _other_value(spec, value):
     tries = [o for o in rule.options if o != value] if rule.options else []
     if isinstance(value, (int, float)):
         tries += [value + 1, value - 1, value / 2, value * 2]
-    tries += ["other text", 7, None]
+    tries += ["other text", 7, 0.5, None]
     for candidate in tries:
         if candidate != value and rule.ok(candidate):
             return candidate

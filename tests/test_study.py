@@ -142,7 +142,7 @@ def test_study_scores_equal_recboles_evaluation_of_the_same_demonstrations(tiny_
     result = run("LRGD", "tiny", config_dict={
         "data_path": tiny_data, "llm_path": tiny_llm_dir, "eval_users": None, "demo_mode": "random", "num_demos": 2,
         "seed": study.SEED, "score_cache": False, "show_progress": False, "use_gpu": False, "state": "WARNING"})
-    theirs = result["test_per_user"]["ndcg@10"]
+    theirs = result.test_per_user["ndcg@10"]
     assert len(theirs) == len(tiny_study.tests)
     ours = report.ndcg10(tiny_study.run(parts.random_set(0), "test", None))
     assert ours.keys() == theirs.keys()

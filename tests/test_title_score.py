@@ -196,7 +196,7 @@ def test_a_run_with_sum_scores_otherwise_than_with_mean(tiny_data, tiny_llm_dir,
                "eval_batch_size": 100, "llm_path": tiny_llm_dir, "state": "WARNING", "num_demos": 2,
                "demo_mode": "random", "metrics": ["Hit", "NDCG", "MRR"], "title_score": how}
         results[how] = run("LRGD", "tiny", config_dict=cfg, saved=False)
-        counts = results[how]["model_obj"].score_counts()
+        counts = results[how].score_counts
         assert (counts.cache_hits == 0) if how == "mean" else (counts.cache_misses == 0 < counts.cache_hits)
     mean, total = np.concatenate(recorded[0]), np.concatenate(recorded[1])
     assert mean.shape == total.shape and mean.size > 0

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import write_tiny_dataset
+from conftest import run_live, write_tiny_dataset
 
 from recbole_lrgd.config import build_config
 from recbole_lrgd.data.candidates import read_candidates_file
@@ -222,10 +222,10 @@ def test_4500_word_titles_are_capped_once_and_run_like_short_ones(base, tmp_path
     for words in (3, 4500):
         _long_title_dataset(str(tmp_path / f"w{words}"), words)
         start = time.time()
-        result = run("LRGD", "tiny", config_dict={**base, "data_path": str(tmp_path / f"w{words}"),
-                                                  "demo_mode": "random"}, saved=False)
+        built, _ = run_live("LRGD", "tiny", config_dict={**base, "data_path": str(tmp_path / f"w{words}"),
+                                                         "demo_mode": "random"}, saved=False)
         timings[words] = time.time() - start
-        titles = result["model_obj"].titles
+        titles = built.model.titles
         assert titles[1].startswith("Item ") and "  " not in titles[1]  # whitespace runs are one space
         assert max(len(TOK(t, add_special_tokens=False).input_ids) for t in titles) <= 32
     assert timings[4500] < 3 * timings[3] + 5, timings

@@ -92,7 +92,6 @@ def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_d
             bar.write(f"{variant}: failed: {failed[variant]}")
             continue
         row = make_row(variant, model, dataset, digest, result, protocol)
-        del result
         store[key] = row
         rows.append(row)
         ran.append(variant)

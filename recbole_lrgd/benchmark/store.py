@@ -15,10 +15,9 @@ import os
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-import numpy as np
-
 from recbole_lrgd.benchmark.variants import PROTOCOLS
 from recbole_lrgd.config import properties_files
+from recbole_lrgd.results import RunResult
 from recbole_lrgd.whole_file import write_whole
 
 # keys that change how a run looks or where it writes, not its numbers
@@ -50,15 +49,6 @@ def config_hash(dataset: str, model: str, config_dict: Dict[str, Any], config_fi
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def candidates_digest(test_data) -> str:
-    """A short hash of every evaluated user's candidate set (equal across rows = same candidates)."""
-    sets = test_data.candidate_sets() if hasattr(test_data, "candidate_sets") else {}
-    h = hashlib.sha256()
-    for uid in sorted(sets):
-        h.update(np.asarray([uid, *np.sort(sets[uid])], dtype=np.int64).tobytes())
-    return h.hexdigest()[:8] if sets else ""
-
-
 def _number(value: Any) -> Optional[float]:
     if value is None:
         return None
@@ -66,26 +56,24 @@ def _number(value: Any) -> Optional[float]:
     return None if math.isnan(value) else value
 
 
-def make_row(name: str, model: str, dataset: str, digest: str, result: Dict[str, Any],
+def make_row(name: str, model: str, dataset: str, digest: str, result: RunResult,
              protocol: str = "sampled") -> Dict[str, Any]:
     """One table row; the JSON store also keeps per-user NDCG@10 (for paired bootstraps, as RecBole's
-    evaluation computed it: ``result["test_per_user"]``), for LRGD's optimizer the seconds of each stage and,
+    evaluation computed it: ``result.test_per_user``), for LRGD's optimizer the seconds of each stage and,
     for a re-ranking, its ``rerank_top``."""
-    values = {**result["test_result"], "target_in_top_n": result.get("target_in_top_n")}
+    values = {**result.test_result, "target_in_top_n": result.target_in_top_n}
     row = {"variant": name, "model": model}
     row.update({k: _number(values.get(k)) for k, _ in PROTOCOLS[protocol].metrics})
-    row.update({"fit_time_s": round(float(result["fit_time"]), 2), "eval_time_s": round(float(result["eval_time"]), 2),
-                "test_users": int(result["test_users"]), "candidates": candidates_digest(result["test_data"]),
+    row.update({"fit_time_s": round(float(result.fit_time), 2), "eval_time_s": round(float(result.eval_time), 2),
+                "test_users": int(result.test_users), "candidates": result.candidates,
                 "dataset": dataset, "config_hash": digest})
-    model_obj = result.get("model_obj")
-    if result.get("target_in_top_n") is not None:
-        row["rerank_top"] = int(model_obj.config["rerank_top"])
-    if result.get("retriever_time") is not None:
-        row["retriever_time_s"] = round(float(result["retriever_time"]), 2)
-    fit = getattr(model_obj, "fit_result", None)
-    if fit is not None:
-        row.update({f"{stage}_s": round(float(seconds), 2) for stage, seconds in fit.stage_seconds.items()})
-    ndcg = (result.get("test_per_user") or {}).get("ndcg@10")
+    if result.target_in_top_n is not None:
+        row["rerank_top"] = int(result.rerank_top)
+    if result.retriever_time is not None:
+        row["retriever_time_s"] = round(float(result.retriever_time), 2)
+    if result.fit is not None:
+        row.update({f"{stage}_s": round(float(seconds), 2) for stage, seconds in result.fit.stage_seconds.items()})
+    ndcg = result.test_per_user.get("ndcg@10")
     if ndcg:
         row["per_user_ndcg10"] = {str(u): v for u, v in sorted(ndcg.items())}
     return row

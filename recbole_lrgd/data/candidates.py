@@ -7,6 +7,8 @@ the seed and the user alone, and a dataloader replays them.
 """
 from __future__ import annotations
 
+import hashlib
+
 from typing import Dict, Optional
 
 import numpy as np
@@ -161,3 +163,13 @@ def interacted_negatives(negatives: Dict[int, np.ndarray], seen: Dict[int, np.nd
         if n:
             counts[uid] = n
     return counts
+
+
+def candidates_digest(loader) -> str:
+    """A short hash of every evaluated user's candidate set (equal across runs = the same candidates); "" for a
+    loader without fixed candidates (a full ranking)."""
+    sets = loader.candidate_sets() if hasattr(loader, "candidate_sets") else {}
+    h = hashlib.sha256()
+    for uid in sorted(sets):
+        h.update(np.asarray([uid, *np.sort(sets[uid])], dtype=np.int64).tobytes())
+    return h.hexdigest()[:8] if sets else ""

@@ -1,7 +1,7 @@
 """The re-ranking math of ``candidate_source``: each user's top-N candidates from the retriever's scores, the
 z-score blend of the LLM's and the retriever's scores over them, and the full-catalogue row RecBole's collector
-ranks (``reranked_row``). ``standardised`` is the one per-user z-score for fusing an LLM's scores with another
-model's."""
+ranks (``reranked_row``). ``blended`` is the one per-user z-score blend of an LLM's scores with another model's,
+for re-ranking and for fusion on sampled candidates (``rerank/fuse.py``) alike."""
 from __future__ import annotations
 
 from typing import List
@@ -22,6 +22,12 @@ def standardised(x: np.ndarray) -> np.ndarray:
     """(x - mean) / std over one user's candidates; zeros where they all tie."""
     std = x.std()
     return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+
+
+def blended(llm: np.ndarray, other: np.ndarray, weight: float) -> np.ndarray:
+    """(1 - weight) z(llm) + weight z(other) over one user's candidates (z: ``standardised``), in float64."""
+    return (1 - weight) * standardised(np.asarray(llm, dtype=np.float64)) \
+        + weight * standardised(np.asarray(other, dtype=np.float64))
 
 
 POSITIONAL_NEEDS = {"rec.topk", "rec.meanrank"}  # RecBole's metric_need of metrics that read where the positives rank
@@ -56,7 +62,6 @@ def reranked_row(retrieved: torch.Tensor, candidates: np.ndarray, llm: np.ndarra
     below = _dense_ranks(retrieved[rest])
     row[rest] = below
     if len(candidates):
-        combined = (1 - blend) * standardised(np.asarray(llm, dtype=np.float64)) \
-            + blend * standardised(retrieved[chosen].double().numpy())
+        combined = blended(llm, retrieved[chosen].double().numpy(), blend)
         row[chosen] = (below.max() if len(below) else 0) + _dense_ranks(torch.from_numpy(combined))
     return row

@@ -39,7 +39,7 @@ NOT_TRAINING_KEYS = ("gpu_id", "use_gpu", "device", "state", "data_path", "check
 
 
 def is_checkpoint(source: str) -> bool:
-    """Whether a ``candidate_source`` names a checkpoint file rather than a model."""
+    """Whether a ``candidate_source`` (or ``prior_model``) names a checkpoint file rather than a model."""
     return str(source).endswith(".pth")
 
 
@@ -65,25 +65,23 @@ def source_model(source: str) -> str:
     return str(read_checkpoint(source)["config"]["model"]) if is_checkpoint(source) else str(source)
 
 
-def check_rerank_keys(config) -> None:
-    """``candidate_source`` names a model LRGD can re-rank: a RecBole model, or a checkpoint of this dataset (one
-    ``LRGDError``). Its type, and ``rerank_top``'s and ``rerank_blend``'s ranges, are their settings fields'
-    rules (``validate.check_values``)."""
-    source = config["candidate_source"]
+def check_source(config, key: str) -> None:
+    """``config[key]`` (``candidate_source``, ``prior_model``) names a model LRGD can use: ~, a RecBole model, or a
+    checkpoint of this dataset (one ``LRGDError``). Its type is its settings field's rule (``validate.check_values``)."""
+    source = config[key]
     if source is None:
         return
     if is_checkpoint(source):
         if not os.path.isfile(source):
-            raise LRGDError(f"candidate_source {source} does not exist (a RecBole checkpoint .pth)")
+            raise LRGDError(f"{key} {source} does not exist (a RecBole checkpoint .pth)")
         checkpoint_dataset = read_checkpoint(source)["config"]["dataset"]
         if checkpoint_dataset != config["dataset"]:
-            raise LRGDError(f"candidate_source {source} was trained on {checkpoint_dataset!r}, "
-                            f"not {config['dataset']!r}")
+            raise LRGDError(f"{key} {source} was trained on {checkpoint_dataset!r}, not {config['dataset']!r}")
         return
     try:
         get_model(source)
     except ValueError:
-        raise LRGDError(f"candidate_source {source!r} is neither a RecBole model name (Pop, BPR, SASRec...) "
+        raise LRGDError(f"{key} {source!r} is neither a RecBole model name (Pop, BPR, SASRec...) "
                         "nor a checkpoint .pth") from None
 
 
