@@ -23,7 +23,7 @@ from recbole_lrgd.config import PLUGIN_MODELS, build_config
 from recbole_lrgd.console import FILE_ONLY, keep_file_only_records_off_the_console
 from recbole_lrgd.data.candidates import FixedCandidateEvalDataLoader, candidates_digest
 from recbole_lrgd.data.loaders import prepare_data
-from recbole_lrgd.data.slices import slice_table, user_slices
+from recbole_lrgd.data.slices import Slices, slice_table, user_slices
 from recbole_lrgd.data.titles import check_title_coverage
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator.collector import PerUserCollector
@@ -141,6 +141,16 @@ def fit_and_test(built: Built, saved: bool = True) -> RunResult:
         fit=lrgd.fit_result if lrgd else None, score_counts=lrgd.score_counts() if lrgd else None,
         prior_weight=None if getattr(trainer, "fusion", None) is None else float(trainer.fusion.weight),
         slices=slices)
+
+
+def dataset_slices(dataset: str, config_file_list: Optional[List[str]] = None,
+                   config_dict: Optional[Dict[str, Any]] = None) -> Slices:
+    """The slices of the test users a run of this config evaluates, from its data alone (no model: the split
+    and the users' sample are every model's)."""
+    config = build_config("Pop", dataset, config_file_list, config_dict, warn_unknown=False)
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, test_data = prepare_data(config, create_dataset(config))
+    return user_slices(train_data._dataset, test_data._dataset)
 
 
 def _configure_rank(config: Config, visible: Optional[str]) -> None:

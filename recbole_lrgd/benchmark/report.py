@@ -6,11 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from recbole_lrgd.benchmark.variants import ALONE, METRICS, PROTOCOLS
+from recbole_lrgd.data.slices import Slices, slice_differences, slice_means
 from recbole_lrgd.evaluator.per_user import paired_bootstrap
 from recbole_lrgd.whole_file import write_whole
 
@@ -84,8 +85,39 @@ def _full_ranking_lines(rows: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
+def per_user(row: Dict[str, Any], metric: str = "ndcg@10") -> Dict[int, float]:
+    """A row's per-user NDCG@10 (``ndcg@10``), or Hit@10 (``hit@10``): with one held-out item, a hit is an NDCG
+    above 0."""
+    values = {int(u): v for u, v in (row.get("per_user_ndcg10") or {}).items()}
+    return values if metric == "ndcg@10" else {u: float(v > 0) for u, v in values.items()}
+
+
+def slice_section(rows: List[Dict[str, Any]], slices: Slices, pairs: Sequence[Tuple[str, str]] = ()) -> List[str]:
+    """Per family, a table of NDCG@10 and Hit@10 per slice for every row (users per slice in the header), and for
+    each pair of ``pairs`` the paired bootstrap interval of its NDCG@10 difference per slice."""
+    rows = [r for r in rows if r.get("per_user_ndcg10")]
+    out: List[str] = []
+    for family, names in slices.order.items():
+        sizes = {n: len(slices.users(family, n)) for n in names}
+        out += ["", f"NDCG@10 / Hit@10 by {family} slice (users per slice in the header):", "",
+                "| Model | " + " | ".join(f"{n} ({sizes[n]})" for n in names) + " |", "|---|" + "---|" * len(names)]
+        for r in rows:
+            ndcg, hit = (slice_means(per_user(r, m), slices)[family] for m in ("ndcg@10", "hit@10"))
+            out.append(f"| {r['variant']} | " + " | ".join(
+                f"{_fmt(ndcg[n][0])} / {_fmt(hit[n][0], 3)}" if ndcg[n][1] else "–" for n in names) + " |")
+        out.append("")
+        for a, b in pairs:
+            found = {r["variant"]: r for r in rows}
+            if a in found and b in found:
+                diffs = slice_differences(per_user(found[a]), per_user(found[b]), slices)[family]
+                out.append(f"- {a} vs {b}, NDCG@10 difference by {family}: " + "; ".join(
+                    f"{n} {m:+.4f} [{lo:+.4f}, {hi:+.4f}] ({k} users)" for n, (m, lo, hi, k) in diffs.items()))
+    return out
+
+
 def markdown_report(dataset: str, rows: List[Dict[str, Any]], failed: Dict[str, str],
-                    protocol: str = "sampled") -> str:
+                    protocol: str = "sampled", pairs: Sequence[Tuple[str, str]] = (),
+                    slices: Optional[Slices] = None) -> str:
     out = [f"# Side-by-side benchmark: {dataset}", ""]
     digests = {r["candidates"] for r in rows}
     users = sorted({r["test_users"] for r in rows})
@@ -101,9 +133,14 @@ def markdown_report(dataset: str, rows: List[Dict[str, Any]], failed: Dict[str, 
         out += ["", "Optimizer seconds (in fit): " + "; ".join(
             f"{r['variant']}: stage 1 {r['stage1_s']:.0f}" + (f", stage 2 {r['stage2_s']:.0f}" if r.get("stage2_s") is not None
                                                              else "") for r in stages)]
-    boot = bootstrap_lines(rows, bootstrap_pairs(protocol, [r["variant"] for r in rows]))
+    weights = [f"{r['variant']}: {r['prior_weight']:g}" for r in rows if r.get("prior_weight") is not None]
+    if weights:
+        out += ["", "Prior weights (auto: chosen on validation users): " + "; ".join(weights)]
+    boot = bootstrap_lines(rows, [*bootstrap_pairs(protocol, [r["variant"] for r in rows]), *pairs])
     if boot:
         out += [""] + [f"- {line}" for line in boot]
+    if slices is not None:
+        out += slice_section(rows, slices, pairs)
     for name, msg in failed.items():
         out.append(f"\n{name}: failed: {msg}")
     return "\n".join(out) + "\n"

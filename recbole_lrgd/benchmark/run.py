@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 from tqdm import tqdm
@@ -31,9 +31,9 @@ from tqdm import tqdm
 from recbole_lrgd import quick_start
 from recbole_lrgd.benchmark.report import (bar_chart, bootstrap_lines, bootstrap_pairs, csv_text, markdown_report,
                                            markdown_table)
-from recbole_lrgd.benchmark.store import config_hash, load_rows, make_row, row_key, save_rows
-from recbole_lrgd.benchmark.variants import (PROTOCOLS, RERANK_GRAMMAR, RERANK_MODES, VARIANTS, check_variant,
-                                             variant_config)
+from recbole_lrgd.benchmark.store import config_hash, load_rows, make_row, row_key, save_rows, save_slices
+from recbole_lrgd.benchmark.variants import (FUSION_GRAMMAR, PROTOCOLS, RERANK_GRAMMAR, RERANK_MODES, VARIANTS,
+                                             check_variant, variant_config)
 from recbole_lrgd.console import quiet_libraries
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.whole_file import write_whole
@@ -42,8 +42,13 @@ from recbole_lrgd.whole_file import write_whole
 def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_dict: Optional[Dict[str, Any]] = None,
                   config_files: Optional[Sequence[str]] = None, out_dir: str = "benchmarks/out",
                   name: Optional[str] = None, effectd: bool = True, plot: bool = True,
-                  progress: bool = True, protocol: str = "sampled") -> Dict[str, Any]:
+                  progress: bool = True, protocol: str = "sampled", pairs: Sequence[Tuple[str, str]] = ()
+                  ) -> Dict[str, Any]:
     """Run (or reuse) one row per variant; write .json (finished rows), .md, .csv and .png.
+
+    ``pairs`` (variant A, variant B): the report's paired bootstrap intervals of A - B besides its own pairs.
+    With the config key ``slices`` the report adds per-slice tables of the test users (``data/slices.py``),
+    and ``<name>.slices.json`` keeps each user's slices.
 
     ``protocol`` ``full`` gives every row the full-ranking keys of ``PROTOCOLS["full"]`` (a config_dict
     that sets one of them otherwise is an error) and writes ``compare_<dataset>_full.*`` by default.
@@ -56,6 +61,10 @@ def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_d
     models = list(models or spec.models)
     for variant in models:
         check_variant(variant, protocol)
+    for pair in pairs:
+        if any(v not in models for v in pair):
+            raise LRGDError(f"--pairs {pair[0]}:{pair[1]} names a variant the benchmark does not run "
+                            f"(its models: {', '.join(models)})")
     config_dict, config_files = dict(config_dict or {}), list(config_files or [])
     clash = sorted(k for k, v in spec.config.items() if k in config_dict and config_dict[k] != v)
     if clash:
@@ -64,13 +73,17 @@ def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_d
     config_dict.update(spec.config)
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, name or f"compare_{dataset}" + ("" if protocol == "sampled" else f"_{protocol}"))
-    paths = {ext: f"{stem}.{ext}" for ext in ("json", "md", "csv", "png")}
+    paths = {ext: f"{stem}.{ext}" for ext in ("json", "md", "csv", "png", "slices.json")}
+    slices = None
+    if config_dict.get("slices"):  # the same users and split for every row: read from the data once
+        slices = quick_start.dataset_slices(dataset, config_files or None, config_dict)
+        save_slices(paths["slices.json"], slices)
     store = load_rows(paths["json"])
     rows, ran, reused, failed = [], [], [], {}
 
     def write_outputs() -> None:
         save_rows(paths["json"], store)
-        write_whole(paths["md"], markdown_report(dataset, rows, failed, protocol))
+        write_whole(paths["md"], markdown_report(dataset, rows, failed, protocol, pairs, slices))
         write_whole(paths["csv"], csv_text(rows, protocol))
 
     bar = tqdm(models, desc=f"benchmark {dataset}", unit="model", disable=not progress)
@@ -102,7 +115,7 @@ def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_d
         bar_chart(rows, dataset, paths["png"], protocol)
     return {"rows": rows, "ran": ran, "reused": reused, "failed": failed, "paths": paths,
             "table": markdown_table(rows, protocol),
-            "bootstrap": bootstrap_lines(rows, bootstrap_pairs(protocol, [r["variant"] for r in rows]))}
+            "bootstrap": bootstrap_lines(rows, [*bootstrap_pairs(protocol, [r["variant"] for r in rows]), *pairs])}
 
 
 def _parse_value(text: str) -> Any:
@@ -132,6 +145,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--name", default=None, help="file stem (default compare_<dataset>)")
     parser.add_argument("--no_effectd", action="store_true", help="do not add EffectD to LRGD's metrics")
     parser.add_argument("--no_plot", action="store_true", help="skip the PNG")
+    parser.add_argument("--pairs", default="",
+                        help="comma-separated A:B pairs of variants, e.g. LRGD-nearest:Pop,BPR+LRGD-nearest:BPR: a "
+                             "95%% paired bootstrap interval of A - B (NDCG@10), overall and with --slices=True per slice")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
     args, extra = parser.parse_known_args(argv)
     if args.list:
@@ -139,7 +155,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{variant:16s} {model:9s} {overrides}")
         print(f"--protocol=full: {RERANK_GRAMMAR}, e.g. BPR>LRGD-zero-shot, SASRec>LRGD-nearest@0.5, BPR>alone; "
               f"<mode> one of {', '.join(RERANK_MODES)}")
+        print(f"sampled: {FUSION_GRAMMAR}, e.g. BPR+LRGD-nearest, Pop+LRGD-zero-shot@0.5")
         return 0
+    pairs = [tuple(p.split(":")) for p in args.pairs.split(",") if p.strip()]
+    if any(len(p) != 2 for p in pairs):
+        print(f"error: --pairs takes A:B pairs separated by commas, not {args.pairs!r}", file=sys.stderr)
+        return 2
     config_dict: Dict[str, Any] = {}
     for item in extra:  # every other --key=value is a RecBole config key, shared by all models
         if not item.startswith("--") or "=" not in item:
@@ -155,7 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv, whose keys would beat each variant's own
     try:
         result = run_benchmark(args.dataset, models, config_dict, files, args.out, args.name,
-                               effectd=not args.no_effectd, plot=not args.no_plot, protocol=args.protocol)
+                               effectd=not args.no_effectd, plot=not args.no_plot, protocol=args.protocol,
+                               pairs=pairs)
     except LRGDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,14 +15,17 @@ import os
 import sys
 from typing import Any, Dict, Optional, Sequence
 
+import yaml
+
 from recbole_lrgd.benchmark.variants import PROTOCOLS
 from recbole_lrgd.config import properties_files
+from recbole_lrgd.data.slices import Slices
 from recbole_lrgd.results import RunResult
 from recbole_lrgd.whole_file import write_whole
 
 # keys that change how a run looks or where it writes, not its numbers
 VOLATILE_KEYS = {"show_progress", "state", "score_cache", "score_cache_dir", "checkpoint_dir", "log_wandb",
-                 "wandb_project", "worker", "gpu_id"}
+                 "wandb_project", "worker", "gpu_id", "slices"}
 
 
 def _file_digest(path: str) -> str:
@@ -33,14 +36,24 @@ def _file_digest(path: str) -> str:
         return f"unreadable:{path}"
 
 
+def _yaml_digest(path: str) -> str:
+    """A properties file's keys and values (not its comments, which change no number)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return hashlib.sha256(json.dumps(yaml.safe_load(f), sort_keys=True, default=str).encode()).hexdigest()
+    except (OSError, yaml.YAMLError):
+        return _file_digest(path)
+
+
 def config_hash(dataset: str, model: str, config_dict: Dict[str, Any], config_files: Sequence[str]) -> str:
     """A short hash of what decides a row's numbers: model, dataset, the final config keys given,
-    the contents of the user's files, of the plugin's properties files and of ``candidates_file``."""
+    the contents of the user's files, the keys and values of the plugin's properties files and the contents
+    of ``candidates_file``."""
     payload = {
         "dataset": dataset, "model": model,
         "config": {k: v for k, v in sorted(config_dict.items()) if k not in VOLATILE_KEYS},
         "files": [_file_digest(p) for p in config_files],
-        "properties": [_file_digest(p) for p in properties_files(model, dataset)],
+        "properties": [_yaml_digest(p) for p in properties_files(model, dataset)],
     }
     cands = config_dict.get("candidates_file")
     if cands:
@@ -71,6 +84,8 @@ def make_row(name: str, model: str, dataset: str, digest: str, result: RunResult
         row["rerank_top"] = int(result.rerank_top)
     if result.retriever_time is not None:
         row["retriever_time_s"] = round(float(result.retriever_time), 2)
+    if result.prior_weight is not None:
+        row["prior_weight"] = result.prior_weight
     if result.fit is not None:
         row.update({f"{stage}_s": round(float(seconds), 2) for stage, seconds in result.fit.stage_seconds.items()})
     ndcg = result.test_per_user.get("ndcg@10")
@@ -101,3 +116,20 @@ def load_rows(path: str) -> Dict[str, Dict[str, Any]]:
 def save_rows(path: str, store: Dict[str, Dict[str, Any]]) -> None:
     """Write the store (``row_key`` -> row) whole, in the form ``load_rows`` reads."""
     write_whole(path, json.dumps({"rows": list(store.values())}, indent=1, sort_keys=True))
+
+
+def save_slices(path: str, slices: Slices) -> None:
+    """The test users' slices (``--slices``) beside the rows, so a report reads them without the data."""
+    write_whole(path, json.dumps({"order": {f: list(names) for f, names in slices.order.items()},
+                                  "labels": {f: {str(u): name for u, name in sorted(labels.items())}
+                                             for f, labels in slices.labels.items()}}, indent=1, sort_keys=True))
+
+
+def load_slices(path: str) -> Optional[Slices]:
+    """The slices ``save_slices`` wrote, or None without the file."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    return Slices({f: tuple(names) for f, names in saved["order"].items()},
+                  {f: {int(u): name for u, name in labels.items()} for f, labels in saved["labels"].items()})

@@ -1,7 +1,8 @@
 """The benchmark's variants and protocols: which RecBole model and which config keys a row runs.
 
 ``VARIANTS`` names the listed rows (LRGD's demonstration modes and RecBole's baselines); a re-ranking
-row, ``<Retriever>>LRGD-<mode>[@<blend>]`` or ``<Retriever>>alone``, is parsed by ``resolve_variant``.
+row, ``<Retriever>>LRGD-<mode>[@<blend>]`` or ``<Retriever>>alone``, and a fusion row on sampled candidates,
+``<Prior>+LRGD-<mode>[@<weight>]``, are parsed by ``resolve_variant``.
 ``PROTOCOLS`` says what each protocol (``sampled``, ``full``) sets for every row and which metrics its
 tables show; ``check_variant`` refuses a variant the protocol cannot run, and ``variant_config`` gives a
 row's model and final config.
@@ -30,8 +31,10 @@ VARIANTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "GRU4Rec": ("GRU4Rec", {}),
     "BERT4Rec": ("BERT4Rec", {}),
 }
-# re-ranking variants (full protocol), parsed by resolve_variant rather than listed
+# re-ranking variants (full protocol) and fusion variants (sampled), parsed by resolve_variant rather than listed
 RERANK_GRAMMAR = "<Retriever>>LRGD-<mode>[@<blend>] or <Retriever>>alone"
+FUSION_GRAMMAR = "<Prior>+LRGD-<mode>[@<weight>] (weight auto when not given)"
+FUSION_VALID_USERS = 300  # validation users an auto weight is chosen on (LRGD's valid_users in a fusion row)
 ALONE = "alone"
 # <mode> of LRGD-<mode> -> LRGD's keys: those of the LRGD variants above, and lrgd (the optimizer, LRGD.yaml's stages)
 RERANK_MODES = {**{name[len("LRGD-"):]: keys for name, (model, keys) in VARIANTS.items() if model == "LRGD"},
@@ -73,14 +76,35 @@ def _is_recbole_model(name: str) -> bool:
     return True
 
 
-def _blend(name: str, text: str) -> float:
+def _weight(name: str, text: str, what: str) -> float:
     try:
-        blend = float(text)
+        weight = float(text)
     except ValueError:
-        blend = math.nan
-    if not 0 <= blend <= 1:  # nan too
-        raise LRGDError(f"benchmark variant {name!r}: the blend after @ must be a number >= 0 and <= 1, not {text!r}")
-    return blend
+        weight = math.nan
+    if not 0 <= weight <= 1:  # nan too
+        raise LRGDError(f"benchmark variant {name!r}: the {what} after @ must be a number >= 0 and <= 1, not {text!r}")
+    return weight
+
+
+def _lrgd_mode(name: str, ranker: str, alone: str) -> Dict[str, Any]:
+    """LRGD's keys of ``LRGD-<mode>`` in a combined variant's name."""
+    mode = ranker[len("LRGD-"):] if ranker.startswith("LRGD-") else None
+    if mode not in RERANK_MODES:
+        raise LRGDError(f"unknown benchmark variant {name!r}: {ranker!r} is neither {alone}LRGD-<mode> "
+                        f"with <mode> one of {', '.join(RERANK_MODES)}")
+    return dict(RERANK_MODES[mode])
+
+
+def _fusion(name: str) -> Tuple[str, Dict[str, Any]]:
+    """(model, keys) of ``<Prior>+LRGD-<mode>[@<weight>]``: LRGD's scores fused with the prior's (``prior_model``)."""
+    prior, _, ranker = name.partition("+")
+    if not _is_recbole_model(prior):
+        raise LRGDError(f"unknown benchmark variant {name!r}: {prior!r} is not a RecBole model name "
+                        f"(Pop, BPR, SASRec...) in {FUSION_GRAMMAR}")
+    ranker, at, weight = ranker.partition("@")
+    keys = {"prior_model": prior, **_lrgd_mode(name, ranker, ""),
+            "prior_weight": _weight(name, weight, "weight") if at else "auto"}
+    return "LRGD", keys
 
 
 def resolve_variant(name: str) -> Tuple[str, Dict[str, Any]]:
@@ -90,9 +114,12 @@ def resolve_variant(name: str) -> Tuple[str, Dict[str, Any]]:
     the retriever's order, the user's history excluded, and no LLM scoring). A bad name is an ``LRGDError``."""
     if name in VARIANTS:
         return VARIANTS[name]
+    if "+" in name and ">" not in name:
+        return _fusion(name)
     retriever, sep, ranker = name.partition(">")
     if not sep:
-        raise LRGDError(f"unknown benchmark variant {name!r}: use one of {', '.join(VARIANTS)}, or {RERANK_GRAMMAR}")
+        raise LRGDError(f"unknown benchmark variant {name!r}: use one of {', '.join(VARIANTS)}, {RERANK_GRAMMAR}, "
+                        f"or {FUSION_GRAMMAR}")
     if not _is_recbole_model(retriever):
         raise LRGDError(f"unknown benchmark variant {name!r}: {retriever!r} is not a RecBole model name "
                         f"(Pop, BPR, SASRec...) in {RERANK_GRAMMAR}")
@@ -102,13 +129,9 @@ def resolve_variant(name: str) -> Tuple[str, Dict[str, Any]]:
             raise LRGDError(f"benchmark variant {name!r}: {ALONE} is the retriever's own order (blend 1), "
                             "it takes no @")
         return "LRGD", {"candidate_source": retriever, "demo_mode": "none", "rerank_blend": 1.0}
-    mode = ranker[len("LRGD-"):] if ranker.startswith("LRGD-") else None
-    if mode not in RERANK_MODES:
-        raise LRGDError(f"unknown benchmark variant {name!r}: {ranker!r} is neither {ALONE} nor LRGD-<mode> "
-                        f"with <mode> one of {', '.join(RERANK_MODES)}")
-    keys = {"candidate_source": retriever, **RERANK_MODES[mode]}
+    keys = {"candidate_source": retriever, **_lrgd_mode(name, ranker, f"{ALONE} nor ")}
     if at:
-        keys["rerank_blend"] = _blend(name, blend)
+        keys["rerank_blend"] = _weight(name, blend, "blend")
     return "LRGD", keys
 
 
@@ -118,6 +141,9 @@ def check_variant(name: str, protocol: str) -> None:
     model, keys = resolve_variant(name)
     if "candidate_source" in keys and not PROTOCOLS[protocol].full_ranking:
         raise LRGDError(f"benchmark variant {name!r} re-ranks a full ranking: run it with --protocol=full")
+    if "prior_model" in keys and PROTOCOLS[protocol].full_ranking:
+        raise LRGDError(f"benchmark variant {name!r} fuses scores of sampled candidates: run it without "
+                        f"--protocol=full (there, re-rank: {name.replace('+', '>')})")
     if model == "LRGD" and "candidate_source" not in keys and PROTOCOLS[protocol].full_ranking:
         raise LRGDError(f"benchmark variant {name!r} ranks sampled candidates: with --protocol=full give LRGD a "
                         f"retriever to re-rank, e.g. BPR>{name}")
@@ -131,8 +157,10 @@ def variant_config(name: str, config_dict: Dict[str, Any], config_files: Sequenc
     cfg = {**config_dict, **overrides}
     if model == "LRGD":  # valid_users is for the baselines' early stopping; LRGD would LLM-score them all
         cfg["valid_users"] = None
-        if "candidate_source" in overrides:  # its retriever stops early on the users its baseline row does
-            cfg["retriever_valid_users"] = config_dict.get("valid_users")
+        if "candidate_source" in overrides or "prior_model" in overrides:  # its retriever (prior) stops early
+            cfg["retriever_valid_users"] = config_dict.get("valid_users")  # on the users its baseline row does
+        if overrides.get("prior_weight") == "auto":  # chosen on validation users' LLM scores
+            cfg["valid_users"] = FUSION_VALID_USERS
     if effectd and model == "LRGD" and overrides.get("demo_mode") != "none" and not _sets_metrics(
             config_dict, config_files):
         cfg["metrics"] = ["Hit", "NDCG", "MRR", "EffectD"]
