@@ -47,6 +47,7 @@ from recbole_lrgd.whole_file import write_whole  # noqa: E402
 
 from study_parts import EFFECT_TEST_USERS, PARTS, PROFILES, SEED, Condition, part_tasks  # noqa: E402
 from study_report import write_report  # noqa: E402
+from where_llm_helps import section as where_llm_helps  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "out", "study")
 DATA_PATH = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -444,7 +445,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--user_batch_size must be 0 (the YAML's) or more, not {args.user_batch_size}")
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     if args.command == "report":
-        print(write_report(OUT, os.path.join(ROOT, "docs")))
+        docs = os.path.join(ROOT, "docs")
+        print(write_report(OUT, docs, [where_llm_helps(os.path.join(ROOT, "benchmarks", "out", "slices"), docs)]))
         return 0
     def load() -> Study:
         return Study(args.model, args.dataset, args.test_users or None, llm_path=args.llm_path,

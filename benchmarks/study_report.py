@@ -1074,8 +1074,9 @@ def commands_section() -> List[str]:
             "python benchmarks/study.py report", "```", ""]
 
 
-def write_report(out: str, docs: str) -> str:
-    """Write ``docs/RESULTS.md`` (and its PNGs under ``docs/results/``) from the stores; returns the page."""
+def write_report(out: str, docs: str, extra: Sequence[List[str]] = ()) -> str:
+    """Write ``docs/RESULTS.md`` (and its PNGs under ``docs/results/``) from the stores; returns the page.
+    ``extra``: sections from other stores (the benchmark's), placed before the verdicts."""
     os.makedirs(os.path.join(docs, "results"), exist_ok=True)
     identities, all_stores = load_study(out)
     effect_users = {k: identities[k].get("effect_users") for k in all_stores}
@@ -1097,6 +1098,7 @@ def write_report(out: str, docs: str) -> str:
                 pooled_section(pooled, methods_parts),
                 settings_sections(all_stores, effect_users),
                 default_section(confirm_tables(all_stores, identities)),
+                *extra,
                 verdicts_section(effect_tables, singles, method_tables, pooled),
                 commands_section()]
     page = "\n".join(line for section in sections for line in section)

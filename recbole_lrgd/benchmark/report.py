@@ -99,7 +99,8 @@ def slice_section(rows: List[Dict[str, Any]], slices: Slices, pairs: Sequence[Tu
     out: List[str] = []
     for family, names in slices.order.items():
         sizes = {n: len(slices.users(family, n)) for n in names}
-        out += ["", f"NDCG@10 / Hit@10 by {family} slice (users per slice in the header):", "",
+        out += [""] * (not out or out[-1] != "") + [
+                f"NDCG@10 / Hit@10 by {family} slice (users per slice in the header):", "",
                 "| Model | " + " | ".join(f"{n} ({sizes[n]})" for n in names) + " |", "|---|" + "---|" * len(names)]
         for r in rows:
             ndcg, hit = (slice_means(per_user(r, m), slices)[family] for m in ("ndcg@10", "hit@10"))

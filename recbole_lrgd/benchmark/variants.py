@@ -76,6 +76,12 @@ def _is_recbole_model(name: str) -> bool:
     return True
 
 
+def _check_model(name: str, model: str, grammar: str) -> None:
+    if not _is_recbole_model(model):
+        raise LRGDError(f"unknown benchmark variant {name!r}: {model!r} is not a RecBole model name "
+                        f"(Pop, BPR, SASRec...) in {grammar}")
+
+
 def _weight(name: str, text: str, what: str) -> float:
     try:
         weight = float(text)
@@ -86,11 +92,12 @@ def _weight(name: str, text: str, what: str) -> float:
     return weight
 
 
-def _lrgd_mode(name: str, ranker: str, alone: str) -> Dict[str, Any]:
-    """LRGD's keys of ``LRGD-<mode>`` in a combined variant's name."""
+def _lrgd_mode(name: str, ranker: str, alone: bool) -> Dict[str, Any]:
+    """LRGD's keys of ``LRGD-<mode>`` in a combined variant's name (a re-ranking one may say ``alone`` instead)."""
     mode = ranker[len("LRGD-"):] if ranker.startswith("LRGD-") else None
     if mode not in RERANK_MODES:
-        raise LRGDError(f"unknown benchmark variant {name!r}: {ranker!r} is neither {alone}LRGD-<mode> "
+        expected = f"neither {ALONE} nor LRGD-<mode>" if alone else "not LRGD-<mode>"
+        raise LRGDError(f"unknown benchmark variant {name!r}: {ranker!r} is {expected} "
                         f"with <mode> one of {', '.join(RERANK_MODES)}")
     return dict(RERANK_MODES[mode])
 
@@ -98,11 +105,9 @@ def _lrgd_mode(name: str, ranker: str, alone: str) -> Dict[str, Any]:
 def _fusion(name: str) -> Tuple[str, Dict[str, Any]]:
     """(model, keys) of ``<Prior>+LRGD-<mode>[@<weight>]``: LRGD's scores fused with the prior's (``prior_model``)."""
     prior, _, ranker = name.partition("+")
-    if not _is_recbole_model(prior):
-        raise LRGDError(f"unknown benchmark variant {name!r}: {prior!r} is not a RecBole model name "
-                        f"(Pop, BPR, SASRec...) in {FUSION_GRAMMAR}")
+    _check_model(name, prior, FUSION_GRAMMAR)
     ranker, at, weight = ranker.partition("@")
-    keys = {"prior_model": prior, **_lrgd_mode(name, ranker, ""),
+    keys = {"prior_model": prior, **_lrgd_mode(name, ranker, alone=False),
             "prior_weight": _weight(name, weight, "weight") if at else "auto"}
     return "LRGD", keys
 
@@ -120,16 +125,14 @@ def resolve_variant(name: str) -> Tuple[str, Dict[str, Any]]:
     if not sep:
         raise LRGDError(f"unknown benchmark variant {name!r}: use one of {', '.join(VARIANTS)}, {RERANK_GRAMMAR}, "
                         f"or {FUSION_GRAMMAR}")
-    if not _is_recbole_model(retriever):
-        raise LRGDError(f"unknown benchmark variant {name!r}: {retriever!r} is not a RecBole model name "
-                        f"(Pop, BPR, SASRec...) in {RERANK_GRAMMAR}")
+    _check_model(name, retriever, RERANK_GRAMMAR)
     ranker, at, blend = ranker.partition("@")
     if ranker == ALONE:
         if at:
             raise LRGDError(f"benchmark variant {name!r}: {ALONE} is the retriever's own order (blend 1), "
                             "it takes no @")
         return "LRGD", {"candidate_source": retriever, "demo_mode": "none", "rerank_blend": 1.0}
-    keys = {"candidate_source": retriever, **_lrgd_mode(name, ranker, f"{ALONE} nor ")}
+    keys = {"candidate_source": retriever, **_lrgd_mode(name, ranker, alone=True)}
     if at:
         keys["rerank_blend"] = _weight(name, blend, "blend")
     return "LRGD", keys

@@ -59,10 +59,10 @@ def held_out_items(test_dataset) -> Dict[int, int]:
 
 
 def _history_slices(counts: Mapping[int, int]) -> Tuple[Tuple[str, ...], Dict[int, str]]:
-    """Three buckets of training-history length, cut at the users' terciles (fewer where the terciles tie)."""
+    """Three buckets of training-history length, cut at the users' terciles (counts of users; fewer buckets where
+    the terciles tie or reach the longest history)."""
     values = np.array(list(counts.values()))
-    low, high = (int(np.quantile(values, q)) for q in (1 / 3, 2 / 3))
-    cuts = sorted({low, high})
+    cuts = sorted({int(np.quantile(values, q, method="lower")) for q in (1 / 3, 2 / 3)} - {int(values.max())})
     edges = [int(values.min()) - 1, *cuts, int(values.max())]
     names = [f"{a + 1}-{b}" if b > a + 1 else f"{b}" for a, b in zip(edges, edges[1:])]
     names[-1] = f"{edges[-2] + 1}+"
@@ -79,8 +79,9 @@ def head_threshold(item_counts: np.ndarray, share: float = HEAD_SHARE) -> int:
 
 
 def _popularity_slices(item_counts: np.ndarray, targets: Mapping[int, int]) -> Tuple[Tuple[str, ...], Dict[int, str]]:
-    head = head_threshold(item_counts)
-    names = (f"cold (<={COLD_MAX})", f"middle ({COLD_MAX + 1}-{head - 1})", f"head (>={head})")
+    head = max(head_threshold(item_counts), COLD_MAX + 1)  # a head item is never cold
+    middle = f"{COLD_MAX + 1}-{head - 1}" if head - 1 > COLD_MAX else "none"
+    names = (f"cold (<={COLD_MAX})", f"middle ({middle})", f"head (>={head})")
     def name(count: int) -> str:
         return names[0] if count <= COLD_MAX else names[2] if count >= head else names[1]
     return names, {u: name(int(item_counts[i])) for u, i in targets.items()}
