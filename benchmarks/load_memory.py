@@ -1,0 +1,99 @@
+"""Peak host memory (RSS) of loading an LLM the way LRGD loads it, against the size of its weights.
+
+    python benchmarks/load_memory.py --make /tmp/qwen1.5b --shape qwen2.5-1.5b   # random weights, bf16 safetensors
+    python benchmarks/load_memory.py /tmp/qwen1.5b                                # measure (a fresh process per load)
+
+Throughput and memory do not depend on the weights' values, so a random-weight model of a real model's shape
+stands in for it (no 1.5B or 8B weights install offline). Each load runs in a fresh process, which reports its
+RSS after importing torch and transformers (``before``) and its peak RSS (``ru_maxrss``) once the model is
+loaded and every weight read once; the summary is appended to ``benchmarks/out/load_memory.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES = {  # config.json fields of the real models (Hugging Face), for random-weight stand-ins
+    "qwen2.5-1.5b": {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                     "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+                     "max_position_embeddings": 32768, "tie_word_embeddings": True, "rope_theta": 1000000.0},
+    "llama-3.1-8b": {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+                     "max_position_embeddings": 131072, "tie_word_embeddings": False, "rope_theta": 500000.0},
+}
+MEASURE = """
+import json, resource, sys
+sys.path.insert(0, {root!r})
+import torch, transformers
+from recbole_lrgd.llm.loader import load_llm
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+before = rss_mb()
+model, _ = load_llm({path!r}, device="cpu", dtype={dtype!r})
+with torch.no_grad():  # read every weight once, as scoring does (a memory-mapped file is resident only once read)
+    touched = sum(float(p.sum()) for p in model.parameters())
+print(json.dumps({{"before_mb": before, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "after_mb": rss_mb(), "params": sum(p.numel() for p in model.parameters()),
+                  "loaded_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 20,
+                  "dtype": str(next(model.parameters()).dtype)}}))
+"""
+
+
+def make(folder: str, shape: str) -> None:
+    """A random-weight model of ``shape`` saved in bfloat16 (built in bfloat16: no float32 copy)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = dict(SHAPES[shape])
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+
+
+def measure(folder: str, dtype: str) -> dict:
+    """One load in a fresh process: its RSS before the load, its peak, and the weights' bytes on disk."""
+    out = subprocess.run([sys.executable, "-c", MEASURE.format(root=ROOT, path=folder, dtype=dtype)],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["file_mb"] = sum(os.path.getsize(p) for p in glob.glob(os.path.join(folder, "*.safetensors"))) / 2 ** 20
+    result["ratio"] = result["peak_mb"] / result["loaded_mb"]
+    result["ratio_over_before"] = (result["peak_mb"] - result["before_mb"]) / result["loaded_mb"]
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder")
+    parser.add_argument("--make", action="store_true", help="save a random-weight model of --shape in the folder")
+    parser.add_argument("--shape", choices=list(SHAPES), default="qwen2.5-1.5b")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--label", default="", help="what is measured (e.g. the commit), for the summary line")
+    args = parser.parse_args()
+    if args.make:
+        make(args.folder, args.shape)
+        return 0
+    r = measure(args.folder, args.dtype)
+    line = (f"| {args.label or os.path.basename(args.folder.rstrip('/'))} | {r['params'] / 1e9:.2f}B | {r['dtype']} | "
+            f"{r['file_mb']:.0f} | {r['loaded_mb']:.0f} | {r['before_mb']:.0f} | {r['peak_mb']:.0f} | "
+            f"{r['ratio']:.2f} | {r['ratio_over_before']:.2f} |")
+    print(line)
+    os.makedirs(os.path.join(ROOT, "benchmarks", "out"), exist_ok=True)
+    path = os.path.join(ROOT, "benchmarks", "out", "load_memory.md")
+    if not os.path.isfile(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("| load | params | dtype | file MB | loaded weights MB | RSS before MB | peak RSS MB | "
+                    "peak / weights | (peak - before) / weights |\n|---|---|---|---|---|---|---|---|---|\n")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
