@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = {  # config.json fields of the real models (Hugging Face), for random-weight stand-ins
@@ -35,7 +36,7 @@ def rss_mb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 before = rss_mb()
-model, _ = load_llm({path!r}, device="cpu", dtype={dtype!r})
+model, _ = load_llm({path!r}, device="cpu", dtype={dtype!r}, cache_dir={cache_dir!r})
 with torch.no_grad():  # read every weight once, as scoring does (a memory-mapped file is resident only once read)
     touched = sum(float(p.sum()) for p in model.parameters())
 print(json.dumps({{"before_mb": before, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -57,9 +58,9 @@ def make(folder: str, shape: str) -> None:
     model.save_pretrained(folder)
 
 
-def measure(folder: str, dtype: str) -> dict:
+def measure(folder: str, dtype: str, cache_dir: Optional[str] = None) -> dict:
     """One load in a fresh process: its RSS before the load, its peak, and the weights' bytes on disk."""
-    out = subprocess.run([sys.executable, "-c", MEASURE.format(root=ROOT, path=folder, dtype=dtype)],
+    out = subprocess.run([sys.executable, "-c", MEASURE.format(root=ROOT, path=folder, dtype=dtype, cache_dir=cache_dir)],
                          capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["file_mb"] = sum(os.path.getsize(p) for p in glob.glob(os.path.join(folder, "*.safetensors"))) / 2 ** 20
@@ -74,12 +75,13 @@ def main() -> int:
     parser.add_argument("--make", action="store_true", help="save a random-weight model of --shape in the folder")
     parser.add_argument("--shape", choices=list(SHAPES), default="qwen2.5-1.5b")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--cache_dir", default=None, help="llm_cache_dir (default: none, as llm_cache_dir: ~)")
     parser.add_argument("--label", default="", help="what is measured (e.g. the commit), for the summary line")
     args = parser.parse_args()
     if args.make:
         make(args.folder, args.shape)
         return 0
-    r = measure(args.folder, args.dtype)
+    r = measure(args.folder, args.dtype, args.cache_dir)
     line = (f"| {args.label or os.path.basename(args.folder.rstrip('/'))} | {r['params'] / 1e9:.2f}B | {r['dtype']} | "
             f"{r['file_mb']:.0f} | {r['loaded_mb']:.0f} | {r['before_mb']:.0f} | {r['peak_mb']:.0f} | "
             f"{r['ratio']:.2f} | {r['ratio_over_before']:.2f} |")

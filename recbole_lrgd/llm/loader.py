@@ -17,6 +17,7 @@ import torch
 
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm import hardware, model_cache
+from recbole_lrgd.llm.cast_folder import stored_dtype
 from recbole_lrgd.llm.gguf_header import check_complete
 from recbole_lrgd.settings import DTYPE_NAMES
 
@@ -209,6 +210,9 @@ def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, 
             model, tokenizer, where = model_cache.load_or_convert(
                 cache_dir, os.path.join(path, gguf_file), dtype, lambda: from_pretrained(path, gguf_file=gguf_file),
                 from_pretrained)
+        elif not gguf_file and os.path.isdir(path) and stored_dtype(path) not in (None, dtype):
+            # stored in another dtype: cast file by file first (from_pretrained would hold both dtypes' pages)
+            model, tokenizer, where = model_cache.load_or_cast(cache_dir, path, dtype, from_pretrained)
         else:
             model, tokenizer = from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
             where = "converted" if gguf_file else "loaded"

@@ -1,4 +1,5 @@
-"""A cache of converted models: a GGUF file dequantised once, then loaded as a plain folder.
+"""A cache of converted models: a GGUF file dequantised once, or a safetensors folder cast once to the run's
+dtype (``cast_folder``), then loaded as a plain folder.
 
 Converting a GGUF (dequantising every tensor, rebuilding the tokenizer from metadata) takes tens of
 seconds on every run; loading the same weights from safetensors takes about one. An entry holds the
@@ -24,6 +25,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
+from recbole_lrgd.llm.cast_folder import cast_folder, weight_files
+
 MARKER = "lrgd_cache_entry.json"
 FORMAT = 1  # bump when an entry's layout changes
 STALE_S = 3600.0  # a temporary folder this old belongs to a writer that died
@@ -43,10 +46,18 @@ def identity(model_file: str, dtype: torch.dtype) -> Dict[str, Any]:
             "dtype": str(dtype).replace("torch.", ""), "transformers": transformers.__version__}
 
 
+def folder_identity(folder: str, dtype: torch.dtype) -> Dict[str, Any]:
+    """What a cast entry depends on: the folder's weight files (sizes, mtimes) and the dtype."""
+    stats = {os.path.basename(p): [os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in weight_files(folder)}
+    return {"format": FORMAT, "file": os.path.realpath(folder), "weights": stats,
+            "dtype": str(dtype).replace("torch.", "")}
+
+
 def entry_dir(cache_dir: str, ident: Dict[str, Any]) -> str:
     """An entry's folder: a readable name (file stem, dtype) plus a digest of the whole identity."""
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode("utf-8")).hexdigest()[:16]
-    stem = os.path.splitext(os.path.basename(ident["file"]))[0]
+    stem = os.path.basename(ident["file"])
+    stem = stem if "weights" in ident else os.path.splitext(stem)[0]  # a cast folder keeps its whole name
     return os.path.join(os.path.abspath(cache_dir), f"{stem}-{ident['dtype']}-{digest}")
 
 
@@ -74,6 +85,35 @@ def load_or_convert(cache_dir: str, model_file: str, dtype: torch.dtype, convert
     return model, tokenizer, "converted"
 
 
+def load_or_cast(cache_dir: Optional[str], folder: str, dtype: torch.dtype,
+                 load_folder: Callable[[str], ModelAndTokenizer]) -> Tuple[Any, Any, str]:
+    """``(model, tokenizer, where)`` of a safetensors folder stored in another dtype: from its cast entry (written
+    first by ``cast_folder`` when there is none), so the load never holds the stored dtype's pages. Without a
+    ``cache_dir`` the cast is written to a temporary folder for this load only."""
+    ident = folder_identity(folder, dtype)
+    if cache_dir is None:
+        return (*_cast_once(folder, dtype, load_folder), f"cast to {ident['dtype']}")
+    entry = entry_dir(cache_dir, ident)
+    problem = _entry_problem(entry, ident) if os.path.isdir(entry) else None
+    if problem is not None:
+        logger.warning(f"converted-model cache entry {entry} {problem}: rebuilding it")
+        _discard(entry)
+    where = "converted-model cache"
+    if not os.path.isdir(entry):
+        where = f"cast to {ident['dtype']}"
+        if not _write_entry(entry, ident, lambda tmp: cast_folder(folder, tmp, dtype)):
+            return (*_cast_once(folder, dtype, load_folder), where)  # the cache cannot be written
+    model, tokenizer = load_folder(entry)
+    return model, tokenizer, where
+
+
+def _cast_once(folder: str, dtype: torch.dtype, load_folder: Callable[[str], ModelAndTokenizer]) -> ModelAndTokenizer:
+    """Cast into a temporary folder, load, remove the folder (a loaded tensor keeps its mapped file readable)."""
+    with tempfile.TemporaryDirectory(prefix="lrgd-cast-") as tmp:
+        cast_folder(folder, tmp, dtype)
+        return load_folder(tmp)
+
+
 def complete_entry(cache_dir: str, model_file: str, dtype: torch.dtype) -> Optional[str]:
     """The folder of the complete entry ``load_or_convert`` would load for ``model_file`` in ``dtype``; None
     when there is none yet or it is unusable (a cheap look at its marker and files, nothing loaded)."""
@@ -84,14 +124,22 @@ def complete_entry(cache_dir: str, model_file: str, dtype: torch.dtype) -> Optio
 
 def store(entry: str, model, tokenizer, ident: Dict[str, Any]) -> bool:
     """Write ``entry`` atomically; True when this call's entry (or a concurrent writer's) is in place."""
+    def write(tmp: str) -> None:
+        _plain_copy(model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return _write_entry(entry, ident, write)
+
+
+def _write_entry(entry: str, ident: Dict[str, Any], write: Callable[[str], None]) -> bool:
+    """``write(folder)`` into a temporary folder, the marker last, renamed to ``entry``; True when this call's entry
+    (or a concurrent writer's) is in place."""
     parent = os.path.dirname(entry)
     tmp = None
     try:
         os.makedirs(parent, exist_ok=True)
         _remove_stale_temporaries(entry)
         tmp = tempfile.mkdtemp(prefix=_temporary_prefix(entry), dir=parent)
-        _plain_copy(model).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        write(tmp)
         files = {name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
         with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
             json.dump({**ident, "files": files}, f, indent=1, sort_keys=True)

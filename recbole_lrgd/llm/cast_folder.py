@@ -1,0 +1,84 @@
+"""A safetensors model folder written again in another dtype, one tensor in memory at a time.
+
+``from_pretrained`` of a folder stored in float32, asked for bfloat16, keeps every float32 page of the file
+mapped while it casts: about three times the loaded weights at its peak (``benchmarks/load_memory.py``). Cast
+here first, each tensor read through a mapping of its own that is released at once and written out in shards
+of at most ``SHARD_BYTES``, the process holds the loaded weights and little more.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from typing import Dict, List, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+SHARD_BYTES = 128 * 2 ** 20
+INDEX = "model.safetensors.index.json"
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def weight_files(folder: str) -> List[str]:
+    return sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+
+
+def stored_dtype(folder: str) -> Optional[torch.dtype]:
+    """The dtype of the folder's first floating-point tensor; None for a folder without safetensors."""
+    for path in weight_files(folder):
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                dtype = _DTYPES.get(f.get_slice(name).get_dtype())
+                if dtype is not None:
+                    return dtype
+    return None
+
+
+def _read(path: str, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """One tensor, floating-point ones cast to ``dtype``, owning its memory (the file's mapping is let go)."""
+    with safe_open(path, framework="pt") as f:
+        tensor = f.get_tensor(name)
+    return tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != dtype else tensor.clone()
+
+
+def cast_folder(src: str, dst: str, dtype: torch.dtype, shard_bytes: int = SHARD_BYTES) -> None:
+    """Write ``src``'s weights cast to ``dtype`` into ``dst`` (sharded, with an index), and its other files
+    (config with the new dtype, tokenizer, generation config) beside them."""
+    os.makedirs(dst, exist_ok=True)
+    weight_map: Dict[str, str] = {}
+    shard: Dict[str, torch.Tensor] = {}
+    total = 0
+
+    def flush() -> None:
+        name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+        save_file(shard, os.path.join(dst, name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in shard})
+        shard.clear()
+
+    for path in weight_files(src):
+        with safe_open(path, framework="pt") as f:
+            names = list(f.keys())
+        for name in names:
+            shard[name] = _read(path, name, dtype)
+            total += shard[name].numel() * shard[name].element_size()
+            if sum(t.numel() * t.element_size() for t in shard.values()) >= shard_bytes:
+                flush()
+    if shard:
+        flush()
+    with open(os.path.join(dst, INDEX), "w", encoding="utf-8") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1, sort_keys=True)
+    for path in glob.glob(os.path.join(src, "*")):
+        if os.path.isfile(path) and not path.endswith(".safetensors") and os.path.basename(path) != INDEX:
+            shutil.copy(path, dst)
+    config_path = os.path.join(dst, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        for key in ("torch_dtype", "dtype"):
+            if key in config:
+                config[key] = str(dtype).replace("torch.", "")
+        with open(config_path, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
