@@ -58,3 +58,27 @@ def test_a_folder_in_the_run_dtype_loads_as_it_is(tiny_llm_dir, tmp_path):
     _, _, where = loader._load_described(tiny_llm_dir, "cpu", "float32", None, str(tmp_path))
     loader._load.cache_clear()
     assert "(loaded)" in where and os.listdir(tmp_path) == []
+
+
+def test_only_what_from_pretrained_reads_is_cast(tiny_llm_dir, tmp_path):
+    """A quantized folder is left to from_pretrained; a stray weights file beside model.safetensors is neither read
+    nor copied; a changed config or tokenizer file makes a new cast entry."""
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llm_dir, folder)
+    shutil.copy(folder / "model.safetensors", folder / "consolidated.safetensors")
+    out = tmp_path / "out"
+    cast_folder(str(folder), str(out), torch.bfloat16)
+    assert not (out / "consolidated.safetensors").exists()
+    assert sorted(json.load(open(out / INDEX))["weight_map"]) == sorted(
+        AutoModelForCausalLM.from_pretrained(tiny_llm_dir).state_dict())
+    from recbole_lrgd.llm.model_cache import folder_identity
+
+    before = folder_identity(str(folder), torch.bfloat16)
+    (folder / "tokenizer_config.json").write_text((folder / "tokenizer_config.json").read_text() + "\n")
+    assert folder_identity(str(folder), torch.bfloat16) != before
+    config = json.load(open(folder / "config.json"))
+    json.dump({**config, "quantization_config": {"quant_method": "bitsandbytes"}}, open(folder / "config.json", "w"))
+    assert stored_dtype(str(folder)) is None

@@ -22,12 +22,32 @@ INDEX = "model.safetensors.index.json"
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+
+
 def weight_files(folder: str) -> List[str]:
-    return sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+    """The safetensors files ``from_pretrained`` reads: those its index names, else ``model.safetensors``."""
+    index = os.path.join(folder, INDEX)
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            return [os.path.join(folder, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+    single = os.path.join(folder, "model.safetensors")
+    return [single] if os.path.isfile(single) else []
+
+
+def _quantized(folder: str) -> bool:
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            return "quantization_config" in json.load(f)
+    except (OSError, ValueError):
+        return True  # unreadable: leave it to from_pretrained
 
 
 def stored_dtype(folder: str) -> Optional[torch.dtype]:
-    """The dtype of the folder's first floating-point tensor; None for a folder without safetensors."""
+    """The dtype of the folder's first floating-point tensor (float16, bfloat16, float32, float64); None for a
+    folder without the safetensors ``from_pretrained`` reads, or a quantized one (cast by its own rules)."""
+    if _quantized(folder):
+        return None
     for path in weight_files(folder):
         with safe_open(path, framework="pt") as f:
             for name in f.keys():
@@ -41,7 +61,8 @@ def _read(path: str, name: str, dtype: torch.dtype) -> torch.Tensor:
     """One tensor, floating-point ones cast to ``dtype``, owning its memory (the file's mapping is let go)."""
     with safe_open(path, framework="pt") as f:
         tensor = f.get_tensor(name)
-    return tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != dtype else tensor.clone()
+    castable = tensor.dtype in _DTYPES.values() and tensor.dtype != dtype  # float8 and integers stay as stored
+    return tensor.to(dtype) if castable else tensor.clone()
 
 
 def cast_folder(src: str, dst: str, dtype: torch.dtype, shard_bytes: int = SHARD_BYTES) -> None:
@@ -70,8 +91,8 @@ def cast_folder(src: str, dst: str, dtype: torch.dtype, shard_bytes: int = SHARD
         flush()
     with open(os.path.join(dst, INDEX), "w", encoding="utf-8") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1, sort_keys=True)
-    for path in glob.glob(os.path.join(src, "*")):
-        if os.path.isfile(path) and not path.endswith(".safetensors") and os.path.basename(path) != INDEX:
+    for path in glob.glob(os.path.join(src, "*")):  # config, tokenizer, generation config: not the weights
+        if os.path.isfile(path) and not path.endswith(WEIGHT_SUFFIXES) and os.path.basename(path) != INDEX:
             shutil.copy(path, dst)
     config_path = os.path.join(dst, "config.json")
     if os.path.isfile(config_path):

@@ -210,7 +210,7 @@ def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, 
             model, tokenizer, where = model_cache.load_or_convert(
                 cache_dir, os.path.join(path, gguf_file), dtype, lambda: from_pretrained(path, gguf_file=gguf_file),
                 from_pretrained)
-        elif not gguf_file and os.path.isdir(path) and stored_dtype(path) not in (None, dtype):
+        elif device_map is None and not gguf_file and os.path.isdir(path) and stored_dtype(path) not in (None, dtype):
             # stored in another dtype: cast file by file first (from_pretrained would hold both dtypes' pages)
             model, tokenizer, where = model_cache.load_or_cast(cache_dir, path, dtype, from_pretrained)
         else:

@@ -13,6 +13,7 @@ write only costs the speed-up, with a warning; the cache never stops a run.
 from __future__ import annotations
 
 import copy
+import glob
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from recbole_lrgd.llm.cast_folder import cast_folder, weight_files
+from recbole_lrgd.llm.cast_folder import cast_folder
 
 MARKER = "lrgd_cache_entry.json"
 FORMAT = 1  # bump when an entry's layout changes
@@ -47,8 +48,10 @@ def identity(model_file: str, dtype: torch.dtype) -> Dict[str, Any]:
 
 
 def folder_identity(folder: str, dtype: torch.dtype) -> Dict[str, Any]:
-    """What a cast entry depends on: the folder's weight files (sizes, mtimes) and the dtype."""
-    stats = {os.path.basename(p): [os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in weight_files(folder)}
+    """What a cast entry depends on: every file of the folder (sizes, mtimes: weights, config, tokenizer) and the
+    dtype."""
+    files = sorted(p for p in glob.glob(os.path.join(folder, "*")) if os.path.isfile(p))
+    stats = {os.path.basename(p): [os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in files}
     return {"format": FORMAT, "file": os.path.realpath(folder), "weights": stats,
             "dtype": str(dtype).replace("torch.", "")}
 
@@ -108,10 +111,15 @@ def load_or_cast(cache_dir: Optional[str], folder: str, dtype: torch.dtype,
 
 
 def _cast_once(folder: str, dtype: torch.dtype, load_folder: Callable[[str], ModelAndTokenizer]) -> ModelAndTokenizer:
-    """Cast into a temporary folder, load, remove the folder (a loaded tensor keeps its mapped file readable)."""
-    with tempfile.TemporaryDirectory(prefix="lrgd-cast-") as tmp:
-        cast_folder(folder, tmp, dtype)
-        return load_folder(tmp)
+    """Cast into a temporary folder, load, remove the folder (a loaded tensor keeps its mapped file readable);
+    where the cast cannot be written, load the folder as it is (``from_pretrained`` casts, at more memory)."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="lrgd-cast-") as tmp:
+            cast_folder(folder, tmp, dtype)
+            return load_folder(tmp)
+    except OSError as exc:
+        logger.warning(f"could not cast {folder} to {dtype} first ({exc}): loading it as stored")
+        return load_folder(folder)
 
 
 def complete_entry(cache_dir: str, model_file: str, dtype: torch.dtype) -> Optional[str]:

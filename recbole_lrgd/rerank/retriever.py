@@ -35,7 +35,7 @@ NOT_TRAINING_KEYS = ("gpu_id", "use_gpu", "device", "state", "data_path", "check
                      "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path", "log_wandb",
                      "wandb_project", "worker", "metrics", "topk", "eval_batch_size", "eval_users", "candidates_file",
                      "test_neg_sample_args", "local_rank", "nproc", "world_size", "offset", "ip", "port",
-                     "single_spec", "config_files", "result_file")
+                     "single_spec", "config_files", "result_file", "slices")
 
 
 def is_checkpoint(source: str) -> bool:
