@@ -109,14 +109,14 @@ class LRGDTrainer(Trainer):
         config = self.config
         settings = OptimizerSettings.from_config(config)
         context = score_context(config)
-        path = config["demo_state_file"]
+        path = settings.state_file
         if not path and saved:
             identity = state_identity(settings.identity(), context)
             path = os.path.join(config["checkpoint_dir"], f"LRGD-{config['dataset']}-demos-{identity[:10]}.json")
         optimizer = DemoOptimizer(self.model.ranker, settings, state_path=path, context=context,
                                   show_progress=show_progress, map_fn=dist.map_sharded, is_main=dist.is_main(),
                                   round_size=dist.world()[1])
-        stages = config["lrgd_stages"]
+        stages = settings.stages
         start = time.time()
         state = optimizer.run(train_dataset.item_num, stages)
         final = optimizer.evaluate(state.chosen)
