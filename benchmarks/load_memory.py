@@ -18,15 +18,9 @@ import subprocess
 import sys
 from typing import Optional
 
+from shapes import SHAPES, random_model
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAPES = {  # config.json fields of the real models (Hugging Face), for random-weight stand-ins
-    "qwen2.5-1.5b": {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-                     "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
-                     "max_position_embeddings": 32768, "tie_word_embeddings": True, "rope_theta": 1000000.0},
-    "llama-3.1-8b": {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                     "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
-                     "max_position_embeddings": 131072, "tie_word_embeddings": False, "rope_theta": 500000.0},
-}
 MEASURE = """
 import json, resource, sys
 sys.path.insert(0, {root!r})
@@ -48,14 +42,7 @@ print(json.dumps({{"before_mb": before, "peak_mb": resource.getrusage(resource.R
 
 def make(folder: str, shape: str) -> None:
     """A random-weight model of ``shape`` saved in bfloat16 (built in bfloat16: no float32 copy)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    fields = dict(SHAPES[shape])
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(folder)
+    random_model(shape).save_pretrained(folder)
 
 
 def measure(folder: str, dtype: str, cache_dir: Optional[str] = None) -> dict:

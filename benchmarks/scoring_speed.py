@@ -77,19 +77,27 @@ def non_embedding_params(model) -> int:
     return total - embed.numel() - (0 if head is embed else head.numel())
 
 
-def matmul_flops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 0.5, tries: int = 3) -> float:
-    """Best FLOP/s of an (m x k) . (k x n) torch.matmul in ``dtype`` on this machine, now (2 m k n FLOPs
-    per product), over ``tries`` timings of about ``seconds`` each."""
-    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-    start = time.perf_counter()
+def matmul_flops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 0.5, tries: int = 3,
+                 device: str = "cpu") -> float:
+    """Best FLOP/s of an (m x k) . (k x n) torch.matmul in ``dtype`` on ``device``, now (2 m k n FLOPs
+    per product), over ``tries`` timings of about ``seconds`` each (a GPU's queue drained before each clock)."""
+    a, b = torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype)
+
+    def clock() -> float:
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     torch.matmul(a, b)
-    reps = max(1, int(seconds / max(time.perf_counter() - start, 1e-6)))
+    start = clock()
+    torch.matmul(a, b)
+    reps = max(1, int(seconds / max(clock() - start, 1e-6)))
     best = 0.0
     for _ in range(tries):
-        start = time.perf_counter()
+        start = clock()
         for _ in range(reps):
             torch.matmul(a, b)
-        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - start))
+        best = max(best, 2 * m * k * n * reps / (clock() - start))
     return best
 
 
@@ -144,8 +152,8 @@ def chunked(scorer, prompts: List[Prompt]) -> Callable[[], None]:
     first chunk pays for a shared prefix."""
     def fn():
         scorer._prefixes.clear()
-        for start in range(0, len(prompts), scorer.user_batch_size):
-            scorer.score_many(prompts[start: start + scorer.user_batch_size])
+        for start in range(0, len(prompts), scorer.chunk_users):
+            scorer.score_many(prompts[start: start + scorer.chunk_users])
     return fn
 
 

@@ -39,11 +39,12 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def integer(low: int, none: str = "", only: Sequence[int] = ()) -> Rule:
-    """An integer >= ``low`` (or one of ``only``); ``none`` describes what ``~`` means, where allowed."""
+def integer(low: int, none: str = "", only: Sequence[int] = (), word: str = "") -> Rule:
+    """An integer >= ``low`` (or one of ``only``), or the string ``word`` where given; ``none`` describes what
+    ``~`` means, where allowed."""
     expected = " or ".join(map(str, only)) if only else ("a positive integer" if low == 1 else f"an integer >= {low}")
-    return Rule(lambda v: (none and v is None) or (is_int(v) and (v in only if only else v >= low)),
-                expected + (f" or ~ ({none})" if none else ""))
+    return Rule(lambda v: (none and v is None) or (word and v == word) or (is_int(v) and (v in only if only else v >= low)),
+                expected + (f" or {word}" if word else "") + (f" or ~ ({none})" if none else ""))
 
 
 def number(low: float, high: Optional[float] = None, above: bool = False, word: str = "") -> Rule:
@@ -154,7 +155,7 @@ class ScorerSettings(Settings):
     title_score: str = setting(choice(TITLE_SCORES), Changes.SCORES)
     title_score_tokens: int = setting(integer(1), Changes.SCORES)
     candidate_batch_size: int = setting(integer(1))
-    user_batch_size: int = setting(integer(1))
+    user_batch_size: Union[int, str] = setting(integer(1, word="auto"))
     max_new_tokens: int = setting(integer(1), Changes.SCORES)
     title_match_threshold: float = setting(number(0, 1), Changes.SCORES)
     score_cache: bool = setting(boolean())

@@ -216,7 +216,7 @@ class LRGDTrainer(Trainer):
         others as in a single process and the gathered scores equal its scores to the last bit."""
         users = interaction[self.model.USER_ID].cpu().numpy()
         chunks = [(len(chunk), np.concatenate([rows for _, rows in chunk]))
-                  for chunk in user_chunks(users, self.model.user_batch_size)]
+                  for chunk in user_chunks(users, self.model.chunk_users)]
 
         def score_chunk(chunk: Tuple[int, np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
             n_users, rows = chunk

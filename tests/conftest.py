@@ -114,7 +114,7 @@ class StubScorer:
     """Stands in for the LLM: ``score_fn(prompt, target_title)`` gives the scores, target known to the test."""
 
     mode = "likelihood"
-    user_batch_size = 1
+    chunk_users = 1
 
     def __init__(self, tokenizer, targets, score_fn):
         self.tokenizer, self.targets, self.score_fn = tokenizer, targets, score_fn

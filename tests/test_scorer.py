@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from recbole_lrgd.llm.batching import FixedBatches
 from recbole_lrgd.llm.prompt import Demonstration, Prompt, build_prompt, encode_parts, encode_prompt
 from recbole_lrgd.llm.modes import make_scorer
 from recbole_lrgd.llm.scorer import (LLMScorer, common_start, mean_token_logprob, naive_likelihood,
@@ -270,7 +271,7 @@ def test_every_mode_has_the_scorer_interface(tiny_llm):
     for mode, cls in [("likelihood", LLMScorer), ("verbalizer", LLMScorer), ("generate", GenerateScorer)]:
         scorer = _scorer(tiny_llm, mode, user_batch_size=5)
         assert type(scorer) is cls and scorer.mode == mode and scorer.tokenizer is tiny_llm[1]
-        assert scorer.user_batch_size == 5 and scorer.counts == ScoreCounts()
+        assert scorer.batching == FixedBatches(5) and scorer.counts == ScoreCounts()
     with pytest.raises(TypeError, match="candidate_batch_size"):  # no defaults: the YAML holds them
         make_scorer(*tiny_llm, mode="likelihood", user_batch_size=8, score_cache=None, model_id="",
                     max_new_tokens=8, match_threshold=0.8, title_score="mean", title_score_tokens=3)
@@ -388,15 +389,6 @@ def test_common_start_leaves_every_sequence_a_token():
     assert common_start([(1, 2, 3, 4), (1, 2, 5), (1, 2, 3)]) == (1, 2)
     assert common_start([(1, 2, 3), (1, 2, 3, 4)]) == (1, 2)
     assert common_start([(1, 2), (3, 2)]) == ()
-
-
-def test_batches_read_the_rows_alone(tiny_llm):
-    """A prefix with a batch's worth of rows keeps its own batches; the rest share batches in order."""
-    scorer = _scorer(tiny_llm, user_batch_size=3)
-    a, b, c = (1,), (2,), (3,)
-    assert scorer.batches([a, b, a, c, a, b]) == [[0, 2, 4], [1, 3, 5]]
-    assert scorer.batches([a, b, a, c, a, a, b, a]) == [[0, 2, 4], [5, 7], [1, 3, 6]]
-    assert scorer.batches([b, c]) == [[0, 1]]
 
 
 def test_per_user_scores_do_not_depend_on_what_ran_before(sharp_llm):

@@ -647,11 +647,11 @@ def test_a_wider_batch_shares_the_stores_and_is_recorded(tiny_study, tiny_data, 
         with open(os.path.join(tiny_study.folder, "identity.json")) as f:
             return json.load(f)["user_batch_size"]
 
-    assert tiny_study.ranker.scorer.user_batch_size == recorded() == 8  # the YAML's
+    assert tiny_study.ranker.scorer.batching.size == recorded() == 8  # the YAML's
     narrow = tiny_study.run(parts.zero_shot(), "test", 4)
     wide = study.Study("smollm2", "tiny", None, llm_path=tiny_llm_dir, data_path=tiny_data, out=str(tmp_path / "study"),
                        effect_users=10, probes=8, user_batch_size=3)
-    assert wide.ranker.scorer.user_batch_size == recorded() == 3
+    assert wide.ranker.scorer.batching.size == recorded() == 3
     assert wide.identity == tiny_study.identity and wide.folder == tiny_study.folder
 
     def no_scoring(prompts):

@@ -55,7 +55,7 @@ def _fails_first(monkeypatch, match, **kwargs):
     ({"eval_users": -5}, "eval_users must be a positive integer or ~ .*, not -5"),
     ({"valid_users": 0}, "valid_users must be a positive integer or ~ .*, not 0"),
     ({"candidate_batch_size": 0}, "candidate_batch_size must be a positive integer, not 0"),
-    ({"user_batch_size": 0}, "user_batch_size must be a positive integer, not 0"),
+    ({"user_batch_size": 0}, "user_batch_size must be a positive integer or auto, not 0"),
     ({"max_title_tokens": 0}, "max_title_tokens must be a positive integer or ~"),
     ({"max_prompt_tokens": -1}, "max_prompt_tokens must be a positive integer or ~"),
     ({"title_match_threshold": 1.5}, r"title_match_threshold must be a number >= 0 and <= 1, not 1.5"),

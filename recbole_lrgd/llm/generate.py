@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from recbole_lrgd.llm.batching import Batching
 from recbole_lrgd.llm.prompt import Prompt, encode_parts
 from recbole_lrgd.llm.score_cache import ScoreCache
 from recbole_lrgd.llm.scorer import ParseStats, Scorer
@@ -111,10 +112,9 @@ class GenerateScorer(Scorer):
     KV cache, parsed into a ranking; scores descend along it. The score cache holds the parsed ranking
     per prompt (its key includes ``max_new_tokens`` and ``match_threshold``)."""
 
-    def __init__(self, model, tokenizer, *, user_batch_size: int, score_cache: Optional[ScoreCache], model_id: str,
+    def __init__(self, model, tokenizer, *, batching: Batching, score_cache: Optional[ScoreCache], model_id: str,
                  max_new_tokens: int, match_threshold: float):
-        super().__init__(model, tokenizer, "generate", user_batch_size=user_batch_size, score_cache=score_cache,
-                         model_id=model_id)
+        super().__init__(model, tokenizer, "generate", batching=batching, score_cache=score_cache, model_id=model_id)
         self.max_new_tokens, self.match_threshold = max(1, int(max_new_tokens)), float(match_threshold)
 
     @torch.inference_mode()

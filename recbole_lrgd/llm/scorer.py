@@ -10,7 +10,8 @@ share ``Scorer``.
 
 There is one way to run the model: ``score_many``. A prompt is a prefix (instruction + demonstrations)
 and the user's suffix; in likelihood mode its candidates are packed after the suffix. A prompt's row (or rows)
-runs on its prefix's KV cache, ``user_batch_size`` right-padded rows in ONE forward pass:
+runs on its prefix's KV cache, the rows of a batch right-padded in ONE forward pass (``llm/batching.py`` says
+which rows share a batch: ``user_batch_size`` of them, or as many as a token budget holds):
 
 - a prefix shared by a whole batch of rows (one demonstration set for all users) is encoded once and
   kept (a small LRU); its rows run on copies of that cache;
@@ -19,7 +20,7 @@ runs on its prefix's KV cache, ``user_batch_size`` right-padded rows in ONE forw
   forward on the kept cache of the start they all share (the instruction), and row b's cache holds its
   own prefix, the pads masked, its positions continuing it.
 
-Which rows share a batch depends on the prompts of the call alone (``LLMScorer.batches``), never on
+Which rows share a batch depends on the prompts of the call alone (the scorer's ``batching``), never on
 what ran before, so a caller's chunk scores the same wherever it is dealt (sharding).
 ``score(prompt)`` is ``score_many([prompt])[0]``.
 
@@ -36,6 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from recbole_lrgd.llm.batching import Batching
 from recbole_lrgd.llm.kv_cache import KVModel
 from recbole_lrgd.llm.prompt import Prompt, encode_parts
 from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
@@ -69,6 +71,8 @@ class ScoreCounts:
     failed_prompts: int = 0  # ... whose output mentioned no candidate
     generated_candidates: int = 0  # ... candidates shown in them
     unparsed_candidates: int = 0  # ... candidates their outputs never mentioned
+    forward_tokens: int = 0  # likelihood and verbalizer: token positions run through the model, pads included
+    pad_tokens: int = 0  # ... of them pads (rows right-padded to their batch's longest)
 
     def __sub__(self, other: "ScoreCounts") -> "ScoreCounts":
         return ScoreCounts(*(a - b for a, b in zip(astuple(self), astuple(other))))
@@ -79,12 +83,21 @@ class ScoreCounts:
         return self.cache_hits / looked_up if looked_up else None
 
     @property
+    def pad_share(self) -> Optional[float]:
+        return self.pad_tokens / self.forward_tokens if self.forward_tokens else None
+
+    @property
     def parse_failure_rate(self) -> Optional[float]:
         return self.failed_prompts / self.generated_prompts if self.generated_prompts else None
 
     @property
     def unparsed_rate(self) -> Optional[float]:
         return self.unparsed_candidates / self.generated_candidates if self.generated_candidates else None
+
+    def add_forward(self, lengths: Sequence[int]) -> None:
+        """One forward pass of rows of these lengths, right-padded to the longest."""
+        self.forward_tokens += len(lengths) * max(lengths)
+        self.pad_tokens += len(lengths) * max(lengths) - sum(lengths)
 
     def add_parse(self, stats: ParseStats) -> None:
         self.generated_prompts += 1
@@ -98,21 +111,26 @@ class Scorer:
     the counts. Subclasses implement ``score_many``.
 
     ``score_cache`` (with ``model_id``, the identity its keys carry) makes scores persistent;
-    ``user_batch_size`` is how many rows go through the model in one forward pass (a row per user, unless
-    a likelihood user has more candidates than a row holds); callers chunk their users by it.
+    ``batching`` says which rows go through the model in one forward pass (a row per user, unless a
+    likelihood user has more candidates than a row holds); callers hand it ``chunk_users`` users at a time.
     """
 
     PREFIX_CACHE_SIZE = 4  # prefixes kept: the global demonstration set's and the zero-shot one, at least
 
-    def __init__(self, model, tokenizer, mode: str, *, user_batch_size: int, score_cache: Optional[ScoreCache],
+    def __init__(self, model, tokenizer, mode: str, *, batching: Batching, score_cache: Optional[ScoreCache],
                  model_id: str):
         if score_cache is not None and not model_id:
             raise ValueError("a score cache needs the model's identity (model_id) in its keys")
         self.model, self.lm, self.tokenizer, self.mode = model, KVModel(model), tokenizer, mode
-        self.user_batch_size = max(1, int(user_batch_size))
+        self.batching = batching
         self.score_cache, self.model_id = score_cache, model_id
         self.counts = ScoreCounts()
         self._prefixes: "OrderedDict[tuple, tuple]" = OrderedDict()  # prefix ids -> (KV cache, last logits)
+
+    @property
+    def chunk_users(self) -> int:
+        """Users a caller scores in one ``score_many`` call: the unit of batching, sharding and progress."""
+        return self.batching.chunk_users
 
     def score(self, prompt: Prompt) -> np.ndarray:
         """Scores in the caller's candidate order (not the shown order)."""
@@ -135,6 +153,7 @@ class Scorer:
             self._prefixes.move_to_end(key)
         else:
             cache, last = self.lm.prefill([key])
+            self.counts.add_forward([len(key)])
             self._prefixes[key] = cache, last[0]
             while len(self._prefixes) > self.PREFIX_CACHE_SIZE:
                 self._prefixes.popitem(last=False)
@@ -168,14 +187,13 @@ class LLMScorer(Scorer):
     ``title_logprob``'s ``how`` and ``first_tokens`` (likelihood mode); ``mean`` needs no tokens.
     """
 
-    def __init__(self, model, tokenizer, mode: str, candidate_batch_size: int, *, user_batch_size: int,
+    def __init__(self, model, tokenizer, mode: str, candidate_batch_size: int, *, batching: Batching,
                  score_cache: Optional[ScoreCache], model_id: str, title_score: str,
                  title_score_tokens: Optional[int]):
         if mode not in ("likelihood", "verbalizer"):
             raise ValueError(f"scorer_mode {mode!r}: use one of {', '.join(SCORER_MODES)}")
         check_title_score(title_score, title_score_tokens)
-        super().__init__(model, tokenizer, mode, user_batch_size=user_batch_size, score_cache=score_cache,
-                         model_id=model_id)
+        super().__init__(model, tokenizer, mode, batching=batching, score_cache=score_cache, model_id=model_id)
         self.candidate_batch_size = max(1, int(candidate_batch_size))
         self.title_score, self.title_score_tokens = title_score, title_score_tokens
 
@@ -184,7 +202,7 @@ class LLMScorer(Scorer):
         ``title_score_tokens`` (its own prefix caches and counts)."""
         reduction = {"title_score": self.title_score, "title_score_tokens": self.title_score_tokens, **keys}
         return LLMScorer(self.model, self.tokenizer, self.mode, self.candidate_batch_size,
-                         user_batch_size=self.user_batch_size, score_cache=self.score_cache, model_id=self.model_id,
+                         batching=self.batching, score_cache=self.score_cache, model_id=self.model_id,
                          **reduction)
 
     @property
@@ -261,7 +279,7 @@ class LLMScorer(Scorer):
 
     def _score_jobs(self, jobs: Sequence[Tuple[tuple, List[int], list]]) -> List[np.ndarray]:
         """Shown-order scores of ``(prefix, suffix, items)`` jobs, (items, reductions) in likelihood mode and
-        (items,) in verbalizer mode: their rows go through the model in the batches ``batches`` makes, each
+        (items,) in verbalizer mode: their rows go through the model in the batches ``batching`` plans, each
         batch ONE forward pass (after the prefill of its new prefixes)."""
         rows, owners = [], []
         for j, (prefix, suffix, items) in enumerate(jobs):
@@ -271,7 +289,7 @@ class LLMScorer(Scorer):
                 owners.append(j)
         scores: List[Optional[np.ndarray]] = [None] * len(rows)
         batch_rows = self._batch_verbalizer if self.mode == "verbalizer" else self._batch_likelihood
-        for batch in self.batches([prefix for prefix, _, _ in rows]):
+        for batch in self.batching.plan([prefix for prefix, _, _ in rows], [self.row_width(r) for r in rows]):
             for r, row_scores in zip(batch, batch_rows([rows[r] for r in batch])):
                 scores[r] = row_scores
         parts: List[List[np.ndarray]] = [[] for _ in jobs]
@@ -279,24 +297,12 @@ class LLMScorer(Scorer):
             parts[j].append(row_scores)
         return [np.concatenate(p) for p in parts]
 
-    def batches(self, prefixes: Sequence[tuple]) -> List[List[int]]:
-        """Which rows (given by their prefixes) go through the model together, ``user_batch_size`` at most.
-
-        A prefix with at least ``user_batch_size`` rows (a demonstration set shared by a chunk of users)
-        has batches of its own, on its kept cache. The other rows (per-user demonstrations, a short
-        chunk) are batched together in their order, whatever their prefixes. The rule reads the rows
-        alone, so the same rows give the same batches, and the same scores, in any run.
-        """
-        by_prefix: "OrderedDict[tuple, List[int]]" = OrderedDict()
-        for r, prefix in enumerate(prefixes):
-            by_prefix.setdefault(prefix, []).append(r)
-        step, own, mixed = self.user_batch_size, [], []
-        for rows in by_prefix.values():
-            if len(rows) >= step:
-                own.append(rows)
-            else:
-                mixed += rows
-        return [rows[s: s + step] for rows in own + [sorted(mixed)] for s in range(0, len(rows), step)]
+    def row_width(self, row: Tuple[tuple, List[int], list]) -> int:
+        """A row's own tokens after its prefix: the suffix, and in likelihood mode its packed candidates (every
+        token of a candidate but its last)."""
+        _, suffix, items = row
+        packed = sum(len(c) - 1 for c in items) if self.mode == "likelihood" else 0
+        return len(suffix) + packed
 
     def _prefix_rows(self, prefixes: Sequence[tuple]):
         """A KV cache whose row b holds ``prefixes[b]`` (right-padded to the longest) and the logits at
@@ -313,7 +319,9 @@ class LLMScorer(Scorer):
             return self.lm.expand(cache, len(prefixes)), last.expand(len(prefixes), -1)
         start = common_start(list(distinct))
         base = self.lm.expand(self._prefix(start)[0], len(distinct)) if start else None
-        cache, last = self.lm.prefill([prefix[len(start):] for prefix in distinct], pad=self._pad_id, cache=base)
+        rests = [prefix[len(start):] for prefix in distinct]
+        cache, last = self.lm.prefill(rests, pad=self._pad_id, cache=base)
+        self.counts.add_forward([len(rest) for rest in rests])
         rows = [distinct[prefix] for prefix in prefixes]
         return self.lm.select(cache, rows), last[rows]
 
@@ -354,6 +362,7 @@ class LLMScorer(Scorer):
                 allowed[b, :n, :p] = row_allowed[:, :p]
                 allowed[b, :n, span: span + n] = row_allowed[:, p:]
             logits, _ = self.lm.forward(ids, cache, positions=positions, allowed=allowed, keep=keep)
+            self.counts.add_forward([len(row_ids) for _, row_ids, _, _ in rows])
         index = {pos: k for k, pos in enumerate(keep)}
         if any(-1 in row for row in needed):
             logits = torch.cat([logits, last.to(logits.device)[:, None]], 1)

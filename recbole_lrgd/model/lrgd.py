@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from logging import getLogger
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -16,11 +17,13 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from recbole_lrgd.console import FILE_ONLY
 from recbole_lrgd.data.candidates import FixedCandidateEvalDataLoader
 from recbole_lrgd.data.chunks import user_chunks
 from recbole_lrgd.data.demonstrations import DemoChoice, DemonstrationPool, training_sequences
 from recbole_lrgd.data.titles import item_titles
 from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.llm.batching import AUTO
 from recbole_lrgd.llm.loader import llm_device, load_config_llm, load_config_tokenizer
 from recbole_lrgd.llm.score_cache import ScoreCache, model_identity
 from recbole_lrgd.llm.modes import make_scorer
@@ -37,10 +40,13 @@ def config_scorer(config) -> Scorer:
     if s.score_cache:
         cache = ScoreCache.in_dir(s.score_cache_dir)
         model_id = model_identity(config["llm_path"], config["llm_dtype"], llm_device(config))
-    return make_scorer(model, tokenizer, mode=s.scorer_mode, candidate_batch_size=s.candidate_batch_size,
-                       user_batch_size=s.user_batch_size, score_cache=cache, model_id=model_id,
-                       max_new_tokens=s.max_new_tokens, match_threshold=s.title_match_threshold,
-                       title_score=s.title_score, title_score_tokens=s.title_score_tokens)
+    scorer = make_scorer(model, tokenizer, mode=s.scorer_mode, candidate_batch_size=s.candidate_batch_size,
+                         user_batch_size=s.user_batch_size, score_cache=cache, model_id=model_id,
+                         max_new_tokens=s.max_new_tokens, match_threshold=s.title_match_threshold,
+                         title_score=s.title_score, title_score_tokens=s.title_score_tokens)
+    # what auto chose is news on the console; a fixed size is in the config already
+    getLogger().info(f"scoring batches: {scorer.batching}", extra=None if s.user_batch_size == AUTO else FILE_ONLY)
+    return scorer
 
 
 def config_ranker(config, titles: Sequence[str], scorer: Any, pool: Optional[DemonstrationPool] = None) -> ICLRanker:
@@ -111,9 +117,9 @@ class LRGD(SequentialRecommender):
         self.choice, self.fit_result = choice, fit
 
     @property
-    def user_batch_size(self) -> int:
-        """Users scored together in one forward pass: callers chunk users by it."""
-        return self.ranker.scorer.user_batch_size
+    def chunk_users(self) -> int:
+        """Users scored in one call of the scorer (``llm/batching.py``): callers chunk users by it."""
+        return self.ranker.scorer.chunk_users
 
     @property
     def global_demo_users(self) -> list:
@@ -127,7 +133,7 @@ class LRGD(SequentialRecommender):
         """Float64 scores of RecBole's uniN/popN rows, or of each user's rows of a retriever's top-N (full
         ranking: ``LRGDTrainer._collect_reranked``), grouped by user (the label is never read) and, with
         ``zero_shot``, the same rows without demonstrations (for EffectD; else None). Users are scored a
-        ``user_chunks`` chunk of ``user_batch_size`` at a time; ``progress(n)`` follows each chunk of n users."""
+        ``user_chunks`` chunk of ``chunk_users`` at a time; ``progress(n)`` follows each chunk of n users."""
         if self.choice is None:
             raise LRGDError("LRGD has no demonstrations yet: run trainer.fit(train_data) before evaluating")
         users = interaction[self.USER_ID].cpu().numpy()
@@ -137,7 +143,7 @@ class LRGD(SequentialRecommender):
         scores = np.zeros(len(users), dtype=np.float64)
         without = np.zeros(len(users), dtype=np.float64) if zero_shot else None
         policy = self.ranker.policy(self.choice)
-        for chunk in user_chunks(users, self.user_batch_size):
+        for chunk in user_chunks(users, self.chunk_users):
             got, got_without = self.ranker.score_users(
                 [(user, seqs[rows[0], : lens[rows[0]]], items[rows]) for user, rows in chunk], policy, zero_shot)
             for k, (_, rows) in enumerate(chunk):

@@ -3,14 +3,14 @@
 # store and the score cache). From a checkout, one thread per job:
 #   OMP_NUM_THREADS=1 bash benchmarks/out/slices/run.sh [folder of the stores and caches, default .]
 # Two passes: every row but SASRec's on the four datasets, then SASRec and SASRec+LRGD-nearest (the slowest to train
-# on a CPU). A pass run again reuses the rows it has.
+# on a CPU). A pass run again reuses the rows it has. PASSES and DATASETS pick a part (two jobs on two cores).
 out=${1:-.}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 pairs=LRGD-nearest:LRGD-zero-shot,LRGD-nearest:Pop,LRGD-nearest:BPR,Pop+LRGD-nearest:Pop
 pairs=$pairs,Pop+LRGD-nearest:LRGD-nearest,BPR+LRGD-nearest:BPR,BPR+LRGD-nearest:LRGD-nearest
 all=LRGD-zero-shot,LRGD-nearest,Pop,BPR,SASRec,Pop+LRGD-nearest,BPR+LRGD-nearest,SASRec+LRGD-nearest
-for pass in first second; do
-  for ds in amazon-beauty amazon-toys-games amazon-video-games-18 ml-100k; do
+for pass in ${PASSES:-first second}; do
+  for ds in ${DATASETS:-amazon-beauty amazon-toys-games amazon-video-games-18 ml-100k}; do
     users=1000; dp=--data_path=../shared/data; [ $ds = ml-100k ] && users="~" && dp=""
     models=$all; p=$pairs,LRGD-nearest:SASRec,SASRec+LRGD-nearest:SASRec,SASRec+LRGD-nearest:LRGD-nearest
     if [ $pass = first ]; then models=LRGD-zero-shot,LRGD-nearest,Pop,BPR,Pop+LRGD-nearest,BPR+LRGD-nearest; p=$pairs; fi

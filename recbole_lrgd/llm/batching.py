@@ -1,0 +1,126 @@
+"""Which rows share a forward pass: a fixed number of rows (``user_batch_size: 8``), or as many as a token
+budget holds, rows of like length together (``user_batch_size: auto``).
+
+A row is one user's suffix (and, in likelihood mode, its packed candidates) on its prefix's KV cache; its cost
+is its padded length in the batch, the batch's longest prefix plus its longest row. Callers hand the scorer a
+chunk of users at a time (``chunk_users``); a plan reads that chunk's rows alone, never what ran before or on
+another process, so a chunk scores the same wherever it is dealt (exact sharding).
+
+The budget is fixed on a CPU. On a GPU it is sized from the card's memory less what the process holds when
+the scorer is built (the weights): both are the same on every rank and in every run of one card and model,
+so the plan, and the scores, are too.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import List, Sequence, Union
+
+import torch
+
+AUTO = "auto"
+CPU_TOKEN_BUDGET = 8192  # padded tokens a CPU forward takes: about today's 8 rows of nearest K = 4 prompts
+GPU_MEMORY_SHARE = 0.8  # of the card's memory, less the weights, that a forward pass may fill
+MIN_TOKEN_BUDGET, MAX_TOKEN_BUDGET = 1024, 1 << 20
+SHARED_PREFIX_ROWS = 8  # under a budget, a prefix with this many rows of a chunk gets batches of its own
+TOKENS_PER_CHUNK_USER = 256  # a chunk holds about budget / 256 users: a few batches' worth to sort by length
+MIN_CHUNK_USERS, MAX_CHUNK_USERS = 8, 512
+
+
+@dataclass(frozen=True)
+class FixedBatches:
+    """``size`` rows a batch. A prefix with at least ``size`` rows (a demonstration set shared by a chunk of
+    users) has batches of its own, on its kept cache; the other rows (per-user demonstrations, a short chunk)
+    share batches in their order, whatever their prefixes."""
+
+    size: int
+
+    @property
+    def chunk_users(self) -> int:
+        return self.size
+
+    def __str__(self) -> str:
+        return f"{self.size} rows a forward pass"
+
+    def plan(self, prefixes: Sequence[tuple], widths: Sequence[int]) -> List[List[int]]:
+        own, mixed = split_by_prefix(prefixes, self.size)
+        return [rows[s: s + self.size] for rows in own + [sorted(mixed)] for s in range(0, len(rows), self.size)]
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """Batches of at most ``tokens`` padded tokens, rows sorted by length so that few are pads. A prefix with
+    ``SHARED_PREFIX_ROWS`` rows has batches of its own (on its kept cache); the other rows share batches
+    whatever their prefixes. A row longer than the budget runs alone."""
+
+    tokens: int
+
+    @property
+    def chunk_users(self) -> int:
+        return min(MAX_CHUNK_USERS, max(MIN_CHUNK_USERS, self.tokens // TOKENS_PER_CHUNK_USER))
+
+    def __str__(self) -> str:
+        return f"auto: up to {self.tokens:,} padded tokens a forward pass, {self.chunk_users} users a chunk"
+
+    def plan(self, prefixes: Sequence[tuple], widths: Sequence[int]) -> List[List[int]]:
+        own, mixed = split_by_prefix(prefixes, SHARED_PREFIX_ROWS)
+        return [batch for rows in own + [mixed] if rows for batch in self._fill(rows, prefixes, widths)]
+
+    def _fill(self, rows: List[int], prefixes: Sequence[tuple], widths: Sequence[int]) -> List[List[int]]:
+        """``rows`` by length (prefix + own tokens, then index), cut where the next row would overflow."""
+        batches: List[List[int]] = [[]]
+        span = width = 0
+        for r in sorted(rows, key=lambda r: (len(prefixes[r]) + widths[r], r)):
+            grown_span, grown_width = max(span, len(prefixes[r])), max(width, widths[r])
+            if batches[-1] and (len(batches[-1]) + 1) * (grown_span + grown_width) > self.tokens:
+                batches.append([])
+                grown_span, grown_width = len(prefixes[r]), widths[r]
+            batches[-1].append(r)
+            span, width = grown_span, grown_width
+        return [sorted(batch) for batch in batches]
+
+
+Batching = Union[FixedBatches, TokenBudget]
+
+
+def split_by_prefix(prefixes: Sequence[tuple], shared: int):
+    """Rows grouped by prefix: the groups of at least ``shared`` rows, and the other rows in order."""
+    by_prefix: "OrderedDict[tuple, List[int]]" = OrderedDict()
+    for r, prefix in enumerate(prefixes):
+        by_prefix.setdefault(prefix, []).append(r)
+    own = [rows for rows in by_prefix.values() if len(rows) >= shared]
+    mixed = sorted(r for rows in by_prefix.values() if len(rows) < shared for r in rows)
+    return own, mixed
+
+
+def make_batching(user_batch_size: Union[int, str], model=None) -> Batching:
+    """``FixedBatches`` of an integer ``user_batch_size``; for ``auto``, the ``TokenBudget`` of ``model``'s
+    device (``token_budget``)."""
+    if user_batch_size == AUTO:
+        return TokenBudget(token_budget(model))
+    return FixedBatches(max(1, int(user_batch_size)))
+
+
+def token_budget(model) -> int:
+    """Padded tokens a forward pass of ``model`` may take: ``CPU_TOKEN_BUDGET`` on a CPU; on a GPU, the card's
+    memory share less what is allocated now, over ``bytes_per_token``."""
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    if device.type != "cuda":
+        return CPU_TOKEN_BUDGET
+    free = torch.cuda.get_device_properties(device).total_memory * GPU_MEMORY_SHARE - torch.cuda.memory_allocated(device)
+    return int(min(MAX_TOKEN_BUDGET, max(MIN_TOKEN_BUDGET, free // bytes_per_token(model.config, model.dtype))))
+
+
+def bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Device memory one token of a batch may hold at once: its keys and values in every layer, the widest
+    activations of a layer (the MLP's three projections, the attention's and residual's), and its logits over
+    the vocabulary in the model's dtype, in float32 and the log-softmax's float32 temporary (an upper bound:
+    only the candidates' positions keep logits)."""
+    size = torch.finfo(dtype).bits // 8
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    kv = 2 * config.num_hidden_layers * kv_heads * head_dim * size
+    activations = (3 * config.intermediate_size + 4 * config.hidden_size) * size
+    logits = config.vocab_size * (size + 4 + 4)
+    return kv + activations + logits

@@ -1,0 +1,49 @@
+"""benchmarks/throughput.py's row on the tiny LLM: every user scored, the tokens run and their pads, the LM head's
+rows and the FLOPs they make, and the random-weight shapes' sizes."""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import pytest  # noqa: E402
+
+import throughput  # noqa: E402
+from shapes import SHAPES  # noqa: E402
+from test_scorer import _per_user_prompts  # noqa: E402
+
+
+@pytest.mark.parametrize("batch", ["1", "auto"])
+def test_a_row_scores_every_user_and_counts_its_work(tiny_llm, batch):
+    model, tok = tiny_llm
+    prompts = _per_user_prompts(tok)
+    row = throughput.measure(model, tok, prompts, batch, seconds=1e9, device="cpu")
+    assert row["users"] == len(prompts) and row["users_per_s"] > 0 and row["tflops"] > 0
+    assert row["tokens_per_s"] * row["seconds"] == pytest.approx(sum(throughput.prompt_tokens(tok, p) for p in prompts))
+    assert (row["pad_share"] == 0) if batch == "1" else (0 < row["pad_share"] < 0.5)
+    assert row["peak_mb"] > 0
+
+
+def test_head_rows_count_the_logit_positions(tiny_llm):
+    import torch
+
+    model, _ = tiny_llm
+    head = throughput.HeadRows(model)
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.ones((3, 5), dtype=torch.long))
+    finally:
+        head.close()
+    assert head.rows == 15
+
+
+def test_the_shapes_are_the_real_models_sizes():
+    """Non-embedding parameters of each shape (Kaplan's N): 12 h^2-ish per layer from the config alone."""
+    def non_embedding(s):
+        h, kv = s["hidden_size"], s["hidden_size"] // s["num_attention_heads"] * s["num_key_value_heads"]
+        return s["num_hidden_layers"] * (2 * h * h + 2 * h * kv + 3 * h * s["intermediate_size"])
+
+    assert round(non_embedding(SHAPES["smollm2-135m"]) / 1e6) == 106
+    assert round(non_embedding(SHAPES["qwen2.5-1.5b"]) / 1e9, 2) == 1.31
+    assert round(non_embedding(SHAPES["llama-3.1-8b"]) / 1e9, 2) == 6.98
