@@ -31,10 +31,11 @@ def check_map_sharded(out_dir: str) -> None:
 
 def main() -> int:
     dist.init()
-    if os.environ.get("LRGD_TEST_CPU_TOKEN_BUDGET"):  # user_batch_size auto: several chunks and batches of tiny prompts
+    if os.environ.get("LRGD_TEST_AUTO_TOKENS"):  # user_batch_size auto: several chunks and batches of tiny prompts
         from recbole_lrgd.llm import batching
 
-        batching.CPU_TOKEN_BUDGET = int(os.environ["LRGD_TEST_CPU_TOKEN_BUDGET"])
+        tokens = int(os.environ["LRGD_TEST_AUTO_TOKENS"])
+        batching.batch_bytes = lambda model: tokens * batching.token_bytes(model.config, model.dtype)[1]
     check_map_sharded(os.environ["LRGD_DIST_OUT"])
     import run_recbole_lrgd
 

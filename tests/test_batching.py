@@ -10,7 +10,7 @@ import torch
 from test_scorer import _per_user_prompts, _scorer, _user_prompts
 
 from recbole_lrgd.llm import batching
-from recbole_lrgd.llm.batching import FixedBatches, TokenBudget, bytes_per_token, make_batching, token_budget
+from recbole_lrgd.llm.batching import FixedBatches, TokenBudget, make_batching, token_bytes
 from recbole_lrgd.llm.prompt import encode_parts
 from recbole_lrgd.llm.scorer import LLMScorer, common_start
 
@@ -29,9 +29,9 @@ def test_a_token_budget_fills_batches_with_rows_of_like_length():
     """Rows by prefix + own length: 3 (3 + 5), 0 (2 + 10), 2 (2 + 20) fit 100 padded tokens (3 x (3 + 20));
     row 1 (1 + 40) would make it 4 x (3 + 40) = 172."""
     prefixes, widths = [(1, 2), (3,), (1, 2), (4, 5, 6)], [10, 40, 20, 5]
-    assert TokenBudget(100).plan(prefixes, widths) == [[0, 2, 3], [1]]
-    assert TokenBudget(1000).plan(prefixes, widths) == [[0, 1, 2, 3]]
-    assert TokenBudget(30).plan([(1,), (1,)], [50, 2]) == [[1], [0]]  # a row over the budget runs alone
+    assert TokenBudget(100, prefix_weight=1.0).plan(prefixes, widths) == [[0, 2, 3], [1]]
+    assert TokenBudget(1000, prefix_weight=1.0).plan(prefixes, widths) == [[0, 1, 2, 3]]
+    assert TokenBudget(30, prefix_weight=1.0).plan([(1,), (1,)], [50, 2]) == [[1], [0]]  # over the budget: alone
 
 
 def test_a_shared_prefix_keeps_batches_of_its_own_under_a_budget():
@@ -43,24 +43,36 @@ def test_a_shared_prefix_keeps_batches_of_its_own_under_a_budget():
     assert TokenBudget(10 ** 6).plan([shared] * 3 + [other], [1] * 4) == [[0, 1, 2, 3]]  # too few: mixed
 
 
+def test_a_prefix_token_weighs_its_keys_and_values():
+    """Own 10 + prefix 91 x 0.1 = 19.1 a row: 5 rows fit 100 tokens, 6 do not; unweighted, one row is 101; weightless, the six cost 60."""
+    prefixes, widths = [(0,) * 90] * 6, [10] * 6
+    assert TokenBudget(100, prefix_weight=0.1).plan([p + (r,) for r, p in enumerate(prefixes)], widths) == [
+        [0, 1, 2, 3, 4], [5]]
+    assert TokenBudget(100, prefix_weight=1.0).plan([p + (r,) for r, p in enumerate(prefixes)], widths) == [
+        [r] for r in range(6)]
+    assert TokenBudget(100).plan([p + (r,) for r, p in enumerate(prefixes)], widths) == [list(range(6))]
+
+
 def test_chunk_users_follow_the_budget_within_bounds():
-    assert TokenBudget(8192).chunk_users == 32
+    assert TokenBudget(2048).chunk_users == 32
     assert TokenBudget(100).chunk_users == batching.MIN_CHUNK_USERS
     assert TokenBudget(10 ** 7).chunk_users == batching.MAX_CHUNK_USERS
 
 
 def test_make_batching_reads_user_batch_size(tiny_llm):
-    assert make_batching(8, tiny_llm[0]) == FixedBatches(8)
-    assert make_batching("auto", tiny_llm[0]) == TokenBudget(batching.CPU_TOKEN_BUDGET)  # a CPU: the fixed budget
-    assert token_budget(tiny_llm[0]) == batching.CPU_TOKEN_BUDGET
+    model = tiny_llm[0]
+    assert make_batching(8, model) == FixedBatches(8)
+    kv, own = token_bytes(model.config, model.dtype)
+    tokens = min(batching.MAX_TOKEN_BUDGET, max(batching.MIN_TOKEN_BUDGET, batching.CPU_BATCH_BYTES // own))
+    assert make_batching("auto", model) == TokenBudget(tokens, round(kv / own, 4))  # a CPU: the fixed bytes
 
 
-def test_bytes_per_token_of_the_8b_shape():
-    """Llama-3.1-8B in bf16: keys and values 2 x 32 layers x 8 heads x 128 x 2 bytes, activations
-    (3 x 14,336 + 4 x 4,096) x 2 bytes, logits 128,256 x (2 + 4 + 4) bytes."""
+def test_token_bytes_of_the_8b_shape():
+    """Llama-3.1-8B in bf16: keys and values 2 x 32 layers x 8 heads x 128 x 2 bytes; an own token adds the
+    activations (3 x 14,336 + 4 x 4,096) x 2 bytes and the logits 128,256 x (2 + 4 + 4) bytes."""
     config = SimpleNamespace(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                              intermediate_size=14336, vocab_size=128256, head_dim=128)
-    assert bytes_per_token(config, torch.bfloat16) == 131072 + 118784 + 1282560
+    assert token_bytes(config, torch.bfloat16) == (131072, 131072 + 118784 + 1282560)
 
 
 def _budget_scorer(llm, mode: str, tokens: int) -> LLMScorer:

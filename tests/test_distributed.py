@@ -58,7 +58,7 @@ def test_shard_and_unshard_round_trip(world_size):
 def _start(run_dir, args, processes, script=WORKER):
     os.makedirs(run_dir, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LRGD_DIST_OUT": run_dir, "CUDA_VISIBLE_DEVICES": "",
-           "ACCELERATE_USE_CPU": "true", "PYTHONPATH": ROOT, "LRGD_TEST_CPU_TOKEN_BUDGET": "1024"}
+           "ACCELERATE_USE_CPU": "true", "PYTHONPATH": ROOT, "LRGD_TEST_AUTO_TOKENS": "600"}
     if processes == 1:
         cmd = [sys.executable, script]
     else:  # accelerate's torchrun launcher ("--multi_gpu") spawns the processes; CPU -> gloo
@@ -91,8 +91,7 @@ OPTIMIZER_ARGS = ["--pool_size=6", "--probe_users=6", "--probe_negatives=5", "--
 
 @pytest.mark.parametrize("demo_mode,batch", [("random", "2"), ("nearest", "2"), ("lrgd", "2"), ("nearest", "auto")])
 def test_two_processes_give_the_metrics_and_demonstrations_of_one(tmp_path, tiny_llm_dir, demo_mode, batch):
-    """auto: the worker's CPU token budget (1,024 tokens) makes chunks of 8 users and several length-sorted
-    batches in each."""
+    """auto: the worker's budget (600 tokens) makes chunks of 9 users and several length-sorted batches in each."""
     write_tiny_dataset(str(tmp_path))
     args = ["--model=LRGD", "--dataset=tiny", f"--data_path={tmp_path}", f"--llm_path={tiny_llm_dir}",
             f"--demo_mode={demo_mode}", "--num_demos=2", "--eval_users=12", "--valid_users=6", "--score_cache=False",
@@ -127,7 +126,7 @@ def test_two_processes_give_the_metrics_and_demonstrations_of_one(tmp_path, tiny
     # rank 0 alone logs: one log file, one printed result
     logs = glob.glob(os.path.join(runs[2], "log", "LRGD", "*.log"))
     assert len(logs) == 1
-    chosen = "auto: up to 1,024 padded tokens a forward pass, 8 users a chunk" if batch == "auto" else "2 rows"
+    chosen = "auto: up to 600 padded tokens a forward pass, 9 users a chunk" if batch == "auto" else "2 rows"
     assert f"scoring batches: {chosen}" in open(logs[0], encoding="utf-8").read()
     assert sum(line.startswith("test result:") for line in out_two.splitlines()) == 1, out_two[-4000:]
 

@@ -1,29 +1,32 @@
 """Which rows share a forward pass: a fixed number of rows (``user_batch_size: 8``), or as many as a token
 budget holds, rows of like length together (``user_batch_size: auto``).
 
-A row is one user's suffix (and, in likelihood mode, its packed candidates) on its prefix's KV cache; its cost
-is its padded length in the batch, the batch's longest prefix plus its longest row. Callers hand the scorer a
-chunk of users at a time (``chunk_users``); a plan reads that chunk's rows alone, never what ran before or on
-another process, so a chunk scores the same wherever it is dealt (exact sharding).
+A row is one user's suffix (and, in likelihood mode, its packed candidates) run on its prefix's KV cache. Its
+own tokens cost memory in every layer and, above all, in the logits over the vocabulary; a prefix token costs
+only its keys and values (``prefix_weight`` of an own token). A batch costs its rows times its padded row: the
+longest own part plus the weighted longest prefix. Callers hand the scorer a chunk of users at a time
+(``chunk_users``); a plan reads that chunk's rows alone, never what ran before or on another process, so a
+chunk scores the same wherever it is dealt (exact sharding).
 
-The budget is fixed on a CPU. On a GPU it is sized from the card's memory less what the process holds when
-the scorer is built (the weights): both are the same on every rank and in every run of one card and model,
-so the plan, and the scores, are too.
+The budget is a number of bytes over ``bytes_per_token``: fixed on a CPU (where wide batches only add page
+faults and cache misses to the logits), and on a GPU the card's memory less what the process holds when the
+scorer is built (the weights): both the same on every rank and in every run of one card and model, so the
+plan, and the scores, are too.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import List, Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 
 AUTO = "auto"
-CPU_TOKEN_BUDGET = 8192  # padded tokens a CPU forward takes: about today's 8 rows of nearest K = 4 prompts
+CPU_BATCH_BYTES = 5 << 28  # 1.25 GiB a CPU forward may fill: about 8 rows of the default LLM's prompts
 GPU_MEMORY_SHARE = 0.8  # of the card's memory, less the weights, that a forward pass may fill
-MIN_TOKEN_BUDGET, MAX_TOKEN_BUDGET = 1024, 1 << 20
+MIN_TOKEN_BUDGET, MAX_TOKEN_BUDGET = 256, 1 << 20
 SHARED_PREFIX_ROWS = 8  # under a budget, a prefix with this many rows of a chunk gets batches of its own
-TOKENS_PER_CHUNK_USER = 256  # a chunk holds about budget / 256 users: a few batches' worth to sort by length
+TOKENS_PER_CHUNK_USER = 64  # a chunk holds budget / 64 users: a few batches' worth of rows to sort by length
 MIN_CHUNK_USERS, MAX_CHUNK_USERS = 8, 512
 
 
@@ -49,11 +52,12 @@ class FixedBatches:
 
 @dataclass(frozen=True)
 class TokenBudget:
-    """Batches of at most ``tokens`` padded tokens, rows sorted by length so that few are pads. A prefix with
-    ``SHARED_PREFIX_ROWS`` rows has batches of its own (on its kept cache); the other rows share batches
-    whatever their prefixes. A row longer than the budget runs alone."""
+    """Batches of at most ``tokens`` padded own tokens (a prefix token counting ``prefix_weight`` of one), rows
+    sorted by length so that few are pads. A prefix with ``SHARED_PREFIX_ROWS`` rows has batches of its own (on
+    its kept cache); the other rows share batches whatever their prefixes. A row over the budget runs alone."""
 
     tokens: int
+    prefix_weight: float = 0.0
 
     @property
     def chunk_users(self) -> int:
@@ -67,12 +71,12 @@ class TokenBudget:
         return [batch for rows in own + [mixed] if rows for batch in self._fill(rows, prefixes, widths)]
 
     def _fill(self, rows: List[int], prefixes: Sequence[tuple], widths: Sequence[int]) -> List[List[int]]:
-        """``rows`` by length (prefix + own tokens, then index), cut where the next row would overflow."""
+        """``rows`` by cost (own tokens + weighted prefix, then index), cut where the next row would overflow."""
         batches: List[List[int]] = [[]]
         span = width = 0
-        for r in sorted(rows, key=lambda r: (len(prefixes[r]) + widths[r], r)):
+        for r in sorted(rows, key=lambda r: (widths[r] + self.prefix_weight * len(prefixes[r]), r)):
             grown_span, grown_width = max(span, len(prefixes[r])), max(width, widths[r])
-            if batches[-1] and (len(batches[-1]) + 1) * (grown_span + grown_width) > self.tokens:
+            if batches[-1] and (len(batches[-1]) + 1) * (grown_width + self.prefix_weight * grown_span) > self.tokens:
                 batches.append([])
                 grown_span, grown_width = len(prefixes[r]), widths[r]
             batches[-1].append(r)
@@ -94,28 +98,29 @@ def split_by_prefix(prefixes: Sequence[tuple], shared: int):
 
 
 def make_batching(user_batch_size: Union[int, str], model=None) -> Batching:
-    """``FixedBatches`` of an integer ``user_batch_size``; for ``auto``, the ``TokenBudget`` of ``model``'s
-    device (``token_budget``)."""
-    if user_batch_size == AUTO:
-        return TokenBudget(token_budget(model))
-    return FixedBatches(max(1, int(user_batch_size)))
+    """``FixedBatches`` of an integer ``user_batch_size``; for ``auto``, the ``TokenBudget`` of ``model`` on its
+    device: ``batch_bytes`` over ``token_bytes``, a prefix token weighing its keys and values."""
+    if user_batch_size != AUTO:
+        return FixedBatches(max(1, int(user_batch_size)))
+    kv, own = token_bytes(model.config, model.dtype)
+    tokens = min(MAX_TOKEN_BUDGET, max(MIN_TOKEN_BUDGET, int(batch_bytes(model) // own)))
+    return TokenBudget(tokens, prefix_weight=round(kv / own, 4))
 
 
-def token_budget(model) -> int:
-    """Padded tokens a forward pass of ``model`` may take: ``CPU_TOKEN_BUDGET`` on a CPU; on a GPU, the card's
-    memory share less what is allocated now, over ``bytes_per_token``."""
-    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+def batch_bytes(model) -> float:
+    """Memory a forward pass may fill: ``CPU_BATCH_BYTES`` on a CPU; on a GPU the card's memory share less what
+    is allocated now (the weights)."""
+    device = next(model.parameters()).device
     if device.type != "cuda":
-        return CPU_TOKEN_BUDGET
-    free = torch.cuda.get_device_properties(device).total_memory * GPU_MEMORY_SHARE - torch.cuda.memory_allocated(device)
-    return int(min(MAX_TOKEN_BUDGET, max(MIN_TOKEN_BUDGET, free // bytes_per_token(model.config, model.dtype))))
+        return CPU_BATCH_BYTES
+    return torch.cuda.get_device_properties(device).total_memory * GPU_MEMORY_SHARE - torch.cuda.memory_allocated(device)
 
 
-def bytes_per_token(config, dtype: torch.dtype) -> int:
-    """Device memory one token of a batch may hold at once: its keys and values in every layer, the widest
-    activations of a layer (the MLP's three projections, the attention's and residual's), and its logits over
-    the vocabulary in the model's dtype, in float32 and the log-softmax's float32 temporary (an upper bound:
-    only the candidates' positions keep logits)."""
+def token_bytes(config, dtype: torch.dtype) -> Tuple[int, int]:
+    """Memory a prefix token holds in a batch (its keys and values in every layer) and a row's own token (those,
+    the widest activations of a layer: the MLP's three projections, the attention's and the residual's, and its
+    logits over the vocabulary in the model's dtype, in float32 and the log-sum-exp's float32 temporary; an upper
+    bound, as only the candidates' positions keep logits)."""
     size = torch.finfo(dtype).bits // 8
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -123,4 +128,4 @@ def bytes_per_token(config, dtype: torch.dtype) -> int:
     kv = 2 * config.num_hidden_layers * kv_heads * head_dim * size
     activations = (3 * config.intermediate_size + 4 * config.hidden_size) * size
     logits = config.vocab_size * (size + 4 + 4)
-    return kv + activations + logits
+    return kv, kv + activations + logits
