@@ -14,7 +14,7 @@ Per-user scores go to ``dtype_quality``'s resumable stores (benchmarks/out/dtype
 import argparse
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from dtype_quality import compare, score_dataset, store_path, write_summary  # n
 BATCHES = (1, 8, 32)
 
 
-def settings_for(dataset: str, batch: int, users: int, data_path: str) -> dict:
+def settings_for(dataset: str, batch: Union[int, str], users: int, data_path: str) -> dict:
     """Every setting that changes a score is spelled out, so the store's key names them all."""
     cfg = {"llm_dtype": "bfloat16", "eval_users": users, "score_cache": False, "show_progress": False,
            "state": "WARNING", "use_gpu": False, "demo_mode": "nearest", "num_demos": 4, "user_batch_size": batch}
@@ -58,9 +58,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data_path", default="/work/shared/data")
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
-    batches = [int(b) for b in args.batches.split(",")]
-    stores: Dict[int, dict] = {}
-    seconds: Dict[int, float] = {}
+    batches = [b if b == "auto" else int(b) for b in args.batches.split(",")]
+    stores: Dict[Union[int, str], dict] = {}
+    seconds: Dict[Union[int, str], float] = {}
     for batch in batches:
         cfg = settings_for(args.dataset, batch, args.users, args.data_path)
         stores[batch] = score_dataset(args.dataset, f"batch{batch}", cfg)

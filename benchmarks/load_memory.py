@@ -50,7 +50,8 @@ def measure(folder: str, dtype: str, cache_dir: Optional[str] = None) -> dict:
     out = subprocess.run([sys.executable, "-c", MEASURE.format(root=ROOT, path=folder, dtype=dtype, cache_dir=cache_dir)],
                          capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["file_mb"] = sum(os.path.getsize(p) for p in glob.glob(os.path.join(folder, "*.safetensors"))) / 2 ** 20
+    files = [folder] if os.path.isfile(folder) else glob.glob(os.path.join(folder, "*.safetensors"))  # a GGUF, or a folder
+    result["file_mb"] = sum(os.path.getsize(p) for p in files) / 2 ** 20
     result["ratio"] = result["peak_mb"] / result["loaded_mb"]
     result["ratio_over_before"] = (result["peak_mb"] - result["before_mb"]) / result["loaded_mb"]
     return result

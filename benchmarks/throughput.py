@@ -1,7 +1,8 @@
 """How close does scoring come to the device's limit at 135M, 1.5B and 8B shapes, and at which batch?
 
     python benchmarks/throughput.py                                   # a CPU: the SmolLM2 shape, 32 users a row
-    python benchmarks/throughput.py --device cuda --shapes all        # a GPU: the three shapes, 943 users a row
+    python benchmarks/throughput.py --save_prompts .gpu               # all 943 users' prompts, for a bare machine
+    python benchmarks/throughput.py --device cuda --prompts .gpu      # a GPU: the three shapes, 943 users a row
 
 Random-weight models of the real models' shapes (benchmarks/shapes.py; speed does not depend on the weights) run
 the real scorer (likelihood, 20 candidates a user, score cache off) on real prompts: ml-100k's test users, their
@@ -20,13 +21,14 @@ instruction's kept prefix), and stops after the chunk that passes --seconds. Per
   pads           the share of the token positions run that were padding
 
 The table goes to benchmarks/out/throughput_<device>.md (and .json), with the device, torch and transformers.
---profile adds one profiled chunk per shape and mode at the auto batch: where its time goes.
+--profile adds one profiled chunk (64 users at most) per shape and mode at the auto batch: where its time goes.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import pickle
 import sys
 import time
 from typing import Dict, List, Optional, Tuple
@@ -35,28 +37,32 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole.data import create_dataset  # noqa: E402
-from recbole.utils import init_seed  # noqa: E402
-
-from recbole_lrgd.config import build_config  # noqa: E402
-from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
-from recbole_lrgd.data.loaders import prepare_data  # noqa: E402
+from flops import matmul_flops, non_embedding_params  # noqa: E402
 from recbole_lrgd.llm.batching import make_batching  # noqa: E402
 from recbole_lrgd.llm.prompt import Prompt, encode_parts  # noqa: E402
 from recbole_lrgd.llm.scorer import LLMScorer  # noqa: E402
-from recbole_lrgd.model import LRGD  # noqa: E402
-from scoring_speed import eval_users_of, matmul_flops, non_embedding_params, user_prompts  # noqa: E402
 from shapes import SHAPES, random_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("zero-shot", "nearest")
 BATCHES = ("1", "8", "32", "128", "auto")
 PEAK_N = {"cpu": 2048, "cuda": 8192}
+PROFILE_USERS = 64
 
 
-def ml100k_prompts(users: Optional[int]) -> Tuple[Dict[str, List[Prompt]], object]:
+def ml100k_prompts(users: Optional[int]) -> Tuple[Dict[str, List[Prompt]], List[int], object]:
     """Zero-shot and nearest K = 4 prompts of ml-100k's test users (all with ``users`` None), as LRGD builds them,
-    and the default LLM's tokenizer."""
+    each user's target (its index among the prompt's candidates) and the default LLM's tokenizer."""
+    from recbole.data import create_dataset
+    from recbole.utils import init_seed
+
+    from recbole_lrgd.config import build_config
+    from recbole_lrgd.data.chunks import user_rows
+    from recbole_lrgd.data.demonstrations import DemoChoice
+    from recbole_lrgd.data.loaders import prepare_data
+    from recbole_lrgd.model import LRGD
+    from scoring_speed import user_prompts
+
     config = build_config("LRGD", "ml-100k", config_dict={
         "eval_users": users, "num_demos": 4, "score_cache": False, "show_progress": False, "state": "WARNING",
         "use_gpu": False})
@@ -64,10 +70,35 @@ def ml100k_prompts(users: Optional[int]) -> Tuple[Dict[str, List[Prompt]], objec
     train, _, test = prepare_data(config, create_dataset(config))
     model = LRGD(config, train._dataset)
     ranker = model.ranker
-    eval_users = eval_users_of(test)
+    eval_users, targets = [], []
+    for inter, _, positive_u, positive_i in test:
+        seqs, lens, items = inter["item_id_list"].numpy(), inter["item_length"].numpy(), inter["item_id"].numpy()
+        for k, (user, rows) in enumerate(user_rows(inter["user_id"].numpy())):
+            eval_users.append((user, seqs[rows[0], : lens[rows[0]]], items[rows]))
+            targets.append(list(items[rows]).index(int(positive_i[positive_u == k][0])))
     nearest = DemoChoice.for_mode("nearest", ranker.pool, ranker.demos.num_demos, ranker.demos.seed)
-    return {"zero-shot": user_prompts(model, eval_users, DemoChoice()),
-            "nearest": user_prompts(model, eval_users, nearest)}, ranker.scorer.tokenizer
+    prompts = {"zero-shot": user_prompts(model, eval_users, DemoChoice()),
+               "nearest": user_prompts(model, eval_users, nearest)}
+    return prompts, targets, ranker.scorer.tokenizer
+
+
+def save_prompts(folder: str, users: Optional[int]) -> None:
+    """``ml100k_prompts`` into ``folder``: prompts.pkl and the tokenizer, for a machine without RecBole or the
+    default LLM's weights (the GPU run: benchmarks/gpu_scale.sh)."""
+    prompts, targets, tokenizer = ml100k_prompts(users)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "prompts.pkl"), "wb") as f:
+        pickle.dump({"prompts": prompts, "targets": targets}, f)
+    tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
+
+
+def load_prompts(folder: str) -> Tuple[Dict[str, List[Prompt]], List[int], object]:
+    """What ``save_prompts`` wrote."""
+    from transformers import AutoTokenizer
+
+    with open(os.path.join(folder, "prompts.pkl"), "rb") as f:
+        saved = pickle.load(f)
+    return saved["prompts"], saved["targets"], AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))
 
 
 class HeadRows:
@@ -151,14 +182,14 @@ def kind_of(name: str) -> str:
 
 
 def profile(model, tokenizer, prompts: List[Prompt], device: str) -> str:
-    """Where one auto chunk's time goes: the profiler's operator time by kind, and the rest (Python, the
-    scorer's own work, launch gaps) as wall time less operator time."""
+    """Where an auto chunk's time goes (``PROFILE_USERS`` users at most): the profiler's operator (a GPU's: kernel)
+    time by kind, and the rest (Python, the scorer's own work, launch gaps) as wall time less that."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     scorer = LLMScorer(model, tokenizer, "likelihood", 20, batching=make_batching("auto", model), score_cache=None,
                        model_id="", title_score="mean", title_score_tokens=None)
     scorer.score_many(prompts[:1])
-    chunk = prompts[1: 1 + scorer.chunk_users]
+    chunk = prompts[1: 1 + min(PROFILE_USERS, scorer.chunk_users)]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     start = time.perf_counter()
     with torch_profile(activities=activities) as prof:
@@ -197,13 +228,22 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0, help="a row stops after the chunk that passes this "
                                                                  "(default: 60 on a CPU, 10 on a GPU)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--prompts", default="", help="read the prompts from this folder (--save_prompts wrote it) "
+                                                      "instead of building them (no RecBole or default LLM needed)")
+    parser.add_argument("--save_prompts", default="", help="write all 943 users' prompts to this folder and stop")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out"))
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line: these are not its keys
+    if args.save_prompts:
+        save_prompts(args.save_prompts, None)
+        return 0
     gpu = args.device == "cuda"
     shapes = list(SHAPES) if args.shapes == "all" or (gpu and not args.shapes) else (args.shapes or "smollm2-135m").split(",")
     modes, batches = args.modes.split(","), args.batches.split(",")
     seconds = args.seconds or (10 if gpu else 60)
-    prompts, tokenizer = ml100k_prompts(args.users or (None if gpu else 32))
+    users = args.users or (None if gpu else 32)
+    prompts, _, tokenizer = load_prompts(args.prompts) if args.prompts else ml100k_prompts(users)
+    prompts = {mode: rows[:users] for mode, rows in prompts.items()}
     peak = matmul_flops(*(PEAK_N[args.device],) * 3, torch.bfloat16, device=args.device)
     print(f"{device_name(args.device)}; bf16 matmul peak {peak / 1e12:.2f} TFLOP/s ({PEAK_N[args.device]}^3); "
           f"torch {torch.__version__}")
@@ -224,14 +264,14 @@ def main() -> int:
         del model
         if gpu:
             torch.cuda.empty_cache()
-    write(rows, profiles, args.device, peak)
+    write(rows, profiles, args.device, peak, args.out)
     return 0
 
 
-def write(rows: List[dict], profiles: List[str], device: str, peak: float) -> None:
+def write(rows: List[dict], profiles: List[str], device: str, peak: float, folder: str) -> None:
     import transformers
 
-    out = os.path.join(ROOT, "benchmarks", "out", f"throughput_{device}")
+    out = os.path.join(folder, f"throughput_{device}")
     head = (f"{device_name(device)}; torch {torch.__version__}, transformers {transformers.__version__}; bf16 matmul "
             f"peak {peak / 1e12:.2f} TFLOP/s ({PEAK_N[device]}^3, measured in the same run)")
     lines = ["# Scoring throughput (benchmarks/throughput.py)", "", head, "",

@@ -1,5 +1,6 @@
 """The converted-model cache: a GGUF converted once, then loaded from a folder with the same logits;
 a partial or corrupt entry rebuilt; a changed file or dtype a new entry; a lost write race harmless."""
+import glob
 import os
 
 import numpy as np
@@ -78,6 +79,22 @@ def load(cfg):
     return model, tokenizer, loader.llm_summary(cfg)
 
 
+def transformers_conversion(path, dtype):
+    """transformers' own load of a GGUF (the whole state dict at once): what the streamed conversion must equal."""
+    from transformers import AutoModelForCausalLM
+
+    folder, name = os.path.split(path)
+    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
+
+
+def assert_same_model(model, reference):
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        assert getattr(model.generation_config, key) == getattr(reference.generation_config, key), key
+
+
 def logits(model, tokenizer):
     with torch.no_grad():
         return model(torch.tensor([tokenizer(TEXT)["input_ids"]])).logits
@@ -102,20 +119,27 @@ def test_second_load_comes_from_the_cache_and_equals_the_conversion(tiny_gguf, t
     assert cached_tok.chat_template == fresh_tok.chat_template and cached_tok.pad_token == fresh_tok.pad_token
     assert torch.equal(logits(cached, cached_tok), logits(fresh, fresh_tok))
     assert torch.equal(logits(first, first_tok), logits(fresh, fresh_tok))
+    reference = transformers_conversion(tiny_gguf, dtype)  # streamed tensor by tensor, yet transformers' weights
+    for model in (fresh, first, cached):
+        assert_same_model(model, reference)
 
 
 def _drop_marker(entry):
     os.remove(os.path.join(entry, model_cache.MARKER))
 
 
+def _first_shard(entry):
+    return sorted(glob.glob(os.path.join(entry, "model*.safetensors")))[0]
+
+
 def _truncate_weights(entry):
-    path = os.path.join(entry, "model.safetensors")
+    path = _first_shard(entry)
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
 
 
 def _scramble_weights(entry):  # same size, unreadable header: only loading can tell
-    path = os.path.join(entry, "model.safetensors")
+    path = _first_shard(entry)
     with open(path, "r+b") as f:
         f.write(b"\xff" * 64)
 
@@ -129,16 +153,18 @@ def test_partial_or_corrupt_entry_is_rebuilt(tiny_gguf, tmp_path, caplog, corrup
     cache = str(tmp_path / "cache")
     cfg = config_for(tiny_gguf, cache)
     model, tok, _ = load(cfg)
+    want = logits(model, tok)
+    del model  # its weights are the entry's mapped files, corrupted next
     (name,) = entries(cache)
     corrupt(os.path.join(cache, name))
     with caplog.at_level("WARNING", logger=model_cache.__name__):
         rebuilt, rebuilt_tok, line = load(cfg)
     assert "(converted)" in line and "rebuilding" in caplog.text
     assert entries(cache) == [name]  # the same entry, complete again; nothing discarded left behind
-    assert torch.equal(logits(rebuilt, rebuilt_tok), logits(model, tok))
+    assert torch.equal(logits(rebuilt, rebuilt_tok), want)
     again, again_tok, line = load(cfg)
     assert "(converted-model cache)" in line
-    assert torch.equal(logits(again, again_tok), logits(model, tok))
+    assert torch.equal(logits(again, again_tok), want)
 
 
 def test_changed_file_or_dtype_makes_a_new_entry(tiny_gguf, tmp_path):
@@ -158,10 +184,10 @@ def test_a_writer_that_loses_the_race_uses_the_winners_entry(tiny_gguf, tmp_path
     model, tok, _ = load(config_for(tiny_gguf, cache))
     ident = model_cache.identity(tiny_gguf, torch.float32)
     entry = model_cache.entry_dir(cache, ident)
-    winner = os.stat(os.path.join(entry, "model.safetensors")).st_mtime_ns
+    winner = os.stat(_first_shard(entry)).st_mtime_ns
     assert model_cache.store(entry, model, tok, ident)  # the rename finds the entry in place
     assert entries(cache) == [os.path.basename(entry)]  # no temporary folder left
-    assert os.stat(os.path.join(entry, "model.safetensors")).st_mtime_ns == winner
+    assert os.stat(_first_shard(entry)).st_mtime_ns == winner
 
 
 def test_a_dead_writers_temporary_folder_is_removed_a_live_ones_kept(tiny_gguf, tmp_path):
@@ -189,6 +215,7 @@ def test_default_gguf_from_the_cache_equals_its_conversion(tmp_path):
     assert cached_tok(TEXT)["input_ids"] == tok(TEXT)["input_ids"]
     assert cached_tok.chat_template == tok.chat_template
     assert torch.equal(logits(cached, cached_tok), logits(converted, tok))
+    assert_same_model(cached, transformers_conversion(loader.default_llm_path(), str(cached.dtype).split(".")[1]))
     loader._load.cache_clear()
 
 
@@ -216,3 +243,21 @@ def test_the_tokenizer_alone_is_read_where_the_model_reads_it_and_kept_for_it(ti
         assert loader.load_config_llm(cfg)[1] is tokenizer and reads == [source]
     assert tokenizer(TEXT)["input_ids"] == make_tokenizer()(TEXT)["input_ids"]
     loader._load.cache_clear()
+
+
+def test_dequantizing_a_block_of_rows_at_a_time_gives_the_same_values(monkeypatch):
+    from gguf import GGMLQuantizationType, dequantize, quantize
+
+    from recbole_lrgd.llm import gguf_folder
+
+    rows = np.random.default_rng(0).standard_normal((10, 64)).astype(np.float32)
+    quantized = quantize(rows, GGMLQuantizationType.Q8_0)
+    monkeypatch.setattr(gguf_folder, "DEQUANTIZE_BYTES", 3 * 64 * 4)  # three rows a block: 4 blocks, the last short
+    calls = []
+
+    def counted(data, kind):
+        calls.append(len(data))
+        return dequantize(data, kind)
+
+    got = gguf_folder._dequantize(counted, quantized, GGMLQuantizationType.Q8_0)
+    assert calls == [1, 3, 3, 3, 1] and np.array_equal(got, dequantize(quantized, GGMLQuantizationType.Q8_0))

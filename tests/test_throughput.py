@@ -47,3 +47,13 @@ def test_the_shapes_are_the_real_models_sizes():
     assert round(non_embedding(SHAPES["smollm2-135m"]) / 1e6) == 106
     assert round(non_embedding(SHAPES["qwen2.5-1.5b"]) / 1e9, 2) == 1.31
     assert round(non_embedding(SHAPES["llama-3.1-8b"]) / 1e9, 2) == 6.98
+
+
+def test_the_equality_line_of_identical_runs_reads_no_difference():
+    import gpu_equality
+
+    run = {"scores": [[0.5, 0.2, 0.1], [0.1, 0.9, 0.3]], "ndcg10": [1.0, gpu_equality.ndcg10([0.1, 0.9, 0.3], 0)],
+           "users_per_s": 2.0}
+    assert run["ndcg10"][1] == 0.5  # the target third of three: rank 2
+    line = gpu_equality.compare("nearest", run, run)
+    assert line.startswith("| nearest | 2 | 0.7500 | 0.7500 | +0.0000 [+0.0000, +0.0000] | 1.0000 | 0.000 | 100.0% |")

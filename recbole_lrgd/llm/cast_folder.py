@@ -11,14 +11,13 @@ import glob
 import json
 import os
 import shutil
-from typing import Dict, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-SHARD_BYTES = 128 * 2 ** 20
-INDEX = "model.safetensors.index.json"
+from recbole_lrgd.llm.shards import INDEX, SHARD_BYTES, write_shards
+
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -65,32 +64,18 @@ def _read(path: str, name: str, dtype: torch.dtype) -> torch.Tensor:
     return tensor.to(dtype) if castable else tensor.clone()
 
 
-def cast_folder(src: str, dst: str, dtype: torch.dtype, shard_bytes: int = SHARD_BYTES) -> None:
-    """Write ``src``'s weights cast to ``dtype`` into ``dst`` (sharded, with an index), and its other files
-    (config with the new dtype, tokenizer, generation config) beside them."""
-    os.makedirs(dst, exist_ok=True)
-    weight_map: Dict[str, str] = {}
-    shard: Dict[str, torch.Tensor] = {}
-    total = 0
-
-    def flush() -> None:
-        name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
-        save_file(shard, os.path.join(dst, name), metadata={"format": "pt"})
-        weight_map.update({key: name for key in shard})
-        shard.clear()
-
+def _cast_tensors(src: str, dtype: torch.dtype) -> Iterator[Tuple[str, torch.Tensor]]:
     for path in weight_files(src):
         with safe_open(path, framework="pt") as f:
             names = list(f.keys())
         for name in names:
-            shard[name] = _read(path, name, dtype)
-            total += shard[name].numel() * shard[name].element_size()
-            if sum(t.numel() * t.element_size() for t in shard.values()) >= shard_bytes:
-                flush()
-    if shard:
-        flush()
-    with open(os.path.join(dst, INDEX), "w", encoding="utf-8") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1, sort_keys=True)
+            yield name, _read(path, name, dtype)
+
+
+def cast_folder(src: str, dst: str, dtype: torch.dtype, shard_bytes: int = SHARD_BYTES) -> None:
+    """Write ``src``'s weights cast to ``dtype`` into ``dst`` (sharded, with an index), and its other files
+    (config with the new dtype, tokenizer, generation config) beside them."""
+    write_shards(_cast_tensors(src, dtype), dst, shard_bytes)
     for path in glob.glob(os.path.join(src, "*")):  # config, tokenizer, generation config: not the weights
         if os.path.isfile(path) and not path.endswith(WEIGHT_SUFFIXES) and os.path.basename(path) != INDEX:
             shutil.copy(path, dst)

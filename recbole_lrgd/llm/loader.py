@@ -18,6 +18,7 @@ import torch
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm import hardware, model_cache
 from recbole_lrgd.llm.cast_folder import stored_dtype
+from recbole_lrgd.llm.gguf_folder import gguf_to_folder
 from recbole_lrgd.llm.gguf_header import check_complete
 from recbole_lrgd.settings import DTYPE_NAMES
 
@@ -198,18 +199,26 @@ def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, 
     """``(model, tokenizer, where)``; ``where`` says whether a GGUF came from the converted-model cache."""
     from transformers import AutoModelForCausalLM
 
-    def from_pretrained(folder: str, **kwargs):
-        tokenizer = _tokenizer(folder, kwargs.get("gguf_file"))
+    def from_pretrained(folder: str, tokenizer=None, **kwargs):
+        tokenizer = tokenizer or _tokenizer(folder, kwargs.get("gguf_file"))
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map, **kwargs)
         return model, tokenizer
 
     if gguf_file:  # a file cut short is named as such, not as the converter's reshape error
         check_complete(os.path.join(path, gguf_file))
     with _one_line_failure("LLM", path, gguf_file):
-        if gguf_file and cache_dir and device_map is None:
+        if gguf_file and device_map is None:  # streamed into a folder (cached, or for this load), loaded from it
+            gguf, written = os.path.join(path, gguf_file), {}
+
+            def write(folder: str) -> None:
+                written["tokenizer"] = _tokenizer(path, gguf_file)
+                gguf_to_folder(gguf, folder, dtype, written["tokenizer"])
+
+            def load_folder(folder: str):  # a folder written just now keeps the tokenizer it was written with
+                return from_pretrained(folder, tokenizer=written.get("tokenizer"))
+
             model, tokenizer, where = model_cache.load_or_convert(
-                cache_dir, os.path.join(path, gguf_file), dtype, lambda: from_pretrained(path, gguf_file=gguf_file),
-                from_pretrained)
+                cache_dir, gguf, dtype, write, lambda: from_pretrained(path, gguf_file=gguf_file), load_folder)
         elif device_map is None and not gguf_file and os.path.isdir(path) and stored_dtype(path) not in (None, dtype):
             # stored in another dtype: cast file by file first (from_pretrained would hold both dtypes' pages)
             model, tokenizer, where = model_cache.load_or_cast(cache_dir, path, dtype, from_pretrained)

@@ -64,12 +64,18 @@ def entry_dir(cache_dir: str, ident: Dict[str, Any]) -> str:
     return os.path.join(os.path.abspath(cache_dir), f"{stem}-{ident['dtype']}-{digest}")
 
 
-def load_or_convert(cache_dir: str, model_file: str, dtype: torch.dtype, convert: Callable[[], ModelAndTokenizer],
-                    load_folder: Callable[[str], ModelAndTokenizer]) -> Tuple[Any, Any, str]:
-    """``(model, tokenizer, where)``: from a complete entry when there is one, else ``convert()`` and store it.
+def load_or_convert(cache_dir: Optional[str], model_file: str, dtype: torch.dtype, write: Callable[[str], None],
+                    convert: Callable[[], ModelAndTokenizer], load_folder: Callable[[str], ModelAndTokenizer]
+                    ) -> Tuple[Any, Any, str]:
+    """``(model, tokenizer, where)`` of a GGUF: from a complete entry when there is one; else ``write(folder)``
+    streams the GGUF into a new entry (``gguf_folder``), loaded from there. Without a ``cache_dir`` the folder is
+    temporary, for this load. Where the stream cannot be written, ``convert()`` loads the GGUF whole, as
+    transformers does, and stores it.
 
     ``where`` says which, for the log: ``"converted-model cache"`` or ``"converted"``.
     """
+    if cache_dir is None:
+        return (*_load_through_temporary(write, load_folder, convert), "converted")
     ident = identity(model_file, dtype)
     entry = entry_dir(cache_dir, ident)
     if os.path.isdir(entry):
@@ -83,8 +89,11 @@ def load_or_convert(cache_dir: str, model_file: str, dtype: torch.dtype, convert
                 problem = f"does not load ({reason})"
         logger.warning(f"converted-model cache entry {entry} {problem}: rebuilding it")
         _discard(entry)
-    model, tokenizer = convert()
-    store(entry, model, tokenizer, ident)
+    if _write_entry(entry, ident, write):
+        model, tokenizer = load_folder(entry)
+    else:
+        model, tokenizer = convert()
+        store(entry, model, tokenizer, ident)
     return model, tokenizer, "converted"
 
 
@@ -94,8 +103,15 @@ def load_or_cast(cache_dir: Optional[str], folder: str, dtype: torch.dtype,
     first by ``cast_folder`` when there is none), so the load never holds the stored dtype's pages. Without a
     ``cache_dir`` the cast is written to a temporary folder for this load only."""
     ident = folder_identity(folder, dtype)
+
+    def cast(tmp: str) -> None:
+        cast_folder(folder, tmp, dtype)
+
+    def as_stored() -> ModelAndTokenizer:
+        return load_folder(folder)
+
     if cache_dir is None:
-        return (*_cast_once(folder, dtype, load_folder), f"cast to {ident['dtype']}")
+        return (*_load_through_temporary(cast, load_folder, as_stored), f"cast to {ident['dtype']}")
     entry = entry_dir(cache_dir, ident)
     problem = _entry_problem(entry, ident) if os.path.isdir(entry) else None
     if problem is not None:
@@ -104,22 +120,23 @@ def load_or_cast(cache_dir: Optional[str], folder: str, dtype: torch.dtype,
     where = "converted-model cache"
     if not os.path.isdir(entry):
         where = f"cast to {ident['dtype']}"
-        if not _write_entry(entry, ident, lambda tmp: cast_folder(folder, tmp, dtype)):
-            return (*_cast_once(folder, dtype, load_folder), where)  # the cache cannot be written
+        if not _write_entry(entry, ident, cast):
+            return (*_load_through_temporary(cast, load_folder, as_stored), where)  # the cache cannot be written
     model, tokenizer = load_folder(entry)
     return model, tokenizer, where
 
 
-def _cast_once(folder: str, dtype: torch.dtype, load_folder: Callable[[str], ModelAndTokenizer]) -> ModelAndTokenizer:
-    """Cast into a temporary folder, load, remove the folder (a loaded tensor keeps its mapped file readable);
-    where the cast cannot be written, load the folder as it is (``from_pretrained`` casts, at more memory)."""
+def _load_through_temporary(write: Callable[[str], None], load_folder: Callable[[str], ModelAndTokenizer],
+                            fallback: Callable[[], ModelAndTokenizer]) -> ModelAndTokenizer:
+    """``write`` a temporary folder, load it, remove it (a loaded tensor keeps its mapped file readable); where
+    the folder cannot be written, ``fallback()`` (the load that holds more memory)."""
     try:
-        with tempfile.TemporaryDirectory(prefix="lrgd-cast-") as tmp:
-            cast_folder(folder, tmp, dtype)
+        with tempfile.TemporaryDirectory(prefix="lrgd-convert-") as tmp:
+            write(tmp)
             return load_folder(tmp)
-    except OSError as exc:
-        logger.warning(f"could not cast {folder} to {dtype} first ({exc}): loading it as stored")
-        return load_folder(folder)
+    except (OSError, NotImplementedError) as exc:
+        logger.warning(f"could not write a lean copy to load ({exc}): loading the model as stored")
+        return fallback()
 
 
 def complete_entry(cache_dir: str, model_file: str, dtype: torch.dtype) -> Optional[str]:
