@@ -50,17 +50,25 @@ def score_all(model, tokenizer, prompts, targets) -> Dict[str, object]:
             "scores": scores, "ndcg10": [ndcg10(s, t) for s, t in zip(scores, targets)]}
 
 
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's correlation (ties get their average rank), in numpy alone: the GPU image may lack scipy."""
+    def ranks(v: np.ndarray) -> np.ndarray:
+        order = np.empty(len(v))
+        order[np.argsort(v, kind="mergesort")] = np.arange(len(v))
+        _, tie, counts = np.unique(v, return_inverse=True, return_counts=True)
+        return (np.bincount(tie, order) / counts)[tie]
+    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
+
+
 def compare(mode: str, here: dict, there: dict) -> str:
     """One line: NDCG@10 on each device, the paired difference with its bootstrap interval, the pooled Spearman of
     the scores, the largest score difference and the users whose target keeps its rank."""
-    from scipy.stats import spearmanr
-
     a, b = dict(enumerate(here["ndcg10"])), dict(enumerate(there["ndcg10"]))
     diff, lo, hi, _ = paired_bootstrap(a, b)
     x, y = np.array(here["scores"]), np.array(there["scores"])
     same = float(np.mean(np.array(here["ndcg10"]) == np.array(there["ndcg10"])))
     return (f"| {mode} | {len(x)} | {np.mean(here['ndcg10']):.4f} | {np.mean(there['ndcg10']):.4f} | {diff:+.4f} "
-            f"[{lo:+.4f}, {hi:+.4f}] | {spearmanr(x.ravel(), y.ravel())[0]:.4f} | {np.abs(x - y).max():.3f} | "
+            f"[{lo:+.4f}, {hi:+.4f}] | {spearman(x.ravel(), y.ravel()):.4f} | {np.abs(x - y).max():.3f} | "
             f"{same:.1%} | {here['users_per_s']:.1f} | {there['users_per_s']:.1f} |")
 
 

@@ -57,3 +57,14 @@ def test_the_equality_line_of_identical_runs_reads_no_difference():
     assert run["ndcg10"][1] == 0.5  # the target third of three: rank 2
     line = gpu_equality.compare("nearest", run, run)
     assert line.startswith("| nearest | 2 | 0.7500 | 0.7500 | +0.0000 [+0.0000, +0.0000] | 1.0000 | 0.000 | 100.0% |")
+
+
+def test_spearman_without_scipy_equals_scipys():
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    import gpu_equality
+
+    x = np.array([0.1, 0.5, 0.5, 0.2, 0.9, 0.3])
+    y = np.array([1.0, 2.0, 0.5, 0.5, 3.0, 0.1])
+    assert gpu_equality.spearman(x, y) == pytest.approx(spearmanr(x, y)[0])

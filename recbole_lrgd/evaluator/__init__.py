@@ -1,10 +1,15 @@
-"""LRGD's RecBole metrics: ``EffectD`` (registered so that ``metrics: [..., EffectD]`` works in YAML)."""
-from recbole_lrgd.evaluator.effect import EffectD
+"""LRGD's RecBole metrics: ``EffectD`` (registered so that ``metrics: [..., EffectD]`` works in YAML).
+
+RecBole is imported when the metrics are registered, not with the package: ``evaluator.per_user`` (per-user NDCG,
+the paired bootstrap) serves tools that run without RecBole too (benchmarks/gpu_equality.py on a bare GPU image).
+"""
 
 
 def register_metrics() -> None:
     """Add the plugin's metrics to RecBole's registry dicts; must run before ``Config()``."""
     from recbole.evaluator import register
+
+    from recbole_lrgd.evaluator.effect import EffectD
 
     for cls in (EffectD,):
         name = cls.__name__.lower()
@@ -15,4 +20,4 @@ def register_metrics() -> None:
             register.smaller_metrics.append(name)
 
 
-__all__ = ["EffectD", "register_metrics"]
+__all__ = ["register_metrics"]
