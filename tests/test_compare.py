@@ -39,6 +39,12 @@ def test_registry_has_the_issue_models():
     assert list(VARIANTS) == ["LRGD-zero-shot", "LRGD-random", "LRGD-nearest", "LRGD-stage1", "LRGD-stage1+2",
                               "Pop", "BPR", "SASRec", "GRU4Rec", "BERT4Rec"]
     assert VARIANTS["LRGD-stage1+2"] == ("LRGD", {"demo_mode": "lrgd", "lrgd_stages": 2})
+    # the setup RESULTS.md recommends without a trained model runs by default, as a fusion row
+    from recbole_lrgd.benchmark.variants import PROTOCOLS, resolve_variant
+
+    assert PROTOCOLS["sampled"].models == [*VARIANTS, "Pop+LRGD-nearest"]
+    model, keys = resolve_variant("Pop+LRGD-nearest")
+    assert model == "LRGD" and keys["prior_model"] == "Pop" and keys["prior_weight"] == "auto"
 
 
 def test_benchmark_resumes_and_writes_md_csv_png(tiny_data, tiny_llm_dir, tmp_path, monkeypatch):

@@ -32,8 +32,8 @@ from recbole_lrgd import quick_start
 from recbole_lrgd.benchmark.report import (bar_chart, bootstrap_lines, bootstrap_pairs, csv_text, markdown_report,
                                            markdown_table)
 from recbole_lrgd.benchmark.store import config_hash, load_rows, make_row, row_key, save_rows, save_slices
-from recbole_lrgd.benchmark.variants import (FUSION_GRAMMAR, PROTOCOLS, RERANK_GRAMMAR, RERANK_MODES, VARIANTS,
-                                             check_variant, variant_config)
+from recbole_lrgd.benchmark.variants import (FUSION_GRAMMAR, PROTOCOLS, RECOMMENDED, RERANK_GRAMMAR, RERANK_MODES,
+                                             VARIANTS, check_variant, variant_config)
 from recbole_lrgd.console import quiet_libraries
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.whole_file import write_whole
@@ -138,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--models", default=None,
                         help=f"comma-separated variants (quote the > from the shell): {', '.join(VARIANTS)}, or "
                              f"with --protocol=full {RERANK_GRAMMAR}, <mode> one of {', '.join(RERANK_MODES)} "
-                             "(default: every variant above; with --protocol=full "
+                             f"(default: every variant above and {RECOMMENDED}; with --protocol=full "
                              f"{','.join(PROTOCOLS['full'].models)})")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files (shared by every model)")
     parser.add_argument("--out", default="benchmarks/out", help="folder of the .md, .csv, .png and .json files")
