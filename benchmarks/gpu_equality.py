@@ -1,12 +1,13 @@
-"""The same model and prompts on a GPU and on this CPU: users/s there, and how far its scores and NDCG@10 are from
-the CPU's (both bf16, user_batch_size auto).
+"""The same model and prompts on a GPU and on this CPU: users/s there at its own auto batches, and how far its scores
+and NDCG@10 are from the CPU's under the CPU's own batches (bf16 both; the same batches, so the device alone differs).
 
     python benchmarks/gpu_equality.py --prompts .gpu --device cpu --save .gpu/cpu_scores.json        # here
     python benchmarks/gpu_equality.py --prompts .gpu --device cuda --reference .gpu/cpu_scores.json  # on the GPU
 
 The prompts are throughput.py's (--save_prompts): all 943 ml-100k test users, zero-shot and nearest K = 4. The
-model is --llm (a path load_llm takes) or, where the real weights cannot travel, the SmolLM2 shape with seeded
-random weights built on the CPU in bf16 and moved to the device, so both devices hold the same weights. NDCG@10 of a
+model is --llm (a path load_llm takes) or, where the real weights cannot travel, the SmolLM2 shape with weights drawn
+from a seeded generator on the CPU (``seeded``) and moved to the device; the reference keeps their checksum, and a
+device whose weights differ says so in one line and stops. NDCG@10 of a
 user: 1 / log2(rank + 2) of its target among its candidates (rank: candidates scored above it), 0 past 10.
 """
 from __future__ import annotations
@@ -16,18 +17,19 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from typing import Dict, List
 
 import numpy as np
 import torch
+import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_lrgd.evaluator.per_user import paired_bootstrap  # noqa: E402
-from recbole_lrgd.llm.batching import make_batching  # noqa: E402
-from recbole_lrgd.llm.scorer import LLMScorer  # noqa: E402
+from recbole_lrgd.llm.batching import Batching, TokenBudget, make_batching  # noqa: E402
 from shapes import random_model  # noqa: E402
-from throughput import load_prompts  # noqa: E402
+from throughput import likelihood_scorer, load_prompts  # noqa: E402
 
 
 def ndcg10(scores: List[float], target: int) -> float:
@@ -35,10 +37,25 @@ def ndcg10(scores: List[float], target: int) -> float:
     return 1.0 / np.log2(rank + 2) if rank < 10 else 0.0
 
 
-def score_all(model, tokenizer, prompts, targets) -> Dict[str, object]:
-    """Every user's scores at user_batch_size auto, a chunk at a time, with the seconds it took."""
-    scorer = LLMScorer(model, tokenizer, "likelihood", 20, batching=make_batching("auto", model), score_cache=None,
-                       model_id="", title_score="mean", title_score_tokens=None)
+def seeded(model, seed: int = 0):
+    """``model`` with every parameter drawn again, in name order, from a seeded CPU generator (norm weights 1,
+    matrices N(0, 0.02)): the same weights on both machines whatever transformers' own initialisation does."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in sorted(model.named_parameters()):
+            drawn = torch.ones(param.shape) if param.ndim == 1 else torch.randn(param.shape, generator=generator) * 0.02
+            param.copy_(drawn.to(param.dtype))
+    return model
+
+
+def checksum(model) -> float:
+    """The weights' sum in float64: equal on both machines when the weights are."""
+    return float(sum(param.double().sum().item() for param in model.parameters()))
+
+
+def score_all(model, tokenizer, prompts, targets, batching: Batching) -> Dict[str, object]:
+    """Every user's scores under ``batching``, a chunk at a time, with the seconds it took."""
+    scorer = likelihood_scorer(model, tokenizer, batching)
     scores: List[List[float]] = []
     start = time.perf_counter()
     for at in range(0, len(prompts), scorer.chunk_users):
@@ -87,27 +104,45 @@ def main() -> int:
 
         model, _ = load_llm(args.llm, device=args.device, dtype="bfloat16")
     else:
-        model = random_model("smollm2-135m", "bfloat16", "cpu").to(args.device)
-    runs = {mode: score_all(model, tokenizer, rows, targets) for mode, rows in prompts.items()}
+        model = seeded(random_model("smollm2-135m", "bfloat16", "cpu")).to(args.device)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, weights' checksum {checksum(model)!r}",
+          flush=True)
+    auto = make_batching("auto", model)
+    runs = {mode: score_all(model, tokenizer, rows, targets, auto) for mode, rows in prompts.items()}
     for mode, run in runs.items():
         print(f"{mode}: {len(targets)} users in {run['seconds']:.1f} s, {run['users_per_s']:.1f} users/s "
               f"({run['batching']}), NDCG@10 {np.mean(run['ndcg10']):.4f}", flush=True)
     if args.save:
         with open(args.save, "w", encoding="utf-8") as f:
-            json.dump({"model": args.llm or "random smollm2-135m shape, seed 0", "runs": runs}, f)
+            json.dump({"model": args.llm or "random smollm2-135m shape, seeded (gpu_equality.seeded)",
+                       "checksum": checksum(model), "batching": asdict(auto), "runs": runs}, f)
     if args.reference:
-        with open(args.reference, encoding="utf-8") as f:
-            cpu = json.load(f)["runs"]
-        lines = [f"# {args.device} against the CPU: {args.llm or 'random SmolLM2 shape (seed 0)'}, bf16, auto batches",
-                 "", f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}; torch {torch.__version__}", "",
-                 "| mode | users | NDCG@10 device | NDCG@10 CPU | device - CPU [95% CI] | Spearman of scores | "
-                 "max abs score diff | same NDCG | users/s device | users/s CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [compare(mode, runs[mode], cpu[mode]) for mode in runs]
-        print("\n".join(lines))
-        with open(os.path.join(args.out, f"equality_{args.device}.md"), "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+        return against_reference(args, model, tokenizer, prompts, targets, runs)
     return 0
 
+
+def against_reference(args, model, tokenizer, prompts, targets, runs) -> int:
+    """The CPU's scores against this device's under the CPU's own batches (the device's difference alone), and
+    users/s at this device's auto; one error line when the weights differ."""
+    with open(args.reference, encoding="utf-8") as f:
+        cpu = json.load(f)
+    if cpu.get("checksum") != checksum(model):
+        print(f"error: the weights differ from the reference's (checksum {checksum(model)!r} here, "
+              f"{cpu.get('checksum')!r} there): rebuild {args.reference} with this code")
+        return 2
+    same_plan = TokenBudget(**cpu["batching"])
+    device_runs = {mode: score_all(model, tokenizer, rows, targets, same_plan) for mode, rows in prompts.items()}
+    lines = [f"# {args.device} against the CPU: {args.llm or 'random SmolLM2 shape (seeded)'}, bf16, the CPU's batches",
+             "", f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}; torch {torch.__version__}, "
+             f"transformers {transformers.__version__}; users/s on the device at its own auto: "
+             + ", ".join(f"{mode} {run['users_per_s']:.1f} ({run['batching']})" for mode, run in runs.items()), "",
+             "| mode | users | NDCG@10 device | NDCG@10 CPU | device - CPU [95% CI] | Spearman of scores | "
+             "max abs score diff | same NDCG | users/s device | users/s CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [compare(mode, device_runs[mode], cpu["runs"][mode]) for mode in device_runs]
+    print("\n".join(lines))
+    with open(os.path.join(args.out, f"equality_{args.device}.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,5 +24,8 @@ def random_model(shape: str, dtype: str = "bfloat16", device: str = "cpu"):
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+        except TypeError:  # transformers before 4.56 names it torch_dtype
+            model = AutoModelForCausalLM.from_config(config, torch_dtype=getattr(torch, dtype))
     return model.eval()

@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flops import matmul_flops, non_embedding_params  # noqa: E402
-from recbole_lrgd.llm.batching import make_batching  # noqa: E402
+from recbole_lrgd.llm.batching import Batching, make_batching  # noqa: E402
 from recbole_lrgd.llm.prompt import Prompt, encode_parts  # noqa: E402
 from recbole_lrgd.llm.scorer import LLMScorer  # noqa: E402
 from shapes import SHAPES, random_model  # noqa: E402
@@ -138,10 +138,17 @@ def prompt_tokens(tokenizer, prompt: Prompt) -> int:
                                            for c in prompt.candidates)
 
 
-def measure(model, tokenizer, prompts: List[Prompt], batch: str, seconds: float, device: str) -> dict:
-    """One row: ``prompts`` scored a chunk at a time at ``batch`` until the chunk that passes ``seconds``."""
-    scorer = LLMScorer(model, tokenizer, "likelihood", 20, batching=make_batching(batch if batch == "auto" else int(batch), model),
-                       score_cache=None, model_id="", title_score="mean", title_score_tokens=None)
+def likelihood_scorer(model, tokenizer, batching: Batching) -> LLMScorer:
+    """The scorer a default run uses (likelihood, title mean, 20 candidates a row), score cache off."""
+    return LLMScorer(model, tokenizer, "likelihood", 20, batching=batching, score_cache=None, model_id="",
+                     title_score="mean", title_score_tokens=None)
+
+
+def measure(model, tokenizer, prompts: List[Prompt], tokens: List[int], batch: str, seconds: float, device: str
+            ) -> dict:
+    """One row: ``prompts`` (of ``tokens`` prompt tokens each) scored a chunk at a time at ``batch`` until the chunk
+    that passes ``seconds``."""
+    scorer = likelihood_scorer(model, tokenizer, make_batching(batch if batch == "auto" else int(batch), model))
     scorer.score_many(prompts[:1])  # warm-up, untimed
     counts_before = scorer.counts.forward_tokens, scorer.counts.pad_tokens
     head, done = HeadRows(model), 0
@@ -162,16 +169,15 @@ def measure(model, tokenizer, prompts: List[Prompt], batch: str, seconds: float,
     config = model.config
     flops = 2 * non_embedding_params(model) * (run - pads) + 2 * config.hidden_size * config.vocab_size * head.rows
     return {"batch": batch, "batching": str(scorer.batching), "users": done, "seconds": elapsed,
-            "users_per_s": done / elapsed, "tokens_per_s": sum(prompt_tokens(tokenizer, p) for p in prompts[:done]) / elapsed,
+            "users_per_s": done / elapsed, "tokens_per_s": sum(tokens[:done]) / elapsed,
             "tflops": flops / elapsed / 1e12, "peak_mb": peak_mb(device), "pad_share": pads / run if run else 0.0}
 
 
-KINDS = {  # an operator's (CPU) or kernel's (GPU) kind, by words of its name, first match wins
-    "attention": ("attention", "fmha", "flash", "softmax"),
-    "matmul": ("aten::mm", "addmm", "bmm", "gemm", "xmma", "cutlass", "cublas"),
+KINDS = {  # an aten operator's kind, by words of its name, first match wins
+    "attention": ("attention", "softmax"),
+    "matmul": ("aten::mm", "addmm", "bmm", "aten::linear", "aten::matmul"),
     "logits' log-sum-exp": ("logsumexp", "amax", "aten::exp", "aten::sub"),
-    "norms, rotary, SwiGLU": ("aten::mul", "aten::add", "silu", "pow", "rsqrt", "neg", "mean", "elementwise",
-                              "vectorized"),
+    "norms, rotary, SwiGLU": ("aten::mul", "aten::add", "silu", "pow", "rsqrt", "neg", "mean"),
     "copies, masks, gathers": ("copy", "cat", "index", "where", "fill", "clone", "select", "repeat", "expand"),
 }
 
@@ -182,12 +188,13 @@ def kind_of(name: str) -> str:
 
 
 def profile(model, tokenizer, prompts: List[Prompt], device: str) -> str:
-    """Where an auto chunk's time goes (``PROFILE_USERS`` users at most): the profiler's operator (a GPU's: kernel)
-    time by kind, and the rest (Python, the scorer's own work, launch gaps) as wall time less that."""
+    """Where an auto chunk's time goes (``PROFILE_USERS`` users at most): the aten operators' own time by kind (on a
+    GPU, the device time of the kernels each launched, each kernel counted once, under the operator that launched
+    it), and the rest (Python, the scorer's own work, launch gaps, the device idle) as wall time less that."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    scorer = LLMScorer(model, tokenizer, "likelihood", 20, batching=make_batching("auto", model), score_cache=None,
-                       model_id="", title_score="mean", title_score_tokens=None)
+    scorer = likelihood_scorer(model, tokenizer, make_batching("auto", model))
     scorer.score_many(prompts[:1])
     chunk = prompts[1: 1 + min(PROFILE_USERS, scorer.chunk_users)]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
@@ -199,8 +206,11 @@ def profile(model, tokenizer, prompts: List[Prompt], device: str) -> str:
     wall = time.perf_counter() - start
     totals: Dict[str, float] = {kind: 0.0 for kind in [*KINDS, "other"]}
     for event in prof.key_averages():
-        own = (event.self_device_time_total if device == "cuda" else event.self_cpu_time_total) / 1e6
-        totals[kind_of(event.key)] += own
+        if event.device_type != DeviceType.CPU:  # a kernel: its time is its launching operator's already
+            continue
+        gpu_time = getattr(event, "self_device_time_total", None)
+        gpu_time = event.self_cuda_time_total if gpu_time is None else gpu_time
+        totals[kind_of(event.key)] += (gpu_time if device == "cuda" else event.self_cpu_time_total) / 1e6
     busy = sum(totals.values())
     lines = [f"{kind} {secs:.2f} s ({secs / wall:.0%})" for kind, secs in totals.items()]
     lines.append(f"outside them (Python, launches, the device waiting) {max(0.0, wall - busy):.2f} s "
@@ -247,25 +257,36 @@ def main() -> int:
     peak = matmul_flops(*(PEAK_N[args.device],) * 3, torch.bfloat16, device=args.device)
     print(f"{device_name(args.device)}; bf16 matmul peak {peak / 1e12:.2f} TFLOP/s ({PEAK_N[args.device]}^3); "
           f"torch {torch.__version__}")
+    tokens = {mode: [prompt_tokens(tokenizer, p) for p in rows] for mode, rows in prompts.items()}
     rows, profiles = [], []
     for shape in shapes:
         model = random_model(shape, "bfloat16", args.device)
         for mode in modes:
             for batch in batches:
-                row = {"shape": shape, "mode": mode, **measure(model, tokenizer, prompts[mode], batch, seconds, args.device)}
-                row["share_of_peak"] = row["tflops"] * 1e12 / peak
-                rows.append(row)
+                try:
+                    row = measure(model, tokenizer, prompts[mode], tokens[mode], batch, seconds, args.device)
+                except Exception as exc:  # noqa: BLE001 - one row's failure (out of memory) is a row of the table
+                    print(f"{shape} {mode} batch {batch}: failed: {type(exc).__name__}: {exc}", flush=True)
+                    release(args.device)
+                    continue
+                rows.append({"shape": shape, "mode": mode, **row, "share_of_peak": row["tflops"] * 1e12 / peak})
                 print(f"{shape:<13} {mode:<9} batch {batch:>4}: {row['users_per_s']:8.2f} users/s "
-                      f"{row['tokens_per_s']:10.0f} tok/s {row['tflops']:7.3f} TFLOP/s {row['share_of_peak']:6.1%} "
+                      f"{row['tokens_per_s']:10.0f} tok/s {row['tflops']:7.3f} TFLOP/s {rows[-1]['share_of_peak']:6.1%} "
                       f"peak {row['peak_mb']:8.0f} MB pads {row['pad_share']:5.1%} ({row['users']} users)", flush=True)
+                write(rows, profiles, args.device, peak, args.out)  # a run cut short keeps its rows
             if args.profile:
                 profiles.append(f"{shape}, {mode}: " + profile(model, tokenizer, prompts[mode], args.device))
                 print(profiles[-1], flush=True)
+                write(rows, profiles, args.device, peak, args.out)
         del model
-        if gpu:
-            torch.cuda.empty_cache()
-    write(rows, profiles, args.device, peak, args.out)
+        release(args.device)
     return 0
+
+
+def release(device: str) -> None:
+    """Hand a GPU's cached blocks back after a model or a failed row."""
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def write(rows: List[dict], profiles: List[str], device: str, peak: float, folder: str) -> None:
@@ -288,7 +309,6 @@ def write(rows: List[dict], profiles: List[str], device: str, peak: float, folde
     with open(out + ".json", "w", encoding="utf-8") as f:
         json.dump({"device": device_name(device), "torch": torch.__version__, "transformers": transformers.__version__,
                    "peak_tflops": peak / 1e12, "rows": rows, "profiles": profiles}, f, indent=1)
-    print(f"wrote {out}.md")
 
 
 if __name__ == "__main__":

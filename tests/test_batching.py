@@ -135,3 +135,14 @@ def test_counts_hold_the_tokens_run_and_their_pads(tiny_llm):
     assert scorer.counts.forward_tokens == len(start) + 2 * max(rests) + 2 * max(rows)
     assert scorer.counts.pad_tokens == 2 * max(rests) - sum(rests) + 2 * max(rows) - sum(rows)
     assert scorer.counts.pad_share == scorer.counts.pad_tokens / scorer.counts.forward_tokens
+
+
+def test_a_gpus_budget_reads_the_card_and_the_model_alone(tiny_llm, monkeypatch):
+    """80% of the card less the model's own bytes, rounded down to 256 MiB: not what else the process holds."""
+    model = tiny_llm[0]
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda", 0)))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 << 34)  # never read
+    held = sum(p.numel() * p.element_size() for p in [*model.parameters(), *model.buffers()])
+    want = ((80 << 30) * batching.GPU_MEMORY_SHARE - held) // batching.GPU_BYTES_STEP * batching.GPU_BYTES_STEP
+    assert batching.batch_bytes(model) == want

@@ -18,9 +18,10 @@ from test_scorer import _per_user_prompts  # noqa: E402
 def test_a_row_scores_every_user_and_counts_its_work(tiny_llm, batch):
     model, tok = tiny_llm
     prompts = _per_user_prompts(tok)
-    row = throughput.measure(model, tok, prompts, batch, seconds=1e9, device="cpu")
+    tokens = [throughput.prompt_tokens(tok, p) for p in prompts]
+    row = throughput.measure(model, tok, prompts, tokens, batch, seconds=1e9, device="cpu")
     assert row["users"] == len(prompts) and row["users_per_s"] > 0 and row["tflops"] > 0
-    assert row["tokens_per_s"] * row["seconds"] == pytest.approx(sum(throughput.prompt_tokens(tok, p) for p in prompts))
+    assert row["tokens_per_s"] * row["seconds"] == pytest.approx(sum(tokens))
     assert (row["pad_share"] == 0) if batch == "1" else (0 < row["pad_share"] < 0.5)
     assert row["peak_mb"] > 0
 
@@ -68,3 +69,11 @@ def test_spearman_without_scipy_equals_scipys():
     x = np.array([0.1, 0.5, 0.5, 0.2, 0.9, 0.3])
     y = np.array([1.0, 2.0, 0.5, 0.5, 3.0, 0.1])
     assert gpu_equality.spearman(x, y) == pytest.approx(spearmanr(x, y)[0])
+
+
+def test_a_profile_splits_a_chunks_time_without_counting_any_twice(tiny_llm):
+    model, tok = tiny_llm
+    line = throughput.profile(model, tok, _per_user_prompts(tok), "cpu")
+    assert line.startswith("5 users, ")
+    shares = [float(part.rsplit("(", 1)[1].rstrip("%)")) for part in line.split(": ", 1)[1].split("; ")]
+    assert len(shares) == len(throughput.KINDS) + 2 and sum(shares) == pytest.approx(100, abs=len(shares))

@@ -8,10 +8,10 @@ longest own part plus the weighted longest prefix. Callers hand the scorer a chu
 (``chunk_users``); a plan reads that chunk's rows alone, never what ran before or on another process, so a
 chunk scores the same wherever it is dealt (exact sharding).
 
-The budget is a number of bytes over ``bytes_per_token``: fixed on a CPU (where wide batches only add page
-faults and cache misses to the logits), and on a GPU the card's memory less what the process holds when the
-scorer is built (the weights): both the same on every rank and in every run of one card and model, so the
-plan, and the scores, are too.
+The budget is a number of bytes over an own token's (``token_bytes``): fixed on a CPU (where wide batches only
+add page faults and cache misses to the logits), and on a GPU a share of the card's memory less what the process
+holds when the scorer is built (the weights): both the same on every rank and in every run of one card and model,
+so the plan, and the scores, are too.
 """
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from typing import List, Sequence, Tuple, Union
 import torch
 
 AUTO = "auto"
-CPU_BATCH_BYTES = 5 << 28  # 1.25 GiB a CPU forward may fill: about 8 rows of the default LLM's prompts
-GPU_MEMORY_SHARE = 0.8  # of the card's memory, less the weights, that a forward pass may fill
+CPU_BATCH_BYTES = 5 << 28  # 1.25 GiB a CPU forward may fill: wider CPU batches run slower (docs/performance.md)
+GPU_MEMORY_SHARE = 0.8  # of the card's memory a forward pass may fill, the weights included
 MIN_TOKEN_BUDGET, MAX_TOKEN_BUDGET = 256, 1 << 20
+GPU_BYTES_STEP = 1 << 28  # a GPU's budget is rounded down to 256 MiB: a card's few stray bytes do not move it
 SHARED_PREFIX_ROWS = 8  # under a budget, a prefix with this many rows of a chunk gets batches of its own
 TOKENS_PER_CHUNK_USER = 64  # a chunk holds budget / 64 users: a few batches' worth of rows to sort by length
 MIN_CHUNK_USERS, MAX_CHUNK_USERS = 8, 512
@@ -47,7 +48,7 @@ class FixedBatches:
 
     def plan(self, prefixes: Sequence[tuple], widths: Sequence[int]) -> List[List[int]]:
         own, mixed = split_by_prefix(prefixes, self.size)
-        return [rows[s: s + self.size] for rows in own + [sorted(mixed)] for s in range(0, len(rows), self.size)]
+        return [rows[s: s + self.size] for rows in own + [mixed] for s in range(0, len(rows), self.size)]
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class TokenBudget:
 Batching = Union[FixedBatches, TokenBudget]
 
 
-def split_by_prefix(prefixes: Sequence[tuple], shared: int):
+def split_by_prefix(prefixes: Sequence[tuple], shared: int) -> Tuple[List[List[int]], List[int]]:
     """Rows grouped by prefix: the groups of at least ``shared`` rows, and the other rows in order."""
     by_prefix: "OrderedDict[tuple, List[int]]" = OrderedDict()
     for r, prefix in enumerate(prefixes):
@@ -97,7 +98,7 @@ def split_by_prefix(prefixes: Sequence[tuple], shared: int):
     return own, mixed
 
 
-def make_batching(user_batch_size: Union[int, str], model=None) -> Batching:
+def make_batching(user_batch_size: Union[int, str], model) -> Batching:
     """``FixedBatches`` of an integer ``user_batch_size``; for ``auto``, the ``TokenBudget`` of ``model`` on its
     device: ``batch_bytes`` over ``token_bytes``, a prefix token weighing its keys and values."""
     if user_batch_size != AUTO:
@@ -108,12 +109,15 @@ def make_batching(user_batch_size: Union[int, str], model=None) -> Batching:
 
 
 def batch_bytes(model) -> float:
-    """Memory a forward pass may fill: ``CPU_BATCH_BYTES`` on a CPU; on a GPU the card's memory share less what
-    is allocated now (the weights)."""
+    """Memory a forward pass may fill: ``CPU_BATCH_BYTES`` on a CPU; on a GPU the card's memory share less the
+    model's own weights and buffers (not what the process happens to hold: a trained prior, another rank's
+    buffers), so every rank and every run of one card and model gets the same budget."""
     device = next(model.parameters()).device
     if device.type != "cuda":
         return CPU_BATCH_BYTES
-    return torch.cuda.get_device_properties(device).total_memory * GPU_MEMORY_SHARE - torch.cuda.memory_allocated(device)
+    held = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    share = torch.cuda.get_device_properties(device).total_memory * GPU_MEMORY_SHARE - held
+    return max(0.0, share // GPU_BYTES_STEP * GPU_BYTES_STEP)
 
 
 def token_bytes(config, dtype: torch.dtype) -> Tuple[int, int]:

@@ -1,7 +1,7 @@
 """A GGUF file written as a safetensors folder one tensor at a time, for the converted-model cache.
 
 transformers' GGUF load dequantizes every tensor into one state dict and builds the model beside it, so a
-conversion holds the weights about twice over (``benchmarks/load_memory.py``). Here each tensor is dequantized,
+conversion holds the weights twice (``benchmarks/load_memory.py`` measures it). Here each tensor is dequantized,
 processed and renamed exactly as transformers does it (its GGUF reader, its architecture's tensor processor and
 its name map, read from a model built on the meta device), cast, and written out in shards
 (``shards.write_shards``) before the next is read. The folder, with the config and tokenizer that the GGUF gives
@@ -53,7 +53,7 @@ def _tensors(gguf_path: str, config, dtype: torch.dtype) -> Iterator[Tuple[str, 
         result = processor.process(weights=_dequantize(dequantize, tensor.data, tensor.tensor_type), name=tensor.name,
                                    tensor_key_mapping=names, parsed_parameters=parsed)
         if result.name in names:  # a float tensor is a view of the mapped file: copied; a dequantized one is ours
-            weights = result.weights if result.weights.flags.writeable else np.copy(result.weights)
+            weights = np.ascontiguousarray(result.weights) if result.weights.flags.writeable else np.copy(result.weights)
             yield names[result.name], torch.from_numpy(weights).to(dtype)
     if parsed["tensors"]:  # a processor that sets weights aside: none of the architectures this plugin reads
         raise NotImplementedError(f"the {architecture} GGUF processor keeps tensors of its own")

@@ -200,7 +200,7 @@ def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, 
     from transformers import AutoModelForCausalLM
 
     def from_pretrained(folder: str, tokenizer=None, **kwargs):
-        tokenizer = tokenizer or _tokenizer(folder, kwargs.get("gguf_file"))
+        tokenizer = _tokenizer(folder, kwargs.get("gguf_file")) if tokenizer is None else tokenizer
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device_map, **kwargs)
         return model, tokenizer
 

@@ -129,14 +129,20 @@ def load_or_cast(cache_dir: Optional[str], folder: str, dtype: torch.dtype,
 def _load_through_temporary(write: Callable[[str], None], load_folder: Callable[[str], ModelAndTokenizer],
                             fallback: Callable[[], ModelAndTokenizer]) -> ModelAndTokenizer:
     """``write`` a temporary folder, load it, remove it (a loaded tensor keeps its mapped file readable); where
-    the folder cannot be written, ``fallback()`` (the load that holds more memory)."""
+    the folder cannot be written, ``fallback()`` (the load that holds more memory). A failure to load what was
+    written is the load's own, raised as it is."""
     try:
-        with tempfile.TemporaryDirectory(prefix="lrgd-convert-") as tmp:
-            write(tmp)
-            return load_folder(tmp)
-    except (OSError, NotImplementedError) as exc:
+        folder = tempfile.TemporaryDirectory(prefix="lrgd-convert-")
+    except OSError as exc:
         logger.warning(f"could not write a lean copy to load ({exc}): loading the model as stored")
         return fallback()
+    with folder as tmp:
+        try:
+            write(tmp)
+        except Exception as exc:  # noqa: BLE001 - as _write_entry: the lean copy is an optimisation only
+            logger.warning(f"could not write a lean copy to load ({exc}): loading the model as stored")
+            return fallback()
+        return load_folder(tmp)
 
 
 def complete_entry(cache_dir: str, model_file: str, dtype: torch.dtype) -> Optional[str]:
