@@ -72,12 +72,15 @@ class TokenBudget:
         return [batch for rows in own + [mixed] if rows for batch in self._fill(rows, prefixes, widths)]
 
     def _fill(self, rows: List[int], prefixes: Sequence[tuple], widths: Sequence[int]) -> List[List[int]]:
-        """``rows`` by cost (own tokens + weighted prefix, then index), cut where the next row would overflow."""
+        """``rows`` by cost (own tokens + weighted prefix, then index), cut where the next row would overflow the
+        forward pass or the prefill of the batch's distinct prefixes (``prefill_cost``)."""
         batches: List[List[int]] = [[]]
         span = width = 0
         for r in sorted(rows, key=lambda r: (widths[r] + self.prefix_weight * len(prefixes[r]), r)):
             grown_span, grown_width = max(span, len(prefixes[r])), max(width, widths[r])
-            if batches[-1] and (len(batches[-1]) + 1) * (grown_width + self.prefix_weight * grown_span) > self.tokens:
+            grown = batches[-1] + [r]
+            if batches[-1] and max(len(grown) * (grown_width + self.prefix_weight * grown_span),
+                                   prefill_cost([prefixes[g] for g in grown])) > self.tokens:
                 batches.append([])
                 grown_span, grown_width = len(prefixes[r]), widths[r]
             batches[-1].append(r)
@@ -86,6 +89,14 @@ class TokenBudget:
 
 
 Batching = Union[FixedBatches, TokenBudget]
+
+
+def prefill_cost(prefixes: Sequence[tuple]) -> int:
+    """Logit rows, in own tokens' worth, of the one padded prefill of a batch's distinct prefixes: it keeps the
+    logits of every distinct prefix at every distinct prefix length (``KVModel.prefill``); one prefix is kept, not
+    prefilled."""
+    distinct = set(prefixes)
+    return 0 if len(distinct) < 2 else len(distinct) * len({len(p) for p in distinct})
 
 
 def split_by_prefix(prefixes: Sequence[tuple], shared: int) -> Tuple[List[List[int]], List[int]]:
