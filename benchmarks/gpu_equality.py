@@ -26,15 +26,15 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_lrgd.evaluator.per_user import paired_bootstrap  # noqa: E402
+from recbole_lrgd.evaluator.per_user import ndcg_at, paired_bootstrap  # noqa: E402
 from recbole_lrgd.llm.batching import Batching, TokenBudget, make_batching  # noqa: E402
 from shapes import random_model  # noqa: E402
 from throughput import likelihood_scorer, load_prompts  # noqa: E402
 
 
 def ndcg10(scores: List[float], target: int) -> float:
-    rank = int(np.sum(np.asarray(scores) > scores[target]))
-    return 1.0 / np.log2(rank + 2) if rank < 10 else 0.0
+    """NDCG@10 of the target among ``scores``: its rank is the number of candidates scored above it."""
+    return ndcg_at({0: int(np.sum(np.asarray(scores) > scores[target]))})[0]
 
 
 def seeded(model, seed: int = 0):

@@ -152,6 +152,6 @@ def test_a_budget_also_bounds_the_prefill_of_distinct_prefixes():
     """Six users with their own prefixes of six lengths: the prefill keeps 6 x 6 logit rows, over a budget of 20
     that the forward's 6 x (1 + 0) tokens fit; so batches of 4 (4 x 4 = 16), then 2."""
     prefixes = [(0,) * (k + 1) + (k,) for k in range(6)]
-    assert batching.prefill_cost(prefixes) == 36 and batching.prefill_cost([prefixes[0]] * 3) == 0
+    assert batching.prefill_cost(6, 6) == 36 and batching.prefill_cost(1, 1) == 0
     assert TokenBudget(20).plan(prefixes, [1] * 6) == [[0, 1, 2, 3], [4, 5]]
     assert TokenBudget(40).plan(prefixes, [1] * 6) == [list(range(6))]

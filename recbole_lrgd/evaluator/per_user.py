@@ -1,6 +1,6 @@
 """Per-user NDCG of one held-out item and a paired bootstrap, for comparing two models on the same users.
 
-A run's per-user metrics come from RecBole's own evaluation (``run(...)["test_per_user"]``, kept by
+A run's per-user metrics come from RecBole's own evaluation (``run(...).test_per_user``, kept by
 ``evaluator.collector.PerUserCollector``), so no model is scored a second time.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple, Union
+from typing import List, Sequence, Set, Tuple, Union
 
 import torch
 
@@ -76,14 +76,19 @@ class TokenBudget:
         forward pass or the prefill of the batch's distinct prefixes (``prefill_cost``)."""
         batches: List[List[int]] = [[]]
         span = width = 0
+        distinct: Set[tuple] = set()  # the batch's prefixes, and their lengths: what its prefill keeps
+        lengths: Set[int] = set()
         for r in sorted(rows, key=lambda r: (widths[r] + self.prefix_weight * len(prefixes[r]), r)):
             grown_span, grown_width = max(span, len(prefixes[r])), max(width, widths[r])
-            grown = batches[-1] + [r]
-            if batches[-1] and max(len(grown) * (grown_width + self.prefix_weight * grown_span),
-                                   prefill_cost([prefixes[g] for g in grown])) > self.tokens:
+            forward = (len(batches[-1]) + 1) * (grown_width + self.prefix_weight * grown_span)
+            prefill = prefill_cost(len(distinct | {prefixes[r]}), len(lengths | {len(prefixes[r])}))
+            if batches[-1] and max(forward, prefill) > self.tokens:
                 batches.append([])
                 grown_span, grown_width = len(prefixes[r]), widths[r]
+                distinct, lengths = set(), set()
             batches[-1].append(r)
+            distinct.add(prefixes[r])
+            lengths.add(len(prefixes[r]))
             span, width = grown_span, grown_width
         return [sorted(batch) for batch in batches]
 
@@ -91,12 +96,11 @@ class TokenBudget:
 Batching = Union[FixedBatches, TokenBudget]
 
 
-def prefill_cost(prefixes: Sequence[tuple]) -> int:
-    """Logit rows, in own tokens' worth, of the one padded prefill of a batch's distinct prefixes: it keeps the
-    logits of every distinct prefix at every distinct prefix length (``KVModel.prefill``); one prefix is kept, not
-    prefilled."""
-    distinct = set(prefixes)
-    return 0 if len(distinct) < 2 else len(distinct) * len({len(p) for p in distinct})
+def prefill_cost(distinct: int, lengths: int) -> int:
+    """Logit rows, in own tokens' worth, of the one padded prefill of a batch's ``distinct`` prefixes of ``lengths``
+    distinct lengths: it keeps the logits of every prefix at every one of those lengths (``KVModel.prefill``); one
+    prefix is kept, not prefilled."""
+    return 0 if distinct < 2 else distinct * lengths
 
 
 def split_by_prefix(prefixes: Sequence[tuple], shared: int) -> Tuple[List[List[int]], List[int]]:

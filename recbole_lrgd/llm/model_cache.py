@@ -12,6 +12,7 @@ write only costs the speed-up, with a warning; the cache never stops a run.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import glob
 import hashlib
@@ -131,13 +132,9 @@ def _load_through_temporary(write: Callable[[str], None], load_folder: Callable[
     """``write`` a temporary folder, load it, remove it (a loaded tensor keeps its mapped file readable); where
     the folder cannot be written, ``fallback()`` (the load that holds more memory). A failure to load what was
     written is the load's own, raised as it is."""
-    try:
-        folder = tempfile.TemporaryDirectory(prefix="lrgd-convert-")
-    except OSError as exc:
-        logger.warning(f"could not write a lean copy to load ({exc}): loading the model as stored")
-        return fallback()
-    with folder as tmp:
+    with contextlib.ExitStack() as stack:
         try:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="lrgd-convert-"))
             write(tmp)
         except Exception as exc:  # noqa: BLE001 - as _write_entry: the lean copy is an optimisation only
             logger.warning(f"could not write a lean copy to load ({exc}): loading the model as stored")
