@@ -6,6 +6,7 @@ checkpoint) or loaded (the LLM), so bad input fails with a one-line ``LRGDError`
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ from recbole_lrgd.model.lrgd import LRGD, check_prompt_budget
 from recbole_lrgd.rerank.fuse import Fusion
 from recbole_lrgd.rerank.source import build_retriever_config, prepare_retriever
 from recbole_lrgd.results import RunResult
+from recbole_lrgd.trained_models import fit_once
 from recbole_lrgd.trainer import eval_user_count
 
 T = TypeVar("T")
@@ -110,10 +112,15 @@ def build(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optio
 
 
 def fit_and_test(built: Built, saved: bool = True) -> RunResult:
-    """Fit the model (LRGD: choose its demonstrations), test it, log and return the result."""
+    """Fit the model (LRGD: choose its demonstrations), test it, log and return the result. With ``saved`` a
+    RecBole model's training is kept in ``checkpoint_dir`` and loaded by a later run with the same settings
+    and data (``trained_models.fit_once``); an interrupted one resumes."""
     config, trainer, logger, is_plugin = built.config, built.trainer, built.logger, isinstance(built.model, LRGD)
-    (best_valid_score, best_valid_result), fit_time = _timed(lambda: trainer.fit(
-        built.train_data, built.valid_data, saved=saved, show_progress=config["show_progress"]))
+    # a RecBole model with saved: trained once per settings and data, kept, resumable
+    once = saved and not is_plugin
+    fit = functools.partial(fit_once, trainer) if once else functools.partial(trainer.fit, saved=saved)
+    (best_valid_score, best_valid_result), fit_time = _timed(lambda: fit(
+        built.train_data, built.valid_data, show_progress=config["show_progress"]))
     init_seed(config["seed"], config["reproducibility"])
     test_result, eval_time = _timed(lambda: trainer.evaluate(
         built.test_data, load_best_model=saved and not is_plugin, show_progress=config["show_progress"]))

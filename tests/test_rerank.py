@@ -198,7 +198,7 @@ def test_the_retriever_is_trained_once(tiny_data, tiny_llm_dir, monkeypatch):
     from recbole.trainer import Trainer
 
     first = _lrgd(tiny_data, tiny_llm_dir, "BPR")
-    cached = glob.glob(os.path.join(tiny_data, "saved", "retriever-BPR-tiny-*.pth"))
+    cached = glob.glob(os.path.join(tiny_data, "saved", "trained-BPR-tiny-*.pth"))
     assert len(cached) == 1
 
     def no_training(*args, **kwargs):
@@ -227,7 +227,7 @@ def test_the_retriever_stops_early_on_retriever_valid_users(tiny_data, tiny_llm_
     _lrgd(tiny_data, tiny_llm_dir, "BPR")
     everyone = run("BPR", "tiny", config_dict=_cfg(tiny_data, eval_users=None), saved=False).test_users
     assert seen == [(5, 5), (None, everyone)]
-    assert len(glob.glob(os.path.join(tiny_data, "saved", "retriever-BPR-tiny-*.pth"))) == 2  # two trainings
+    assert len(glob.glob(os.path.join(tiny_data, "saved", "trained-BPR-tiny-*.pth"))) == 2  # two trainings
 
 
 def _assert_clean_error(tmp, match, **extra):
@@ -282,4 +282,4 @@ def test_two_processes_give_the_metrics_of_one(tmp_path, tiny_llm_dir):
     (one, _, _), (two, _, _) = (_finish(procs[n], runs[n]) for n in (1, 2))
     assert one["world_size"] == 1 and two["world_size"] == 2 and one["test_users"] == two["test_users"] == 12
     assert one["test_result"] == two["test_result"] and "ndcg@10" in one["test_result"]
-    assert len(glob.glob(os.path.join(runs[2], "saved", "retriever-BPR-tiny-*.pth"))) == 1
+    assert len(glob.glob(os.path.join(runs[2], "saved", "trained-BPR-tiny-*.pth"))) == 1

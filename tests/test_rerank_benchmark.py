@@ -88,7 +88,7 @@ def _hand_count_in_top_n(data_path, cfg, users, id_tokens):
     removed by hand from the raw file: user and item embeddings multiplied here."""
     from recbole.data import create_dataset
 
-    (path,) = glob.glob(os.path.join(data_path, "saved", "retriever-BPR-tiny-*.pth"))
+    (path,) = glob.glob(os.path.join(data_path, "saved", "trained-BPR-tiny-*.pth"))
     weights = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     dataset = create_dataset(build_config("BPR", "tiny", config_dict={**cfg, "eval_args": FULL}))
     user_ids, item_ids = dataset.field2token_id[dataset.uid_field], dataset.field2token_id[dataset.iid_field]

@@ -6,36 +6,21 @@ trained here, on the same split in the same run, with RecBole's own Trainer and 
 (``source.py`` builds its Config and data as ``run(<model>, ...)`` would, so it is the very model of the
 retriever-alone row), or loaded from a checkpoint RecBole's Trainer saved.
 
-A trained retriever is kept in ``checkpoint_dir`` under a name keyed by the model, the config keys that can
-change its training and a hash of the training and validation data, written atomically, so a re-run, or
-another rank under a launcher, loads it instead of training again.
+A trained retriever is kept in ``checkpoint_dir`` (``trained_models.fit_once``), so a re-run, another rank
+under a launcher, or the model's own baseline row with the same settings loads it instead of training again.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
-from logging import getLogger
 from typing import Any, Dict
 
 import numpy as np
 import torch
-import yaml
-from recbole.utils import get_model, get_trainer, init_seed, set_color
+from recbole.utils import get_model, get_trainer, init_seed
 
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.digest import digest
-from recbole_lrgd.properties_files import properties_dir
-
-# config keys that cannot change what a retriever learns: where things go, what is logged, which device
-# and how many processes, which metrics are reported (early stopping reads valid_metric alone), and the
-# test phase (the data hash covers the data itself); LRGD's own keys (properties/model/LRGD.yaml) are
-# left out too
-NOT_TRAINING_KEYS = ("gpu_id", "use_gpu", "device", "state", "data_path", "checkpoint_dir", "show_progress",
-                     "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path", "log_wandb",
-                     "wandb_project", "worker", "metrics", "topk", "eval_batch_size", "eval_users", "candidates_file",
-                     "test_neg_sample_args", "local_rank", "nproc", "world_size", "offset", "ip", "port",
-                     "single_spec", "config_files", "result_file", "slices")
+from recbole_lrgd.trained_models import fit_once
 
 
 def is_checkpoint(source: str) -> bool:
@@ -123,55 +108,14 @@ class Retriever:
         return scores
 
 
-def training_settings(config) -> Dict[str, Any]:
-    """The config keys that can change what the retriever learns: all but ``NOT_TRAINING_KEYS`` and LRGD's
-    own; of eval_args the split, order, grouping and the validation mode (early stopping reads it)."""
-    with open(os.path.join(properties_dir(), "model", "LRGD.yaml"), encoding="utf-8") as f:
-        lrgd_keys = set(yaml.safe_load(f))
-    settings = {k: v for k, v in config.final_config_dict.items()
-                if k not in NOT_TRAINING_KEYS and k not in lrgd_keys and k != "eval_args"}
-    eval_args = dict(config["eval_args"])
-    mode = eval_args.pop("mode")
-    settings["eval_args"] = {**eval_args, "valid_mode": mode.get("valid") if isinstance(mode, dict) else mode}
-    return settings
-
-
-def data_fingerprint(*datasets) -> str:
-    """A hash of every feature tensor of the datasets' interactions, users and items, and of their id maps."""
-    h = hashlib.sha1()
-    for dataset in datasets:
-        for feat in (dataset.inter_feat, dataset.user_feat, dataset.item_feat):
-            for field in sorted(feat.interaction if feat is not None else {}):
-                h.update(field.encode() + b"\0" + feat[field].numpy().tobytes())
-        for field in (dataset.uid_field, dataset.iid_field):
-            h.update("\0".join(map(str, dataset.field2id_token[field])).encode("utf-8"))
-    return h.hexdigest()
-
-
-def checkpoint_path(config, train_data, valid_data) -> str:
-    """Where the retriever of this model, config and data is kept."""
-    key = digest({"model": config["model"], "settings": training_settings(config),
-                  "data": data_fingerprint(train_data._dataset, *([valid_data._dataset] if valid_data else []))})
-    return os.path.join(config["checkpoint_dir"], f"retriever-{config['model']}-{config['dataset']}-{key[:12]}.pth")
-
-
-def _train(config, train_data, valid_data, path: str) -> None:
-    """Train as ``quick_start.run`` trains a RecBole model (same seeding, Trainer and early stopping), the
-    best validation epoch saved by RecBole's Trainer under a temporary name, then moved to ``path``."""
-    logger = getLogger()
-    logger.info(set_color("retriever", "green") + f": training {config['model']} (no checkpoint at {path})")
+def _trained(config, train_data, valid_data) -> str:
+    """The kept checkpoint of the model of ``config`` (``trained_models.fit_once``), built and seeded as
+    ``quick_start.run`` builds and seeds it, trained first when there is none."""
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    tmp = f"{path}.tmp{os.getpid()}"
-    trainer.saved_model_file = tmp
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
-        trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    fit_once(trainer, train_data, valid_data, show_progress=config["show_progress"])
+    return trainer.saved_model_file
 
 
 def _load(path: str, config, train_data):
@@ -197,12 +141,7 @@ def load_or_train(config, source: str, train_data, valid_data, test_data, user_i
     """The retriever of ``source`` (a model name or a checkpoint .pth) over the data of its own ``config``:
     a checkpoint is loaded; a model is loaded from its cached checkpoint, trained (and cached) only when
     there is none. Under a launcher call it inside ``dist.main_first()``: rank 0 trains, the others load."""
-    path = source if is_checkpoint(source) else checkpoint_path(config, train_data, valid_data)
-    if not is_checkpoint(source):
-        if os.path.isfile(path):
-            getLogger().info(set_color("retriever", "green") + f": {config['model']} loaded from {path}")
-        else:
-            _train(config, train_data, valid_data, path)
+    path = source if is_checkpoint(source) else _trained(config, train_data, valid_data)
     model = _load(path, config, train_data)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     return Retriever(model, trainer, test_data, user_items, path)

@@ -1,0 +1,99 @@
+"""A RecBole model trains once per settings and data (``trained_models.fit_once``): its own row and a fusion row's
+prior share the training, and an interrupted training resumes to the very weights of an uninterrupted one."""
+import glob
+import os
+
+import pytest
+import torch
+from recbole.trainer import Trainer
+
+import recbole_lrgd.trained_models as trained_models
+from recbole_lrgd.quick_start import run
+
+
+def _cfg(data_path, **extra):
+    return {"data_path": data_path, "eval_users": 8, "use_gpu": False, "state": "WARNING", "eval_batch_size": 100,
+            "show_progress": False, "score_cache": False, "train_batch_size": 16, "epochs": 4, **extra}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _kept(folder, model):
+    (path,) = glob.glob(os.path.join(folder, f"trained-{model}-tiny-*.pth"))
+    return path, torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.mark.parametrize("model", ["SASRec", "BPR"])  # dropout and a shuffled loader; numpy's negative sampling
+def test_an_interrupted_training_resumes_to_the_weights_of_an_uninterrupted_one(tiny_data, monkeypatch, model):
+    """Each epoch after the interruption ends with the weights it ends with uninterrupted, and so does the kept
+    best epoch, its validation result and the test metrics."""
+    weights = {}  # (run, epoch) -> the weights at the end of that epoch
+    real_epoch, real_save = Trainer._train_epoch, trained_models._save_state
+
+    def recording_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        loss = real_epoch(self, train_data, epoch_idx, *args, **kwargs)
+        weights[self.config["checkpoint_dir"], epoch_idx] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return loss
+
+    def save_then_stop(trainer, loaders, epoch, seconds, path):
+        real_save(trainer, loaders, epoch, seconds, path)
+        if epoch == 1:
+            raise Interrupted
+
+    monkeypatch.setattr(Trainer, "_train_epoch", recording_epoch)
+    straight = run(model, "tiny", config_dict=_cfg(tiny_data, checkpoint_dir="straight"))
+    _, expected = _kept("straight", model)
+    monkeypatch.setattr(trained_models, "_save_state", save_then_stop)
+    with pytest.raises(Interrupted):
+        run(model, "tiny", config_dict=_cfg(tiny_data, checkpoint_dir="cut"))
+    assert not glob.glob("cut/trained-*.pth") and len(glob.glob("cut/trained-*.pth.resume")) == 1
+    monkeypatch.setattr(trained_models, "_save_state", real_save)
+    weights = {key: w for key, w in weights.items() if key[0] == "straight"}
+    (state,) = glob.glob("cut/trained-*.pth.resume")
+    seconds_at_cut = torch.load(state, weights_only=False)["seconds"]
+    resumed = run(model, "tiny", config_dict=_cfg(tiny_data, checkpoint_dir="cut"))
+    assert sorted(epoch for where, epoch in weights if where == "cut") == [2, 3]  # the epochs after the cut alone
+    for epoch in (2, 3):
+        for name, w in weights["straight", epoch].items():
+            assert torch.equal(weights["cut", epoch][name], w), (epoch, name)
+    path, got = _kept("cut", model)
+    assert os.listdir("cut") == [os.path.basename(path)]  # the partial files are gone
+    assert 0 < seconds_at_cut < got["training_seconds"]  # both sittings counted
+    assert got["epoch"] == expected["epoch"] and got["best_valid_result"] == expected["best_valid_result"]
+    for name, w in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], w), name
+    assert resumed.test_result == straight.test_result and resumed.best_valid_result == straight.best_valid_result
+
+
+def test_a_finished_training_is_loaded_not_trained_again(tiny_data, monkeypatch):
+    first = run("BPR", "tiny", config_dict=_cfg(tiny_data))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(Trainer, "fit", no_training)
+    again = run("BPR", "tiny", config_dict=_cfg(tiny_data))
+    assert again.test_result == first.test_result and again.best_valid_result == first.best_valid_result
+    assert again.best_valid_score == first.best_valid_score
+    with pytest.raises(AssertionError, match="trained again"):  # another training setting: another model
+        run("BPR", "tiny", config_dict=_cfg(tiny_data, learning_rate=0.01))
+    assert len(glob.glob("saved/trained-BPR-tiny-*.pth")) == 1
+    # without saved nothing is kept and RecBole's fit runs
+    with pytest.raises(AssertionError, match="trained again"):
+        run("BPR", "tiny", config_dict=_cfg(tiny_data), saved=False)
+
+
+def test_a_baselines_row_and_a_fusion_rows_prior_are_one_training(tiny_data, tiny_llm_dir, monkeypatch):
+    """The prior at weight 1 ranks as the prior's own row; the second run loads the row's training."""
+    row = run("BPR", "tiny", config_dict=_cfg(tiny_data))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(Trainer, "fit", no_training)
+    fused = run("LRGD", "tiny", config_dict=_cfg(tiny_data, llm_path=tiny_llm_dir, demo_mode="none",
+                                                 prior_model="BPR", prior_weight=1), saved=False)
+    assert fused.test_result["ndcg@10"] == row.test_result["ndcg@10"]
+    assert fused.test_per_user == row.test_per_user
