@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 import numpy as np
 from recbole.config import Config
 from recbole.data import create_dataset
+from recbole.trainer import Trainer
 from recbole.utils import get_model, get_trainer, init_logger, init_seed, set_color
 
 from recbole_lrgd import distributed as dist
@@ -113,11 +114,11 @@ def build(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optio
 
 def fit_and_test(built: Built, saved: bool = True) -> RunResult:
     """Fit the model (LRGD: choose its demonstrations), test it, log and return the result. With ``saved`` a
-    RecBole model's training is kept in ``checkpoint_dir`` and loaded by a later run with the same settings
-    and data (``trained_models.fit_once``); an interrupted one resumes."""
+    RecBole model trained by RecBole's own Trainer is kept in ``checkpoint_dir`` and loaded by a later run with
+    the same settings and data (``trained_models.fit_once``); an interrupted training resumes."""
     config, trainer, logger, is_plugin = built.config, built.trainer, built.logger, isinstance(built.model, LRGD)
-    # a RecBole model with saved: trained once per settings and data, kept, resumable
-    once = saved and not is_plugin
+    # a RecBole model of RecBole's own Trainer with saved: trained once per settings and data, kept, resumable
+    once = saved and type(trainer) is Trainer
     fit = functools.partial(fit_once, trainer) if once else functools.partial(trainer.fit, saved=saved)
     (best_valid_score, best_valid_result), fit_time = _timed(lambda: fit(
         built.train_data, built.valid_data, show_progress=config["show_progress"]))

@@ -6,25 +6,30 @@ the retriever of a re-ranking row (``candidate_source``) train the same model wh
 ``trained-<model>-<dataset>-<key>.pth``, the key a hash of the config keys that can change what it learns and of
 the training and validation data; later runs (and the other ranks under a launcher) load it.
 
-A training in progress writes, after every validation, what it needs to go on exactly where it was: the
-model, the optimizer, the early-stopping counters and every random generator it draws from (torch's, numpy's,
-Python's, its loaders'). An interrupted training run again resumes from that epoch and ends with the very
-weights an uninterrupted one would. The partial files (``.best`` and ``.resume`` beside the final name) are
-removed when the training ends.
+A training by RecBole's own ``Trainer`` (most models: Pop, BPR, SASRec...) writes, after every validation, what it
+needs to go on exactly where it was: the model, the optimizer, the early-stopping counters and every random
+generator it draws from (torch's, numpy's, Python's, its loaders'). An interrupted training run again resumes
+after its last validation and, on a CPU, ends with the very weights an uninterrupted one would (on a GPU, as
+reproducible as RecBole's own training). A model with a trainer of its own (RecVAE, KGAT...) trains in one go.
+The partial files (``.best`` and ``.resume`` beside the final name) are removed when the training ends; a lock
+(``.lock``, left in place) keeps two processes from training the same model at once.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import os
 import random
 import time
 from logging import getLogger
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 import yaml
+from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_lrgd.digest import digest
@@ -49,6 +54,8 @@ def training_settings(config) -> Dict[str, Any]:
         lrgd_keys = set(yaml.safe_load(f))
     settings = {k: v for k, v in config.final_config_dict.items()
                 if k not in NOT_TRAINING_KEYS and k not in lrgd_keys and k != "eval_args"}
+    if config["worker"]:  # loader processes draw the negative samples with seeds of their own
+        settings["worker"] = config["worker"]
     eval_args = dict(config["eval_args"])
     mode = eval_args.pop("mode")
     settings["eval_args"] = {**eval_args, "valid_mode": mode.get("valid") if isinstance(mode, dict) else mode}
@@ -80,11 +87,12 @@ def fit_once(trainer, train_data, valid_data, show_progress: bool = False) -> Tu
     way the trainer's ``saved_model_file`` is the kept checkpoint, which ``evaluate(load_best_model=True)`` loads."""
     config = trainer.config
     path = checkpoint_path(config, train_data, valid_data)
-    logger = getLogger()
-    if not os.path.isfile(path):
-        _train(trainer, train_data, valid_data, path, show_progress)
-    else:
-        logger.info(set_color("trained", "green") + f": {config['model']} loaded from {path}")
+    with _lock(f"{path}.lock"):
+        if not os.path.isfile(path):
+            _train(trainer, train_data, valid_data, path, show_progress)
+        else:
+            getLogger().info(set_color("trained", "green") + f": {config['model']} loaded from {path}")
+            trainer.eval_collector.data_collect(train_data)  # as fit does: metrics such as ItemCoverage read it
     trainer.saved_model_file = path
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # it pickles RecBole's Config
     return checkpoint["best_valid_score"], checkpoint.get("best_valid_result")
@@ -94,11 +102,11 @@ def _train(trainer, train_data, valid_data, path: str, show_progress: bool) -> N
     """Train into ``path``: the best epoch saved by RecBole's Trainer under a partial name, the state to resume
     from written after every validation, the best checkpoint moved to ``path`` with its validation result."""
     best, resume = f"{path}.best", f"{path}.resume"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     trainer.saved_model_file = best
     loaders = {"train": train_data, "valid": valid_data}
+    resumable = type(trainer) is Trainer  # a trainer of its own may keep more than one optimizer or loop
     finished, earlier, start = False, 0.0, time.time()
-    if os.path.isfile(resume) and os.path.isfile(best):
+    if resumable and os.path.isfile(resume) and os.path.isfile(best):
         finished, earlier = _resume(trainer, loaders, resume)
     else:
         getLogger().info(set_color("trained", "green") + f": training {trainer.config['model']} "
@@ -107,8 +115,12 @@ def _train(trainer, train_data, valid_data, path: str, show_progress: bool) -> N
     def keep_state(epoch: int, valid_score: float) -> None:
         _save_state(trainer, loaders, epoch, earlier + time.time() - start, resume)
 
-    if not finished:
+    if finished:
+        trainer.eval_collector.data_collect(train_data)
+    elif resumable:
         trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress, callback_fn=keep_state)
+    else:
+        trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
     checkpoint = torch.load(best, map_location="cpu", weights_only=False)
     checkpoint["best_valid_result"] = trainer.best_valid_result
     checkpoint["training_seconds"] = earlier + time.time() - start
@@ -137,7 +149,11 @@ def _save_state(trainer, loaders: Dict[str, Any], epoch: int, seconds: float, pa
 def _resume(trainer, loaders: Dict[str, Any], path: str) -> Tuple[bool, float]:
     """Restore the state ``_save_state`` wrote: whether the training had already stopped (early stopping, or
     its last epoch), and the seconds it had trained."""
-    state = torch.load(path, map_location="cpu", weights_only=False)  # generator states live on the CPU
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # generator states live on the CPU
+    except Exception as exc:  # a truncated or damaged file (a lost machine): torch raises several types
+        getLogger().warning(f"trained: cannot resume from {path} ({type(exc).__name__}): training from the start")
+        return False, 0.0
     trainer.model.load_state_dict(state["state_dict"])
     trainer.model.load_other_parameter(state["other_parameter"])
     trainer.optimizer.load_state_dict(state["optimizer"])
@@ -146,7 +162,7 @@ def _resume(trainer, loaders: Dict[str, Any], path: str) -> Tuple[bool, float]:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if state.get("cuda") is not None:  # None or absent where CUDA was not in use
+    if state.get("cuda") is not None and len(state["cuda"]) == torch.cuda.device_count():  # CUDA was in use
         torch.cuda.set_rng_state_all(state["cuda"])
     for name, generator_state in state["loaders"].items():
         loaders[name].generator.set_state(generator_state)
@@ -161,3 +177,15 @@ def _save_whole(path: str, obj: Dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer, pickle_protocol=4)
     write_whole(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def _lock(path: str) -> Iterator[None]:
+    """An exclusive lock on ``path`` while the block runs (the next process waits, then finds the model kept)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

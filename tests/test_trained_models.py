@@ -59,7 +59,7 @@ def test_an_interrupted_training_resumes_to_the_weights_of_an_uninterrupted_one(
         for name, w in weights["straight", epoch].items():
             assert torch.equal(weights["cut", epoch][name], w), (epoch, name)
     path, got = _kept("cut", model)
-    assert os.listdir("cut") == [os.path.basename(path)]  # the partial files are gone
+    assert sorted(os.listdir("cut")) == sorted([os.path.basename(path), os.path.basename(path) + ".lock"])
     assert 0 < seconds_at_cut < got["training_seconds"]  # both sittings counted
     assert got["epoch"] == expected["epoch"] and got["best_valid_result"] == expected["best_valid_result"]
     for name, w in expected["state_dict"].items():
@@ -68,21 +68,45 @@ def test_an_interrupted_training_resumes_to_the_weights_of_an_uninterrupted_one(
 
 
 def test_a_finished_training_is_loaded_not_trained_again(tiny_data, monkeypatch):
-    first = run("BPR", "tiny", config_dict=_cfg(tiny_data))
+    """Loaded, with its validation result; metrics that read the training data (ItemCoverage) work as after a fit."""
+    metrics = {"metrics": ["Hit", "NDCG", "ItemCoverage", "AveragePopularity"]}
+    first = run("BPR", "tiny", config_dict=_cfg(tiny_data, **metrics))
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
     monkeypatch.setattr(Trainer, "fit", no_training)
-    again = run("BPR", "tiny", config_dict=_cfg(tiny_data))
-    assert again.test_result == first.test_result and again.best_valid_result == first.best_valid_result
+    again = run("BPR", "tiny", config_dict=_cfg(tiny_data, **metrics))
+    assert "itemcoverage@10" in again.test_result and again.test_result == first.test_result and again.best_valid_result == first.best_valid_result
     assert again.best_valid_score == first.best_valid_score
     with pytest.raises(AssertionError, match="trained again"):  # another training setting: another model
         run("BPR", "tiny", config_dict=_cfg(tiny_data, learning_rate=0.01))
     assert len(glob.glob("saved/trained-BPR-tiny-*.pth")) == 1
     # without saved nothing is kept and RecBole's fit runs
     with pytest.raises(AssertionError, match="trained again"):
-        run("BPR", "tiny", config_dict=_cfg(tiny_data), saved=False)
+        run("BPR", "tiny", config_dict=_cfg(tiny_data, checkpoint_dir="unsaved"), saved=False)
+    assert not glob.glob("unsaved/trained-*")
+
+
+def test_a_damaged_resume_state_trains_from_the_start(tiny_data, caplog):
+    straight = run("BPR", "tiny", config_dict=_cfg(tiny_data, checkpoint_dir="straight"))
+    path, _ = _kept("straight", "BPR")
+    damaged = os.path.join("damaged", os.path.basename(path))
+    os.makedirs("damaged")
+    for suffix, data in ((".best", b"x"), (".resume", b"not a torch file")):
+        with open(damaged + suffix, "wb") as f:
+            f.write(data)
+    with caplog.at_level("WARNING"):
+        again = run("BPR", "tiny", config_dict=_cfg(tiny_data, checkpoint_dir="damaged"))
+    assert "cannot resume from" in caplog.text and "training from the start" in caplog.text
+    assert again.test_result == straight.test_result and os.path.isfile(damaged)
+
+
+def test_a_model_with_its_own_trainer_trains_as_before(tiny_data):
+    """RecVAE's trainer keeps two optimizers: its row trains with RecBole's fit, nothing kept here."""
+    first = run("RecVAE", "tiny", config_dict=_cfg(tiny_data, epochs=2))
+    again = run("RecVAE", "tiny", config_dict=_cfg(tiny_data, epochs=2))
+    assert again.test_result == first.test_result and not glob.glob("saved/trained-*")
 
 
 def test_a_baselines_row_and_a_fusion_rows_prior_are_one_training(tiny_data, tiny_llm_dir, monkeypatch):

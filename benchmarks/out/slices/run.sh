@@ -3,7 +3,8 @@
 # store and the score cache). From a checkout, one thread per job:
 #   OMP_NUM_THREADS=1 bash benchmarks/out/slices/run.sh [folder of the stores and caches, default .]
 # Two passes: every row but SASRec's on the four datasets, then SASRec and SASRec+LRGD-nearest (the slowest to train
-# on a CPU). A pass run again reuses the rows it has. PASSES and DATASETS pick a part (two jobs on two cores).
+# on a CPU). A pass run again reuses the rows it has; SASRec, trained once for both of its rows, resumes its training
+# at the epoch where it stopped (checkpoint_dir). PASSES and DATASETS pick a part (two jobs on two cores).
 out=${1:-.}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 pairs=LRGD-nearest:LRGD-zero-shot,LRGD-nearest:Pop,LRGD-nearest:BPR,Pop+LRGD-nearest:Pop
