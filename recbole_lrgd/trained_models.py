@@ -9,8 +9,8 @@ the training and validation data; later runs (and the other ranks under a launch
 A training by RecBole's own ``Trainer`` (most models: Pop, BPR, SASRec...) writes, after every validation, what it
 needs to go on exactly where it was: the model, the optimizer, the early-stopping counters and every random
 generator it draws from (torch's, numpy's, Python's, its loaders'). An interrupted training run again resumes
-after its last validation and, on a CPU, ends with the very weights an uninterrupted one would (on a GPU, as
-reproducible as RecBole's own training). A model with a trainer of its own (RecVAE, KGAT...) trains in one go.
+after its last validation and, on a CPU with the same number of threads, ends with the very weights an
+uninterrupted one would (on a GPU, as reproducible as RecBole's own training). A model with a trainer of its own (RecVAE, KGAT...) trains in one go.
 The partial files (``.best`` and ``.resume`` beside the final name) are removed when the training ends; a lock
 (``.lock``, left in place) keeps two processes from training the same model at once.
 """
