@@ -117,10 +117,9 @@ def _train(trainer, train_data, valid_data, path: str, show_progress: bool) -> N
 
     if finished:
         trainer.eval_collector.data_collect(train_data)
-    elif resumable:
-        trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress, callback_fn=keep_state)
     else:
-        trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
+        trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress,
+                    callback_fn=keep_state if resumable else None)
     checkpoint = torch.load(best, map_location="cpu", weights_only=False)
     checkpoint["best_valid_result"] = trainer.best_valid_result
     checkpoint["training_seconds"] = earlier + time.time() - start
