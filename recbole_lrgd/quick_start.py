@@ -6,7 +6,6 @@ checkpoint) or loaded (the LLM), so bad input fails with a one-line ``LRGDError`
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -117,14 +116,17 @@ def fit_and_test(built: Built, saved: bool = True) -> RunResult:
     RecBole model trained by RecBole's own Trainer is kept in ``checkpoint_dir`` and loaded by a later run with
     the same settings and data (``trained_models.fit_once``); an interrupted training resumes."""
     config, trainer, logger, is_plugin = built.config, built.trainer, built.logger, isinstance(built.model, LRGD)
-    # a RecBole model of RecBole's own Trainer with saved: trained once per settings and data, kept, resumable
-    once = saved and type(trainer) is Trainer
-    fit = functools.partial(fit_once, trainer) if once else functools.partial(trainer.fit, saved=saved)
-    (best_valid_score, best_valid_result), fit_time = _timed(lambda: fit(
-        built.train_data, built.valid_data, show_progress=config["show_progress"]))
+    show_progress = config["show_progress"]
+    if saved and type(trainer) is Trainer:  # trained once per settings and data, kept, resumable: its fit time
+        # is the training's, summed over the runs that trained it, whichever run loads it
+        best_valid_score, best_valid_result, fit_time = fit_once(
+            trainer, built.train_data, built.valid_data, show_progress=show_progress)
+    else:
+        (best_valid_score, best_valid_result), fit_time = _timed(lambda: trainer.fit(
+            built.train_data, built.valid_data, saved=saved, show_progress=show_progress))
     init_seed(config["seed"], config["reproducibility"])
     test_result, eval_time = _timed(lambda: trainer.evaluate(
-        built.test_data, load_best_model=saved and not is_plugin, show_progress=config["show_progress"]))
+        built.test_data, load_best_model=saved and not is_plugin, show_progress=show_progress))
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     test_users = eval_user_count(built.test_data)

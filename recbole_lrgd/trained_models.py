@@ -81,12 +81,15 @@ def checkpoint_path(config, train_data, valid_data) -> str:
     return os.path.join(config["checkpoint_dir"], f"trained-{config['model']}-{config['dataset']}-{key[:12]}.pth")
 
 
-def fit_once(trainer, train_data, valid_data, show_progress: bool = False) -> Tuple[float, Optional[Dict]]:
+def fit_once(trainer, train_data, valid_data, show_progress: bool = False
+             ) -> Tuple[float, Optional[Dict], float]:
     """RecBole's ``trainer.fit`` run at most once per model, settings and data: (best validation score, its
-    result). The kept checkpoint is loaded when there is one; a training interrupted earlier resumes. Either
-    way the trainer's ``saved_model_file`` is the kept checkpoint, which ``evaluate(load_best_model=True)`` loads."""
+    result, the seconds the training took, summed over the runs that trained it). The kept checkpoint is loaded
+    when there is one; a training interrupted earlier resumes. Either way the trainer's ``saved_model_file`` is
+    the kept checkpoint, which ``evaluate(load_best_model=True)`` loads."""
     config = trainer.config
     path = checkpoint_path(config, train_data, valid_data)
+    start = time.time()
     with _lock(f"{path}.lock"):
         if not os.path.isfile(path):
             _train(trainer, train_data, valid_data, path, show_progress)
@@ -95,7 +98,8 @@ def fit_once(trainer, train_data, valid_data, show_progress: bool = False) -> Tu
             trainer.eval_collector.data_collect(train_data)  # as fit does: metrics such as ItemCoverage read it
     trainer.saved_model_file = path
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # it pickles RecBole's Config
-    return checkpoint["best_valid_score"], checkpoint.get("best_valid_result")
+    seconds = checkpoint.get("training_seconds", time.time() - start)  # kept before it was recorded: this run's
+    return checkpoint["best_valid_score"], checkpoint.get("best_valid_result"), seconds
 
 
 def _train(trainer, train_data, valid_data, path: str, show_progress: bool) -> None:

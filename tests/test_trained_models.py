@@ -60,7 +60,7 @@ def test_an_interrupted_training_resumes_to_the_weights_of_an_uninterrupted_one(
             assert torch.equal(weights["cut", epoch][name], w), (epoch, name)
     path, got = _kept("cut", model)
     assert sorted(os.listdir("cut")) == sorted([os.path.basename(path), os.path.basename(path) + ".lock"])
-    assert 0 < seconds_at_cut < got["training_seconds"]  # both sittings counted
+    assert 0 < seconds_at_cut < got["training_seconds"] == resumed.fit_time  # both sittings counted
     assert got["epoch"] == expected["epoch"] and got["best_valid_result"] == expected["best_valid_result"]
     for name, w in expected["state_dict"].items():
         assert torch.equal(got["state_dict"][name], w), name
@@ -79,6 +79,8 @@ def test_a_finished_training_is_loaded_not_trained_again(tiny_data, monkeypatch)
     again = run("BPR", "tiny", config_dict=_cfg(tiny_data, **metrics))
     assert "itemcoverage@10" in again.test_result and again.test_result == first.test_result and again.best_valid_result == first.best_valid_result
     assert again.best_valid_score == first.best_valid_score
+    # the fit time of a loaded model is its training's
+    assert again.fit_time == first.fit_time == _kept("saved", "BPR")[1]["training_seconds"] > 0
     with pytest.raises(AssertionError, match="trained again"):  # another training setting: another model
         run("BPR", "tiny", config_dict=_cfg(tiny_data, learning_rate=0.01))
     assert len(glob.glob("saved/trained-BPR-tiny-*.pth")) == 1
