@@ -66,27 +66,38 @@ def fusion_table(measured: Dict[str, Tuple[Rows, Slices]]) -> List[str]:
     return out
 
 
-def beats(rows: Rows, slices: Slices, a: str, b: str) -> List[str]:
-    """The slices where a - b has its whole 95% interval above 0, as 'family slice +d [lo, hi] (n users)'."""
+def above_zero(rows: Rows, slices: Slices, a: str, b: str) -> Dict[Tuple[str, str], Tuple[float, float, float, int]]:
+    """The slices where a - b has its whole 95% interval above 0: (family, slice) -> (mean, lo, hi, users)."""
     if a not in rows or b not in rows:
-        return []
-    found = []
-    for family, by_name in slice_differences(per_user(rows[a]), per_user(rows[b]), slices).items():
-        found += [f"{family} {name} {fmt_ci(m, lo, hi, sign=True)} ({n} users)"
-                  for name, (m, lo, hi, n) in by_name.items() if lo > 0]
-    return found
+        return {}
+    return {(family, name): d for family, by_name in slice_differences(per_user(rows[a]), per_user(rows[b]),
+                                                                       slices).items()
+            for name, d in by_name.items() if d[1] > 0}
+
+
+def llm_wins(rows: Rows, slices: Slices, name: str) -> List[str]:
+    """The slices where ``name`` (the LLM alone or fused) beats BPR with its interval above 0, as 'family slice
+    +d [lo, hi] (n users)'. A fused row counts only where it beats its own prior alone too: a win its prior
+    makes alone (SASRec's, or Pop's on head items) is not the LLM's."""
+    wins = above_zero(rows, slices, name, "BPR")
+    if "+" in name:
+        own = above_zero(rows, slices, name, name.split("+")[0])
+        wins = {at: d for at, d in wins.items() if at in own}
+    return [f"{family} {slice_} {fmt_ci(m, lo, hi, sign=True)} ({n} users)"
+            for (family, slice_), (m, lo, hi, n) in wins.items()]
 
 
 def verdict(dataset: str, rows: Rows, slices: Slices) -> str:
     """Whether the LLM, alone or fused, beats BPR anywhere, and whether fusion beats its prior."""
     if "BPR" not in rows or LLM not in rows:
         return f"- **{dataset}:** BPR's or the LLM's row is not stored yet: no verdict."
-    wins = {name: beats(rows, slices, name, "BPR") for name in (LLM, *(f"{p}+{LLM}" for p in PRIORS)) if name in rows}
+    wins = {name: llm_wins(rows, slices, name) for name in (LLM, *(f"{p}+{LLM}" for p in PRIORS)) if name in rows}
     found = [f"{name} on {', '.join(w)}" for name, w in wins.items() if w]
     overall = diff(rows, LLM, "BPR")
-    line = f"- **{dataset}:** " + (f"the LLM beats BPR where its interval is above 0: {'; '.join(found)}. " if found
+    line = f"- **{dataset}:** " + (f"the LLM beats BPR where its interval is above 0 (a fused row where it also "
+                                   f"beats its own prior): {'; '.join(found)}. " if found
                                    else "neither the LLM alone nor fused beats BPR with an interval above 0 on any "
-                                        "slice. ")
+                                        "slice (a fused row counting where it also beats its own prior). ")
     if overall:
         line += f"LLM alone − BPR overall: {fmt_ci(*overall[:3], sign=True)} over {overall[3]} users. "
     fused = [f"{p}+LLM − {p} {fmt_ci(*d[:3], sign=True)}" for p in PRIORS

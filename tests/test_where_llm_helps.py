@@ -27,7 +27,7 @@ def _row(variant: str, values, weight=None) -> dict:
 def test_the_section_tables_judges_and_names_what_is_missing(tmp_path):
     rows = [_row("Pop", [0.2] * 40), _row("BPR", [0.5] * 40), _row("LRGD-nearest", [0.4] * 40),
             _row("Pop+LRGD-nearest", [0.6 if u % 2 else 0.3 for u in USERS], 0.3),
-            _row("BPR+LRGD-nearest", [0.6] * 40, 0.7)]
+            _row("BPR+LRGD-nearest", [0.6] * 40, 0.7), _row("SASRec", [0.8] * 40), _row("SASRec+LRGD-nearest", [0.8] * 40, 1)]
     folder = tmp_path / "slices"
     folder.mkdir()
     (folder / "compare_amazon-beauty.json").write_text(json.dumps({"rows": rows}))
@@ -39,9 +39,13 @@ def test_the_section_tables_judges_and_names_what_is_missing(tmp_path):
     assert "| amazon-beauty | BPR | 0.7 | 0.6000 | +0.1000 [+0.1000, +0.1000] | +0.2000 [+0.2000, +0.2000] | 40 |" in page
     assert "amazon-toys-games (Pop, BPR, SASRec," in page  # a dataset with nothing stored is named
     assert "BPR+LRGD-nearest on history 3-4 +0.1000 [+0.1000, +0.1000] (20 users)" in page
-    assert "Not stored yet: SASRec, LRGD-zero-shot, SASRec+LRGD-nearest." in page
+    # a fused row's win over BPR is the LLM's only where it beats its own prior too: Pop+LLM's on cold items,
+    # not SASRec+LLM's at weight 1 (SASRec's alone)
+    assert "Pop+LRGD-nearest on popularity cold (<=5) +0.1000 [+0.1000, +0.1000] (20 users)" in page
+    assert "SASRec+LRGD-nearest on" not in page and "SASRec+LLM − SASRec +0.0000" in page
+    assert "Not stored yet: LRGD-zero-shot." in page
     assert "BPR+LLM beats BPR alone with an interval above 0 on 1 of the 1 Amazon datasets" in page
-    assert "SASRec+LLM beats SASRec alone with an interval above 0 on 0 of the 0 Amazon datasets" in page
+    assert "SASRec+LLM beats SASRec alone with an interval above 0 on 0 of the 1 Amazon datasets" in page
     assert os.path.isfile(tmp_path / "results" / "where_llm_helps.png")
 
 
