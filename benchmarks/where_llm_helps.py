@@ -75,13 +75,13 @@ def above_zero(rows: Rows, slices: Slices, a: str, b: str) -> Dict[Tuple[str, st
             for name, d in by_name.items() if d[1] > 0}
 
 
-def llm_wins(rows: Rows, slices: Slices, name: str) -> List[str]:
-    """The slices where ``name`` (the LLM alone or fused) beats BPR with its interval above 0, as 'family slice
-    +d [lo, hi] (n users)'. A fused row counts only where it beats its own prior alone too: a win its prior
-    makes alone (SASRec's, or Pop's on head items) is not the LLM's."""
+def llm_wins(rows: Rows, slices: Slices, name: str, prior: Optional[str] = None) -> List[str]:
+    """The slices where ``name`` (the LLM alone, or fused with ``prior``) beats BPR with its interval above 0, as
+    'family slice +d [lo, hi] (n users)'. A fused row counts only where it beats its prior alone too: a win its
+    prior makes alone (SASRec's, or Pop's on head items) is not the LLM's."""
     wins = above_zero(rows, slices, name, "BPR")
-    if "+" in name:
-        own = above_zero(rows, slices, name, name.split("+")[0])
+    if prior is not None:
+        own = above_zero(rows, slices, name, prior)
         wins = {at: d for at, d in wins.items() if at in own}
     return [f"{family} {slice_} {fmt_ci(m, lo, hi, sign=True)} ({n} users)"
             for (family, slice_), (m, lo, hi, n) in wins.items()]
@@ -91,7 +91,8 @@ def verdict(dataset: str, rows: Rows, slices: Slices) -> str:
     """Whether the LLM, alone or fused, beats BPR anywhere, and whether fusion beats its prior."""
     if "BPR" not in rows or LLM not in rows:
         return f"- **{dataset}:** BPR's or the LLM's row is not stored yet: no verdict."
-    wins = {name: llm_wins(rows, slices, name) for name in (LLM, *(f"{p}+{LLM}" for p in PRIORS)) if name in rows}
+    judged = [(LLM, None)] + [(f"{p}+{LLM}", p) for p in PRIORS if p in rows]  # a fused row beside its prior
+    wins = {name: llm_wins(rows, slices, name, prior) for name, prior in judged if name in rows}
     found = [f"{name} on {', '.join(w)}" for name, w in wins.items() if w]
     overall = diff(rows, LLM, "BPR")
     line = f"- **{dataset}:** " + (f"the LLM beats BPR where its interval is above 0 (a fused row where it also "

@@ -117,8 +117,9 @@ def fit_and_test(built: Built, saved: bool = True) -> RunResult:
     the same settings and data (``trained_models.fit_once``); an interrupted training resumes."""
     config, trainer, logger, is_plugin = built.config, built.trainer, built.logger, isinstance(built.model, LRGD)
     show_progress = config["show_progress"]
-    if saved and type(trainer) is Trainer:  # trained once per settings and data, kept, resumable: its fit time
-        # is the training's, summed over the runs that trained it, whichever run loads it
+    kept = saved and type(trainer) is Trainer  # trained once per settings and data, kept, resumable: its fit
+    # time is the training's, summed over the runs that trained it, whichever run loads it
+    if kept:
         best_valid_score, best_valid_result, fit_time = fit_once(
             trainer, built.train_data, built.valid_data, show_progress=show_progress)
     else:
@@ -135,7 +136,7 @@ def fit_and_test(built: Built, saved: bool = True) -> RunResult:
     if slices is not None:
         for line in slice_table(per_user, slices):
             logger.info(line)
-    logger.info(f"fit time {fit_time:.1f}s, test time {eval_time:.1f}s, test users {test_users}"
+    logger.info(f"fit time {fit_time:.1f}s" + (" (the kept training's)" if kept else "") + f", test time {eval_time:.1f}s, test users {test_users}"
                 + (f", retriever {built.retriever_time:.1f}s" if built.retriever_time is not None else ""))
     lrgd = built.model if is_plugin else None
     target_in_top_n = getattr(trainer, "target_in_top_n", None)

@@ -20,7 +20,7 @@ class RunResult:
     best_valid_score: Optional[float]
     valid_score_bigger: bool
     best_valid_result: Optional[Dict[str, float]]
-    fit_time: float
+    fit_time: float  # seconds; a kept RecBole model's (trained_models.fit_once): its training's, whichever run loads it
     eval_time: float
     test_users: int
     candidates: str  # a digest of the evaluated users' candidate sets: equal across runs = the same candidates

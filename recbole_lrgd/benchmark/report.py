@@ -80,8 +80,9 @@ def _full_ranking_lines(rows: List[Dict[str, Any]]) -> List[str]:
         lines += [f"`X>LRGD-...`: LRGD re-ranks retriever X's top {'/'.join(map(str, tops))} (the user's history "
                   "excluded); `X>alone` is X's own order over the same items (rerank_blend 1, no LLM), the "
                   "retriever-alone row. in top-N: the share of test users whose held-out item is in X's top N "
-                  "(a re-ranking can only reorder those). retriever s: training X, or loading its cached "
-                  "checkpoint; a row's wall time is retriever s + fit s + eval s.", ""]
+                  "(a re-ranking can only reorder those). retriever s: training X, or loading its kept "
+                  "checkpoint, in this run; a baseline row's fit s is its kept training's seconds, whichever run "
+                  "loads it.", ""]
     return lines
 
 

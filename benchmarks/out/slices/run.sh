@@ -5,11 +5,12 @@
 # Two passes: every row but SASRec's on the four datasets, then SASRec and SASRec+LRGD-nearest (the slowest to train
 # on a CPU). A pass run again reuses the rows it has; SASRec, trained once for both of its rows, resumes its training
 # at the epoch where it stopped (checkpoint_dir). PASSES and DATASETS pick a part (two jobs on two cores), THREADS
-# the threads of a job (default 1).
+# the threads of a job (default 1; keep it for every sitting of one training, whose resumed weights equal an
+# uninterrupted training's at the same thread count).
 out=${1:-.}
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
-# glibc keeps freed memory rather than mapping each training step's large activations afresh and faulting their
-# pages in again: a CPU training step runs faster, to the same weights bit for bit
+# glibc (2.26 or later) keeps freed memory rather than mapping each training step's large activations afresh and
+# faulting their pages in again: a CPU training step runs faster, to the same weights bit for bit (every row run here)
 export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
 pairs=LRGD-nearest:LRGD-zero-shot,LRGD-nearest:Pop,LRGD-nearest:BPR,Pop+LRGD-nearest:Pop
 pairs=$pairs,Pop+LRGD-nearest:LRGD-nearest,BPR+LRGD-nearest:BPR,BPR+LRGD-nearest:LRGD-nearest
