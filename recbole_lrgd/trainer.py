@@ -7,6 +7,7 @@ catalogue and RecBole's collector ranks every item (``rerank.blend.reranked_row`
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import astuple
@@ -41,6 +42,12 @@ def eval_user_count(eval_data) -> int:
     if uids is None:
         uids = eval_data._dataset.inter_feat[eval_data._dataset.uid_field].unique()
     return len(uids)
+
+
+def idle_ranks(batch_users: int, chunk_users: int, world_size: int) -> int:
+    """Ranks left without a chunk of a full evaluation batch: chunks are dealt out whole within a batch (exact
+    sharding), so a batch of fewer than ``world_size`` chunks leaves the other ranks waiting on it."""
+    return max(0, world_size - math.ceil(batch_users / chunk_users))
 
 
 class LRGDTrainer(Trainer):
@@ -143,6 +150,8 @@ class LRGDTrainer(Trainer):
             raise LRGDError("LRGD ranks a full-sort loader only by re-ranking a retriever: set candidate_source")
         self.model.eval()
         self.tot_item_num = eval_data._dataset.item_num
+        if not full_sort:
+            self._warn_of_idle_ranks(eval_data)
         bar = tqdm(total=eval_user_count(eval_data), ncols=100, desc=set_color("LLM scoring", "pink"),
                    unit="user", disable=not show_progress)
         before = self.model.score_counts()
@@ -172,6 +181,22 @@ class LRGDTrainer(Trainer):
         self.wandblogger.log_eval_metrics(result, head="eval")
         self._log_score_counts(self.model.score_counts() - before, result)
         return result
+
+    def _warn_of_idle_ranks(self, eval_data) -> None:
+        """Under a launcher, warn (on rank 0) when an evaluation batch holds too few users to give every rank
+        a chunk, and say which ``eval_batch_size`` would."""
+        world_size = dist.world()[1]
+        if world_size == 1 or not dist.is_main():
+            return
+        chunk, batch_users = self.model.chunk_users, eval_data.step
+        idle = idle_ranks(batch_users, chunk, world_size)
+        if idle:
+            rows_per_user = eval_data.times * int(max(eval_data.uid2items_num))  # targets, each with its negatives
+            enough = world_size * chunk * rows_per_user
+            self.logger.warning(
+                f"each evaluation batch holds {batch_users} users, scored in chunks of {chunk}: {idle} of "
+                f"{world_size} ranks wait on every batch; eval_batch_size={enough} gives every rank a chunk (the "
+                "scores stay exact)")
 
     def _collect_reranked(self, batch, progress: Callable[[int], None]) -> List[bool]:
         """One full-sort batch (one row per user, its held-out item in ``positive_i``) to the collector: the

@@ -12,6 +12,7 @@ import pytest
 from conftest import finish, free_port, launch, write_tiny_dataset
 
 from recbole_lrgd import distributed as dist
+from recbole_lrgd.trainer import idle_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "dist_worker.py")
@@ -44,6 +45,12 @@ def test_a_launched_process_leaves_with_its_code_after_its_exit_handlers_and_out
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert (proc.returncode, proc.stdout) == (5, "metrics line"), proc.stderr[-2000:]
     assert marker.read_text() == "yes"
+
+
+def test_idle_ranks_count_the_ranks_a_batch_has_no_chunk_for():
+    assert [idle_ranks(100, 512, w) for w in (1, 2, 8)] == [0, 1, 7]  # a batch smaller than a chunk: one rank works
+    assert [idle_ranks(100, 8, w) for w in (8, 13, 16)] == [0, 0, 3]  # 13 chunks: 8, 8 ... 8 and 4 users
+    assert idle_ranks(4096, 512, 8) == 0
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 5])
@@ -99,7 +106,7 @@ def test_two_processes_give_the_metrics_and_demonstrations_of_one(tmp_path, tiny
             "--metrics=['Hit','NDCG','MRR','EffectD']"] + (OPTIMIZER_ARGS if demo_mode == "lrgd" else [])
     runs = {n: str(tmp_path / f"run{n}") for n in (1, 2)}
     procs = {n: _start(runs[n], args, n) for n in (1, 2)}
-    (one, sharded_one, _), (two, sharded_two, out_two) = (_finish(procs[n], runs[n]) for n in (1, 2))
+    (one, sharded_one, out_one), (two, sharded_two, out_two) = (_finish(procs[n], runs[n]) for n in (1, 2))
 
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert one["test_users"] == two["test_users"] == 12
@@ -129,6 +136,10 @@ def test_two_processes_give_the_metrics_and_demonstrations_of_one(tmp_path, tiny
     chosen = "auto: up to 600 padded tokens a forward pass, 9 users a chunk" if batch == "auto" else "2 rows"
     assert f"scoring batches: {chosen}" in open(logs[0], encoding="utf-8").read()
     assert sum(line.startswith("test result:") for line in out_two.splitlines()) == 1, out_two[-4000:]
+    # auto's chunks of 9 users outgrow a batch of 5 (100 rows of 20): rank 0 warns that rank 1 waits, and what is enough
+    waits = "each evaluation batch holds 5 users, scored in chunks of 9: 1 of 2 ranks wait on every batch; " \
+            "eval_batch_size=360 gives every rank a chunk"
+    assert (waits in out_two) == (batch == "auto") and waits not in out_one
 
 
 @pytest.mark.parametrize("model", ["Pop", "BPR", "LRGD"])
