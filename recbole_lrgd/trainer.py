@@ -50,6 +50,25 @@ def idle_ranks(batch_users: int, chunk_users: int, world_size: int) -> int:
     return max(0, world_size - math.ceil(batch_users / chunk_users))
 
 
+def idle_ranks_warning(user_rows: np.ndarray, step: int, chunk_users: int, world_size: int) -> Optional[str]:
+    """What to say when an evaluation's batches leave ranks idle (None when they do not). ``user_rows``: each
+    evaluated user's rows (its targets, each with its negatives); ``step``: the users RecBole packs into a batch at
+    most. What helps: a batch holding ``world_size`` chunks, where the users make that many, else smaller chunks."""
+    users = len(user_rows)
+    batch_users = min(step, users)
+    idle = idle_ranks(batch_users, chunk_users, world_size)
+    if not idle:
+        return None
+    said = (f"each evaluation batch holds {batch_users} users, scored in chunks of {chunk_users}: {idle} of "
+            f"{world_size} ranks wait on every batch; ")
+    if idle_ranks(users, chunk_users, world_size):
+        chunks = math.ceil(users / chunk_users)
+        return said + (f"the {users} users make only {chunks} chunk{'s' * (chunks > 1)}: a smaller user_batch_size "
+                       "or fewer processes keeps every rank busy")
+    enough = int(np.sort(user_rows)[::-1][:world_size * chunk_users].sum())  # RecBole packs the largest first
+    return said + f"eval_batch_size={enough} gives every rank a chunk (the scores stay exact)"
+
+
 class LRGDTrainer(Trainer):
     """A RecBole Trainer for a model with no trainable weights."""
 
@@ -186,17 +205,12 @@ class LRGDTrainer(Trainer):
         """Under a launcher, warn (on rank 0) when an evaluation batch holds too few users to give every rank
         a chunk, and say which ``eval_batch_size`` would."""
         world_size = dist.world()[1]
-        if world_size == 1 or not dist.is_main():
+        if world_size == 1 or not dist.is_main() or not hasattr(eval_data, "uid2items_num"):  # sampled loaders
             return
-        chunk, batch_users = self.model.chunk_users, eval_data.step
-        idle = idle_ranks(batch_users, chunk, world_size)
-        if idle:
-            rows_per_user = eval_data.times * int(max(eval_data.uid2items_num))  # targets, each with its negatives
-            enough = world_size * chunk * rows_per_user
-            self.logger.warning(
-                f"each evaluation batch holds {batch_users} users, scored in chunks of {chunk}: {idle} of "
-                f"{world_size} ranks wait on every batch; eval_batch_size={enough} gives every rank a chunk (the "
-                "scores stay exact)")
+        user_rows = eval_data.uid2items_num[np.asarray(eval_data.uid_list)] * eval_data.times
+        warning = idle_ranks_warning(user_rows, eval_data.step, self.model.chunk_users, world_size)
+        if warning:
+            self.logger.warning(warning)
 
     def _collect_reranked(self, batch, progress: Callable[[int], None]) -> List[bool]:
         """One full-sort batch (one row per user, its held-out item in ``positive_i``) to the collector: the

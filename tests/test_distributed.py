@@ -7,12 +7,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import finish, free_port, launch, write_tiny_dataset
 
 from recbole_lrgd import distributed as dist
-from recbole_lrgd.trainer import idle_ranks
+from recbole_lrgd.trainer import idle_ranks, idle_ranks_warning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "dist_worker.py")
@@ -51,6 +52,22 @@ def test_idle_ranks_count_the_ranks_a_batch_has_no_chunk_for():
     assert [idle_ranks(100, 512, w) for w in (1, 2, 8)] == [0, 1, 7]  # a batch smaller than a chunk: one rank works
     assert [idle_ranks(100, 8, w) for w in (8, 13, 16)] == [0, 0, 3]  # 13 chunks: 8, 8 ... 8 and 4 users
     assert idle_ranks(4096, 512, 8) == 0
+
+
+def test_the_idle_ranks_warning_names_what_gives_every_rank_a_chunk():
+    rows = np.full(5000, 20)  # 5,000 users, one target and 19 negatives each
+    assert idle_ranks_warning(rows, step=100, chunk_users=8, world_size=8) is None  # 13 chunks a batch
+    assert idle_ranks_warning(rows, step=100, chunk_users=512, world_size=8) == (
+        "each evaluation batch holds 100 users, scored in chunks of 512: 7 of 8 ranks wait on every batch; "
+        "eval_batch_size=81920 gives every rank a chunk (the scores stay exact)")  # 8 chunks of 512 users
+    # the whole sample in one batch (RecBole's step then counts every user of the dataset): its 100 users
+    assert idle_ranks_warning(rows[:100], step=944, chunk_users=512, world_size=8).endswith(
+        "holds 100 users, scored in chunks of 512: 7 of 8 ranks wait on every batch; the 100 users make only 1 "
+        "chunk: a smaller user_batch_size or fewer processes keeps every rank busy")
+    # RecBole packs the users with the most rows first: a batch of 2 chunks of 2 takes the four largest
+    several = np.array([60, 20, 20, 40, 20, 20])
+    warning = idle_ranks_warning(several, step=1, chunk_users=2, world_size=2)
+    assert warning.endswith("eval_batch_size=140 gives every rank a chunk (the scores stay exact)")
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 5])
@@ -136,9 +153,10 @@ def test_two_processes_give_the_metrics_and_demonstrations_of_one(tmp_path, tiny
     chosen = "auto: up to 600 padded tokens a forward pass, 9 users a chunk" if batch == "auto" else "2 rows"
     assert f"scoring batches: {chosen}" in open(logs[0], encoding="utf-8").read()
     assert sum(line.startswith("test result:") for line in out_two.splitlines()) == 1, out_two[-4000:]
-    # auto's chunks of 9 users outgrow a batch of 5 (100 rows of 20): rank 0 warns that rank 1 waits, and what is enough
+    # auto's chunks of 9 users outgrow a batch of 5 (100 rows of 20): rank 0 warns that rank 1 waits, and that a
+    # batch of all 12 test users (240 rows) makes two chunks
     waits = "each evaluation batch holds 5 users, scored in chunks of 9: 1 of 2 ranks wait on every batch; " \
-            "eval_batch_size=360 gives every rank a chunk"
+            "eval_batch_size=240 gives every rank a chunk"
     assert (waits in out_two) == (batch == "auto") and waits not in out_one
 
 
