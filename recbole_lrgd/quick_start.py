@@ -136,7 +136,8 @@ def fit_and_test(built: Built, saved: bool = True) -> RunResult:
     if slices is not None:
         for line in slice_table(per_user, slices):
             logger.info(line)
-    logger.info(f"fit time {fit_time:.1f}s" + (" (the kept training's)" if kept else "") + f", test time {eval_time:.1f}s, test users {test_users}"
+    logger.info(f"fit time {fit_time:.1f}s" + (" (the kept training's)" if kept else "")
+                + f", test time {eval_time:.1f}s, test users {test_users}"
                 + (f", retriever {built.retriever_time:.1f}s" if built.retriever_time is not None else ""))
     lrgd = built.model if is_plugin else None
     target_in_top_n = getattr(trainer, "target_in_top_n", None)

@@ -27,7 +27,8 @@ def _row(variant: str, values, weight=None) -> dict:
 def test_the_section_tables_judges_and_names_what_is_missing(tmp_path):
     rows = [_row("Pop", [0.2] * 40), _row("BPR", [0.5] * 40), _row("LRGD-nearest", [0.4] * 40),
             _row("Pop+LRGD-nearest", [0.6 if u % 2 else 0.3 for u in USERS], 0.3),
-            _row("BPR+LRGD-nearest", [0.6] * 40, 0.7), _row("SASRec", [0.8] * 40), _row("SASRec+LRGD-nearest", [0.8] * 40, 1)]
+            _row("BPR+LRGD-nearest", [0.6] * 40, 0.7), _row("SASRec", [0.8] * 40),
+            _row("SASRec+LRGD-nearest", [0.8] * 40, 1)]
     folder = tmp_path / "slices"
     folder.mkdir()
     (folder / "compare_amazon-beauty.json").write_text(json.dumps({"rows": rows}))
