@@ -3,7 +3,7 @@
     recbole-lrgd                                                 # LRGD on ml-100k, default LLM
     recbole-lrgd --model=SASRec                                  # a RecBole baseline, same protocol
     recbole-lrgd --dataset=amazon-beauty --data_path=../shared/data --demo_mode=nearest
-    accelerate launch --multi_gpu --num_processes 2 -m recbole_lrgd.cli --result_file=r.json  # 2 processes (README)
+    accelerate launch --multi_gpu --num_processes 2 -m recbole_lrgd.cli --result_file=r.json  # docs/distributed.md
     recbole-lrgd --benchmark --models=LRGD-zero-shot,Pop,SASRec  # side-by-side table, CSV, PNG
 
 ``recbole-lrgd`` is the installed console script; ``python run_recbole_lrgd.py`` in a checkout and

@@ -184,7 +184,7 @@ def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[st
     Demonstrations are shown in ``demo_format`` (a key of ``DEMO_FORMATS``).
 
     ``list_candidates=None`` lists them only where the scorer needs the list (verbalizer, generate): with title
-    likelihood a listed title is copied, which flattens the scores (the README has the measurement).
+    likelihood a listed title is copied, which flattens the scores (docs/prompt.md has the measurement).
     """
     if list_candidates is None:
         list_candidates = mode != "likelihood"
