@@ -8,8 +8,7 @@ once per dtype, with the score cache off: float32, bfloat16 and int8. int8 is th
 ``llm_dtype``: the run is configured as float32 and the loaded model's linear layers, the LM head included,
 are then dynamically quantized in place (``torch.ao.quantization.quantize_dynamic``: int8 weights, int8
 activations per call, CPU only; everything between the linear layers stays float32). It is measured here
-and not offered because it ranks worse than bfloat16: on 500 ml-100k test users NDCG@10(int8) -
-NDCG@10(bf16) = -0.032, paired bootstrap 95% CI [-0.053, -0.010], Spearman of the scores 0.84.
+and not offered because it ranks worse than bfloat16 (`benchmarks/out/dtype_quality.md` has the figures).
 
 Per dataset and comparison (bf16 - fp32, int8 - bf16, int8 - fp32) the report gives the Spearman
 correlation of the per-candidate scores (pooled over all users' candidates, and the median of the

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 36's GPU run, one call on one card: the throughput sweep (three random-weight shapes, zero-shot and nearest,
+# The GPU run, one call on one card: the throughput sweep (three random-weight shapes, zero-shot and nearest,
 # user_batch_size 1, 8, 32, 128 and auto, a profile per shape) and the same model and prompts as a CPU reference
 # (scores and NDCG@10 against this CPU's under its batches, users/s at the card's auto). Each table is written as
 # its rows come. About 8 minutes; give it timeout_s=570 and keep time to rerun.

@@ -1,4 +1,4 @@
-"""The LRGD study (issue 14): does Effect_D predict NDCG, and do optimized demonstrations beat the others?
+"""The LRGD study: does Effect_D predict NDCG, and do optimized demonstrations beat the others?
 
     OMP_NUM_THREADS=1 python benchmarks/study.py run --part=effect --model=smollm2 --dataset=ml-100k
     OMP_NUM_THREADS=1 python benchmarks/study.py run --part=methods --model=smollm2 --dataset=amazon-beauty
@@ -263,7 +263,7 @@ class Study:
                 keys.update(yaml.safe_load(f))
         keys.update(overrides)
         settings = OptimizerSettings.from_config(keys).with_seed(seed)
-        optimizer = DemoOptimizer(ranker.variant(num_demos=settings.num_demos), settings,
+        optimizer = DemoOptimizer(ranker.variant(num_demos=settings.num_demos), settings, self.train_dataset.item_num,
                                   state_path=os.path.join(self.folder, f"{name}.state.json"),
                                   context={"study": self.identity}, show_progress=dist.is_main(),
                                   map_fn=dist.map_sharded, is_main=dist.is_main(), round_size=dist.world()[1])
@@ -274,7 +274,7 @@ class Study:
         if not dist.broadcast_object(state is not None):
             with open(optimizer.state_path + ".lock", "w") as lock:
                 hold_lock(lock)
-                state = optimizer.run(self.train_dataset.item_num, stages)
+                state = optimizer.run(stages)
         elif state is None:  # finished just after the main process looked
             state = optimizer.finished(stages)
         timing = state.seconds  # what one process would have spent (older states: wall seconds)

@@ -109,7 +109,7 @@ def verdict(dataset: str, rows: Rows, slices: Slices) -> str:
 
 
 def recommendation(measured: Dict[str, Tuple[Rows, Slices]]) -> List[str]:
-    """The setups the evidence supports, by the rules of issue 35 (two Amazon datasets with intervals above 0),
+    """The setups the evidence supports, by the page's rule (two Amazon datasets with intervals above 0),
     counted over the Amazon datasets whose rows the rule needs are stored."""
     def above(dataset: str, a: str, b: str) -> bool:
         d = diff(measured[dataset][0], a, b)

@@ -32,6 +32,7 @@ from recbole_lrgd.held_logs import held_logs, replay
 from recbole_lrgd.llm.loader import check_llm_device, llm_summary, load_config_llm
 from recbole_lrgd.model.lrgd import LRGD, check_prompt_budget
 from recbole_lrgd.rerank.fuse import Fusion
+from recbole_lrgd.rerank.retriever import Retriever
 from recbole_lrgd.rerank.source import build_retriever_config, prepare_retriever
 from recbole_lrgd.results import RunResult
 from recbole_lrgd.trained_models import fit_once
@@ -103,11 +104,7 @@ def build(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optio
         retrievers, retriever_time = _timed(lambda: {key: prepare_retriever(source_configs[key], source)
                                                      for key, source in sources.items()})
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_obj, trainer = _build_model_and_trainer(config, model, train_data, logger)
-    if "candidate_source" in retrievers:
-        trainer.use_retriever(retrievers["candidate_source"])
-    if "prior_model" in retrievers:
-        trainer.use_prior(Fusion(retrievers["prior_model"].model, config["prior_weight"]))
+    model_obj, trainer = _build_model_and_trainer(config, model, train_data, logger, retrievers)
     return Built(config, train_data, valid_data, test_data, model_obj, trainer, logger, retriever_time)
 
 
@@ -224,16 +221,22 @@ def _setup_logging(config: Config, is_plugin: bool, held: List[logging.LogRecord
     return logger
 
 
-def _build_model_and_trainer(config: Config, model: str, train_data, logger: Logger) -> Tuple[Any, Any]:
-    """The model on the config's device and its Trainer (LRGD's, or RecBole's for the model), collecting
-    per-user test metrics for the benchmark."""
+def _build_model_and_trainer(config: Config, model: str, train_data, logger: Logger,
+                             retrievers: Dict[str, Retriever]) -> Tuple[Any, Any]:
+    """The model on the config's device and its Trainer (LRGD's, with the retriever of ``candidate_source`` and
+    the prior of ``prior_model`` when set, or RecBole's for the model), collecting per-user test metrics for the
+    benchmark."""
     if model in PLUGIN_MODELS:
         model_cls, trainer_cls = PLUGIN_MODELS[model]
+        prior = retrievers.get("prior_model")
+        extra = {"retriever": retrievers.get("candidate_source"),
+                 "fusion": prior and Fusion(prior.model, config["prior_weight"])}
     else:
         model_cls, trainer_cls = get_model(model), get_trainer(config["MODEL_TYPE"], config["model"])
+        extra = {}
     model_obj = model_cls(config, train_data._dataset).to(config["device"])
     logger.info(model_obj, extra=FILE_ONLY)
-    trainer = trainer_cls(config, model_obj)
+    trainer = trainer_cls(config, model_obj, **extra)
     PerUserCollector.install(trainer)  # per-user test metrics from RecBole's own ranking, for the benchmark
     return model_obj, trainer
 

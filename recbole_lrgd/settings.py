@@ -80,7 +80,7 @@ class Changes(Enum):
     that changes its scores is the same."""
 
     NOTHING = "nothing"      # where things go, batch sizes, how a saved state is used
-    MODEL = "model"          # the model's identity (score_cache.model_identity: files, resolved dtype, device type)
+    MODEL = "model"          # the model's identity (llm.model_identity: files, resolved dtype, device type)
     SCORES = "scores"        # every LLM score: in SCORE_KEYS, the state's context
     OPTIMIZER = "optimizer"  # the optimizer's choices: in OptimizerSettings.identity
 

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from dataclasses import astuple
-from typing import Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +33,12 @@ from recbole_lrgd.settings import OptimizerSettings
 from recbole_lrgd.rerank.blend import misses_need_no_llm, reranked_row, top_candidates
 from recbole_lrgd.rerank.fuse import Fusion, choose_weight, user_blocks
 from recbole_lrgd.rerank.retriever import Retriever
+
+if TYPE_CHECKING:
+    from recbole.config import Config
+    from recbole.data.dataloader import AbstractDataLoader
+
+    from recbole_lrgd.model.lrgd import LRGD
 
 
 def eval_user_count(eval_data) -> int:
@@ -72,26 +78,22 @@ def idle_ranks_warning(user_rows: np.ndarray, step: int, chunk_users: int, world
 class LRGDTrainer(Trainer):
     """A RecBole Trainer for a model with no trainable weights."""
 
-    def __init__(self, config, model):
+    def __init__(self, config: Config, model: LRGD, retriever: Optional[Retriever] = None,
+                 fusion: Optional[Fusion] = None):
+        """``retriever`` (``candidate_source``): full-sort loaders re-rank its top ``rerank_top``. ``fusion``
+        (``prior_model``): sampled candidates' scores are fused with the prior's; ``fit`` picks an ``auto`` weight."""
         super().__init__(config, model)
         self.eval_collector = LRGDCollector(config)
-        self.retriever: Optional[Retriever] = None  # candidate_source: full-sort loaders re-rank its top-N
+        self.retriever, self.fusion = retriever, fusion
         # the last full-sort evaluation's share of users whose held-out item was among their top-N candidates
         self.target_in_top_n: Optional[float] = None
-        self.fusion: Optional[Fusion] = None  # prior_model: sampled candidates' scores fused with the prior's
-
-    def use_retriever(self, retriever: Retriever) -> None:
-        """Evaluate full-sort loaders by re-ranking this retriever's top ``rerank_top`` (``candidate_source``)."""
-        self.retriever = retriever
-
-    def use_prior(self, fusion: Fusion) -> None:
-        """Fuse sampled candidates' scores with a prior model's (``prior_model``); ``fit`` picks an ``auto`` weight."""
-        self.fusion = fusion
 
     def _build_optimizer(self, **kwargs):
         return None  # nothing to optimise with gradients
 
-    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+    def fit(self, train_data: AbstractDataLoader, valid_data: Optional[AbstractDataLoader] = None, verbose: bool = True,
+            saved: bool = True, show_progress: bool = False, callback_fn: Optional[Callable] = None
+            ) -> Tuple[Optional[float], Optional[Dict[str, float]]]:
         """Choose the demonstrations from training interactions (``demo_mode: lrgd``: the optimizer; the other modes'
         are fixed with the model), then (only when ``valid_users`` is set,
         since LLM scoring is slow) report the validation metrics of that choice. As RecBole's ``fit``, hands the
@@ -139,23 +141,25 @@ class LRGDTrainer(Trainer):
         if not path and saved:
             identity = state_identity(settings.identity(), context)
             path = os.path.join(config["checkpoint_dir"], f"LRGD-{config['dataset']}-demos-{identity[:10]}.json")
-        optimizer = DemoOptimizer(self.model.ranker, settings, state_path=path, context=context,
+        optimizer = DemoOptimizer(self.model.ranker, settings, train_dataset.item_num, state_path=path, context=context,
                                   show_progress=show_progress, map_fn=dist.map_sharded, is_main=dist.is_main(),
                                   round_size=dist.world()[1])
         stages = settings.stages
         start = time.time()
-        state = optimizer.run(train_dataset.item_num, stages)
+        state = optimizer.run(stages)
         final = optimizer.evaluate(state.chosen)
         fit = FitResult(tuple(state.chosen), settings.scope == "per_user", final.objective, final.effect,
                         {k: state.seconds[k] for k in ("stage1", "stage2")[:stages] if k in state.seconds}, path)
         self.model.use_demonstrations(fit.choice, fit)
         self.logger.info(set_color("demonstration optimizer", "green") + f": stages {stages}, {len(optimizer.probes)} "
                          f"probe users, pool {len(optimizer.pool_users)}, objective {final.objective:.4f} "
-                         f"(Effect {final.effect:.4f}), {time.time() - start:.1f}s" + (f", state {path}" if path else ""))
+                         f"(Effect {final.effect:.4f}), {time.time() - start:.1f}s"
+                         + (f", state {path}" if path else ""))
         return fit
 
     @torch.no_grad()
-    def evaluate(self, eval_data, load_best_model=False, model_file=None, show_progress=False):
+    def evaluate(self, eval_data: Optional[AbstractDataLoader], load_best_model: bool = False,
+                 model_file: Optional[str] = None, show_progress: bool = False) -> Optional[Dict[str, float]]:
         """RecBole's evaluation loop (``Trainer.evaluate``) over ``LRGD.score_users``, with a progress bar
         over users while the LLM scores them; hands the zero-shot scores EffectD needs to the collector,
         logs the score cache's hit rate and, in generate mode, adds the parse-failure rates to the result.

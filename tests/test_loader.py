@@ -72,7 +72,7 @@ def test_cpu_flags_match_the_os():
 def test_resolved_dtype_reaches_the_score_identity(monkeypatch, tiny_llm_dir):
     """``auto`` is named by what it resolves to, so an auto run and an explicit run in the same dtype share
     scores, and auto on a bf16 CPU never shares a float32 run's."""
-    from recbole_lrgd.llm.score_cache import model_identity
+    from recbole_lrgd.llm.model_identity import model_identity
 
     cfg = {"llm_dtype": "auto", "llm_device": None, "device": "cpu"}
     for flags, name in (({"amx_bf16"}, "bfloat16"), (set(), "float32")):

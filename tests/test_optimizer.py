@@ -12,6 +12,7 @@ import torch
 
 from conftest import StubScorer, run_live, yaml_config
 
+from recbole_lrgd.data.demonstrations import DemonstrationPool
 from recbole_lrgd.model import lrgd
 from recbole_lrgd.optimizer.objective import Evaluation, copy_bias, drift, redundancy, robust_effect
 from recbole_lrgd.optimizer.perturb import perturb_demonstrations, perturb_history
@@ -82,9 +83,7 @@ def _chosen(result):
 
 def _optimizer(model):
     """The optimizer of a fitted model's config, set up again: the same seeded probes and pool users."""
-    opt = DemoOptimizer(model.ranker, OptimizerSettings.from_config(model.config))
-    opt.setup(len(model.titles))
-    return opt
+    return DemoOptimizer(model.ranker, OptimizerSettings.from_config(model.config), len(model.titles))
 
 
 def _targets(model):
@@ -251,10 +250,12 @@ def test_collapse_guard_reverts_to_the_best_set_seen():
         def fits_budget(self, specs):
             return True
 
-    opt = Fake(ranker=None, settings=OptimizerSettings.from_config(
-        yaml_config(stage2_steps=3, stage2_patience=3, stage2_candidates=2)))
-    opt.pool = types.SimpleNamespace(demonstration=lambda user, cut=0: ((1, 2, 3), 4))
-    opt.effect = types.SimpleNamespace(kept_zero_shot=lambda: None)
+    # four pool users with demonstrations of the same shape: a history of three items, then a target
+    pool = DemonstrationPool({u: np.arange(10 * u + 1, 10 * u + 5) for u in (1, 2, 3, 4)}, 50, max_his_len=50)
+    ranker = types.SimpleNamespace(pool=pool, settings=types.SimpleNamespace(max_his_len=50),
+                                   scorer=types.SimpleNamespace(mode="likelihood"))
+    opt = Fake(ranker, OptimizerSettings.from_config(
+        yaml_config(stage2_steps=3, stage2_patience=3, stage2_candidates=2, probe_negatives=2)), 50)
     state = OptimizerState(identity="", identity_context={}, data="", settings={}, probe_users=[], pool_users=[3, 4],
                            stage1=ScoredSet([(1, 0), (2, 0)], table[(1, 2)]),
                            pool_scores={3: Evaluation(0, 0, 0, 0, 0, 1.0), 4: Evaluation(0, 0, 0, 0, 0, 0.9)})

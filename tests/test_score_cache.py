@@ -7,7 +7,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from recbole_lrgd.llm.score_cache import ScoreCache, item_key, model_identity, prompt_digest
+from recbole_lrgd.llm.model_identity import model_identity
+from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
 
 
 def _values(i: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from recbole_lrgd.theory import (
     dual_loss, dual_model_outputs, equivalence_table, extract_attention_weights,
     find_char_spans, gaussian_projection, gradient_step, head_equivalence, parse_marked_prompt,
     project_heads, random_feature_dual, reconstruct_attention_output, relative_errors,
-    rope_tables, split_marked_prompt, summarize, token_spans_from_char_spans,
+    rope_tables, split_marked_prompt, split_prompt, summarize, token_spans_from_char_spans,
 )
 from recbole_lrgd.theory.dual import log_positive_features, split_positions
 
@@ -285,6 +285,20 @@ def default_llm():
     except LRGDError as exc:
         pytest.skip(str(exc))
     return load_llm(None, device="cpu", dtype="float32")
+
+
+def test_split_prompt_finds_the_demonstrations_and_the_query_in_order():
+    from recbole_lrgd.llm.tiny import make_tokenizer
+
+    tok = make_tokenizer()
+    demos, query = ["Alien -> Predator", "Alien -> Heat"], "History: Alien. next:"
+    text = f"Rank these. {demos[0]}\n{demos[1]}\n{query}"
+    ids, split = split_prompt(tok, text, demos, query)
+    assert ids == tok(text)["input_ids"]
+    assert [tok.decode(ids[a:b]) for a, b in split.demos] == demos
+    assert tok.decode(ids[split.query[0]:split.query[1]]) == query
+    with pytest.raises(LRGDError):  # the query must follow the demonstrations
+        split_prompt(tok, text, demos[::-1], query)
 
 
 @pytest.mark.default_llm

@@ -10,13 +10,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from recbole_lrgd.benchmark.variants import ALONE, METRICS, PROTOCOLS
+from recbole_lrgd.benchmark.variants import ALONE, PROTOCOLS
 from recbole_lrgd.data.slices import Slices, slice_differences, slice_means
 from recbole_lrgd.evaluator.per_user import paired_bootstrap
 from recbole_lrgd.whole_file import write_whole
 
 CSV_TAIL = ["fit_time_s", "eval_time_s", "test_users", "candidates", "dataset", "config_hash"]
-CSV_COLUMNS = ["variant", "model"] + [k for k, _ in METRICS] + CSV_TAIL
 OPTIONAL_COLUMNS = {"effectd", "target_in_top_n"}  # shown in the markdown table only where some row has a value
 
 
@@ -149,8 +148,8 @@ def markdown_report(dataset: str, rows: List[Dict[str, Any]], failed: Dict[str, 
 
 
 def csv_columns(protocol: str = "sampled") -> List[str]:
-    """The CSV's columns: ``CSV_COLUMNS`` with the protocol's metric columns (and, ranking the whole catalogue,
-    the retriever's seconds)."""
+    """The CSV's columns: variant and model, the protocol's metric columns (and, ranking the whole catalogue,
+    the retriever's seconds), then ``CSV_TAIL``."""
     spec = PROTOCOLS[protocol]
     return ["variant", "model"] + [k for k, _ in spec.metrics] + ["retriever_time_s"] * spec.full_ranking + CSV_TAIL
 

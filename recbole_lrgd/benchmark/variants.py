@@ -35,7 +35,7 @@ VARIANTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
 RERANK_GRAMMAR = "<Retriever>>LRGD-<mode>[@<blend>] or <Retriever>>alone"
 FUSION_GRAMMAR = "<Prior>+LRGD-<mode>[@<weight>] (weight auto when not given)"
 FUSION_VALID_USERS = 300  # validation users an auto weight is chosen on (LRGD's valid_users in a fusion row)
-RECOMMENDED = "Pop+LRGD-nearest"  # the setup the evidence recommends without a trained model: a default row
+RECOMMENDED = "Pop+LRGD-nearest"  # the setup docs/usage.md recommends without a trained model: a default row
 ALONE = "alone"
 # <mode> of LRGD-<mode> -> LRGD's keys: those of the LRGD variants above, and lrgd (the optimizer, LRGD.yaml's stages)
 RERANK_MODES = {**{name[len("LRGD-"):]: keys for name, (model, keys) in VARIANTS.items() if model == "LRGD"},

@@ -18,7 +18,6 @@ from recbole_lrgd.evaluator.per_user import paired_bootstrap
 
 COLD_MAX = 5
 HEAD_SHARE = 0.2
-FAMILIES = ("history", "popularity")
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,20 @@ reported value. ``LRGDCollector`` also collects LRGD's with/without-demonstratio
 from __future__ import annotations
 
 import inspect
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from recbole.evaluator import Collector
+from recbole.evaluator.collector import DataStruct
 from recbole.evaluator.base_metric import TopkMetric
 from recbole.evaluator.register import metrics_dict
 
 from recbole_lrgd.data.chunks import user_rows
 from recbole_lrgd.evaluator.effect import EFFECT_KEY, target_first
+
+if TYPE_CHECKING:
+    from recbole.data.interaction import Interaction
 
 
 class PerUserCollector(Collector):
@@ -35,7 +39,8 @@ class PerUserCollector(Collector):
         if type(getattr(trainer, "eval_collector", None)) is Collector:
             trainer.eval_collector = cls(trainer.config)
 
-    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+    def eval_batch_collect(self, scores_tensor: torch.Tensor, interaction: Interaction, positive_u: torch.Tensor,
+                           positive_i: torch.Tensor) -> None:
         super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
         # a ranking batch has one score row per user, in the order of the users' first rows
         users = [user for user, _ in user_rows(interaction[self.config["USER_ID_FIELD"]].cpu().numpy())]
@@ -44,7 +49,7 @@ class PerUserCollector(Collector):
         else:
             self._users.append(None)  # rows not one per user: no per-user values for this evaluation
 
-    def get_data_struct(self):
+    def get_data_struct(self) -> DataStruct:
         struct = super().get_data_struct()  # called once at the end of every evaluation
         self._last, self._users = (self._users, struct), []
         return struct
@@ -85,8 +90,9 @@ class LRGDCollector(PerUserCollector):
         """Whether a metric (EffectD) needs the scores without demonstrations."""
         return self.register.need(EFFECT_KEY)
 
-    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i,
-                           effect_scores: Optional[Tuple[np.ndarray, np.ndarray]] = None):
+    def eval_batch_collect(self, scores_tensor: torch.Tensor, interaction: Interaction, positive_u: torch.Tensor,
+                           positive_i: torch.Tensor, effect_scores: Optional[Tuple[np.ndarray, np.ndarray]] = None
+                           ) -> None:
         """RecBole's collection, and ``effect_scores``: (with demonstrations, zero-shot) float64 scores of
         the batch's rows."""
         super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
@@ -101,7 +107,7 @@ class LRGDCollector(PerUserCollector):
             rows.append(np.stack([target_first(with_demos[block], target), target_first(zero_shot[block], target)]))
         self.data_struct.update_tensor(EFFECT_KEY, torch.from_numpy(np.stack(rows)))
 
-    def get_data_struct(self):
+    def get_data_struct(self) -> DataStruct:
         struct = super().get_data_struct()
         if EFFECT_KEY in self.data_struct:
             del self.data_struct[EFFECT_KEY]

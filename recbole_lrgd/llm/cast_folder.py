@@ -1,7 +1,7 @@
 """A safetensors model folder written again in another dtype, one tensor in memory at a time.
 
 ``from_pretrained`` of a folder stored in float32, asked for bfloat16, keeps every float32 page of the file
-mapped while it casts: about three times the loaded weights at its peak (``benchmarks/load_memory.py``). Cast
+mapped while it casts, a peak of several times the loaded weights (``benchmarks/load_memory.py``). Cast
 here first, each tensor read through a mapping of its own that is released at once and written out in shards
 of at most ``SHARD_BYTES``, the process holds the loaded weights and little more.
 """

@@ -1,7 +1,7 @@
 """What this machine offers the LLM: native bf16 matrix units on the CPU, and the cores the process may use.
 
 Both are read at run time, so one install picks bf16 on a CPU with AMX or AVX512-BF16 (where bf16
-matmuls run several times faster than fp32) and float32 elsewhere, and uses the cores a scheduler or
+matmuls outrun fp32: docs/performance.md) and float32 elsewhere, and uses the cores a scheduler or
 ``taskset`` gave the process rather than the machine's count.
 """
 from __future__ import annotations

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 
 class KVModel:
@@ -32,8 +35,9 @@ class KVModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def forward(self, ids: torch.Tensor, cache=None, *, positions: Optional[torch.Tensor] = None,
-                allowed: Optional[torch.Tensor] = None, keep: Optional[Sequence[int]] = None):
+    def forward(self, ids: torch.Tensor, cache: Optional[DynamicCache] = None, *,
+                positions: Optional[torch.Tensor] = None, allowed: Optional[torch.Tensor] = None,
+                keep: Optional[Sequence[int]] = None) -> Tuple[torch.Tensor, DynamicCache]:
         """Float logits and the cache after running ``ids`` (B, T) on ``cache`` (appended to in place).
 
         ``positions`` (B, T) default to following the cache; ``allowed`` (B, T, cached + T) says what each
@@ -59,25 +63,26 @@ class KVModel:
         return logits.float(), cache
 
     @staticmethod
-    def crop(cache, length: int) -> None:
+    def crop(cache: DynamicCache, length: int) -> None:
         """Keep the first ``length`` tokens of ``cache``."""
         extra = cache.get_seq_length() - length
         if extra > 0:
             cache.crop(-extra)
 
     @staticmethod
-    def expand(cache, batch: int):
+    def expand(cache: DynamicCache, batch: int) -> DynamicCache:
         """A copy of a one-row cache repeated to ``batch`` rows; ``cache`` itself is left as it was."""
         copied = copy.deepcopy(cache)
         copied.batch_repeat_interleave(batch)
         return copied
 
-    def select(self, cache, rows: Sequence[int]):
+    def select(self, cache: DynamicCache, rows: Sequence[int]) -> DynamicCache:
         """``cache`` with its rows replaced by rows ``rows`` of it, in that order (a row may repeat)."""
         cache.batch_select_indices(torch.tensor(list(rows), device=self.device))
         return cache
 
-    def prefill(self, prompts: Sequence[Sequence[int]], pad: int = 0, cache=None) -> Tuple[object, torch.Tensor]:
+    def prefill(self, prompts: Sequence[Sequence[int]], pad: int = 0, cache: Optional[DynamicCache] = None
+                ) -> Tuple[DynamicCache, torch.Tensor]:
         """The KV cache of ``prompts``, one row each, right-padded with ``pad`` to the longest, and each
         prompt's logits at its last token (rows, V): what comes next. With ``cache`` (one row per prompt)
         the prompts continue it and the result is that cache, appended to.

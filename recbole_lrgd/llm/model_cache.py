@@ -1,8 +1,8 @@
 """A cache of converted models: a GGUF file dequantised once, or a safetensors folder cast once to the run's
 dtype (``cast_folder``), then loaded as a plain folder.
 
-Converting a GGUF (dequantising every tensor, rebuilding the tokenizer from metadata) takes tens of
-seconds on every run; loading the same weights from safetensors takes about one. An entry holds the
+Converting a GGUF (dequantising every tensor, rebuilding the tokenizer from metadata) is slow on every run;
+loading the same weights from safetensors is fast (docs/performance.md). An entry holds the
 converted weights and tokenizer in the run's dtype and is keyed by the file's identity (real path,
 size, mtime), the dtype and the transformers version, so a changed file or a new transformers makes
 a new entry. It is written into a temporary folder beside it and renamed into place, with a marker

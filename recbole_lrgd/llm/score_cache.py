@@ -1,7 +1,7 @@
 """A persistent score cache: LLM scores survive the run, so a re-run (or another process) skips the LLM.
 
 One SQLite file (stdlib) in WAL mode with a busy timeout, so several processes read and write it at
-once. A key is a SHA-256 of what determines a score: the model's identity (``model_identity``: its
+once. A key is a SHA-256 of what determines a score: the model's identity (``llm.model_identity``: its
 files' sizes and mtimes or its hub revision, dtype, device type), the scorer mode, the exact prompt
 token ids and the candidate (its token ids or its verbalizer label). A value is a float64 array
 stored as raw bytes, so a cached score is bit-identical to the fresh one. A corrupt file is moved
@@ -19,6 +19,8 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from recbole_lrgd.whole_file import quarantine
+
 DEFAULT_DIR = "saved/score_cache"
 DB_NAME = "scores.sqlite"
 BUSY_TIMEOUT_S = 60.0
@@ -30,46 +32,6 @@ _BUSY_NAMES = ("SQLITE_BUSY", "SQLITE_LOCKED")
 logger = logging.getLogger(__name__)
 
 Item = Union[str, Sequence[int]]
-
-
-def model_identity(llm_path: Optional[str], dtype: str, device: str) -> str:
-    """What makes two runs' scores interchangeable: the model's files, the resolved dtype and the device type.
-
-    The one identity of a model, used by the score cache's keys and the optimizer state. A local model
-    contributes its weight and tokenizer files' sizes and mtimes (re-saving a model under the same path
-    does not serve the old model's scores); a hub model contributes the revision (commit) its name
-    resolves to in the local Hugging Face cache, so a new upload of the same name is another model.
-    """
-    from recbole_lrgd.llm.loader import resolve_dtype, resolve_llm_path
-
-    path, gguf = resolve_llm_path(llm_path)
-    if os.path.exists(path):
-        path = os.path.abspath(path)
-        files = [os.path.join(path, gguf)] if gguf else _model_files(path)
-        stamps = [f"{os.path.basename(f)}:{st.st_size}:{st.st_mtime_ns}" for f in files for st in [os.stat(f)]]
-    else:
-        stamps = [f"revision:{hub_revision(path)}"]
-    device_type = str(device).split(":")[0]
-    return "|".join([path, gguf or "", str(resolve_dtype(dtype, str(device))), device_type] + stamps)
-
-
-def _model_files(folder: str):
-    """A model folder's files that decide its scores: weights, configs and the tokenizer's files."""
-    suffixes = (".safetensors", ".bin", ".gguf", ".json", ".model", ".txt", ".tiktoken")
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if f.endswith(suffixes) and os.path.isfile(os.path.join(folder, f)))
-
-
-def hub_revision(repo_id: str) -> str:
-    """The commit a hub id's ``main`` resolves to in the local Hugging Face cache (what the loader
-    reads); ``unknown`` when it is not cached."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # noqa: BLE001 - an id the hub library rejects has no cached revision
-        return "unknown"
-    return os.path.basename(os.path.dirname(found)) if isinstance(found, str) else "unknown"
 
 
 def prompt_digest(model_id: str, mode: str, prompt_ids: Sequence[int], *extra: object) -> bytes:
@@ -100,14 +62,6 @@ def is_contention(exc: BaseException) -> bool:
     name = getattr(exc, "sqlite_errorname", "") or ""
     return isinstance(exc, sqlite3.OperationalError) and (
         name.startswith(_BUSY_NAMES) or any(t in str(exc).lower() for t in ("locked", "busy")))
-
-
-def quarantine(path: str) -> None:
-    """Move a corrupt file aside to ``*.corrupt`` (a DB with its WAL/shared-memory files, which would
-    replay onto a fresh DB); the optimizer's state file uses it too."""
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.replace(path + suffix, path + ".corrupt" + suffix)
 
 
 class ScoreCache:

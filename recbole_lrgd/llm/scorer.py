@@ -208,7 +208,8 @@ class LLMScorer(Scorer):
     @property
     def score_settings(self) -> tuple:
         """The settings besides model, mode and prompt that a score depends on, for the cache digest: none
-        for verbalizer labels and for the mean (the default keeps the shortest digest), the reduction otherwise, with its token count for ``first``."""
+        for verbalizer labels and for the mean (the default keeps the shortest digest), the reduction otherwise,
+        with its token count for ``first``."""
         return self._settings(self.title_score, self.title_score_tokens)
 
     def _settings(self, how: str, tokens: Optional[int]) -> tuple:
@@ -437,7 +438,8 @@ def common_start(sequences: Sequence[Sequence[int]]) -> tuple:
     return tuple(first[:n])
 
 
-def pack_candidates(candidates: Sequence[Sequence[int]], prefix_len: int):
+def pack_candidates(candidates: Sequence[Sequence[int]], prefix_len: int
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[Tuple[int, int, int]]]:
     """Lay candidates side by side after a cached prefix of ``prefix_len`` tokens.
 
     Returns the packed input ids (every candidate token but its last), their positions (restarting

@@ -5,7 +5,13 @@ For tests and device checks: nothing is downloaded, and any size of the LLaMA fa
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -13,7 +19,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_tokenizer(chat_template: bool = True):
+def make_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -39,7 +45,7 @@ SIZES = {
 }
 
 
-def make_tiny_llama(vocab_size: int, seed: int = 0, llama_size: str = "tiny"):
+def make_tiny_llama(vocab_size: int, seed: int = 0, llama_size: str = "tiny") -> LlamaForCausalLM:
     """A randomly initialised LlamaForCausalLM of one of ``SIZES``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from logging import getLogger
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,12 +25,17 @@ from recbole_lrgd.data.titles import item_titles
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.batching import AUTO
 from recbole_lrgd.llm.loader import llm_device, load_config_llm, load_config_tokenizer
-from recbole_lrgd.llm.score_cache import ScoreCache, model_identity
+from recbole_lrgd.llm.model_identity import model_identity
+from recbole_lrgd.llm.score_cache import ScoreCache
 from recbole_lrgd.llm.modes import make_scorer
 from recbole_lrgd.llm.scorer import Scorer, ScoreCounts
 from recbole_lrgd.model.ranker import ICLRanker
 from recbole_lrgd.optimizer.result import FitResult
 from recbole_lrgd.settings import DEMO_MODES, DemoSettings, PromptSettings, ScorerSettings
+
+if TYPE_CHECKING:
+    from recbole.data.interaction import Interaction
+
 
 def config_scorer(config) -> Scorer:
     """The scorer of a config's ``ScorerSettings`` over its LLM."""
@@ -158,9 +163,9 @@ class LRGD(SequentialRecommender):
         """RecBole's ``predict``: the rows' scores (``score_users``) as a float tensor."""
         return torch.from_numpy(self.score_users(interaction)[0]).float().to(interaction[self.ITEM_ID].device)
 
-    def calculate_loss(self, interaction):
+    def calculate_loss(self, interaction: Interaction) -> NoReturn:
         raise LRGDError("LRGD has no trainable weights: use LRGDTrainer, whose fit prepares demonstrations")
 
-    def full_sort_predict(self, interaction):
+    def full_sort_predict(self, interaction: Interaction) -> NoReturn:
         raise LRGDError("LRGD ranks sampled candidates (eval_args mode uni19 or pop19), or in mode full a retriever's "
                         "top-N through LRGDTrainer.evaluate (candidate_source); it has no full_sort_predict")

@@ -20,10 +20,10 @@ import numpy as np
 from recbole_lrgd.data.demonstrations import Spec
 from recbole_lrgd.digest import digest
 from recbole_lrgd.llm.loader import llm_device
-from recbole_lrgd.llm.score_cache import model_identity, quarantine
+from recbole_lrgd.llm.model_identity import model_identity
 from recbole_lrgd.optimizer.objective import Evaluation
 from recbole_lrgd.settings import SCORE_KEYS
-from recbole_lrgd.whole_file import write_whole
+from recbole_lrgd.whole_file import quarantine, write_whole
 
 logger = logging.getLogger(__name__)
 

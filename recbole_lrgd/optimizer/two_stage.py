@@ -40,14 +40,15 @@ def set_key(specs: Sequence[Spec]) -> str:
 class DemoOptimizer:
     """Chooses LRGD's demonstrations by the regularised probe objective; see the module docstring.
 
-    ``ranker`` is the ``ICLRanker`` that scores test users (its pool, prompts and scorer); ``context``
+    ``ranker`` is the ``ICLRanker`` that scores test users (its pool, prompts and scorer); ``item_num`` the
+    dataset's items (probe negatives are drawn from training items below it); ``context``
     is what else decides a score (``state.score_context``: the model's identity, the prompt keys),
     hashed with the settings into the state's identity (``state.state_identity``); ``state_path`` is where
     the state is kept (``progress.StateFile``); ``map_fn(fn, items)`` runs ``fn`` over items (a distributed
     map shards it over processes); ``is_main`` says whether this process writes the state.
     """
 
-    def __init__(self, ranker, settings: OptimizerSettings, state_path: Optional[str] = None,
+    def __init__(self, ranker, settings: OptimizerSettings, item_num: int, state_path: Optional[str] = None,
                  context: Optional[Dict[str, Any]] = None, show_progress: bool = False,
                  map_fn: Optional[Callable[[Callable, Sequence], List]] = None, is_main: bool = True,
                  round_size: int = 1):
@@ -60,13 +61,10 @@ class DemoOptimizer:
         self.context = plain_context(context)
         self.identity = state_identity(settings.identity(), self.context)
         self._memo: Dict[str, Evaluation] = {}
-
-    # -- data ----------------------------------------------------------------------------------
-    def setup(self, item_num: int) -> None:
-        """Probe users and pool users, disjoint, seeded, from the ranker's pool; negatives from training
-        items only."""
-        s = self.settings
-        self.pool = pool = self.ranker.pool
+        # the data: probe users and pool users, disjoint, seeded, from the ranker's pool; negatives from training
+        # items only (nothing is scored until a fit runs)
+        s = settings
+        self.pool = pool = ranker.pool
         self.items = np.unique(np.concatenate([pool.sequences[int(u)] for u in pool.users]))
         self.probes: List[Probe] = make_probes(pool, s.probe_users, s.probe_negatives, item_num, s.seed,
                                                max_his_len=self.ranker.settings.max_his_len, items=self.items)
@@ -185,10 +183,9 @@ class DemoOptimizer:
             self._memo[set_key(entry.specs)] = entry.evaluation
 
     # -- the two stages --------------------------------------------------------------------------
-    def run(self, item_num: int, stages: int) -> OptimizerState:
+    def run(self, stages: int) -> OptimizerState:
         """Both stages (or stage 1 alone); returns the state, whose ``chosen`` is the final set."""
         begun = time.time()  # stage 1's time includes the probes' zero-shot scores
-        self.setup(item_num)
         state = self.initial_state()
         if state.warm_start_from and not state.stage1:
             start = state.warm_start_from

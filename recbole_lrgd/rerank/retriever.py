@@ -11,6 +11,7 @@ under a launcher, or the model's own baseline row with the same settings loads i
 """
 from __future__ import annotations
 
+import copy
 import os
 from functools import lru_cache
 from typing import Any, Dict
@@ -122,7 +123,7 @@ def _load(path: str, config, train_data):
     """The model of a RecBole checkpoint on this run's data: built from the checkpoint's own config (its
     hyper-parameters) on this run's device, with its weights and other parameters (Pop's counts)."""
     checkpoint = read_checkpoint(path)
-    saved_config = checkpoint["config"]
+    saved_config = copy.deepcopy(checkpoint["config"])  # the read checkpoint is shared (cached): set a copy's device
     saved_config["device"] = config["device"]
     try:
         model = get_model(saved_config["model"])(saved_config, train_data._dataset).to(config["device"])

@@ -6,9 +6,13 @@ helpers here derive it from character ranges via the tokenizer's offsets mapping
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from recbole_lrgd.errors import LRGDError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 
 Span = Tuple[int, int]
 
@@ -84,7 +88,8 @@ def token_spans_from_char_spans(offsets: Sequence[Tuple[int, int]], char_spans: 
     return out
 
 
-def split_prompt(tokenizer, text: str, demo_texts: Sequence[str], query_text: str):
+def split_prompt(tokenizer: PreTrainedTokenizerBase, text: str, demo_texts: Sequence[str], query_text: str
+                 ) -> Tuple[List[int], PromptSplit]:
     """Tokenise ``text`` and locate its demonstrations and its query (the user's part).
 
     Returns ``(input_ids, PromptSplit)``; ``demo_texts`` and ``query_text`` must occur in
@@ -94,7 +99,8 @@ def split_prompt(tokenizer, text: str, demo_texts: Sequence[str], query_text: st
     return tokenize_split(tokenizer, text, chars[:-1], chars[-1])
 
 
-def tokenize_split(tokenizer, text: str, demo_chars: Sequence[Span], query_chars: Span):
+def tokenize_split(tokenizer: PreTrainedTokenizerBase, text: str, demo_chars: Sequence[Span], query_chars: Span
+                   ) -> Tuple[List[int], PromptSplit]:
     """Tokenise ``text`` and turn character ranges into a validated ``PromptSplit``.
 
     Returns ``(input_ids, PromptSplit)``. Needs a fast tokenizer (offsets mapping).
@@ -149,7 +155,7 @@ def parse_marked_prompt(marked: str) -> Tuple[str, List[Span], Span]:
     return "".join(text), demos, queries[0]
 
 
-def split_marked_prompt(tokenizer, marked: str):
+def split_marked_prompt(tokenizer: PreTrainedTokenizerBase, marked: str) -> Tuple[str, List[int], PromptSplit]:
     """``parse_marked_prompt`` then tokenise: returns ``(text, input_ids, PromptSplit)``."""
     text, demo_chars, query_chars = parse_marked_prompt(marked)
     input_ids, split = tokenize_split(tokenizer, text, demo_chars, query_chars)
