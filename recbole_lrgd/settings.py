@@ -11,10 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from numbers import Real
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.prompt import DEFAULT_INSTRUCTION, DEMO_FORMATS
+
+if TYPE_CHECKING:
+    from dataclasses import Field
+
 
 # the names of the choices, here so that checking a config needs no torch
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
@@ -91,7 +95,7 @@ def setting(rule: Rule, changes: Changes = Changes.NOTHING, key: str = "", recbo
     return field(metadata={"rule": rule, "changes": changes, "key": key, "recbole": recbole})
 
 
-def config_key(spec) -> str:
+def config_key(spec: Field) -> str:
     """The config key of a settings field."""
     return spec.metadata.get("key") or spec.name
 

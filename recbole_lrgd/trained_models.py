@@ -10,7 +10,8 @@ A training by RecBole's own ``Trainer`` (most models: Pop, BPR, SASRec...) write
 needs to go on exactly where it was: the model, the optimizer, the early-stopping counters and every random
 generator it draws from (torch's, numpy's, Python's, its loaders'). An interrupted training run again resumes
 after its last validation and, on a CPU with the same number of threads, ends with the very weights an
-uninterrupted one would (on a GPU, as reproducible as RecBole's own training). A model with a trainer of its own (RecVAE, KGAT...) trains in one go.
+uninterrupted one would (on a GPU, as reproducible as RecBole's own training). A model with a trainer of its own
+(RecVAE, KGAT...) trains in one go.
 The partial files (``.best`` and ``.resume`` beside the final name) are removed when the training ends; a lock
 (``.lock``, left in place) keeps two processes from training the same model at once.
 """
@@ -24,7 +25,7 @@ import os
 import random
 import time
 from logging import getLogger
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +36,11 @@ from recbole.utils import set_color
 from recbole_lrgd.digest import digest
 from recbole_lrgd.properties_files import properties_dir
 from recbole_lrgd.whole_file import write_whole
+
+if TYPE_CHECKING:
+    from recbole.config import Config
+    from recbole.data.dataloader import AbstractDataLoader
+
 
 # config keys that cannot change what a model learns: where things go, what is logged, which device
 # and how many processes, which metrics are reported (early stopping reads valid_metric alone), and the
@@ -47,7 +53,7 @@ NOT_TRAINING_KEYS = ("gpu_id", "use_gpu", "device", "state", "data_path", "check
                      "single_spec", "config_files", "result_file", "slices")
 
 
-def training_settings(config) -> Dict[str, Any]:
+def training_settings(config: Config) -> Dict[str, Any]:
     """The config keys that can change what the model learns: all but ``NOT_TRAINING_KEYS`` and LRGD's
     own; of eval_args the split, order, grouping and the validation mode (early stopping reads it)."""
     with open(os.path.join(properties_dir(), "model", "LRGD.yaml"), encoding="utf-8") as f:
@@ -74,15 +80,15 @@ def data_fingerprint(*datasets) -> str:
     return h.hexdigest()
 
 
-def checkpoint_path(config, train_data, valid_data) -> str:
+def checkpoint_path(config: Config, train_data: AbstractDataLoader, valid_data: Optional[AbstractDataLoader]) -> str:
     """Where the trained model of this model, config and data is kept."""
     key = digest({"model": config["model"], "settings": training_settings(config),
                   "data": data_fingerprint(train_data._dataset, *([valid_data._dataset] if valid_data else []))})
     return os.path.join(config["checkpoint_dir"], f"trained-{config['model']}-{config['dataset']}-{key[:12]}.pth")
 
 
-def fit_once(trainer, train_data, valid_data, show_progress: bool = False
-             ) -> Tuple[float, Optional[Dict], float]:
+def fit_once(trainer: Trainer, train_data: AbstractDataLoader, valid_data: Optional[AbstractDataLoader],
+             show_progress: bool = False) -> Tuple[float, Optional[Dict], float]:
     """RecBole's ``trainer.fit`` run at most once per model, settings and data: (best validation score, its
     result, the seconds the training took, summed over the runs that trained it). The kept checkpoint is loaded
     when there is one; a training interrupted earlier resumes. Either way the trainer's ``saved_model_file`` is

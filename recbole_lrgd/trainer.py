@@ -37,11 +37,12 @@ from recbole_lrgd.rerank.retriever import Retriever
 if TYPE_CHECKING:
     from recbole.config import Config
     from recbole.data.dataloader import AbstractDataLoader
+    from recbole.data.dataset import Dataset
 
     from recbole_lrgd.model.lrgd import LRGD
 
 
-def eval_user_count(eval_data) -> int:
+def eval_user_count(eval_data: AbstractDataLoader) -> int:
     """Users an eval loader evaluates: RecBole's ``uid_list``, which a sequential model's full-sort loader
     lacks (it has one row per test interaction)."""
     uids = getattr(eval_data, "uid_list", None)
@@ -128,7 +129,7 @@ class LRGDTrainer(Trainer):
                          "validation users (" + ", ".join(f"{w:g}: {m:.4f}" for w, m in means.items()) + ")")
         return weight
 
-    def optimize_demonstrations(self, train_dataset, saved: bool = True, show_progress: bool = False
+    def optimize_demonstrations(self, train_dataset: Dataset, saved: bool = True, show_progress: bool = False
                                 ) -> FitResult:
         """LRGD's two-stage demonstration optimization on training users (stage 1 sharded over
         processes). Its state goes to ``demo_state_file``, else beside RecBole's checkpoints when

@@ -400,9 +400,9 @@ def test_ablation_fits_with_the_part_switched_off_and_is_reported_against_the_fu
 
     real, settings = optimizer.DemoOptimizer, []
 
-    def recording(ranker, fit_settings, **kwargs):
+    def recording(ranker, fit_settings, *args, **kwargs):
         settings.append(fit_settings)
-        return real(ranker, fit_settings, **kwargs)
+        return real(ranker, fit_settings, *args, **kwargs)
     monkeypatch.setattr(optimizer, "DemoOptimizer", recording)
     study.run_part(tiny_study, "ablation", None, only="lrgd-default-s2-lambda_copy0-seed2020")
     yaml_fit = OptimizerSettings.from_config(tiny_study.config.final_config_dict)
@@ -511,7 +511,7 @@ def test_the_compact_part_fits_with_the_compact_profile(tiny_study, monkeypatch)
     assert names == ["zero-shot", "random2-d0", "random2-d1", "random2-d2", "nearest2", "lrgd-compact-s2-seed2020"]
     settings = []
 
-    def recording(ranker, fit_settings, **kwargs):
+    def recording(ranker, fit_settings, *args, **kwargs):
         settings.append(fit_settings)
         raise KeyboardInterrupt  # the settings are all this test needs
     monkeypatch.setattr(optimizer, "DemoOptimizer", recording)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, List, Optional, Set, Tuple
 
 from recbole.utils import FeatureType
 
 from recbole_lrgd.errors import LRGDError
+
+if TYPE_CHECKING:
+    from recbole.config import Config
+
 
 TYPES = tuple(t.value for t in FeatureType)
 FLOAT_TYPES = (FeatureType.FLOAT.value, FeatureType.FLOAT_SEQ.value)
@@ -39,7 +43,7 @@ def read_header(path: str, separator: str = "\t", encoding: str = "utf-8") -> Li
         return parse_header(f.readline(), path, separator)
 
 
-def atomic_files(config) -> List[Tuple[str, str]]:
+def atomic_files(config: Config) -> List[Tuple[str, str]]:
     """``(path, suffix)`` of the atomic files RecBole will read for the config's dataset."""
     folder, name = config["data_path"], config["dataset"]
     inters = [f"{name}.{b}.inter" for b in config["benchmark_filename"] or []] or [f"{name}.inter"]
@@ -48,7 +52,7 @@ def atomic_files(config) -> List[Tuple[str, str]]:
     return [(path, suffix) for path, suffix in paths if os.path.isfile(path)]
 
 
-def loaded_fields(config, suffix: str) -> Optional[Set[str]]:
+def loaded_fields(config: Config, suffix: str) -> Optional[Set[str]]:
     """The fields RecBole loads from a file by ``load_col`` (None: all), as RecBole reads it."""
     load_col = config["load_col"]
     if load_col is None or load_col.get(suffix) == "*":
@@ -124,7 +128,7 @@ def _column(path: str, field: str, separator: str, encoding: str) -> Optional[Li
         return [values[k] if k < len(values) else "" for values in rows]
 
 
-def check_feature_ids(config, files: List[Tuple[str, str]], separator: str, encoding: str) -> None:
+def check_feature_ids(config: Config, files: List[Tuple[str, str]], separator: str, encoding: str) -> None:
     """With ``filter_inter_by_user_or_item`` RecBole drops every interaction whose user (item) has no line in
     a loaded .user (.item) file: when that is all of them, one ``LRGDError`` here instead of RecBole's "Some
     feat is empty" traceback; when it is some, a warning with the count and share."""
@@ -154,7 +158,7 @@ def check_feature_ids(config, files: List[Tuple[str, str]], separator: str, enco
                        f"(filter_inter_by_user_or_item)")
 
 
-def check_atomic_files(config) -> None:
+def check_atomic_files(config: Config) -> None:
     """Every atomic file RecBole will load for ``config``, checked with its separators, encoding and columns,
     and the ids of the .inter against those of the .user and .item (``check_feature_ids``)."""
     unload_col = config["unload_col"] or {}

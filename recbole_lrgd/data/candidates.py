@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hashlib
 
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 import numpy as np
 import torch
 from recbole.data.dataloader import NegSampleEvalDataLoader
+
+if TYPE_CHECKING:
+    from recbole.data.dataloader import AbstractDataLoader
+    from recbole.data.dataset import Dataset
 
 
 def sample_user_subset(uids: np.ndarray, n_users: Optional[int], seed: int) -> np.ndarray:
@@ -24,7 +28,7 @@ def sample_user_subset(uids: np.ndarray, n_users: Optional[int], seed: int) -> n
     return np.sort(np.random.default_rng(seed).choice(uids, size=int(n_users), replace=False))
 
 
-def user_items(dataset) -> Dict[int, np.ndarray]:
+def user_items(dataset: Dataset) -> Dict[int, np.ndarray]:
     """Every item each user interacted with, in any split: never offered as a negative."""
     uids = np.asarray(dataset.inter_feat[dataset.uid_field])  # a DataFrame before build(), tensors after
     iids = np.asarray(dataset.inter_feat[dataset.iid_field])
@@ -46,7 +50,7 @@ def item_distribution(item_ids: np.ndarray, item_num: int, distribution: str, al
     return weights / weights.sum()
 
 
-def draw_negatives(used: Dict[int, np.ndarray], probs: np.ndarray, eval_dataset, num: int,
+def draw_negatives(used: Dict[int, np.ndarray], probs: np.ndarray, eval_dataset: Dataset, num: int,
                    seed: int) -> Dict[int, np.ndarray]:
     """Per evaluated user, a (rows, num) array of distinct negatives the user never interacted with.
 
@@ -165,7 +169,7 @@ def interacted_negatives(negatives: Dict[int, np.ndarray], seen: Dict[int, np.nd
     return counts
 
 
-def candidates_digest(loader) -> str:
+def candidates_digest(loader: AbstractDataLoader) -> str:
     """A short hash of every evaluated user's candidate set (equal across runs = the same candidates); "" for a
     loader without fixed candidates (a full ranking)."""
     sets = loader.candidate_sets() if hasattr(loader, "candidate_sets") else {}

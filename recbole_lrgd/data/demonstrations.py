@@ -11,16 +11,20 @@ user u see" for the ranker, the probes, the optimizer and the study alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from recbole.data.dataset import Dataset
+
 
 Spec = Tuple[int, int]  # (pool user, oldest shown history items cut)
 DemoItems = Tuple[Tuple[int, ...], int]  # (history item ids, oldest first; target item id)
 
 
-def training_sequences(train_dataset) -> Dict[int, np.ndarray]:
+def training_sequences(train_dataset: Dataset) -> Dict[int, np.ndarray]:
     """Each user's training sequence (item ids, oldest first) from RecBole's augmented train rows."""
     feat = train_dataset.inter_feat
     uids = feat[train_dataset.uid_field].numpy()

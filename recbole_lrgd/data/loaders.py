@@ -3,7 +3,7 @@ and, in a sampled mode, the same pre-drawn (or ``candidates_file``) candidates (
 from __future__ import annotations
 
 from logging import getLogger
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from recbole.data.dataloader import NegSampleEvalDataLoader
 from recbole_lrgd.data.candidates import (FixedCandidateEvalDataLoader, draw_negatives, interacted_negatives,
                                          item_distribution, read_candidates_file, sample_user_subset, user_items)
 from recbole_lrgd.errors import LRGDError
+
+if TYPE_CHECKING:
+    from recbole.data.dataset import Dataset
 
 
 def _eval_loader(config: Config, used, dataset, sampler, phase: str, n_users: Optional[int]):
@@ -64,7 +67,7 @@ def _candidates_file_loader(config: Config, dataset, sampler, seen: Dict[int, np
     return FixedCandidateEvalDataLoader(config, dataset.copy(dataset.inter_feat[mask]), sampler, negatives)
 
 
-def prepare_data(config: Config, dataset) -> Tuple[Any, Any, Any]:
+def prepare_data(config: Config, dataset: Dataset) -> Tuple[Any, Any, Any]:
     """RecBole's data_preparation, with replayable candidates and ``eval_users``/``valid_users``."""
     # the whole interaction table, before a sequential build() replaces it by augmented rows
     used = {"items": user_items(dataset), "item_ids": np.array(dataset.inter_feat[dataset.iid_field])}

@@ -9,12 +9,16 @@ the slices are the same for LRGD and RecBole's baselines.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator.per_user import paired_bootstrap
+
+if TYPE_CHECKING:
+    from recbole.data.dataset import Dataset
+
 
 COLD_MAX = 5
 HEAD_SHARE = 0.2
@@ -31,7 +35,7 @@ class Slices:
         return [u for u, label in self.labels[family].items() if label == name]
 
 
-def training_counts(train_dataset) -> Tuple[np.ndarray, np.ndarray]:
+def training_counts(train_dataset: Dataset) -> Tuple[np.ndarray, np.ndarray]:
     """Training interactions per user id and per item id, from a train loader's dataset: RecBole's interactions,
     or a sequential model's augmented rows (one per training item after a user's first, whose row of history
     length 1 names that first item)."""
@@ -47,7 +51,7 @@ def training_counts(train_dataset) -> Tuple[np.ndarray, np.ndarray]:
             np.bincount(items, minlength=train_dataset.item_num))
 
 
-def held_out_items(test_dataset) -> Dict[int, int]:
+def held_out_items(test_dataset: Dataset) -> Dict[int, int]:
     """Each test user's held-out item (one per user: leave-one-out)."""
     feat = test_dataset.inter_feat
     users = feat[test_dataset.uid_field].numpy()
@@ -86,7 +90,7 @@ def _popularity_slices(item_counts: np.ndarray, targets: Mapping[int, int]) -> T
     return names, {u: name(int(item_counts[i])) for u, i in targets.items()}
 
 
-def user_slices(train_dataset, test_dataset) -> Slices:
+def user_slices(train_dataset: Dataset, test_dataset: Dataset) -> Slices:
     """The slices of the test users of ``test_dataset`` (its users are the evaluated ones)."""
     user_counts, item_counts = training_counts(train_dataset)
     targets = held_out_items(test_dataset)

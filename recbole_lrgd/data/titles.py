@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import numpy as np
 from recbole.utils import FeatureType
 
 from recbole_lrgd.data.atomic import read_header
 from recbole_lrgd.errors import LRGDError
+
+if TYPE_CHECKING:
+    from recbole.data.dataset import Dataset
+    from transformers import PreTrainedTokenizerBase
+
 
 UNTITLED = "(untitled item {raw_id})"
 
@@ -46,7 +51,8 @@ def _raw_titles(dataset, title_field: str) -> List[str]:
     return titles
 
 
-def item_titles(dataset, title_field: str, tokenizer=None, max_tokens: Optional[int] = None) -> List[str]:
+def item_titles(dataset: Dataset, title_field: str, tokenizer: Optional[PreTrainedTokenizerBase] = None,
+                max_tokens: Optional[int] = None) -> List[str]:
     """One title per internal item id, runs of whitespace (tabs, newlines) as one space, capped at
     ``max_tokens`` tokens of ``tokenizer`` when both are given; items without a title get a clear placeholder."""
     raw_ids = dataset.field2id_token[dataset.iid_field]
@@ -55,7 +61,7 @@ def item_titles(dataset, title_field: str, tokenizer=None, max_tokens: Optional[
     return cap_tokens(titles, tokenizer, max_tokens) if tokenizer is not None and max_tokens else titles
 
 
-def check_title_coverage(dataset, title_field: str, candidates: np.ndarray, users: int) -> None:
+def check_title_coverage(dataset: Dataset, title_field: str, candidates: np.ndarray, users: int) -> None:
     """One warning with the count and share of the items that have no title (each is shown as its placeholder);
     an ``LRGDError`` when they are more than half of ``candidates`` (internal ids, one per candidate the
     ``users`` evaluated users rank): then the title field or the .item file is likely the wrong one."""
@@ -73,7 +79,7 @@ def check_title_coverage(dataset, title_field: str, candidates: np.ndarray, user
     logger.warning(f"{count} have no title in {where}: prompts show each as {UNTITLED.format(raw_id='<its id>')}")
 
 
-def cap_tokens(texts: Sequence[str], tokenizer, max_tokens: int) -> List[str]:
+def cap_tokens(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> List[str]:
     """Each text cut after its first ``max_tokens`` tokens (a prefix of the text, so a cut never
     splits a character); shorter texts unchanged."""
     texts = list(texts)

@@ -23,6 +23,7 @@ from recbole_lrgd.evaluator.effect import EFFECT_KEY, target_first
 
 if TYPE_CHECKING:
     from recbole.data.interaction import Interaction
+    from recbole.trainer import AbstractTrainer
 
 
 class PerUserCollector(Collector):
@@ -34,7 +35,7 @@ class PerUserCollector(Collector):
         self._last = None  # (users, data struct) of the last finished evaluation
 
     @classmethod
-    def install(cls, trainer) -> None:
+    def install(cls, trainer: AbstractTrainer) -> None:
         """Give a RecBole trainer this collector in place of RecBole's plain one."""
         if type(getattr(trainer, "eval_collector", None)) is Collector:
             trainer.eval_collector = cls(trainer.config)

@@ -12,12 +12,16 @@ users from prompts (``optimizer/probe_effect.py``).
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from recbole.evaluator.base_metric import AbstractMetric
 from recbole.utils import EvaluatorType
+
+if TYPE_CHECKING:
+    from recbole.evaluator.collector import DataStruct
+
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +84,7 @@ class EffectD(AbstractMetric):
         super().__init__(config)
         self.temperature = config["effect_temperature"]
 
-    def calculate_metric(self, dataobject) -> dict:
+    def calculate_metric(self, dataobject: DataStruct) -> dict:
         if EFFECT_KEY not in dataobject:
             logger.warning("EffectD: no with/without-demonstration scores were recorded in this evaluation (they "
                            "come from LRGDTrainer's evaluation of LRGD), so effectd and effectd_pos are NaN")

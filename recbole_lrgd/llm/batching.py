@@ -17,9 +17,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import List, Sequence, Set, Tuple, Union
+from typing import TYPE_CHECKING, List, Sequence, Set, Tuple, Union
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PretrainedConfig
+
 
 AUTO = "auto"
 CPU_BATCH_BYTES = 5 << 28  # 1.25 GiB a CPU forward may fill: wider CPU batches run slower (docs/performance.md)
@@ -113,7 +117,7 @@ def split_by_prefix(prefixes: Sequence[tuple], shared: int) -> Tuple[List[List[i
     return own, mixed
 
 
-def make_batching(user_batch_size: Union[int, str], model) -> Batching:
+def make_batching(user_batch_size: Union[int, str], model: PreTrainedModel) -> Batching:
     """``FixedBatches`` of an integer ``user_batch_size``; for ``auto``, the ``TokenBudget`` of ``model`` on its
     device: ``batch_bytes`` over ``token_bytes``, a prefix token weighing its keys and values."""
     if user_batch_size != AUTO:
@@ -123,7 +127,7 @@ def make_batching(user_batch_size: Union[int, str], model) -> Batching:
     return TokenBudget(tokens, prefix_weight=round(kv / own, 4))
 
 
-def batch_bytes(model) -> float:
+def batch_bytes(model: PreTrainedModel) -> float:
     """Memory a forward pass may fill: ``CPU_BATCH_BYTES`` on a CPU; on a GPU the card's memory share less the
     model's own weights and buffers (not what the process happens to hold: a trained prior, another rank's
     buffers), so every rank and every run of one card and model gets the same budget."""
@@ -135,7 +139,7 @@ def batch_bytes(model) -> float:
     return max(0.0, share // GPU_BYTES_STEP * GPU_BYTES_STEP)
 
 
-def token_bytes(config, dtype: torch.dtype) -> Tuple[int, int]:
+def token_bytes(config: PretrainedConfig, dtype: torch.dtype) -> Tuple[int, int]:
     """Memory a prefix token holds in a batch (its keys and values in every layer) and a row's own token (those,
     the widest activations of a layer: the MLP's three projections, the attention's and the residual's, and its
     logits over the vocabulary in the model's dtype, in float32 and the log-sum-exp's float32 temporary; an upper

@@ -12,17 +12,22 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
-from typing import Iterator, Tuple
+from typing import TYPE_CHECKING, Iterator, Tuple
 
 import numpy as np
 import torch
 
 from recbole_lrgd.llm.shards import SHARD_BYTES, write_shards
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
 DEQUANTIZE_BYTES = 64 * 2 ** 20  # float32 rows dequantized at once
 
 
-def gguf_to_folder(gguf_path: str, folder: str, dtype: torch.dtype, tokenizer, shard_bytes: int = SHARD_BYTES) -> None:
+def gguf_to_folder(gguf_path: str, folder: str, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase,
+                   shard_bytes: int = SHARD_BYTES) -> None:
     """Write the GGUF at ``gguf_path`` into ``folder``: its weights in ``dtype``, its config and ``tokenizer``."""
     from transformers import AutoConfig, GenerationConfig
 

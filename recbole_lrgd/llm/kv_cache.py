@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 import torch
 
 if TYPE_CHECKING:
-    from transformers import DynamicCache
+    from transformers import DynamicCache, GenerationConfig
 
 
 class KVModel:
@@ -100,7 +100,7 @@ class KVModel:
         at = [keep.index(n - 1) for n in lengths]
         return cache, logits[torch.arange(len(prompts)), at]
 
-    def generate(self, ids: torch.Tensor, cache, config) -> torch.Tensor:
+    def generate(self, ids: torch.Tensor, cache: DynamicCache, config: GenerationConfig) -> torch.Tensor:
         """``model.generate`` continuing ``ids`` (1, T), whose first tokens ``cache`` holds (appended to)."""
         return self.model.generate(input_ids=ids.to(self.device), attention_mask=torch.ones_like(ids).to(self.device),
                                    generation_config=config, **{self._cache_kw: cache})

@@ -113,12 +113,12 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def llm_device(config) -> str:
+def llm_device(config: Config) -> str:
     """The LLM's device: ``llm_device``, else RecBole's (use_gpu / gpu_id)."""
     return str(config["llm_device"] or config["device"])
 
 
-def check_llm_device(config) -> None:
+def check_llm_device(config: Config) -> None:
     """The LLM's device exists here (without ``llm_device_map``, which places the model itself): one
     ``LRGDError`` line, not torch's assertion once the model has loaded."""
     if config["llm_device_map"]:
@@ -140,7 +140,7 @@ def check_llm_device(config) -> None:
         raise LRGDError(f"llm_device {name!r}: this torch has no MPS (Apple GPU) backend here; use cpu")
 
 
-def resolved_dtype_name(config) -> str:
+def resolved_dtype_name(config: Config) -> str:
     """The dtype a config's LLM runs in, e.g. ``"bfloat16"`` for ``llm_dtype: auto`` on an AMX CPU: the
     name every identity of scores (score cache, optimizer state) must hold, never ``"auto"``."""
     return dtype_name(resolve_dtype(config["llm_dtype"], llm_device(config)))
@@ -249,7 +249,7 @@ def load_llm(llm_path: Optional[str] = None, device: str = "cpu", dtype: Optiona
     return _load_described(llm_path, device, dtype, device_map, cache_dir)[:2]
 
 
-def llm_summary(config) -> str:
+def llm_summary(config: Config) -> str:
     """The run log's line on its LLM: the model, where it came from, the resolved dtype and why, the
     device and the threads, e.g. ``LLM: m.gguf (converted-model cache), dtype bfloat16 (auto: CPU has
     AMX-BF16), device cpu, 8 threads``. Loads the model if it is not loaded yet."""

@@ -23,11 +23,15 @@ import shutil
 import tempfile
 import time
 import uuid
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import torch
 
 from recbole_lrgd.llm.cast_folder import cast_folder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 
 MARKER = "lrgd_cache_entry.json"
 FORMAT = 1  # bump when an entry's layout changes
@@ -150,7 +154,7 @@ def complete_entry(cache_dir: str, model_file: str, dtype: torch.dtype) -> Optio
     return entry if os.path.isdir(entry) and _entry_problem(entry, ident) is None else None
 
 
-def store(entry: str, model, tokenizer, ident: Dict[str, Any]) -> bool:
+def store(entry: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ident: Dict[str, Any]) -> bool:
     """Write ``entry`` atomically; True when this call's entry (or a concurrent writer's) is in place."""
     def write(tmp: str) -> None:
         _plain_copy(model).save_pretrained(tmp)

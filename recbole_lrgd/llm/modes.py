@@ -2,16 +2,19 @@
 ``GenerateScorer`` (``llm/generate.py``, built on the same ``Scorer``)."""
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from recbole_lrgd.llm.batching import make_batching
 from recbole_lrgd.llm.generate import GenerateScorer
 from recbole_lrgd.llm.score_cache import ScoreCache
 from recbole_lrgd.llm.scorer import LLMScorer, Scorer
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def make_scorer(model, tokenizer, *, mode: str, candidate_batch_size: int, user_batch_size: Union[int, str],
-                score_cache: Optional[ScoreCache], model_id: str, max_new_tokens: int,
+
+def make_scorer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, mode: str, candidate_batch_size: int,
+                user_batch_size: Union[int, str], score_cache: Optional[ScoreCache], model_id: str, max_new_tokens: int,
                 match_threshold: float, title_score: str, title_score_tokens: Optional[int]) -> Scorer:
     """The scorer for ``mode``, given the settings its mode uses (their defaults live in
     properties/model/LRGD.yaml); ``user_batch_size`` is a row count or ``auto`` (``llm/batching.py``)."""

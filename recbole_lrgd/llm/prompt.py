@@ -5,11 +5,15 @@ Everything here is a pure function of titles and a tokenizer, so it is tested wi
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from recbole_lrgd.errors import LRGDError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 
 DEFAULT_INSTRUCTION = (
     "You are a recommender system. From a user's history of items, in the order they were "
@@ -130,7 +134,7 @@ def render_message(instruction: str, demos: Sequence[Demonstration], history: Se
     return "\n".join(lines)
 
 
-def apply_template(tokenizer, message: str) -> str:
+def apply_template(tokenizer: PreTrainedTokenizerBase, message: str) -> str:
     """Wrap the message in the tokenizer's chat template when it has one."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
@@ -138,7 +142,7 @@ def apply_template(tokenizer, message: str) -> str:
     return message + "\nAnswer: "
 
 
-def encode_parts(tokenizer, prompt: Prompt) -> Tuple[List[int], List[int]]:
+def encode_parts(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> Tuple[List[int], List[int]]:
     """Token ids of the shared prefix and of the user's part, tokenised apart so that the prefix's
     ids (and so its KV cache) are the same for every user. A chat template holds its own special
     tokens; otherwise the tokenizer's (e.g. BOS) go on the prefix."""
@@ -147,7 +151,7 @@ def encode_parts(tokenizer, prompt: Prompt) -> Tuple[List[int], List[int]]:
     return prefix, tokenizer(prompt.text[prompt.split:], add_special_tokens=False).input_ids
 
 
-def encode_prompt(tokenizer, prompt: Prompt) -> List[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> List[int]:
     """All token ids of a prompt, exactly as the scorer feeds them."""
     prefix, suffix = encode_parts(tokenizer, prompt)
     return prefix + suffix
@@ -176,9 +180,10 @@ def truncate_to_budget(demos: Sequence[Demonstration], history: Sequence[str],
     return demos, history
 
 
-def build_prompt(tokenizer, demos: Sequence[Demonstration], history: Sequence[str], candidates: Sequence[str],
-                 *, seed: Sequence[int], mode: str, demo_format: str, max_tokens: Optional[int] = None,
-                 instruction: str = DEFAULT_INSTRUCTION, list_candidates: Optional[bool] = None) -> Prompt:
+def build_prompt(tokenizer: PreTrainedTokenizerBase, demos: Sequence[Demonstration], history: Sequence[str],
+                 candidates: Sequence[str], *, seed: Sequence[int], mode: str, demo_format: str,
+                 max_tokens: Optional[int] = None, instruction: str = DEFAULT_INSTRUCTION,
+                 list_candidates: Optional[bool] = None) -> Prompt:
     """Render the full prompt text for one user, shuffling candidates with ``seed``, within ``max_tokens``
     (``truncate_to_budget``; an ``LRGDError`` naming the minimum when even its shortest prompt is over).
     Demonstrations are shown in ``demo_format`` (a key of ``DEMO_FORMATS``).

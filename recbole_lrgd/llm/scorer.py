@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import astuple, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ from recbole_lrgd.llm.prompt import Prompt, encode_parts
 from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
 from recbole_lrgd.settings import SCORER_MODES, TITLE_SCORES
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -507,8 +509,8 @@ def mean_token_logprob(logprobs: torch.Tensor, targets: torch.Tensor, mask: torc
 
 # -- the reference the batched path is tested and benchmarked against ----------------------------
 @torch.inference_mode()
-def naive_likelihood(model, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]], how: str = "mean",
-                     first_tokens: Optional[int] = None) -> np.ndarray:
+def naive_likelihood(model: PreTrainedModel, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]],
+                     how: str = "mean", first_tokens: Optional[int] = None) -> np.ndarray:
     """Reference likelihood scores: the full prompt + one candidate per forward pass, no KV cache (slow);
     ``how`` and ``first_tokens`` as in ``title_logprob``."""
     out = []

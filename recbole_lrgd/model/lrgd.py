@@ -34,10 +34,12 @@ from recbole_lrgd.optimizer.result import FitResult
 from recbole_lrgd.settings import DEMO_MODES, DemoSettings, PromptSettings, ScorerSettings
 
 if TYPE_CHECKING:
+    from recbole.config import Config
+    from recbole.data.dataloader import AbstractDataLoader
     from recbole.data.interaction import Interaction
 
 
-def config_scorer(config) -> Scorer:
+def config_scorer(config: Config) -> Scorer:
     """The scorer of a config's ``ScorerSettings`` over its LLM."""
     model, tokenizer = load_config_llm(config)
     s = ScorerSettings.from_config(config)
@@ -54,7 +56,8 @@ def config_scorer(config) -> Scorer:
     return scorer
 
 
-def config_ranker(config, titles: Sequence[str], scorer: Any, pool: Optional[DemonstrationPool] = None) -> ICLRanker:
+def config_ranker(config: Config, titles: Sequence[str], scorer: Any, pool: Optional[DemonstrationPool] = None
+                  ) -> ICLRanker:
     """The ranker of a config's prompt and demonstration settings over ``titles`` and ``pool``, scoring with
     ``scorer`` (a ``Scorer``, or for prompts alone anything with a scorer's ``tokenizer`` and ``mode``)."""
     return ICLRanker(titles, scorer, PromptSettings.from_config(config), DemoSettings.from_config(config), pool)
@@ -68,7 +71,7 @@ class _PromptsOnly:
     mode: str
 
 
-def check_prompt_budget(config, eval_data) -> None:
+def check_prompt_budget(config: Config, eval_data: AbstractDataLoader) -> None:
     """Every evaluated user's shortest prompt (no demonstrations, one history item, its candidates) fits
     ``max_prompt_tokens``, checked with the tokenizer alone before the model loads: ``build_prompt``'s
     ``LRGDError`` otherwise. Candidates known only when evaluating (a retriever's top-N) are checked then."""
@@ -133,8 +136,8 @@ class LRGD(SequentialRecommender):
 
     # -- scores ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def score_users(self, interaction, zero_shot: bool = False, progress: Optional[Callable[[int], None]] = None
-                    ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    def score_users(self, interaction: Interaction, zero_shot: bool = False,
+                    progress: Optional[Callable[[int], None]] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """Float64 scores of RecBole's uniN/popN rows, or of each user's rows of a retriever's top-N (full
         ranking: ``LRGDTrainer._collect_reranked``), grouped by user (the label is never read) and, with
         ``zero_shot``, the same rows without demonstrations (for EffectD; else None). Users are scored a
@@ -159,7 +162,7 @@ class LRGD(SequentialRecommender):
                 progress(len(chunk))
         return scores, without
 
-    def predict(self, interaction) -> torch.Tensor:
+    def predict(self, interaction: Interaction) -> torch.Tensor:
         """RecBole's ``predict``: the rows' scores (``score_users``) as a float tensor."""
         return torch.from_numpy(self.score_users(interaction)[0]).float().to(interaction[self.ITEM_ID].device)
 

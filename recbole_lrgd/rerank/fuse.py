@@ -8,13 +8,17 @@ NDCG@10 on validation users (``choose_weight``), never on test users.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from recbole_lrgd.data.chunks import user_rows
 from recbole_lrgd.rerank.blend import blended
+
+if TYPE_CHECKING:
+    from recbole.data.interaction import Interaction
+
 
 WEIGHT_GRID = tuple(k / 10 for k in range(11))
 Block = Tuple[np.ndarray, np.ndarray, int]  # one user's (LLM scores, prior scores, index of the held-out item)
@@ -32,7 +36,7 @@ class Fusion:
         return replace(self, weight=float(weight))
 
     @torch.no_grad()
-    def prior_scores(self, interaction) -> np.ndarray:
+    def prior_scores(self, interaction: Interaction) -> np.ndarray:
         """The prior's float64 score of each row (RecBole's ``predict``, on the prior's device)."""
         device = next(iter(self.prior.parameters()), torch.zeros(0)).device
         return self.prior.predict(interaction.to(device)).double().cpu().numpy()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import os
 from functools import lru_cache
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -22,6 +22,10 @@ from recbole.utils import get_model, get_trainer, init_seed
 
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.trained_models import fit_once
+
+if TYPE_CHECKING:
+    from recbole.config import Config
+    from recbole.data.dataloader import AbstractDataLoader
 
 
 def is_checkpoint(source: str) -> bool:
@@ -51,7 +55,7 @@ def source_model(source: str) -> str:
     return str(read_checkpoint(source)["config"]["model"]) if is_checkpoint(source) else str(source)
 
 
-def check_source(config, key: str) -> None:
+def check_source(config: Config, key: str) -> None:
     """``config[key]`` (``candidate_source``, ``prior_model``) names a model LRGD can use: ~, a RecBole model, or a
     checkpoint of this dataset (one ``LRGDError``). Its type is its settings field's rule (``validate.check_values``)."""
     source = config[key]
@@ -137,8 +141,8 @@ def _load(path: str, config, train_data):
     return model
 
 
-def load_or_train(config, source: str, train_data, valid_data, test_data, user_items: Dict[int, np.ndarray]
-                  ) -> Retriever:
+def load_or_train(config: Config, source: str, train_data: AbstractDataLoader, valid_data: Optional[AbstractDataLoader],
+                  test_data: AbstractDataLoader, user_items: Dict[int, np.ndarray]) -> Retriever:
     """The retriever of ``source`` (a model name or a checkpoint .pth) over the data of its own ``config``:
     a checkpoint is loaded; a model is loaded from its cached checkpoint, trained (and cached) only when
     there is none. Under a launcher call it inside ``dist.main_first()``: rank 0 trains, the others load."""
