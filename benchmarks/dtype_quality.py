@@ -50,8 +50,8 @@ def settings_for(dataset: str, dtype: str, users: int, data_path: str) -> dict:
     return cfg
 
 
-# the demonstrations the committed stores were scored with (the defaults of their day), pinned so a rerun
-# resumes them; the stores' keys (``cfg``) predate the pin and do not hold it
+# the demonstrations the committed stores were scored with, pinned apart from the YAML's defaults so a rerun
+# resumes them; the stores' keys (``cfg``) do not hold them
 DEMONSTRATIONS = {"demo_mode": "random", "num_demos": 2}
 
 

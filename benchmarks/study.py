@@ -54,11 +54,11 @@ DATA_PATH = os.path.join(os.path.dirname(ROOT), "shared", "data")
 PROBES = 200
 PROBE_NEGATIVES = 19  # the probes rank 20 candidates, as test users do (uni19)
 BATCH = 32  # prompts scored between saves
-# the product defaults the study was started with, held here so that a default that changes on its evidence
-# (demo_mode, num_demos) does not change what the study's conditions, "lrgd-default" fits included, mean
+# the study's own demonstration settings, held apart from the YAML so that a product default changed on the study's
+# evidence (demo_mode, num_demos) does not change what its conditions, "lrgd-default" fits included, mean
 PINNED = {"demo_mode": "random", "num_demos": 2}
-# prompt keys added after the first stores were written, with the value that gives the earlier prompts:
-# recorded in a store's key only when set otherwise, so the earlier stores stay valid
+# prompt keys a store's key holds only when set otherwise than these values, which give the prompts of the stores
+# whose keys lack them: those stores stay valid
 LATER_KEYS = {"demo_format": "next_item", "demo_negatives": 3, "title_score": "mean", "title_score_tokens": 3}
 
 
