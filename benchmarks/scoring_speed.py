@@ -120,7 +120,7 @@ def chunked(scorer, prompts: List[Prompt]) -> Callable[[], None]:
     """A run's scoring: ``score_many`` one chunk of ``user_batch_size`` users at a time, as LRGD does; the
     first chunk pays for a shared prefix."""
     def fn():
-        scorer._prefixes.clear()
+        scorer.forget_prefixes()
         for start in range(0, len(prompts), scorer.chunk_users):
             scorer.score_many(prompts[start: start + scorer.chunk_users])
     return fn
@@ -139,7 +139,7 @@ def ways_of(models: Dict[str, LRGD], prompts: Dict[str, List[Prompt]], naive_use
     def alone(kind: str):
         def fn():
             for p in prompts[kind]:
-                likelihood._prefixes.clear()  # no prefix shared across users
+                likelihood.forget_prefixes()  # no prefix shared across users
                 likelihood.score(p)
         return fn
 

@@ -79,6 +79,26 @@ def test_shared_prefix_is_encoded_once_and_left_intact(tiny_llm):
         np.testing.assert_allclose(got, _naive(scorer, p), atol=1e-4)
 
 
+def test_forgotten_prefixes_are_encoded_again_to_the_same_scores(tiny_llm):
+    """``forget_prefixes`` (a benchmark's cold start) drops the shared prefix: the next prompt encodes it again,
+    and scores as before."""
+    model, tok = tiny_llm
+    scorer = _scorer(tiny_llm)
+    prompt = _prompt(tok)
+    prefix_len = len(encode_parts(tok, prompt)[0])
+    shapes, handle = _batch_calls(scorer)
+    try:
+        first = scorer.score(prompt)
+        warm = scorer.score(prompt)
+        scorer.forget_prefixes()
+        cold = scorer.score(prompt)
+    finally:
+        handle.remove()
+    assert shapes.count((1, prefix_len)) == 2  # the first score and the one after forgetting
+    np.testing.assert_array_equal(warm, first)
+    np.testing.assert_array_equal(cold, first)
+
+
 def test_verbalizer_scores_are_label_logits_in_caller_order(tiny_llm):
     model, tok = tiny_llm
     scorer = _scorer(tiny_llm, "verbalizer")

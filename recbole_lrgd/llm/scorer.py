@@ -147,6 +147,11 @@ class Scorer:
         scores[prompt.order] = shown_scores
         return scores
 
+    def forget_prefixes(self) -> None:
+        """Drop the shared prefixes encoded so far: the next prompt encodes its prefix afresh (a cold start, as a
+        speed benchmark times it). Scores do not change."""
+        self._prefixes.clear()
+
     def _prefix(self, prefix_ids: Sequence[int]):
         """KV cache and last-position logits of a shared prefix, encoded once per run (LRU of a few).
         Callers leave the cache as they found it."""

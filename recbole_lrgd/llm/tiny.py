@@ -30,11 +30,9 @@ def make_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   additional_special_tokens=["<|user|>", "<|assistant|>", "<|end|>"])
-    if chat_template:
-        fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   additional_special_tokens=["<|user|>", "<|assistant|>", "<|end|>"],
+                                   chat_template=CHAT_TEMPLATE if chat_template else None)
 
 
 SIZES = {
