@@ -103,7 +103,7 @@ def test_budget_batches_score_as_one_user_at_a_time_in_float32(tiny_llm, mode):
         handle.remove()
     assert len(sizes) > 3 and max(sizes) > 1  # several batches, some of several rows
     alone = _scorer(tiny_llm, mode, candidate_batch_size=6, user_batch_size=1)
-    for p, scores in zip(prompts, got):
+    for p, scores in zip(prompts, got, strict=True):
         np.testing.assert_allclose(scores, alone.score(p), atol=1e-4)
 
 
@@ -115,7 +115,7 @@ def test_budget_batches_in_bfloat16_stay_within_its_rounding(tiny_llm):
     prompts = _per_user_prompts(tok) + _user_prompts(tok, users=9)
     got = _budget_scorer(half, "likelihood", 1200).score_many(prompts)
     alone = _scorer(half, candidate_batch_size=6, user_batch_size=1)
-    for p, scores in zip(prompts, got):
+    for p, scores in zip(prompts, got, strict=True):
         np.testing.assert_allclose(scores, alone.score(p), rtol=0.03)
 
 

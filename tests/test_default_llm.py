@@ -63,7 +63,7 @@ def test_default_llm_batched_users_equal_naive_scores():
     assert len({len(encode_parts(tok, p)[1]) for p in prompts}) > 1  # rows of different lengths: padding
     assert len({tuple(encode_parts(tok, p)[0]) for p in prompts}) == 1  # one shared prefix: one batch
     batched = scorer.score_many(prompts)
-    for prompt, got in zip(prompts, batched):
+    for prompt, got in zip(prompts, batched, strict=True):
         naive = naive_likelihood(model, encode_prompt(tok, prompt), [scorer.candidate_ids(c) for c in cands])
         np.testing.assert_allclose(got, naive, atol=1e-4)
         np.testing.assert_allclose(got, scorer.score(prompt), atol=1e-4)

@@ -42,7 +42,7 @@ def test_unloadable_folder_is_a_one_line_error(tmp_path):
 def test_dtype_names():
     assert loader.resolve_dtype("bf16", "cpu") == torch.bfloat16
     assert loader.resolve_dtype("float32", "cpu") == torch.float32
-    with pytest.raises(LRGDError, match="llm_dtype"):
+    with pytest.raises(LRGDError, match="llm_dtype 'int3': use auto, float32"):
         loader.resolve_dtype("int3", "cpu")
 
 

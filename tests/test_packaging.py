@@ -105,8 +105,9 @@ def test_a_checkout_reads_the_repository_properties():
         str(PROPERTIES / f) for f in ("overall.yaml", "model/LRGD.yaml", "dataset/ml-100k.yaml")]
 
 
-def test_a_user_dataset_or_recbole_model_without_a_yaml_runs_on_recbole_defaults():
-    assert properties_files.run_properties("SASRec", "my-data", plugin_model=False) == [str(PROPERTIES / "overall.yaml")]
+def test_a_user_dataset_or_recbole_model_without_a_yaml_reads_only_overall_yaml():
+    found = properties_files.run_properties("SASRec", "my-data", plugin_model=False)
+    assert found == [str(PROPERTIES / "overall.yaml")]
 
 
 @pytest.mark.parametrize("missing", ["overall.yaml", "model/LRGD.yaml"])

@@ -118,6 +118,7 @@ def test_candidates_are_the_retrievers_top_n_without_history(tiny_data, tiny_llm
 
     seen["scored"].clear()
     _lrgd(tiny_data, tiny_llm_dir, "Pop", rerank_top=8, rerank_score_all=True)
+    assert len(seen["scored"]) == 12  # every test user's candidates are checked below
     counts = run_live("Pop", "tiny", config_dict=_cfg(tiny_data), saved=False)[0].model.item_cnt.view(-1).numpy()
     for user, (_, candidates) in seen["scored"].items():
         raw = ds.field2id_token[ds.uid_field][user]

@@ -35,6 +35,8 @@ def test_lrgd_runs_end_to_end_and_is_deterministic(tiny_data, tiny_llm_dir):
 @pytest.mark.parametrize("mode", ["none", "nearest"])
 def test_demo_modes_run(tiny_data, tiny_llm_dir, mode):
     result = _lrgd(tiny_data, tiny_llm_dir, demo_mode=mode)
+    assert result.test_users == 12 and result.global_demo_users == ()  # neither shows one set to every user
+    assert result.demonstrations == {"none": "none (zero-shot)", "nearest": "per user (most item overlap)"}[mode]
     assert 0.0 <= result.test_result["ndcg@10"] <= 1.0
 
 
@@ -88,7 +90,7 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(tiny_data, tiny_llm_di
     partial.write_text("eval_args:\n  mode: uni19\n")
     _assert_clean_error(tiny_data, "eval_args in .* is incomplete", model="LRGD", dataset="tiny",
                         config_file_list=[str(partial)], config_dict=base)
-    _assert_clean_error(tiny_data, "could not load LLM|no such file",
+    _assert_clean_error(tiny_data, "llm_path .*none': no such file or folder",
                         model="LRGD", dataset="tiny", config_dict={**base, "llm_path": str(tmp_path / "none")})
     _assert_clean_error(tiny_data, "smaller than one user's block",
                         model="LRGD", dataset="tiny", config_dict={**base, "eval_batch_size": 10})
@@ -96,4 +98,5 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(tiny_data, tiny_llm_di
                         model="LRGD", dataset="tiny",
                         config_dict={**base, "eval_args": {"split": {"LS": "valid_and_test"}, "group_by": "user",
                                                            "order": "TO", "mode": "full"}})
-    _assert_clean_error(tiny_data, "Bogus", model="Bogus", dataset="tiny", config_dict=base)
+    _assert_clean_error(tiny_data, r"`model_name` \[Bogus\] is not the name of an existing model", model="Bogus",
+                        dataset="tiny", config_dict=base)

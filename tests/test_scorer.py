@@ -75,7 +75,7 @@ def test_shared_prefix_is_encoded_once_and_left_intact(tiny_llm):
     assert shapes.count((1, prefix_len)) == 1  # the prefix ran once for three users
     (cache, _), = scorer._prefixes.values()
     assert cache.get_seq_length() == prefix_len
-    for p, got in zip(prompts, cached):
+    for p, got in zip(prompts, cached, strict=True):
         np.testing.assert_allclose(got, _naive(scorer, p), atol=1e-4)
 
 
@@ -150,7 +150,7 @@ def test_score_many_batches_users_and_equals_naive_and_score(tiny_llm):
     (cache, _), = scorer._prefixes.values()
     assert cache.get_seq_length() == len(prefix)  # the cached prefix is untouched: one row, prefix only
     assert all(layer.keys.shape[0] == 1 for layer in cache.layers)
-    for p, got in zip(prompts, many):
+    for p, got in zip(prompts, many, strict=True):
         np.testing.assert_allclose(got, _naive(scorer, p), atol=1e-4)
         np.testing.assert_allclose(got, scorer.score(p), atol=1e-5)
         assert np.ptp(got) > 1e-3
@@ -166,7 +166,7 @@ def test_score_many_verbalizer_equals_score(tiny_llm):
     finally:
         handle.remove()
     assert [s[0] for s in shapes] == [1, 5]
-    for p, got in zip(prompts, many):
+    for p, got in zip(prompts, many, strict=True):
         logits = model(input_ids=torch.tensor([encode_prompt(tok, p)])).logits[0, -1]
         expected = np.empty(len(p.order))
         expected[p.order] = logits[scorer.label_token_ids(p.labels)].double().numpy()
@@ -186,7 +186,7 @@ def test_score_many_mixed_prefixes_and_long_candidate_lists(tiny_llm):
     prompts = [a[0], b[0], zero[0], a[1], long[0], b[1], zero[1], a[2], b[2]]
     assert len({tuple(encode_parts(tok, p)[0]) for p in prompts}) == 3
     many = scorer.score_many(prompts)
-    for p, got in zip(prompts, many):
+    for p, got in zip(prompts, many, strict=True):
         np.testing.assert_allclose(got, scorer.score(p), atol=1e-5)
         np.testing.assert_allclose(got, _naive(scorer, p), atol=1e-4)
 
@@ -206,9 +206,9 @@ def test_score_many_uses_the_score_cache_per_prompt(tiny_llm, tmp_path):
         handle.remove()
     assert (scorer.counts.cache_hits, scorer.counts.cache_misses) == (16, 32)
     assert [s[0] for s in shapes] == [2]  # only the two new users ran
-    for got, want in zip(again[:2], first):
+    for got, want in zip(again[:2], first, strict=True):
         np.testing.assert_array_equal(got, want)
-    for p, got in zip(prompts, again):
+    for p, got in zip(prompts, again, strict=True):
         np.testing.assert_allclose(got, scorer.score(p), atol=1e-5)
 
 
@@ -225,7 +225,7 @@ def test_more_candidates_than_a_row_holds_split_into_rows_across_forwards(tiny_l
     finally:
         handle.remove()
     assert [s[0] for s in shapes] == [1, 3, 3, 2]  # the prefix, then 8 rows
-    for p, got in zip(prompts, many):
+    for p, got in zip(prompts, many, strict=True):
         np.testing.assert_allclose(got, _naive(scorer, p), atol=1e-4)
         assert np.ptp(got) > 1e-3
 
@@ -327,7 +327,7 @@ def test_a_past_key_values_model_without_logits_to_keep_scores_the_same(tiny_llm
     want = _scorer(tiny_llm, mode, candidate_batch_size=5).score_many(prompts)
     scorer = _scorer((old_style, tok), mode, candidate_batch_size=5)
     assert (scorer.lm._cache_kw, scorer.lm._keeps_logits) == ("past_key_values", False)
-    for got, expected in zip(scorer.score_many(prompts), want):
+    for got, expected in zip(scorer.score_many(prompts), want, strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -386,7 +386,8 @@ def test_per_user_prefixes_share_one_padded_prefill_and_one_forward(sharp_llm, m
     assert shapes[:2] == [(1, len(start)), (3, max(map(len, prefixes)) - len(start))]
     assert [s[0] for s in shapes[2:]] == [rows]
     assert list(scorer._prefixes) == [start]  # the shared start is kept, per-user prefixes are not
-    for p, got, alone in zip(prompts, many, _one_at_a_time(sharp_llm, mode, prompts, candidate_batch_size=6)):
+    alone_scores = _one_at_a_time(sharp_llm, mode, prompts, candidate_batch_size=6)
+    for p, got, alone in zip(prompts, many, alone_scores, strict=True):
         np.testing.assert_allclose(got, alone, atol=1e-4)
         assert np.ptp(got) > 1e-3
         if mode == "likelihood":
@@ -400,7 +401,7 @@ def test_per_user_prefixes_in_several_forwards_and_beside_an_empty_suffix(sharp_
     prompts = _per_user_prompts(tok) + [_no_suffix(_per_user_prompts(tok)[1])]
     scorer = _scorer(sharp_llm, candidate_batch_size=6, user_batch_size=2)
     for p, got, alone in zip(prompts, scorer.score_many(prompts),
-                             _one_at_a_time(sharp_llm, "likelihood", prompts, candidate_batch_size=6)):
+                             _one_at_a_time(sharp_llm, "likelihood", prompts, candidate_batch_size=6), strict=True):
         np.testing.assert_allclose(got, alone, atol=1e-4)
         np.testing.assert_allclose(got, _naive(scorer, p), atol=1e-4)
 
@@ -420,7 +421,7 @@ def test_per_user_scores_do_not_depend_on_what_ran_before(sharp_llm):
     warm = _scorer(sharp_llm, candidate_batch_size=6, user_batch_size=8)
     warm.score_many(_user_prompts(tok, demos=DEMO_SETS[0], users=8))  # keeps set 0's prefix
     assert tuple(encode_parts(tok, chunk[0])[0]) in warm._prefixes
-    for got, want in zip(warm.score_many(chunk), fresh):
+    for got, want in zip(warm.score_many(chunk), fresh, strict=True):
         np.testing.assert_array_equal(got, want)
 
 
@@ -452,6 +453,6 @@ def test_default_llm_per_user_prefixes_equal_one_at_a_time(mode):
     finally:
         handle.remove()
     assert [s[0] for s in shapes] == [1, 3, 6 if mode == "likelihood" else 5]  # shared start, prefixes, rows
-    for got, alone in zip(many, _one_at_a_time(llm, mode, prompts, candidate_batch_size=6)):
+    for got, alone in zip(many, _one_at_a_time(llm, mode, prompts, candidate_batch_size=6), strict=True):
         np.testing.assert_allclose(got, alone, atol=1e-4)
         assert np.ptp(got) > 1e-2

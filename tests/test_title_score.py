@@ -14,7 +14,6 @@ from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_parts, e
 from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
 from recbole_lrgd.llm.modes import make_scorer
 from recbole_lrgd.llm.scorer import naive_likelihood, title_logprob
-from recbole_lrgd.settings import SCORE_KEYS
 from recbole_lrgd.validate import check_values
 
 MODES = [("mean", None), ("sum", None), ("first", 3)]
@@ -60,7 +59,7 @@ def test_batched_scores_equal_the_naive_reference(tiny_llm, how, tokens):
     full-prompt forward per candidate, reduced the same way."""
     scorer = _scorer(tiny_llm, how, tokens)
     prompts = _prompts(tiny_llm[1])
-    for prompt, got in zip(prompts, scorer.score_many(prompts)):
+    for prompt, got in zip(prompts, scorer.score_many(prompts), strict=True):
         naive = naive_likelihood(scorer.model, encode_prompt(scorer.tokenizer, prompt),
                                  [scorer.candidate_ids(c) for c in prompt.candidates], how, tokens)
         np.testing.assert_allclose(got, naive, atol=1e-4)
@@ -72,7 +71,7 @@ def test_sum_is_mean_times_token_count_and_first_differs(tiny_llm):
     mean = _scorer(tiny_llm, "mean").score_many(prompts)
     total = _scorer(tiny_llm, "sum").score_many(prompts)
     first = _scorer(tiny_llm, "first", 3).score_many(prompts)
-    for prompt, m, s, f in zip(prompts, mean, total, first):
+    for prompt, m, s, f in zip(prompts, mean, total, first, strict=True):
         lengths = _lengths(_scorer(tiny_llm), prompt)
         assert lengths.min() > 3  # so first 3 reads part of every title
         np.testing.assert_allclose(s, m * lengths, rtol=1e-12)
@@ -84,7 +83,7 @@ def test_first_with_enough_tokens_is_the_mean(tiny_llm):
     longest = max(_lengths(_scorer(tiny_llm), p).max() for p in prompts)
     mean = _scorer(tiny_llm, "mean").score_many(prompts)
     for tokens in (longest, longest + 5):
-        for m, f in zip(mean, _scorer(tiny_llm, "first", int(tokens)).score_many(prompts)):
+        for m, f in zip(mean, _scorer(tiny_llm, "first", int(tokens)).score_many(prompts), strict=True):
             assert f.tobytes() == m.tobytes()
 
 
@@ -146,8 +145,14 @@ def test_a_cached_score_keeps_its_first_value_and_verbalizer_keys_have_no_reduct
     assert (verbalizer[0].counts.cache_hits, verbalizer[1].counts.cache_misses) == (0, 0)
 
 
-def test_both_keys_are_in_the_optimizer_state_identity():
-    assert {"title_score", "title_score_tokens"} <= set(SCORE_KEYS)
+def test_both_keys_change_the_optimizer_state_identity(tiny_llm_dir):
+    """A fit's state is keyed by what decides its scores: a state of another title_score or title_score_tokens is
+    another fit's."""
+    from recbole_lrgd.optimizer.state import score_context, state_identity
+
+    base = yaml_config(llm_path=tiny_llm_dir, dataset="tiny", device="cpu")
+    changes = ({}, {"title_score": "sum"}, {"title_score_tokens": base["title_score_tokens"] + 1})
+    assert len({state_identity({}, score_context({**base, **change})) for change in changes}) == 3
 
 
 @pytest.mark.parametrize("keys,match", [
