@@ -5,7 +5,7 @@ every unit of work (``state.save_state``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from logging import getLogger
 from typing import Collection, Optional, Tuple
 
@@ -41,9 +41,9 @@ class StateFile:
         if saved is not None and saved.identity == self.identity and warm_start and saved.chosen:
             start = [s for s in saved.chosen if s[0] in users]
             if start:
-                fresh.warm_start_from = start
-                fresh.warm_start_pool_scores = {u: e for u, e in saved.ranking_scores().items() if u in users}
                 logger.info(f"demonstration optimizer: warm start from the saved set {start} (new data)")
+                return replace(fresh, warm_start_from=start, warm_start_pool_scores={
+                    u: e for u, e in saved.ranking_scores().items() if u in users}), False
         return fresh, False
 
     def finished(self, stages: int) -> Optional[OptimizerState]:
