@@ -1016,7 +1016,7 @@ def default_section(confirm: Dict[Key, dict]) -> List[str]:
         return []
     beats = [f"{model} on {dataset}" for (model, dataset), t in confirm.items()
              if two_level_diff(t["sets"]["nearest4"], t["sets"]["random2"])[1] > 0]
-    yaml_default = {k: lrgd_defaults()[k] for k in ("demo_mode", "num_demos")}
+    yaml_default = lrgd_defaults()
     lines = ["## The default: per-user nearest demonstrations, K = 4", "",
              "The default the study started with was `demo_mode: random` (random2-d0, one seeded set of 2). "
              f"nearest4, the bias part's per-user nearest with K = 4, beats it with an interval above 0 on "

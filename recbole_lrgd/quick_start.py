@@ -11,7 +11,7 @@ import os
 import time
 from logging import Logger, getLogger
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import numpy as np
 from recbole.config import Config
@@ -32,11 +32,13 @@ from recbole_lrgd.held_logs import held_logs, replay
 from recbole_lrgd.llm.loader import check_llm_device, llm_summary, load_config_llm
 from recbole_lrgd.model.lrgd import LRGD, check_prompt_budget
 from recbole_lrgd.rerank.fuse import Fusion
-from recbole_lrgd.rerank.retriever import Retriever
 from recbole_lrgd.rerank.source import build_retriever_config, prepare_retriever
 from recbole_lrgd.results import RunResult
 from recbole_lrgd.trained_models import fit_once
 from recbole_lrgd.trainer import eval_user_count
+
+if TYPE_CHECKING:
+    from recbole_lrgd.rerank.retriever import Retriever
 
 T = TypeVar("T")
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 import yaml
-from recbole.trainer import Trainer
+from recbole.trainer import AbstractTrainer, Trainer
 from recbole.utils import set_color
 
 from recbole_lrgd.digest import digest
@@ -87,7 +87,7 @@ def checkpoint_path(config: Config, train_data: AbstractDataLoader, valid_data: 
     return os.path.join(config["checkpoint_dir"], f"trained-{config['model']}-{config['dataset']}-{key[:12]}.pth")
 
 
-def fit_once(trainer: Trainer, train_data: AbstractDataLoader, valid_data: Optional[AbstractDataLoader],
+def fit_once(trainer: AbstractTrainer, train_data: AbstractDataLoader, valid_data: Optional[AbstractDataLoader],
              show_progress: bool = False) -> Tuple[float, Optional[Dict], float]:
     """RecBole's ``trainer.fit`` run at most once per model, settings and data: (best validation score, its
     result, the seconds the training took, summed over the runs that trained it). The kept checkpoint is loaded

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from recbole.evaluator import Collector
-from recbole.evaluator.collector import DataStruct
 from recbole.evaluator.base_metric import TopkMetric
 from recbole.evaluator.register import metrics_dict
 
@@ -23,6 +22,7 @@ from recbole_lrgd.evaluator.effect import EFFECT_KEY, target_first
 
 if TYPE_CHECKING:
     from recbole.data.interaction import Interaction
+    from recbole.evaluator.collector import DataStruct
     from recbole.trainer import AbstractTrainer
 
 

@@ -11,7 +11,7 @@ import contextlib
 import importlib.util
 import os
 from functools import lru_cache
-from typing import TYPE_CHECKING, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Tuple
 
 import torch
 
@@ -23,7 +23,6 @@ from recbole_lrgd.llm.gguf_header import check_complete
 from recbole_lrgd.settings import DTYPE_NAMES
 
 if TYPE_CHECKING:
-    from recbole.config import Config
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -113,12 +112,12 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def llm_device(config: Config) -> str:
+def llm_device(config: Mapping[str, Any]) -> str:
     """The LLM's device: ``llm_device``, else RecBole's (use_gpu / gpu_id)."""
     return str(config["llm_device"] or config["device"])
 
 
-def check_llm_device(config: Config) -> None:
+def check_llm_device(config: Mapping[str, Any]) -> None:
     """The LLM's device exists here (without ``llm_device_map``, which places the model itself): one
     ``LRGDError`` line, not torch's assertion once the model has loaded."""
     if config["llm_device_map"]:
@@ -140,19 +139,19 @@ def check_llm_device(config: Config) -> None:
         raise LRGDError(f"llm_device {name!r}: this torch has no MPS (Apple GPU) backend here; use cpu")
 
 
-def resolved_dtype_name(config: Config) -> str:
+def resolved_dtype_name(config: Mapping[str, Any]) -> str:
     """The dtype a config's LLM runs in, e.g. ``"bfloat16"`` for ``llm_dtype: auto`` on an AMX CPU: the
     name every identity of scores (score cache, optimizer state) must hold, never ``"auto"``."""
     return dtype_name(resolve_dtype(config["llm_dtype"], llm_device(config)))
 
 
-def load_config_llm(config: Config) -> Tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_config_llm(config: Mapping[str, Any]) -> Tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``(model, tokenizer)`` for a config; loaded once per process (so a pre-flight load is free later)."""
     return load_llm(config["llm_path"], llm_device(config), config["llm_dtype"], config["llm_device_map"],
                     config["llm_cache_dir"])
 
 
-def load_config_tokenizer(config: Config) -> PreTrainedTokenizerBase:
+def load_config_tokenizer(config: Mapping[str, Any]) -> PreTrainedTokenizerBase:
     """The tokenizer of a config's LLM without its model, for checks before the model loads, read from where
     the model's load reads it (a complete converted-model cache entry of a GGUF, else the GGUF file, folder or
     hub id) and kept for that load."""
@@ -249,7 +248,7 @@ def load_llm(llm_path: Optional[str] = None, device: str = "cpu", dtype: Optiona
     return _load_described(llm_path, device, dtype, device_map, cache_dir)[:2]
 
 
-def llm_summary(config: Config) -> str:
+def llm_summary(config: Mapping[str, Any]) -> str:
     """The run log's line on its LLM: the model, where it came from, the resolved dtype and why, the
     device and the threads, e.g. ``LLM: m.gguf (converted-model cache), dtype bfloat16 (auto: CPU has
     AMX-BF16), device cpu, 8 threads``. Loads the model if it is not loaded yet."""
