@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Mapping, Seque
 
 import yaml
 
+from recbole_lrgd.checkpoints import check_source
 from recbole_lrgd.data.atomic import check_atomic_files
 from recbole_lrgd.data.titles import item_file_header
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.rerank.retriever import check_source
 from recbole_lrgd.settings import RULES, Rule, is_int, integer, text
 
 if TYPE_CHECKING:

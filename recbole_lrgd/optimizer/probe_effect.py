@@ -2,7 +2,7 @@
 math is the EffectD metric's (``evaluator/effect.py``), so the optimizer and the metric measure one Effect."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -10,9 +10,6 @@ import torch
 from recbole_lrgd.data.demonstrations import DemoChoice, DemoItems
 from recbole_lrgd.data.probes import Probe
 from recbole_lrgd.evaluator.effect import effect_per_user, resolve_temperature
-
-if TYPE_CHECKING:
-    from recbole_lrgd.model.ranker import ICLRanker
 
 
 class ProbeEffect:
@@ -100,13 +97,13 @@ class ProbeEffect:
         return self.per_probe(self.score(rows), self.zero_shot(candidates))
 
 
-def probe_effects(ranker: ICLRanker, probes: Sequence[Probe], demo_users: Sequence[int],
+def probe_effects(ranker: Any, probes: Sequence[Probe], demo_users: Sequence[int],
                   temperature: Union[str, float]) -> np.ndarray:
-    """Per-probe Effect of one global set of pool users' demonstrations."""
+    """Per-probe Effect of one global set of pool users' demonstrations, scored by ``ranker`` (an ``ICLRanker``)."""
     return ProbeEffect(ranker, probes, temperature).of(DemoChoice.chosen([(u, 0) for u in demo_users], False))
 
 
-def single_demonstration_effects(ranker: ICLRanker, probes: Sequence[Probe], pool_users: Sequence[int],
+def single_demonstration_effects(ranker: Any, probes: Sequence[Probe], pool_users: Sequence[int],
                                  temperature: Union[str, float]) -> List[np.ndarray]:
     """The per-probe Effect of each pool user's demonstration alone (what the optimizer's stage 1 ranks)."""
     effect = ProbeEffect(ranker, probes, temperature)

@@ -9,10 +9,11 @@ from recbole.data import create_dataset
 from recbole.utils import init_seed
 
 from recbole_lrgd import distributed as dist
+from recbole_lrgd.checkpoints import source_model
 from recbole_lrgd.config import build_config
 from recbole_lrgd.data.candidates import user_items
 from recbole_lrgd.data.loaders import prepare_data
-from recbole_lrgd.rerank.retriever import Retriever, load_or_train, source_model
+from recbole_lrgd.rerank.retriever import Retriever, load_or_train
 
 
 def build_retriever_config(source: str, dataset: str, config_file_list: Optional[List[str]],
