@@ -36,13 +36,14 @@ class Retriever:
     the targets. A sequential model's own full sort keeps the history; here it is excluded for every model.
     """
 
-    def __init__(self, model, trainer, test_data, user_items: Dict[int, np.ndarray], path: str):
-        self.model, self.trainer, self.test_data, self.path = model, trainer, test_data, path
-        self.user_items = user_items
+    def __init__(self, config: Config, model, test_data, user_items: Dict[int, np.ndarray], path: str):
+        self.model, self.test_data, self.path, self.user_items = model, test_data, path, user_items
         dataset = test_data._dataset
         self.model.eval()
-        trainer.tot_item_num = dataset.item_num  # as Trainer.evaluate sets them before _full_sort_batch_eval
-        trainer.item_tensor = dataset.get_item_feature().to(trainer.device)
+        # the model's own Trainer, private to this retriever, set up for a full sort as Trainer.evaluate sets it up
+        self._trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        self._trainer.tot_item_num = dataset.item_num
+        self._trainer.item_tensor = dataset.get_item_feature().to(self._trainer.device)
         if hasattr(test_data, "user_df"):  # a general model's loader: one row per user
             uids = test_data.user_df[dataset.uid_field].numpy()
         else:  # a sequential model's: one row per test interaction (leave-one-out: one per user)
@@ -57,7 +58,7 @@ class Retriever:
         if missing:
             raise LRGDError(f"user id {missing[0]} has no test row in the retriever's data")
         batch = self.test_data.collate_fn([self._row[int(u)] for u in users])
-        scores = self.trainer._full_sort_batch_eval((batch[0], None, batch[2], batch[3]))[1]
+        scores = self._trainer._full_sort_batch_eval((batch[0], None, batch[2], batch[3]))[1]
         scores = scores.detach().cpu().clone()  # its own dtype (Pop: float64), as RecBole's collector gets it
         for k, (user, target) in enumerate(zip(users, targets)):
             history = np.setdiff1d(self.user_items.get(int(user), np.zeros(0, dtype=np.int64)), [int(target)])
@@ -99,7 +100,5 @@ def load_or_train(config: Config, source: str, train_data: AbstractDataLoader, v
     a checkpoint is loaded; a model is loaded from its cached checkpoint, trained (and cached) only when
     there is none. Under a launcher call it inside ``dist.main_first()``: rank 0 trains, the others load."""
     path = source if is_checkpoint(source) else _trained(config, train_data, valid_data)
-    model = _load(path, config, train_data)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    return Retriever(model, trainer, test_data, user_items, path)
+    return Retriever(config, _load(path, config, train_data), test_data, user_items, path)
 
