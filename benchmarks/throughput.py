@@ -170,7 +170,8 @@ def measure(model, tokenizer, prompts: List[Prompt], tokens: List[int], batch: s
     flops = 2 * non_embedding_params(model) * (run - pads) + 2 * config.hidden_size * config.vocab_size * head.rows
     return {"batch": batch, "batching": str(scorer.batching), "users": done, "seconds": elapsed,
             "users_per_s": done / elapsed, "tokens_per_s": sum(tokens[:done]) / elapsed,
-            "tflops": flops / elapsed / 1e12, "peak_mb": peak_mb(device), "pad_share": pads / run if run else 0.0}
+            "tflops": flops / elapsed / 1e12, "peak_mb": peak_mb(device), "pad_share": pads / run if run else 0.0,
+            "forward_tokens": run, "pad_tokens": pads, "head_rows": head.rows}
 
 
 KINDS = {  # an aten operator's kind, by words of its name, first match wins
