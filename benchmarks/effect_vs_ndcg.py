@@ -51,7 +51,8 @@ def main() -> None:
     model = LRGD(config, train._dataset)
     trainer = LRGDTrainer(config, model)
     trainer.fit(train, verbose=False)
-    probes = make_probes(model.ranker.pool, args.probe_users, 19, train._dataset.item_num, args.seed)
+    probes = make_probes(model.ranker.pool, args.probe_users, 19, train._dataset.item_num, args.seed,
+                         max_his_len=model.ranker.settings.max_his_len)
     probe_effect = ProbeEffect(model.ranker, probes, config["effect_temperature"])  # zero-shot scored once
 
     os.makedirs(args.out, exist_ok=True)

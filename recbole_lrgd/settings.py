@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from numbers import Real
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type,
+                    TypeVar, Union)
 
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.prompt import DEFAULT_INSTRUCTION, DEMO_FORMATS
@@ -107,7 +108,7 @@ class Settings:
     """A frozen group of keys, built whole from a RecBole config (or any mapping) by ``from_config``."""
 
     @classmethod
-    def from_config(cls: Type[S], config) -> S:
+    def from_config(cls: Type[S], config: Mapping[str, Any]) -> S:
         """The group's values; a key the config lacks is an ``LRGDError`` (the plugin's YAML sets them all)."""
         values = {}
         for spec in fields(cls):
@@ -292,8 +293,7 @@ def key_fields() -> Dict[str, Any]:
     return {config_key(spec): spec for spec in all_fields()}
 
 
-RULES: Dict[str, Rule] = {config_key(spec): spec.metadata["rule"] for spec in all_fields()
-                          if not spec.metadata["recbole"]}
+RULES: Dict[str, Rule] = {config_key(spec): spec.metadata["rule"] for spec in all_fields()}
 # keys that change every LLM score besides the model's own identity: the optimizer state's context
 SCORE_KEYS: Tuple[str, ...] = tuple(sorted(config_key(spec) for spec in all_fields()
                                            if spec.metadata["changes"] is Changes.SCORES))

@@ -20,7 +20,7 @@ from recbole_lrgd.checkpoints import check_source
 from recbole_lrgd.data.atomic import check_atomic_files
 from recbole_lrgd.data.titles import item_file_header
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.settings import RULES, Rule, is_int, integer, text
+from recbole_lrgd.settings import RULES, Rule, is_int, text
 
 if TYPE_CHECKING:
     from recbole.config import Config
@@ -42,9 +42,12 @@ def _topk(value: Any) -> bool:
     return bool(values) and all(is_int(k) and k >= 1 for k in values)
 
 
-# RecBole's own keys the plugin reads, checked as its own (Config checks metrics, topk and eval_args' type)
+# the eval_args of a run that re-ranks a retriever's full ranking (candidate_source): one held-out item per user
+FULL_EVAL_ARGS = {"split": {"LS": "valid_and_test"}, "group_by": "user", "order": "TO", "mode": "full"}
+
+# RecBole's own keys the plugin reads without a settings field, checked as its own (Config checks metrics, topk and
+# eval_args' type)
 RECBOLE_RULES: Dict[str, Rule] = {
-    "seed": integer(0),
     "topk": Rule(_topk, "a positive integer or a list of them"),
     "data_path": text(none=False),
     "checkpoint_dir": text(none=False),
@@ -52,7 +55,7 @@ RECBOLE_RULES: Dict[str, Rule] = {
 }
 
 
-def check_values(config) -> None:
+def check_values(config: Config) -> None:
     """Each plugin key the config holds has a value its rule accepts (one ``LRGDError`` otherwise). RecBole
     reads ``--key=~`` from the command line as the string '~': that means ~ (None) here."""
     for key, rule in {**RECBOLE_RULES, **RULES}.items():
@@ -220,13 +223,12 @@ def _check_rerank(config: Config) -> None:
         return
     if config["candidates_file"]:
         raise LRGDError("candidates_file and candidate_source both set: give fixed candidates or a retriever, not both")
-    full = {"split": {"LS": "valid_and_test"}, "group_by": "user", "order": "TO", "mode": "full"}
     if _eval_mode(config, "test") != "full":
-        raise LRGDError(f"candidate_source re-ranks a full ranking: set eval_args to {full} "
+        raise LRGDError(f"candidate_source re-ranks a full ranking: set eval_args to {FULL_EVAL_ARGS} "
                         f"(test mode {_eval_mode(config, 'test')!r} now)")
     if "LS" not in (config["eval_args"]["split"] or {}):
         raise LRGDError(f"candidate_source needs one held-out test item per user: eval_args split {{'LS': ...}}, "
-                        f"as in {full}")
+                        f"as in {FULL_EVAL_ARGS}")
     if _eval_mode(config, "valid") == "full" and config["valid_users"] is not None:
         raise LRGDError("candidate_source re-ranks test users only: validate LRGD on sampled candidates "
                         "(eval_args mode {'valid': 'uni19', 'test': 'full'}) or set valid_users to ~")

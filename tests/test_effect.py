@@ -90,7 +90,8 @@ def test_probe_effects_use_training_targets_and_never_the_probe_itself(tiny_data
     built, _ = run_live("LRGD", "tiny", config_dict=_cfg(tiny_data, tiny_llm_dir, demo_mode="random", eval_users=2),
                         saved=False)
     ranker = built.model.ranker
-    probes = make_probes(ranker.pool, n_users=4, n_negatives=9, item_num=len(ranker.titles), seed=0)
+    probes = make_probes(ranker.pool, n_users=4, n_negatives=9, item_num=len(ranker.titles), seed=0,
+                         max_his_len=ranker.settings.max_his_len)
     assert len(probes) == 4 and all(len(p.candidates) == 10 for p in probes)
     for p in probes:
         seq = ranker.pool.sequences[p.user]

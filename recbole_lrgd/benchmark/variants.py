@@ -17,6 +17,8 @@ import yaml
 from recbole.utils import get_model
 
 from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.properties_files import properties_dir
+from recbole_lrgd.validate import FULL_EVAL_ARGS
 
 # variant name -> (RecBole model, config keys of the variant); baselines keep RecBole's defaults
 VARIANTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
@@ -44,7 +46,6 @@ RERANK_MODES = {**{name[len("LRGD-"):]: keys for name, (model, keys) in VARIANTS
 METRICS = [("hit@1", "Hit@1"), ("hit@5", "Hit@5"), ("hit@10", "Hit@10"), ("ndcg@5", "NDCG@5"),
            ("ndcg@10", "NDCG@10"), ("mrr@10", "MRR@10"), ("effectd", "EffectD")]
 PLOT_METRICS = ["hit@10", "ndcg@10", "mrr@10"]
-FULL_EVAL_ARGS = {"split": {"LS": "valid_and_test"}, "group_by": "user", "order": "TO", "mode": "full"}
 FULL_METRICS = [("recall@10", "Recall@10"), ("ndcg@10", "NDCG@10"), ("mrr@10", "MRR@10"),
                 ("target_in_top_n", "in top-N")]
 
@@ -167,8 +168,14 @@ def variant_config(name: str, config_dict: Dict[str, Any], config_files: Sequenc
             cfg["valid_users"] = FUSION_VALID_USERS
     if effectd and model == "LRGD" and overrides.get("demo_mode") != "none" and not _sets_metrics(
             config_dict, config_files):
-        cfg["metrics"] = ["Hit", "NDCG", "MRR", "EffectD"]
+        cfg["metrics"] = [*_default_metrics(), "EffectD"]
     return model, cfg
+
+
+def _default_metrics() -> List[str]:
+    """The metrics of ``properties/overall.yaml``."""
+    with open(properties_dir() / "overall.yaml", encoding="utf-8") as f:
+        return yaml.safe_load(f)["metrics"]
 
 
 def _sets_metrics(config_dict: Dict[str, Any], config_files: Sequence[str]) -> bool:

@@ -22,9 +22,8 @@ class Probe:
     candidates: np.ndarray
 
 
-def make_probes(pool: DemonstrationPool, n_users: int, n_negatives: int, item_num: int, seed: int,
-                max_his_len: int = 50, items: Optional[np.ndarray] = None,
-                exclude: Collection[int] = ()) -> List[Probe]:
+def make_probes(pool: DemonstrationPool, n_users: int, n_negatives: int, item_num: int, seed: int, *,
+                max_his_len: int, items: Optional[np.ndarray] = None, exclude: Collection[int] = ()) -> List[Probe]:
     """A seeded sample of pool users (none of ``exclude``); negatives are items outside the user's training
     sequence, drawn from ``items`` when given (the optimizer passes the training items: nothing else is seen)."""
     skip = {int(u) for u in exclude}

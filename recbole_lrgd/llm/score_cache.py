@@ -21,7 +21,6 @@ import numpy as np
 
 from recbole_lrgd.whole_file import quarantine
 
-DEFAULT_DIR = "saved/score_cache"
 DB_NAME = "scores.sqlite"
 BUSY_TIMEOUT_S = 60.0
 _TABLE = "scores_v1"
@@ -73,8 +72,9 @@ class ScoreCache:
         self._open()
 
     @classmethod
-    def in_dir(cls, folder: Optional[str]) -> "ScoreCache":
-        return cls(os.path.join(folder or DEFAULT_DIR, DB_NAME))
+    def in_dir(cls, folder: str) -> "ScoreCache":
+        """The cache in ``folder`` (``score_cache_dir``)."""
+        return cls(os.path.join(folder, DB_NAME))
 
     @property
     def enabled(self) -> bool:
