@@ -111,7 +111,7 @@ def test_linear_dual_model_is_built_from_the_right_tokens():
     states, _ = states_for(weights)
     s = weights.scaling ** 0.5
     k, v, q_all = states.keys[0] * s, states.values[0], states.queries[0] * s
-    ctx, demo, qpos = split_positions(26, SPLIT.demos, SPLIT.query)
+    ctx, demo, qpos = split_positions(SPLIT.demos, SPLIT.query)
     direct = causal_linear_attention(q_all[qpos], k, v, qpos)
     dual = dual_model_outputs(k, v, q_all[qpos], ctx, demo, qpos)
     assert relative_errors(dual.outputs, direct).max() < 1e-12
@@ -132,7 +132,7 @@ def test_demonstration_norms_add_up_to_the_icl_update():
     norms = demonstration_norms(k, v, SPLIT.demos)
     parts = [v[a:b].T @ k[a:b] for a, b in SPLIT.demos]
     assert torch.allclose(norms, torch.stack([torch.linalg.matrix_norm(p) for p in parts]))
-    ctx, demo, qpos = split_positions(26, SPLIT.demos, SPLIT.query)
+    ctx, demo, qpos = split_positions(SPLIT.demos, SPLIT.query)
     dual = dual_model_outputs(k, v, states.queries[2][qpos], ctx, demo, qpos)
     assert torch.allclose(parts[0] + parts[1], dual.delta_w, atol=1e-12)
 
@@ -153,7 +153,7 @@ def test_center_and_balance_is_exact_up_to_a_per_query_factor():
 def test_random_feature_shifts_are_exact_and_do_not_overflow():
     g = torch.Generator().manual_seed(0)
     k, q, v = (torch.randn(12, 4, generator=g, dtype=F64) * 0.7 for _ in range(3))
-    ctx, demo, qpos = split_positions(12, [(2, 5), (6, 8)], (9, 12))
+    ctx, demo, qpos = split_positions([(2, 5), (6, 8)], (9, 12))
     proj = gaussian_projection(256, 4, g)
     result, log_scale = random_feature_dual(k, v, q[qpos], proj, ctx, demo, qpos)
     phi = lambda x: torch.exp(log_positive_features(x, proj))  # noqa: E731  (unshifted, naive)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from recbole_lrgd.llm.batching import Batching
 from recbole_lrgd.llm.prompt import Prompt, encode_parts
 from recbole_lrgd.llm.score_cache import ScoreCache
 from recbole_lrgd.llm.scorer import ParseStats, Scorer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 _BULLET = r"\s*(?:[-*\u2022>]\s*)?"
 _INDEX = re.compile(_BULLET + r"(?:(?:candidate|item|option|no\.?)\s*|#)?"
@@ -112,8 +115,8 @@ class GenerateScorer(Scorer):
     KV cache, parsed into a ranking; scores descend along it. The score cache holds the parsed ranking
     per prompt (its key includes ``max_new_tokens`` and ``match_threshold``)."""
 
-    def __init__(self, model, tokenizer, *, batching: Batching, score_cache: Optional[ScoreCache], model_id: str,
-                 max_new_tokens: int, match_threshold: float):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, batching: Batching,
+                 score_cache: Optional[ScoreCache], model_id: str, max_new_tokens: int, match_threshold: float):
         super().__init__(model, tokenizer, "generate", batching=batching, score_cache=score_cache, model_id=model_id)
         self.max_new_tokens, self.match_threshold = max(1, int(max_new_tokens)), float(match_threshold)
 

@@ -44,7 +44,7 @@ from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
 from recbole_lrgd.settings import SCORER_MODES, TITLE_SCORES
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,8 @@ class Scorer:
 
     PREFIX_CACHE_SIZE = 4  # prefixes kept: the global demonstration set's and the zero-shot one, at least
 
-    def __init__(self, model, tokenizer, mode: str, *, batching: Batching, score_cache: Optional[ScoreCache],
-                 model_id: str):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, mode: str, *, batching: Batching,
+                 score_cache: Optional[ScoreCache], model_id: str):
         if score_cache is not None and not model_id:
             raise ValueError("a score cache needs the model's identity (model_id) in its keys")
         self.model, self.lm, self.tokenizer, self.mode = model, KVModel(model), tokenizer, mode
@@ -194,7 +194,8 @@ class LLMScorer(Scorer):
     ``title_logprob``'s ``how`` and ``first_tokens`` (likelihood mode); ``mean`` needs no tokens.
     """
 
-    def __init__(self, model, tokenizer, mode: str, candidate_batch_size: int, *, batching: Batching,
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, mode: str,
+                 candidate_batch_size: int, *, batching: Batching,
                  score_cache: Optional[ScoreCache], model_id: str, title_score: str,
                  title_score_tokens: Optional[int]):
         if mode not in ("likelihood", "verbalizer"):

@@ -36,6 +36,7 @@ from recbole_lrgd.settings import DEMO_MODES, DemoSettings, PromptSettings, Scor
 if TYPE_CHECKING:
     from recbole.config import Config
     from recbole.data.dataloader import AbstractDataLoader
+    from recbole.data.dataset import Dataset
     from recbole.data.interaction import Interaction
 
 
@@ -97,7 +98,7 @@ class LRGD(SequentialRecommender):
 
     input_type = InputType.POINTWISE
 
-    def __init__(self, config, dataset):
+    def __init__(self, config: Config, dataset: Dataset):
         """``dataset``: the training data (RecBole hands a model its train loader's dataset), whose users'
         sequences make the demonstration pool."""
         super().__init__(config, dataset)

@@ -14,6 +14,7 @@ demonstration of pool user ``user`` with its ``cut`` oldest shown history items 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from functools import cached_property
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -163,9 +164,7 @@ class DemoOptimizer:
         """The saved state when it is this fit's and has finished ``stages``, its ``chosen`` the set that fit ends
         with; else None. Reading it needs no lock (states are replaced whole) and changes nothing."""
         saved = self._state_file().finished(stages)
-        if saved is not None:
-            saved.chosen = self._chosen(saved, stages)
-        return saved
+        return None if saved is None else dataclasses.replace(saved, chosen=self._chosen(saved, stages))
 
     def _chosen(self, state: OptimizerState, stages: int) -> List[Spec]:
         """The set a fit of ``stages`` ends with: stage 2's current set, or stage 1's; none (zero-shot) when

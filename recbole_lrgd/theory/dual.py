@@ -245,7 +245,7 @@ def relative_errors(estimate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor
     return (estimate - exact).norm(dim=-1) / exact.norm(dim=-1).clamp_min(torch.finfo(exact.dtype).tiny)
 
 
-def split_positions(num_tokens: int, demo_spans: Sequence[Span], query_span: Span,
+def split_positions(demo_spans: Sequence[Span], query_span: Span,
                     device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(context, demonstration, query) position tensors of a prompt split; see ``PromptSplit``."""
     q0, q1 = query_span

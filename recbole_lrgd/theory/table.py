@@ -62,9 +62,8 @@ def head_equivalence(states: HeadStates, weights: AttentionWeights, head: int, s
     of the softmax check only (1 = the real layer); below 1 it shows how the same estimator
     behaves on flatter attention. ``seed`` seeds this head's random features.
     """
-    num_tokens = states.keys.shape[1]
-    split.validate(num_tokens)
-    ctx, demo, qpos = split_positions(num_tokens, split.demos, split.query)
+    split.validate(states.keys.shape[1])
+    ctx, demo, qpos = split_positions(split.demos, split.query)
     g = weights.kv_head(head)
     s = weights.scaling ** 0.5  # fold the 1/sqrt(d) score scaling into keys and queries alike
     keys, values = states.keys[g] * s, states.values[g]
