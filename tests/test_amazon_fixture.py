@@ -118,12 +118,19 @@ def test_amazon_beauty_loads_by_name_with_raw_titles_and_5_core(amazon_beauty, t
     assert 0.0 <= result.test_result["ndcg@10"] <= 1.0
 
 
-def test_a_recbole_baseline_runs_on_the_same_files(amazon_beauty):
+def test_a_recbole_baseline_runs_on_the_same_files(amazon_beauty, tiny_llm_dir):
+    """Pop reads every user and item of the files (no filter by default) and ranks LRGD's very candidates."""
     data_path, inter, _, _ = amazon_beauty
     built, result = run_live("Pop", "amazon-beauty", config_dict=_cfg(data_path), saved=False)
+    ds = built.test_data._dataset
+    assert set(ds.field2id_token[ds.iid_field][1:]) == set(inter.item)
+    assert set(ds.field2id_token[ds.uid_field][1:]) == set(inter.user)
     assert result.test_users == 12
     for cands in built.test_data.candidate_sets().values():
         assert len(np.unique(cands)) == 20
+    _, lrgd = run_live("LRGD", "amazon-beauty", config_dict=_cfg(data_path, llm_path=tiny_llm_dir, demo_mode="none"),
+                       saved=False)
+    assert lrgd.candidates == result.candidates
 
 
 @pytest.mark.parametrize("name", ["amazon-beauty", "amazon-sports-outdoors", "amazon-toys-games",

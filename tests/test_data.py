@@ -106,3 +106,41 @@ def test_negatives_are_seeded_distinct_and_never_seen_by_the_user(tmp_path, monk
         assert not set(negs.ravel()) & set(used[uid].tolist())
     assert np.array_equal(sample_user_subset(np.arange(50), 10, 1), sample_user_subset(np.arange(50), 10, 1))
     assert len(sample_user_subset(np.arange(50), None, 1)) == 50
+
+
+def _eval_users(root, model, dataset="tiny"):
+    """{phase: raw ids of the users the phase's loader holds} of ``model``, every user evaluated."""
+    from recbole.data import create_dataset
+
+    config = build_config(model, dataset, config_dict={"data_path": root, "use_gpu": False, "state": "WARNING",
+                                                       "eval_users": None, "valid_users": None})
+    _, valid, test = prepare_data(config, create_dataset(config))
+    tokens = valid._dataset.field2id_token["user_id"]
+    return {phase: {tokens[u] for u in loader._dataset.inter_feat["user_id"].tolist()}
+            for phase, loader in (("valid", valid), ("test", test))}
+
+
+def test_every_model_evaluates_the_same_users_when_some_have_few_interactions(tmp_path, monkeypatch):
+    """Users with 2, 3 and 4 interactions: under leave-one-out a general model (Pop) has their test and validation
+    rows from 2 and 3 interactions, a sequential one (SASRec, LRGD) from 3 and 4; every model holds the users that
+    both kinds have."""
+    monkeypatch.chdir(tmp_path)
+    folder = write_tiny_dataset(str(tmp_path))
+    with open(f"{folder}/tiny.inter", "a") as f:
+        for n in (2, 3, 4):
+            f.writelines(f"s{n}\ti{t}\t{50000 + 1000 * n + t}\n" for t in range(n))
+    pop, sasrec, lrgd = (_eval_users(str(tmp_path), model) for model in ("Pop", "SASRec", "LRGD"))
+    assert pop == sasrec == lrgd
+    assert "s2" not in pop["test"] and {"s3", "s4"} <= pop["test"] and len(pop["test"]) == 32
+    assert "s3" not in pop["valid"] and "s4" in pop["valid"] and len(pop["valid"]) == 31
+
+
+def test_no_user_every_model_can_evaluate_is_one_error_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = write_tiny_dataset(str(tmp_path), name="short")
+    with open(f"{folder}/short.inter", "w") as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        f.writelines(f"u{u}\ti{t}\t{1000 * u + t}\n" for u in range(5) for t in range(2))
+    with pytest.raises(LRGDError, match="^no user has a test row that every model has: under leave-one-out that "
+                                        "needs 3 interactions or more$"):
+        _eval_users(str(tmp_path), "Pop", dataset="short")
