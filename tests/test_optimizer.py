@@ -232,6 +232,8 @@ def test_fit_never_sees_validation_or_test_targets(tmp_path, monkeypatch, stub, 
     for prompt in seen:
         shown = " ".join([prompt.text, *prompt.candidates])
         assert "Secret" not in shown
+    # the secret titles do reach a prompt: the test evaluation's candidates hold the test targets
+    assert any("Secret test" in " ".join(p.candidates) for p in record[len(seen):])
 
 
 def test_collapse_guard_reverts_to_the_best_set_seen():

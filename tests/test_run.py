@@ -32,12 +32,17 @@ def test_lrgd_runs_end_to_end_and_is_deterministic(tiny_data, tiny_llm_dir):
     assert a.global_demo_users == b.global_demo_users
 
 
-@pytest.mark.parametrize("mode", ["none", "nearest"])
-def test_demo_modes_run(tiny_data, tiny_llm_dir, mode):
+@pytest.mark.parametrize("mode,expected", [("none", {"hit@10": 0.0}), ("nearest", {"hit@1": 1.0})])
+def test_demo_modes_run(tiny_data, tiny_llm_dir, monkeypatch, mode, expected):
+    """A stub ranks the target first when the prompt shows demonstrations and last when it shows none: nearest
+    shows each of the 12 users some, zero-shot none."""
+    install_stub_scorer(monkeypatch, lambda prompt, target: np.array(
+        [float((c == target) == bool(prompt.demonstrations)) for c in prompt.candidates]))
     result = _lrgd(tiny_data, tiny_llm_dir, demo_mode=mode)
     assert result.test_users == 12 and result.global_demo_users == ()  # neither shows one set to every user
     assert result.demonstrations == {"none": "none (zero-shot)", "nearest": "per user (most item overlap)"}[mode]
-    assert 0.0 <= result.test_result["ndcg@10"] <= 1.0
+    for key, value in expected.items():
+        assert result.test_result[key] == pytest.approx(value)
 
 
 @pytest.mark.parametrize("invert,expected", [(False, {"hit@1": 1.0, "mrr@10": 1.0}),

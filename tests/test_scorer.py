@@ -277,13 +277,6 @@ def test_empty_suffix_and_one_token_candidates_need_no_forward_after_the_prefix(
     np.testing.assert_allclose(got, _naive(scorer, prompt), atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["likelihood", "verbalizer", "generate"])
-def test_score_is_score_many_of_one_prompt(tiny_llm, mode):
-    scorer = _scorer(tiny_llm, mode, candidate_batch_size=7, max_new_tokens=4)
-    prompt = _prompt(tiny_llm[1], mode=mode)
-    np.testing.assert_array_equal(scorer.score(prompt), scorer.score_many([prompt])[0])
-
-
 def test_every_mode_has_the_scorer_interface(tiny_llm):
     from recbole_lrgd.llm.generate import GenerateScorer
     from recbole_lrgd.llm.scorer import ScoreCounts
