@@ -76,7 +76,10 @@ def boolean(word: str = "", none: bool = False) -> Rule:
 
 
 def text(none: bool = True) -> Rule:
-    return Rule(lambda v: isinstance(v, str) or (none and v is None), "a string" + (" or ~" if none else ""))
+    """A string, or ~ where ``none``; a key that cannot be ~ cannot be empty either (a folder, a field, a metric)."""
+    if none:
+        return Rule(lambda v: isinstance(v, str) or v is None, "a string or ~")
+    return Rule(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
 
 
 # -- what a key changes ----------------------------------------------------------------------------------

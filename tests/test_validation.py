@@ -245,6 +245,8 @@ def test_4500_word_titles_are_capped_once_like_short_ones(base, tmp_path, monkey
     ({"valid_metric": "NDCG"}, "valid_metric 'NDCG' is not among the evaluated metrics"),
     ({"eval_args": "uni19"}, "eval_args in config_dict must be a mapping of split, group_by, order, mode, not 'uni19'"),
     ({"fallback_zero_shot": 2}, "fallback_zero_shot must be True or False, not 2"),
+    ({"score_cache_dir": ""}, "score_cache_dir must be a non-empty string, not ''"),
+    ({"title_field": " "}, "title_field must be a non-empty string, not ' '"),
 ])
 def test_recbole_keys_the_plugin_reads_are_one_line_before_anything_is_written(base, monkeypatch, keys, match):
     _fails_first(monkeypatch, match, model="LRGD", dataset="tiny", config_dict={**base, **keys})
