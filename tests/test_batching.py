@@ -108,15 +108,17 @@ def test_budget_batches_score_as_one_user_at_a_time_in_float32(tiny_llm, mode):
 
 
 def test_budget_batches_in_bfloat16_stay_within_its_rounding(tiny_llm):
-    """In bf16 a batch's padding changes the order of sums: scores move by about bf16's rounding of a
-    log-prob (2^-8 of its size), never more than 3% here."""
+    """In bf16 a batch's padding may change the order of sums: scores move by no more than bf16's rounding of a
+    log-prob (2^-8 of its size)."""
     model, tok = tiny_llm
     half = (copy.deepcopy(model).to(torch.bfloat16), tok)
     prompts = _per_user_prompts(tok) + _user_prompts(tok, users=9)
-    got = _budget_scorer(half, "likelihood", 1200).score_many(prompts)
+    batched = _budget_scorer(half, "likelihood", 1200)
+    got = batched.score_many(prompts)
+    assert batched.counts.pad_tokens > 0  # rows of different widths shared forward passes
     alone = _scorer(half, candidate_batch_size=6, user_batch_size=1)
     for p, scores in zip(prompts, got, strict=True):
-        np.testing.assert_allclose(scores, alone.score(p), rtol=0.03)
+        np.testing.assert_allclose(scores, alone.score(p), rtol=2 ** -8)
 
 
 def test_counts_hold_the_tokens_run_and_their_pads(tiny_llm):

@@ -85,4 +85,5 @@ def test_a_profile_splits_a_chunks_time_without_counting_any_twice(tiny_llm):
     line = throughput.profile(model, tok, _per_user_prompts(tok), "cpu")
     assert line.startswith("5 users, ")
     shares = [float(part.rsplit("(", 1)[1].rstrip("%)")) for part in line.split(": ", 1)[1].split("; ")]
-    assert len(shares) == len(throughput.KINDS) + 2 and sum(shares) == pytest.approx(100, abs=len(shares))
+    # whole percents: each share rounds by half a percent at most, so a time counted twice shows
+    assert len(shares) == len(throughput.KINDS) + 2 and sum(shares) == pytest.approx(100, abs=len(shares) / 2)
