@@ -27,8 +27,9 @@ LEAVE_ONE_OUT_MIN_INTERACTIONS = {"valid": 4, "test": 3}
 
 def evaluable(config: Config, counts: np.ndarray, uids: np.ndarray, phase: str) -> np.ndarray:
     """The users of ``uids`` (a phase's rows) that every model has a ``phase`` row for, given each user's
-    interaction count (``counts``, by user id): all of them unless the split is leave-one-out."""
-    if "LS" not in (config["eval_args"]["split"] or {}):
+    interaction count (``counts``, by user id): all of them unless RecBole splits leave-one-out itself (not from
+    the pre-split files of ``benchmark_filename``)."""
+    if config["benchmark_filename"] or "LS" not in (config["eval_args"]["split"] or {}):
         return uids
     kept = uids[counts[uids] >= LEAVE_ONE_OUT_MIN_INTERACTIONS[phase]]
     left_out = len(np.unique(uids)) - len(np.unique(kept))
