@@ -144,3 +144,15 @@ def test_no_user_every_model_can_evaluate_is_one_error_line(tmp_path, monkeypatc
     with pytest.raises(LRGDError, match="^no user has a test row that every model has: under leave-one-out that "
                                         "needs 3 interactions or more$"):
         _eval_users(str(tmp_path), "Pop", dataset="short")
+
+
+def test_only_recboles_own_leave_one_out_split_leaves_users_out():
+    from recbole_lrgd.data.loaders import evaluable
+
+    counts, uids = np.array([0, 2, 3, 4, 9]), np.array([1, 2, 3, 4])
+    ls = {"benchmark_filename": None, "eval_args": {"split": {"LS": "valid_and_test"}}}
+    assert evaluable(ls, counts, uids, "test").tolist() == [2, 3, 4]
+    assert evaluable(ls, counts, uids, "valid").tolist() == [3, 4]
+    for config in ({**ls, "benchmark_filename": ["train", "valid", "test"]},
+                   {**ls, "eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}}}):
+        assert evaluable(config, counts, uids, "test").tolist() == [1, 2, 3, 4]
