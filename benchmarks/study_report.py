@@ -1002,12 +1002,9 @@ def settings_table(model: str, dataset: str, table: Dict[str, dict], with_bias: 
 
 def lrgd_defaults() -> dict:
     """LRGD's YAML defaults (``properties/model/LRGD.yaml``), which the page's default section names."""
-    import yaml
+    from recbole_lrgd.properties_files import shipped_defaults
 
-    from recbole_lrgd.properties_files import properties_dir
-
-    with open(os.path.join(properties_dir(), "model", "LRGD.yaml"), encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    return shipped_defaults("model/LRGD.yaml")
 
 
 def default_section(confirm: Dict[Key, dict]) -> List[str]:

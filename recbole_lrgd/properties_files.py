@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from importlib import metadata, resources
 from pathlib import Path
-from typing import List, Set
+from typing import Any, Dict, List, Set
+
+import yaml
 
 from recbole_lrgd.errors import LRGDError
 
@@ -34,6 +36,12 @@ def properties_dir() -> Path:
     if (root / "pyproject.toml").is_file() and (root / "properties").is_dir():
         return root / "properties"
     raise LRGDError(f"broken install: the plugin's YAML defaults are not in {packaged} (reinstall recbole_lrgd)")
+
+
+def shipped_defaults(name: str) -> Dict[str, Any]:
+    """The keys and defaults of one of the plugin's YAML files, e.g. ``overall.yaml`` or ``model/LRGD.yaml``."""
+    with open(properties_dir() / name, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
 
 
 def recorded_datasets(folder: Path) -> Set[str]:

@@ -29,12 +29,11 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
-import yaml
 from recbole.trainer import AbstractTrainer, Trainer
 from recbole.utils import set_color
 
 from recbole_lrgd.digest import digest
-from recbole_lrgd.properties_files import properties_dir
+from recbole_lrgd.properties_files import shipped_defaults
 from recbole_lrgd.whole_file import write_whole
 
 if TYPE_CHECKING:
@@ -56,8 +55,7 @@ NOT_TRAINING_KEYS = ("gpu_id", "use_gpu", "device", "state", "data_path", "check
 def training_settings(config: Config) -> Dict[str, Any]:
     """The config keys that can change what the model learns: all but ``NOT_TRAINING_KEYS`` and LRGD's
     own; of eval_args the split, order, grouping and the validation mode (early stopping reads it)."""
-    with open(os.path.join(properties_dir(), "model", "LRGD.yaml"), encoding="utf-8") as f:
-        lrgd_keys = set(yaml.safe_load(f))
+    lrgd_keys = set(shipped_defaults("model/LRGD.yaml"))
     settings = {k: v for k, v in config.final_config_dict.items()
                 if k not in NOT_TRAINING_KEYS and k not in lrgd_keys and k != "eval_args"}
     if config["worker"]:  # loader processes draw the negative samples with seeds of their own

@@ -17,7 +17,7 @@ import yaml
 from recbole.utils import get_model
 
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.properties_files import properties_dir
+from recbole_lrgd.properties_files import shipped_defaults
 from recbole_lrgd.validate import FULL_EVAL_ARGS
 
 # variant name -> (RecBole model, config keys of the variant); baselines keep RecBole's defaults
@@ -168,14 +168,8 @@ def variant_config(name: str, config_dict: Dict[str, Any], config_files: Sequenc
             cfg["valid_users"] = FUSION_VALID_USERS
     if effectd and model == "LRGD" and overrides.get("demo_mode") != "none" and not _sets_metrics(
             config_dict, config_files):
-        cfg["metrics"] = [*_default_metrics(), "EffectD"]
+        cfg["metrics"] = [*shipped_defaults("overall.yaml")["metrics"], "EffectD"]
     return model, cfg
-
-
-def _default_metrics() -> List[str]:
-    """The metrics of ``properties/overall.yaml``."""
-    with open(properties_dir() / "overall.yaml", encoding="utf-8") as f:
-        return yaml.safe_load(f)["metrics"]
 
 
 def _sets_metrics(config_dict: Dict[str, Any], config_files: Sequence[str]) -> bool:
