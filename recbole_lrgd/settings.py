@@ -3,8 +3,9 @@
 ``properties/overall.yaml`` and ``properties/model/LRGD.yaml`` write each key's default and meaning (RecBole's
 convention); a field here holds the key's type, the values it accepts (``Rule``) and what it changes
 (``Changes``). Everything else is derived from the fields: ``validate.check_values``' rules (``RULES``), the
-optimizer state's identity (``SCORE_KEYS`` and ``OptimizerSettings.identity``), and with ``keys.py`` ``--help``
-and ``docs/keys.md``. Each class is built whole by ``from_config``; a variant is ``dataclasses.replace``.
+optimizer state's identity (``SCORE_KEYS`` and ``OptimizerSettings.identity``), a trained RecBole model's
+(``NOT_TRAINING_KEYS``), and with ``keys.py`` ``--help`` and ``docs/keys.md``.
+Each class is built whole by ``from_config``; a variant is ``dataclasses.replace``.
 """
 from __future__ import annotations
 
@@ -91,6 +92,7 @@ class Changes(Enum):
     MODEL = "model"          # the model's identity (llm.model_identity: files, resolved dtype, device type)
     SCORES = "scores"        # every LLM score: in SCORE_KEYS, the state's context
     OPTIMIZER = "optimizer"  # the optimizer's choices: in OptimizerSettings.identity
+    TRAINING = "training"    # what a RecBole model learns (early stopping's users): in a trained model's identity
 
 
 def setting(rule: Rule, changes: Changes = Changes.NOTHING, key: str = "", recbole: bool = False) -> Any:
@@ -139,7 +141,8 @@ class EvalSettings(Settings):
     """Who is evaluated, for every model (``properties/overall.yaml``)."""
 
     eval_users: Optional[int] = setting(integer(1, none="all users"))
-    valid_users: Optional[int] = setting(integer(1, none="no validation for LRGD, all users for RecBole models"))
+    valid_users: Optional[int] = setting(integer(1, none="no validation for LRGD, all users for RecBole models"),
+                                         Changes.TRAINING)
     slices: bool = setting(boolean())
     candidates_file: Optional[str] = setting(text())
 
@@ -300,3 +303,8 @@ RULES: Dict[str, Rule] = {config_key(spec): spec.metadata["rule"] for spec in al
 # keys that change every LLM score besides the model's own identity: the optimizer state's context
 SCORE_KEYS: Tuple[str, ...] = tuple(sorted(config_key(spec) for spec in all_fields()
                                            if spec.metadata["changes"] is Changes.SCORES))
+# the plugin's keys that cannot change what a RecBole model learns: all but those of RecBole's own (seed) and those
+# that change a training
+NOT_TRAINING_KEYS: Tuple[str, ...] = tuple(sorted(config_key(spec) for spec in all_fields()
+                                                  if not spec.metadata["recbole"]
+                                                  and spec.metadata["changes"] is not Changes.TRAINING))

@@ -33,7 +33,7 @@ from recbole.trainer import AbstractTrainer, Trainer
 from recbole.utils import set_color
 
 from recbole_lrgd.digest import digest
-from recbole_lrgd.properties_files import shipped_defaults
+from recbole_lrgd.settings import NOT_TRAINING_KEYS
 from recbole_lrgd.whole_file import write_whole
 
 if TYPE_CHECKING:
@@ -41,23 +41,22 @@ if TYPE_CHECKING:
     from recbole.data.dataloader import AbstractDataLoader
 
 
-# config keys that cannot change what a model learns: where things go, what is logged, which device
-# and how many processes, which metrics are reported (early stopping reads valid_metric alone), and the
-# test phase (the data hash covers the data itself); LRGD's own keys (properties/model/LRGD.yaml) are
-# left out too
-NOT_TRAINING_KEYS = ("gpu_id", "use_gpu", "device", "state", "data_path", "checkpoint_dir", "show_progress",
-                     "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path", "log_wandb",
-                     "wandb_project", "worker", "metrics", "topk", "eval_batch_size", "eval_users", "candidates_file",
-                     "test_neg_sample_args", "local_rank", "nproc", "world_size", "offset", "ip", "port",
-                     "single_spec", "config_files", "result_file", "slices")
+# RecBole's config keys that cannot change what a model learns: where things go, what is logged, which device and
+# how many processes, which metrics are reported (early stopping reads valid_metric alone), and the test phase (the
+# data hash covers the data itself); the plugin's own such keys are its settings fields' (settings.NOT_TRAINING_KEYS)
+RECBOLE_NOT_TRAINING_KEYS = ("gpu_id", "use_gpu", "device", "state", "data_path", "checkpoint_dir", "show_progress",
+                             "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path",
+                             "log_wandb", "wandb_project", "worker", "metrics", "topk", "eval_batch_size",
+                             "test_neg_sample_args", "local_rank", "nproc", "world_size", "offset", "ip", "port",
+                             "single_spec", "config_files", "result_file")
 
 
 def training_settings(config: Config) -> Dict[str, Any]:
-    """The config keys that can change what the model learns: all but ``NOT_TRAINING_KEYS`` and LRGD's
-    own; of eval_args the split, order, grouping and the validation mode (early stopping reads it)."""
-    lrgd_keys = set(shipped_defaults("model/LRGD.yaml"))
-    settings = {k: v for k, v in config.final_config_dict.items()
-                if k not in NOT_TRAINING_KEYS and k not in lrgd_keys and k != "eval_args"}
+    """The config keys that can change what the model learns: all but RecBole's and the plugin's that cannot
+    (``RECBOLE_NOT_TRAINING_KEYS``, ``settings.NOT_TRAINING_KEYS``); of eval_args the split, order, grouping and
+    the validation mode (early stopping reads it)."""
+    left_out = {*RECBOLE_NOT_TRAINING_KEYS, *NOT_TRAINING_KEYS, "eval_args"}
+    settings = {k: v for k, v in config.final_config_dict.items() if k not in left_out}
     if config["worker"]:  # loader processes draw the negative samples with seeds of their own
         settings["worker"] = config["worker"]
     eval_args = dict(config["eval_args"])

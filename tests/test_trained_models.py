@@ -123,3 +123,31 @@ def test_a_baselines_row_and_a_fusion_rows_prior_are_one_training(tiny_data, tin
                                                  prior_model="BPR", prior_weight=1), saved=False)
     assert fused.test_result["ndcg@10"] == row.test_result["ndcg@10"]
     assert fused.test_per_user == row.test_per_user
+
+
+class _Config(dict):
+    """What ``training_settings`` reads of RecBole's Config: the final dict, by key."""
+
+    @property
+    def final_config_dict(self):
+        return self
+
+
+_BASE = {"model": "SASRec", "learning_rate": 0.001, "seed": 2020, "valid_metric": "NDCG@10", "worker": 0,
+         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "uni19"},
+         "valid_users": None, "eval_users": 100, "slices": False, "candidates_file": None, "num_demos": 3,
+         "metrics": ["NDCG"], "topk": [10], "checkpoint_dir": "saved", "gpu_id": "0"}
+
+
+@pytest.mark.parametrize("key, value, changes", [
+    ("eval_users", 7, False), ("slices", True, False), ("candidates_file", "c.tsv", False), ("num_demos", 9, False),
+    ("metrics", ["Hit"], False), ("topk", [5], False), ("checkpoint_dir", "elsewhere", False),
+    ("eval_args", {**_BASE["eval_args"], "mode": {"valid": "uni19", "test": "full"}}, False),
+    ("valid_users", 300, True), ("seed", 1, True), ("learning_rate", 0.01, True), ("valid_metric", "Hit@10", True),
+    ("eval_args", {**_BASE["eval_args"], "mode": "uni99"}, True)])
+def test_a_trained_models_identity_holds_the_keys_that_change_what_it_learns(key, value, changes):
+    """Where a run's test is evaluated and reported, and LRGD's own keys, leave the trained model shared; its
+    validation (early stopping's users, metric and candidates), seed and training keys make it another."""
+    before = trained_models.training_settings(_Config(_BASE))
+    after = trained_models.training_settings(_Config({**_BASE, key: value}))
+    assert (after != before) is changes
