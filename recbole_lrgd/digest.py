@@ -6,6 +6,6 @@ import json
 from typing import Any
 
 
-def digest(obj: Any) -> str:
-    """The SHA-1 of ``obj`` as sorted-key JSON (other values as their ``str``)."""
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+def digest(obj: Any, algorithm: str = "sha1") -> str:
+    """The hex hash (``hashlib``'s ``algorithm``) of ``obj`` as sorted-key JSON (other values as their ``str``)."""
+    return hashlib.new(algorithm, json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

@@ -20,6 +20,7 @@ from recbole_lrgd.checkpoints import check_source
 from recbole_lrgd.data.atomic import check_atomic_files
 from recbole_lrgd.data.titles import item_file_header
 from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.properties_files import shipped_defaults
 from recbole_lrgd.settings import RULES, Rule, is_int, text
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def _topk(value: Any) -> bool:
 
 
 # the eval_args of a run that re-ranks a retriever's full ranking (candidate_source): one held-out item per user
-FULL_EVAL_ARGS = {"split": {"LS": "valid_and_test"}, "group_by": "user", "order": "TO", "mode": "full"}
+FULL_EVAL_ARGS = {**shipped_defaults("overall.yaml")["eval_args"], "mode": "full"}
 
 # RecBole's own keys the plugin reads without a settings field, checked as its own (Config checks metrics, topk and
 # eval_args' type)

@@ -20,6 +20,7 @@ import yaml
 from recbole_lrgd.benchmark.variants import PROTOCOLS
 from recbole_lrgd.config import properties_files
 from recbole_lrgd.data.slices import Slices
+from recbole_lrgd.digest import digest
 from recbole_lrgd.results import RunResult
 from recbole_lrgd.whole_file import write_whole
 
@@ -40,7 +41,7 @@ def _yaml_digest(path: str) -> str:
     """A properties file's keys and values (not its comments, which change no number)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return hashlib.sha256(json.dumps(yaml.safe_load(f), sort_keys=True, default=str).encode()).hexdigest()
+            return digest(yaml.safe_load(f), "sha256")
     except (OSError, yaml.YAMLError):
         return _file_digest(path)
 
@@ -58,8 +59,7 @@ def config_hash(dataset: str, model: str, config_dict: Dict[str, Any], config_fi
     cands = config_dict.get("candidates_file")
     if cands:
         payload["candidates_file"] = _file_digest(cands)
-    blob = json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return digest(payload, "sha256")[:16]
 
 
 def _number(value: Any) -> Optional[float]:

@@ -18,6 +18,7 @@ from recbole.utils import get_model
 
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.properties_files import shipped_defaults
+from recbole_lrgd.settings import RULES
 from recbole_lrgd.validate import FULL_EVAL_ARGS
 
 # variant name -> (RecBole model, config keys of the variant); baselines keep RecBole's defaults
@@ -89,8 +90,9 @@ def _weight(name: str, text: str, what: str) -> float:
         weight = float(text)
     except ValueError:
         weight = math.nan
-    if not 0 <= weight <= 1:  # nan too
-        raise LRGDError(f"benchmark variant {name!r}: the {what} after @ must be a number >= 0 and <= 1, not {text!r}")
+    rule = RULES["rerank_blend"]  # a blend or a fusion weight: a number in [0, 1]
+    if not rule.ok(weight):  # nan too
+        raise LRGDError(f"benchmark variant {name!r}: the {what} after @ must be {rule.expected}, not {text!r}")
     return weight
 
 

@@ -10,9 +10,14 @@ from typing import Dict, Tuple
 import numpy as np
 
 
+def ndcg_of_rank(rank: float, k: int = 10) -> float:
+    """NDCG@k of one held-out item from its 0-based rank: 1 / log2(rank + 2) inside the top k, else 0."""
+    return float(1.0 / np.log2(rank + 2)) if rank < k else 0.0
+
+
 def ndcg_at(ranks: Dict[int, int], k: int = 10) -> Dict[int, float]:
-    """NDCG@k of one held-out item per user from its 0-based rank: 1 / log2(rank + 2) inside the top k, else 0."""
-    return {u: (1.0 / np.log2(r + 2) if r < k else 0.0) for u, r in ranks.items()}
+    """NDCG@k of one held-out item per user from its 0-based rank."""
+    return {u: ndcg_of_rank(r, k) for u, r in ranks.items()}
 
 
 def paired_bootstrap(a: Dict[int, float], b: Dict[int, float], n_boot: int = 10000, seed: int = 0,

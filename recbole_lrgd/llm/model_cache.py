@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import torch
 
+from recbole_lrgd.digest import digest
 from recbole_lrgd.llm.cast_folder import cast_folder
 
 if TYPE_CHECKING:
@@ -63,10 +63,9 @@ def folder_identity(folder: str, dtype: torch.dtype) -> Dict[str, Any]:
 
 def entry_dir(cache_dir: str, ident: Dict[str, Any]) -> str:
     """An entry's folder: a readable name (file stem, dtype) plus a digest of the whole identity."""
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     stem = os.path.basename(ident["file"])
     stem = stem if "weights" in ident else os.path.splitext(stem)[0]  # a cast folder keeps its whole name
-    return os.path.join(os.path.abspath(cache_dir), f"{stem}-{ident['dtype']}-{digest}")
+    return os.path.join(os.path.abspath(cache_dir), f"{stem}-{ident['dtype']}-{digest(ident, 'sha256')[:16]}")
 
 
 def load_or_convert(cache_dir: Optional[str], model_file: str, dtype: torch.dtype, write: Callable[[str], None],

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from recbole_lrgd.data.chunks import user_rows
+from recbole_lrgd.evaluator.per_user import ndcg_of_rank
 from recbole_lrgd.rerank.blend import blended
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class Fusion:
 def ndcg10(scores: np.ndarray, target: int) -> float:
     """NDCG@10 of one held-out item among a user's candidates; a tie counts as half a place above it."""
     above = float(np.sum(scores > scores[target])) + 0.5 * float(np.sum(scores == scores[target]) - 1)
-    return 1.0 / np.log2(above + 2) if above < 10 else 0.0
+    return ndcg_of_rank(above)
 
 
 def choose_weight(blocks: Sequence[Block], grid: Sequence[float] = WEIGHT_GRID) -> Tuple[float, Dict[float, float]]:
