@@ -21,13 +21,16 @@ from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_prompt  
 from recbole_lrgd.llm.modes import make_scorer  # noqa: E402
 from recbole_lrgd.llm.scorer import naive_likelihood  # noqa: E402
 from recbole_lrgd.llm.tiny import save_tiny_llm  # noqa: E402
+from recbole_lrgd.properties_files import shipped_defaults  # noqa: E402
 from recbole_lrgd.quick_start import run  # noqa: E402
+from recbole_lrgd.settings import ScorerSettings  # noqa: E402
 
 
 def scorer_equality(path: str, device: str, dtype: str) -> float:
     model, tok = load_llm(path, device=device, dtype=dtype)
-    scorer = make_scorer(model, tok, mode="likelihood", candidate_batch_size=7, user_batch_size=8, score_cache=None,
-                         model_id="", max_new_tokens=100, match_threshold=0.8, title_score="mean", title_score_tokens=3)
+    settings = ScorerSettings.from_config({**shipped_defaults("model/LRGD.yaml"), "scorer_mode": "likelihood",
+                                           "candidate_batch_size": 7, "user_batch_size": 8, "title_score": "mean"})
+    scorer = make_scorer(model, tok, settings)
     cands = [f"Candidate {'x' * (i % 5)} {i}" for i in range(20)]
     worst = 0.0
     for user in range(3):

@@ -166,6 +166,13 @@ def yaml_config(**overrides):
     return config
 
 
+def scorer_settings(**overrides):
+    """``ScorerSettings`` of the YAML's defaults with ``overrides`` (by key), for a scorer built by hand."""
+    from recbole_lrgd.settings import ScorerSettings
+
+    return ScorerSettings.from_config(yaml_config(**overrides))
+
+
 def run_live(model: str, dataset: str, config_file_list=None, config_dict=None, saved: bool = True):
     """``quick_start.run`` for a test that needs the run's live objects too: ``(built, result)``, where ``built``
     holds the config, the loaders, the model and its trainer (``quick_start.Built``) and ``result`` is the

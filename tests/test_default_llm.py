@@ -1,5 +1,6 @@
 """LRGD with the real default LLM (SmolLM2-135M-Instruct) on a small ml-100k slice."""
 import pytest
+from conftest import scorer_settings
 
 from recbole_lrgd.quick_start import run
 
@@ -27,8 +28,8 @@ def test_default_llm_cached_scores_equal_naive_scores():
     from recbole_lrgd.llm.scorer import naive_likelihood
 
     model, tok = load_llm(None, device="cpu", dtype="float32")
-    scorer = make_scorer(model, tok, mode="likelihood", candidate_batch_size=8, user_batch_size=8, score_cache=None,
-                         model_id="", max_new_tokens=100, match_threshold=0.8, title_score="mean", title_score_tokens=3)
+    scorer = make_scorer(model, tok, scorer_settings(scorer_mode="likelihood", candidate_batch_size=8,
+                                                     user_batch_size=8, title_score="mean"))
     demos = [Demonstration(("Toy Story (1995)", "Heat (1995)"), "Fargo (1996)")]
     cands = ["Star Wars (1977)", "Babe (1995)", "Casino (1995)", "Jumanji (1995)", "Sabrina (1995)",
              "GoldenEye (1995)", "Braveheart (1995)", "Apollo 13 (1995)", "Twelve Monkeys (1995)", "Clueless (1995)"]
@@ -51,8 +52,8 @@ def test_default_llm_batched_users_equal_naive_scores():
     from recbole_lrgd.llm.scorer import naive_likelihood
 
     model, tok = load_llm(None, device="cpu", dtype="float32")
-    scorer = make_scorer(model, tok, mode="likelihood", candidate_batch_size=8, user_batch_size=4, score_cache=None,
-                         model_id="", max_new_tokens=100, match_threshold=0.8, title_score="mean", title_score_tokens=3)
+    scorer = make_scorer(model, tok, scorer_settings(scorer_mode="likelihood", candidate_batch_size=8,
+                                                     user_batch_size=4, title_score="mean"))
     demos = [Demonstration(("Toy Story (1995)", "Heat (1995)"), "Fargo (1996)")]
     cands = ["Star Wars (1977)", "Babe (1995)", "Casino (1995)", "Jumanji (1995)", "Sabrina (1995)",
              "Twelve Monkeys (1995)"]

@@ -1,6 +1,7 @@
 """Generate mode: the ranked-list parser (pure functions) and a run that reports its parse failures."""
 import numpy as np
 import pytest
+from conftest import scorer_settings
 
 from recbole_lrgd.llm.generate import (complete_ranking, match_title, parse_ranking, ranking_scores,
                                        split_entries)
@@ -82,9 +83,10 @@ def test_generate_prompt_numbers_the_shown_candidates():
 def _scorer(tiny_llm, max_new_tokens, **kw):
     from recbole_lrgd.llm.modes import make_scorer
 
-    return make_scorer(*tiny_llm, mode="generate", candidate_batch_size=20, user_batch_size=8, score_cache=None,
-                       model_id="", max_new_tokens=max_new_tokens, match_threshold=THRESHOLD,
-                       **{"title_score": "mean", "title_score_tokens": 3, **kw})
+    settings = scorer_settings(**{"scorer_mode": "generate", "candidate_batch_size": 20, "user_batch_size": 8,
+                                  "max_new_tokens": max_new_tokens, "title_match_threshold": THRESHOLD,
+                                  "title_score": "mean", "title_score_tokens": 3, **kw})
+    return make_scorer(*tiny_llm, settings)
 
 
 def test_scores_follow_the_parsed_ranking_in_caller_order(tiny_llm, monkeypatch):

@@ -6,6 +6,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+from conftest import scorer_settings
 
 from recbole_lrgd.llm.model_identity import model_identity
 from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
@@ -60,9 +61,10 @@ def _prompt(tok, mode, candidates=None, user=3):
 def _scorer(tiny_llm, mode, path, **kw):
     from recbole_lrgd.llm.modes import make_scorer
 
-    return make_scorer(*tiny_llm, mode=mode, candidate_batch_size=7, user_batch_size=8,
-                       score_cache=ScoreCache(str(path)), model_id="tiny", max_new_tokens=8, match_threshold=0.8,
-                       **{"title_score": "mean", "title_score_tokens": 3, **kw})
+    settings = scorer_settings(**{"scorer_mode": mode, "candidate_batch_size": 7, "user_batch_size": 8,
+                                  "max_new_tokens": 8, "title_match_threshold": 0.8, "title_score": "mean",
+                                  "title_score_tokens": 3, **kw})
+    return make_scorer(*tiny_llm, settings, ScoreCache(str(path)), "tiny")
 
 
 def _count_forwards(model, calls):

@@ -4,19 +4,23 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import scorer_settings, yaml_config
 
+from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.batching import FixedBatches
 from recbole_lrgd.llm.prompt import Demonstration, Prompt, build_prompt, encode_parts, encode_prompt
 from recbole_lrgd.llm.modes import make_scorer
 from recbole_lrgd.llm.scorer import (LLMScorer, common_start, mean_token_logprob, naive_likelihood,
                                      pack_candidates)
+from recbole_lrgd.settings import ScorerSettings
 
 
 def _scorer(tiny_llm, mode="likelihood", candidate_batch_size=20, user_batch_size=8, score_cache=None,
             model_id="", max_new_tokens=8):
-    return make_scorer(*tiny_llm, mode=mode, candidate_batch_size=candidate_batch_size,
-                       user_batch_size=user_batch_size, score_cache=score_cache, model_id=model_id,
-                       max_new_tokens=max_new_tokens, match_threshold=0.8, title_score="mean", title_score_tokens=3)
+    settings = scorer_settings(scorer_mode=mode, candidate_batch_size=candidate_batch_size,
+                               user_batch_size=user_batch_size, max_new_tokens=max_new_tokens,
+                               title_match_threshold=0.8, title_score="mean", title_score_tokens=3)
+    return make_scorer(*tiny_llm, settings, score_cache, model_id)
 
 
 def _naive(scorer, prompt):
@@ -285,9 +289,10 @@ def test_every_mode_has_the_scorer_interface(tiny_llm):
         scorer = _scorer(tiny_llm, mode, user_batch_size=5)
         assert type(scorer) is cls and scorer.mode == mode and scorer.tokenizer is tiny_llm[1]
         assert scorer.batching == FixedBatches(5) and scorer.counts == ScoreCounts()
-    with pytest.raises(TypeError, match="candidate_batch_size"):  # no defaults: the YAML holds them
-        make_scorer(*tiny_llm, mode="likelihood", user_batch_size=8, score_cache=None, model_id="",
-                    max_new_tokens=8, match_threshold=0.8, title_score="mean", title_score_tokens=3)
+    defaults = yaml_config()
+    del defaults["candidate_batch_size"]
+    with pytest.raises(LRGDError, match="no 'candidate_batch_size'"):  # no defaults in code: the YAML holds them
+        ScorerSettings.from_config(defaults)
 
 
 class _OldStyleLM(torch.nn.Module):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import yaml_config
+from conftest import scorer_settings, yaml_config
 
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_parts, encode_prompt
@@ -20,9 +20,10 @@ MODES = [("mean", None), ("sum", None), ("first", 3)]
 
 
 def _scorer(tiny_llm, title_score="mean", title_score_tokens=None, mode="likelihood", score_cache=None):
-    return make_scorer(*tiny_llm, mode=mode, candidate_batch_size=7, user_batch_size=8, score_cache=score_cache,
-                       model_id="tiny", max_new_tokens=8, match_threshold=0.8, title_score=title_score,
-                       title_score_tokens=title_score_tokens)
+    settings = scorer_settings(scorer_mode=mode, candidate_batch_size=7, user_batch_size=8, max_new_tokens=8,
+                               title_match_threshold=0.8, title_score=title_score,
+                               title_score_tokens=title_score_tokens)
+    return make_scorer(*tiny_llm, settings, score_cache, "tiny")
 
 
 def _prompts(tok, mode="likelihood"):

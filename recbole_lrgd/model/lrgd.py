@@ -48,10 +48,7 @@ def config_scorer(config: Config) -> Scorer:
     if s.score_cache:
         cache = ScoreCache.in_dir(s.score_cache_dir)
         model_id = model_identity(config["llm_path"], config["llm_dtype"], llm_device(config))
-    scorer = make_scorer(model, tokenizer, mode=s.scorer_mode, candidate_batch_size=s.candidate_batch_size,
-                         user_batch_size=s.user_batch_size, score_cache=cache, model_id=model_id,
-                         max_new_tokens=s.max_new_tokens, match_threshold=s.title_match_threshold,
-                         title_score=s.title_score, title_score_tokens=s.title_score_tokens)
+    scorer = make_scorer(model, tokenizer, s, cache, model_id)
     # what auto chose is news on the console; a fixed size is in the config already
     getLogger().info(f"scoring batches: {scorer.batching}", extra=None if s.user_batch_size == AUTO else FILE_ONLY)
     return scorer
