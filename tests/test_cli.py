@@ -55,6 +55,33 @@ def test_a_key_given_twice_keeps_its_last_value_with_a_warning(no_run, capsys):
     assert "--eval_users=5" not in sys.argv  # the process's own command line is back
 
 
+@pytest.fixture
+def no_benchmark(monkeypatch):
+    """The benchmark records the config keys and the command line RecBole would read, and runs nothing."""
+    import recbole_lrgd.benchmark.run as benchmark_run
+
+    seen = []
+
+    def fake_benchmark(dataset, models, config_dict, *args, **kwargs):
+        seen.append((config_dict, list(sys.argv[1:])))
+        return {"table": "", "bootstrap": [], "failed": {}, "paths": {}}
+
+    monkeypatch.setattr(benchmark_run, "run_benchmark", fake_benchmark)
+    return seen
+
+
+def test_the_benchmark_reads_config_keys_as_a_run_does(no_benchmark, capsys):
+    """The same one line for a word that is not --key=value, and nothing run; the values parsed as YAML, each key
+    once; none left on the command line, where RecBole's Config would let them beat each variant's own keys."""
+    assert cli.main(["--benchmark", "--models=Pop", "--demo_mode", "random"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --demo_mode has no value: write --demo_mode=random (RecBole keys are --key=value, one word)"]
+    assert no_benchmark == []
+    assert cli.main(["--benchmark", "--models=Pop", "--eval_users=5", "--eval_users=~", "--topk=[1, 10]"]) == 0
+    assert no_benchmark == [({"eval_users": None, "topk": [1, 10]}, [])]
+    assert "given twice" in capsys.readouterr().err
+
+
 def test_help_lists_every_plugin_key_with_its_default_and_meaning(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--help"])

@@ -29,6 +29,7 @@ import yaml
 from tqdm import tqdm
 
 from recbole_lrgd import quick_start
+from recbole_lrgd.argv import command_line, key_values
 from recbole_lrgd.benchmark.report import (bar_chart, bootstrap_lines, bootstrap_pairs, csv_text, markdown_report,
                                            markdown_table)
 from recbole_lrgd.benchmark.store import config_hash, load_rows, make_row, row_key, save_rows, save_slices
@@ -161,28 +162,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if any(len(p) != 2 for p in pairs):
         print(f"error: --pairs takes A:B pairs separated by commas, not {args.pairs!r}", file=sys.stderr)
         return 2
-    config_dict: Dict[str, Any] = {}
-    for item in extra:  # every other --key=value is a RecBole config key, shared by all models
-        if not item.startswith("--") or "=" not in item:
-            print(f"error: unexpected argument {item!r} (config keys are --key=value)", file=sys.stderr)
-            return 2
-        key, value = item[2:].split("=", 1)
-        config_dict[key] = _parse_value(value)
+    try:  # every other --key=value is a config key, shared by all models
+        config_dict: Dict[str, Any] = {key: _parse_value(value) for key, value in key_values(extra).items()}
+    except LRGDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     quiet_libraries()
     models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
     files = args.config_files.strip().split(" ") if args.config_files else []
-    saved_argv = sys.argv
-    sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv, whose keys would beat each variant's own
     try:
-        result = run_benchmark(args.dataset, models, config_dict, files, args.out, args.name,
-                               effectd=not args.no_effectd, plot=not args.no_plot, protocol=args.protocol,
-                               pairs=pairs)
+        with command_line([]):  # the command line's keys would beat each variant's own
+            result = run_benchmark(args.dataset, models, config_dict, files, args.out, args.name,
+                                   effectd=not args.no_effectd, plot=not args.no_plot, protocol=args.protocol,
+                                   pairs=pairs)
     except LRGDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        sys.argv = saved_argv
     print(result["table"])
     for line in result["bootstrap"]:
         print(line)
