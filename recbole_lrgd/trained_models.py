@@ -39,6 +39,7 @@ from recbole_lrgd.whole_file import write_whole
 if TYPE_CHECKING:
     from recbole.config import Config
     from recbole.data.dataloader import AbstractDataLoader
+    from recbole.data.dataset import Dataset
 
 
 # RecBole's config keys that cannot change what a model learns: where things go, what is logged, which device and
@@ -65,7 +66,7 @@ def training_settings(config: Config) -> Dict[str, Any]:
     return settings
 
 
-def data_fingerprint(*datasets) -> str:
+def data_fingerprint(*datasets: Dataset) -> str:
     """A hash of every feature tensor of the datasets' interactions, users and items, and of their id maps."""
     h = hashlib.sha1()
     for dataset in datasets:

@@ -17,7 +17,9 @@ from recbole.data.dataloader import NegSampleEvalDataLoader
 
 if TYPE_CHECKING:
     from recbole.data.dataloader import AbstractDataLoader
+    from recbole.config import Config
     from recbole.data.dataset import Dataset
+    from recbole.sampler.sampler import AbstractSampler
 
 
 def sample_user_subset(uids: np.ndarray, n_users: Optional[int], seed: int) -> np.ndarray:
@@ -76,7 +78,8 @@ def draw_negatives(used: Dict[int, np.ndarray], probs: np.ndarray, eval_dataset:
 class FixedCandidateEvalDataLoader(NegSampleEvalDataLoader):
     """RecBole's uniN/popN evaluation loader, with negatives replayed from a fixed table."""
 
-    def __init__(self, config, dataset, sampler, negatives: Dict[int, np.ndarray], shuffle: bool = False):
+    def __init__(self, config: Config, dataset: Dataset, sampler: AbstractSampler, negatives: Dict[int, np.ndarray],
+                 shuffle: bool = False):
         self.negatives = negatives
         super().__init__(config, dataset, sampler, shuffle=shuffle)
 

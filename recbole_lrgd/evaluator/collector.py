@@ -21,6 +21,7 @@ from recbole_lrgd.data.chunks import user_rows
 from recbole_lrgd.evaluator.effect import EFFECT_KEY, target_first
 
 if TYPE_CHECKING:
+    from recbole.config import Config
     from recbole.data.interaction import Interaction
     from recbole.evaluator.collector import DataStruct
     from recbole.trainer import AbstractTrainer
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 class PerUserCollector(Collector):
     """RecBole's Collector, plus the per-user top-k metric values of the last evaluation."""
 
-    def __init__(self, config):
+    def __init__(self, config: Config):
         super().__init__(config)
         self._users: List[int] = []  # the evaluated users, one per row of the score matrices so far
         self._last = None  # (users, data struct) of the last finished evaluation

@@ -20,6 +20,7 @@ from recbole.evaluator.base_metric import AbstractMetric
 from recbole.utils import EvaluatorType
 
 if TYPE_CHECKING:
+    from recbole.config import Config
     from recbole.evaluator.collector import DataStruct
 
 
@@ -80,7 +81,7 @@ class EffectD(AbstractMetric):
     metric_need = [EFFECT_KEY]
     smaller = False
 
-    def __init__(self, config):
+    def __init__(self, config: Config):
         super().__init__(config)
         self.temperature = config["effect_temperature"]
 

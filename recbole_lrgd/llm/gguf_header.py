@@ -11,6 +11,7 @@ import math
 import mmap
 import os
 import struct
+from typing import Union
 from functools import lru_cache
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
@@ -27,7 +28,7 @@ SCALAR_FORMATS = {GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueTy
 class _Header:
     """A cursor over the header's bytes, in the file's byte order."""
 
-    def __init__(self, buf, order: str):
+    def __init__(self, buf: Union[bytes, mmap.mmap], order: str):
         self.buf, self.order, self.pos = buf, order, 0
 
     def read(self, fmt: str):
@@ -62,7 +63,7 @@ class _Header:
         return self.read(SCALAR_FORMATS[kind])
 
 
-def data_end(buf) -> int:
+def data_end(buf: Union[bytes, mmap.mmap]) -> int:
     """The byte offset where a GGUF's tensor data ends, by its header; ``ValueError`` (or ``struct.error``)
     when the header itself is cut short or unreadable."""
     order = "<" if struct.unpack_from("<I", buf, 4)[0] & 0xFFFF else ">"  # a big-endian file reads 0 here

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 import torch
 
 if TYPE_CHECKING:
-    from transformers import DynamicCache, GenerationConfig
+    from transformers import DynamicCache, GenerationConfig, PreTrainedModel
 
 
 class KVModel:
     """A causal LM's forward on a KV cache, with positions, a boolean attention mask and kept logits."""
 
-    def __init__(self, model):
+    def __init__(self, model: PreTrainedModel):
         self.model = model
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"

@@ -205,7 +205,7 @@ class LLMScorer(Scorer):
         self.candidate_batch_size = max(1, int(candidate_batch_size))
         self.title_score, self.title_score_tokens = title_score, title_score_tokens
 
-    def variant(self, **keys) -> "LLMScorer":
+    def variant(self, **keys: Optional[Union[str, int]]) -> "LLMScorer":
         """A scorer of the same model, score cache and batch sizes with another ``title_score`` and/or
         ``title_score_tokens`` (its own prefix caches and counts)."""
         reduction = {"title_score": self.title_score, "title_score_tokens": self.title_score_tokens, **keys}

@@ -6,7 +6,7 @@ optimizer measures on probe users is shown to test users in exactly the same pro
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -30,7 +30,7 @@ class ICLRanker:
                  pool: Optional[DemonstrationPool] = None):
         self.titles, self.scorer, self.settings, self.demos, self.pool = titles, scorer, settings, demos, pool
 
-    def variant(self, scorer: Optional[Scorer] = None, **keys) -> "ICLRanker":
+    def variant(self, scorer: Optional[Scorer] = None, **keys: Any) -> "ICLRanker":
         """The same ranker with other prompt or demonstration ``keys`` (and, where given, another scorer)."""
         prompt = {k: v for k, v in keys.items() if k in PromptSettings.__dataclass_fields__}
         demos = {k: v for k, v in keys.items() if k in DemoSettings.__dataclass_fields__}

@@ -25,6 +25,7 @@ from recbole_lrgd.trained_models import fit_once
 if TYPE_CHECKING:
     from recbole.config import Config
     from recbole.data.dataloader import AbstractDataLoader
+    from recbole.model.abstract_recommender import AbstractRecommender
 
 
 class Retriever:
@@ -36,7 +37,8 @@ class Retriever:
     the targets. A sequential model's own full sort keeps the history; here it is excluded for every model.
     """
 
-    def __init__(self, config: Config, model, test_data, user_items: Dict[int, np.ndarray], path: str):
+    def __init__(self, config: Config, model: AbstractRecommender, test_data: AbstractDataLoader,
+                 user_items: Dict[int, np.ndarray], path: str):
         self.model, self.test_data, self.path, self.user_items = model, test_data, path, user_items
         dataset = test_data._dataset
         self.model.eval()
