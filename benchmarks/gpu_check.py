@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from typing import Any, Tuple
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from recbole_lrgd.llm.scorer import naive_likelihood  # noqa: E402
 from recbole_lrgd.llm.tiny import save_tiny_llm  # noqa: E402
 from recbole_lrgd.properties_files import shipped_defaults  # noqa: E402
 from recbole_lrgd.quick_start import run  # noqa: E402
+from recbole_lrgd.results import RunResult  # noqa: E402
 from recbole_lrgd.settings import ScorerSettings  # noqa: E402
 
 
@@ -42,7 +44,7 @@ def scorer_equality(path: str, device: str, dtype: str) -> float:
     return worst
 
 
-def timed_run(model: str, **cfg):
+def timed_run(model: str, **cfg: Any) -> Tuple[RunResult, float]:
     start = time.time()
     result = run(model, "ml-100k", config_dict={"show_progress": False, "state": "WARNING", **cfg}, saved=False)
     return result, time.time() - start

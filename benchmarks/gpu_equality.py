@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_lrgd.evaluator.per_user import ndcg_at, paired_bootstrap  # noqa: E402
 from recbole_lrgd.llm.batching import Batching, TokenBudget, make_batching  # noqa: E402
+from recbole_lrgd.llm.prompt import Prompt  # noqa: E402
 from shapes import random_model  # noqa: E402
 from throughput import likelihood_scorer, load_prompts  # noqa: E402
 
@@ -37,7 +38,7 @@ def ndcg10(scores: List[float], target: int) -> float:
     return ndcg_at({0: int(np.sum(np.asarray(scores) > scores[target]))})[0]
 
 
-def seeded(model, seed: int = 0):
+def seeded(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """``model`` with every parameter drawn again, in name order, from a seeded CPU generator (norm weights 1,
     matrices N(0, 0.02)): the same weights on both machines whatever transformers' own initialisation does."""
     generator = torch.Generator().manual_seed(seed)
@@ -53,7 +54,8 @@ def checksum(model) -> float:
     return float(sum(param.double().sum().item() for param in model.parameters()))
 
 
-def score_all(model, tokenizer, prompts, targets, batching: Batching) -> Dict[str, object]:
+def score_all(model: torch.nn.Module, tokenizer: Any, prompts: List[Prompt], targets: List[int], batching: Batching
+              ) -> Dict[str, object]:
     """Every user's scores under ``batching``, a chunk at a time, with the seconds it took."""
     scorer = likelihood_scorer(model, tokenizer, batching)
     scores: List[List[float]] = []
@@ -121,7 +123,8 @@ def main() -> int:
     return 0
 
 
-def against_reference(args, model, tokenizer, prompts, targets, runs) -> int:
+def against_reference(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any,
+                      prompts: Dict[str, List[Prompt]], targets: List[int], runs: Dict[str, Dict[str, object]]) -> int:
     """The CPU's scores against this device's under the CPU's own batches (the device's difference alone), and
     users/s at this device's auto; one error line when the weights differ."""
     with open(args.reference, encoding="utf-8") as f:

@@ -31,7 +31,7 @@ import os
 import pickle
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -144,7 +144,7 @@ def likelihood_scorer(model, tokenizer, batching: Batching) -> LLMScorer:
                      title_score="mean", title_score_tokens=None)
 
 
-def measure(model, tokenizer, prompts: List[Prompt], tokens: List[int], batch: str, seconds: float, device: str
+def measure(model: torch.nn.Module, tokenizer: Any, prompts: List[Prompt], tokens: List[int], batch: str, seconds: float, device: str
             ) -> dict:
     """One row: ``prompts`` (of ``tokens`` prompt tokens each) scored a chunk at a time at ``batch`` until the chunk
     that passes ``seconds``."""
