@@ -91,17 +91,17 @@ def save_store(path: str, done: dict, seconds: float) -> None:
 
 def score_dataset(dataset: str, dtype: str, cfg: dict) -> dict:
     """Score every sampled test user's candidates (resuming from the store); returns the store. The loader
-    keeps a process's models (``_load``'s lru_cache), and int8 quantizes the cached float32 model in place:
-    its run starts and ends with an empty cache, so no float32 run shares that model."""
-    from recbole_lrgd.llm.loader import _load
+    keeps a process's models, and int8 quantizes the kept float32 model in place: its run starts and ends
+    with none kept, so no float32 run shares that model."""
+    from recbole_lrgd.llm.loader import forget_loaded
 
     if dtype != QUANTIZED:
         return _score_dataset(dataset, dtype, cfg)
-    _load.cache_clear()
+    forget_loaded()
     try:
         return _score_dataset(dataset, dtype, cfg)
     finally:
-        _load.cache_clear()
+        forget_loaded()
 
 
 def _score_dataset(dataset: str, dtype: str, cfg: dict) -> dict:

@@ -31,32 +31,32 @@ def test_cast_folder_writes_the_weights_from_pretrained_would_cast_to(tiny_llm_d
 
 def test_a_folder_in_another_dtype_loads_through_a_cast_entry_once(tiny_llm_dir, tmp_path):
     cache = str(tmp_path / "cache")
-    loader._load.cache_clear()
+    loader.forget_loaded()
     first = loader._load_described(tiny_llm_dir, "cpu", "bfloat16", None, cache)
-    loader._load.cache_clear()
+    loader.forget_loaded()
     again = loader._load_described(tiny_llm_dir, "cpu", "bfloat16", None, cache)
     assert "cast to bfloat16" in first[2] and "converted-model cache" in again[2]
     assert len(os.listdir(cache)) == 1  # one entry
     _same_model(first[0], AutoModelForCausalLM.from_pretrained(tiny_llm_dir, dtype=torch.bfloat16))
     _same_model(again[0], first[0])
-    loader._load.cache_clear()
+    loader.forget_loaded()
 
 
 def test_without_a_cache_the_cast_is_for_one_load(tiny_llm_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    loader._load.cache_clear()
+    loader.forget_loaded()
     model, _, where = loader._load_described(tiny_llm_dir, "cpu", "bfloat16", None, None)
-    loader._load.cache_clear()
+    loader.forget_loaded()
     assert "cast to bfloat16" in where and os.listdir(tmp_path) == []  # nothing left behind
     _same_model(model, AutoModelForCausalLM.from_pretrained(tiny_llm_dir, dtype=torch.bfloat16))
 
 
 def test_a_folder_in_the_run_dtype_loads_as_it_is(tiny_llm_dir, tmp_path):
-    loader._load.cache_clear()
+    loader.forget_loaded()
     _, _, where = loader._load_described(tiny_llm_dir, "cpu", "float32", None, str(tmp_path))
-    loader._load.cache_clear()
+    loader.forget_loaded()
     assert "(loaded)" in where and os.listdir(tmp_path) == []
 
 

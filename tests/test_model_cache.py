@@ -74,7 +74,7 @@ def config_for(path, cache_dir, dtype="float32"):
 
 def load(cfg):
     """A fresh load in this process (past the per-process memo): ``(model, tokenizer, log line)``."""
-    loader._load.cache_clear()
+    loader.forget_loaded()
     model, tokenizer = loader.load_config_llm(cfg)
     return model, tokenizer, loader.llm_summary(cfg)
 
@@ -216,7 +216,7 @@ def test_default_gguf_from_the_cache_equals_its_conversion(tmp_path):
     assert cached_tok.chat_template == tok.chat_template
     assert torch.equal(logits(cached, cached_tok), logits(converted, tok))
     assert_same_model(cached, transformers_conversion(loader.default_llm_path(), str(cached.dtype).split(".")[1]))
-    loader._load.cache_clear()
+    loader.forget_loaded()
 
 
 def test_the_tokenizer_alone_is_read_where_the_model_reads_it_and_kept_for_it(tiny_gguf, tmp_path, monkeypatch):
@@ -235,14 +235,13 @@ def test_the_tokenizer_alone_is_read_where_the_model_reads_it_and_kept_for_it(ti
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", from_pretrained)
     for source in ((os.path.dirname(tiny_gguf), "tiny.gguf"), (entry, None)):
-        loader._load.cache_clear()
-        loader._tokenizer.cache_clear()
+        loader.forget_loaded()
         reads.clear()
         tokenizer = loader.load_config_tokenizer(cfg)
         assert reads == [source] and loader._load.cache_info().currsize == 0  # no model loaded
         assert loader.load_config_llm(cfg)[1] is tokenizer and reads == [source]
     assert tokenizer(TEXT)["input_ids"] == make_tokenizer()(TEXT)["input_ids"]
-    loader._load.cache_clear()
+    loader.forget_loaded()
 
 
 def test_dequantizing_a_block_of_rows_at_a_time_gives_the_same_values(monkeypatch):

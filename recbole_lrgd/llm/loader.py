@@ -240,6 +240,13 @@ def _load(path: str, gguf_file: Optional[str], device: str, dtype: torch.dtype, 
     return model, tokenizer, where
 
 
+def forget_loaded() -> None:
+    """Forget the models and tokenizers this process has loaded (``load_llm`` loads each once): the next load reads
+    its files again, e.g. after a model was changed in place."""
+    _load.cache_clear()
+    _tokenizer.cache_clear()
+
+
 def load_llm(llm_path: Optional[str] = None, device: str = "cpu", dtype: Optional[str] = "auto",
              device_map: Optional[str] = None, cache_dir: Optional[str] = None
              ) -> Tuple[PreTrainedModel, PreTrainedTokenizerBase]:
