@@ -174,4 +174,5 @@ def test_rows_keep_recboles_per_user_ndcg_without_scoring_twice(tiny_data, tiny_
         per_user = row["per_user_ndcg10"]
         assert len(per_user) == row["test_users"] == 12
         assert round(float(np.mean(list(per_user.values()))), 4) == row["ndcg@10"]
+    assert not result["failed"] and sorted(r["variant"] for r in result["rows"]) == ["LRGD-zero-shot", "Pop"]
     assert len(scored) == 12  # no second pass over the test users for the bootstrap

@@ -66,7 +66,9 @@ def test_nearest_users_rank_by_item_overlap():
     pool = DemonstrationPool(seqs, n_items=10, max_his_len=10)
     assert pool.nearest_users([1, 2, 3], k=2) == [1, 3]
     assert pool.nearest_users([1, 2, 3], k=2, exclude=1) == [3, 2]
-    assert pool.random_users(2, seed=0) == pool.random_users(2, seed=0)
+    drawn = [tuple(pool.random_users(2, seed=s)) for s in range(8)]
+    assert drawn[0] == tuple(pool.random_users(2, seed=0))  # seeded
+    assert all(len(set(d)) == 2 and set(d) <= {1, 2, 3, 4} for d in drawn) and len(set(drawn)) > 1
 
 
 def test_titles_placeholder_and_missing_field(tmp_path, monkeypatch):
@@ -104,7 +106,10 @@ def test_negatives_are_seeded_distinct_and_never_seen_by_the_user(tmp_path, monk
     for uid, negs in a.items():
         assert len(np.unique(negs)) == 19 and 0 not in negs
         assert not set(negs.ravel()) & set(used[uid].tolist())
-    assert np.array_equal(sample_user_subset(np.arange(50), 10, 1), sample_user_subset(np.arange(50), 10, 1))
+    sample = sample_user_subset(np.arange(50), 10, 1)
+    assert np.array_equal(sample, sample_user_subset(np.arange(50), 10, 1))  # seeded
+    assert len(np.unique(sample)) == 10 and np.array_equal(sample, np.sort(sample)) and set(sample) <= set(range(50))
+    assert not np.array_equal(sample, sample_user_subset(np.arange(50), 10, 2))
     assert len(sample_user_subset(np.arange(50), None, 1)) == 50
 
 

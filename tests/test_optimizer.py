@@ -296,7 +296,10 @@ def test_perturbations_and_regularizers():
     changed = perturb_history(h, 1.0, items, np.random.default_rng(0))
     assert changed != h and len(changed) >= 1
     demos = [((1, 2, 3), 9), ((4, 5, 6), 8)]
-    assert perturb_demonstrations(demos, 0.5, items, [1, 2]) == perturb_demonstrations(demos, 0.5, items, [1, 2])
+    copy = perturb_demonstrations(demos, 0.5, items, [1, 2])
+    assert copy == perturb_demonstrations(demos, 0.5, items, [1, 2])  # seeded
+    assert any(h not in ((1, 2, 3), (4, 5, 6)) for h, _ in copy)  # a history perturbed at rate 0.5
+    assert any(perturb_demonstrations(demos, 0.5, items, [1, s]) != copy for s in range(3, 8))
     assert sorted(t for _, t in perturb_demonstrations(demos, 0.5, items, [3])) == [8, 9]
     assert robust_effect([1.0, 3.0], 0.5) == pytest.approx(2.0 - 0.5)
     assert redundancy([(1, 2), (1, 2)]) == 1.0 and redundancy([(1, 2), (3, 4)]) == 0.0

