@@ -62,9 +62,11 @@ def test_chunk_users_follow_the_budget_within_bounds():
 def test_make_batching_reads_user_batch_size(tiny_llm):
     model = tiny_llm[0]
     assert make_batching(8, model) == FixedBatches(8)
-    kv, own = token_bytes(model.config, model.dtype)
-    tokens = min(batching.MAX_TOKEN_BUDGET, max(batching.MIN_TOKEN_BUDGET, batching.CPU_BATCH_BYTES // own))
-    assert make_batching("auto", model) == TokenBudget(tokens, round(kv / own, 4))  # a CPU: the fixed bytes
+    # the tiny float32 Llama (2 layers, 2 key-value heads of 8, hidden 32, MLP 64, vocabulary 261): a prefix token
+    # holds 2 x 2 x 2 x 8 x 4 = 256 bytes, an own token 256 + (3 x 64 + 4 x 32) x 4 + 261 x 12 = 4,668; on a CPU
+    # the budget is 1.25 GiB of own tokens
+    assert token_bytes(model.config, model.dtype) == (256, 4668)
+    assert make_batching("auto", model) == TokenBudget((5 << 28) // 4668, round(256 / 4668, 4))
 
 
 def test_token_bytes_of_the_8b_shape():

@@ -10,8 +10,8 @@ from conftest import run_live, yaml_config
 from recbole_lrgd.config import build_config
 from recbole_lrgd.data.demonstrations import DemonstrationPool
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.llm.prompt import (DEMO_FORMATS, USER_MARKER, Demonstration, build_prompt, encode_prompt,
-                                     render_demonstration, render_message, truncate_to_budget)
+from recbole_lrgd.llm.prompt import (DEMO_FORMATS, USER_MARKER, Demonstration, build_prompt, encode_parts,
+                                     encode_prompt, render_demonstration, render_message, truncate_to_budget)
 from recbole_lrgd.llm.tiny import make_tokenizer
 from recbole_lrgd.model.ranker import ICLRanker
 from recbole_lrgd.optimizer.state import score_context
@@ -139,9 +139,12 @@ def test_demonstration_tokens_count_the_rendered_format():
     base = _ranker(demo_format="next_item").demonstration_tokens(demo)
     listed = [_ranker(demo_format="listed", demo_negatives=n).demonstration_tokens(demo) for n in (1, 2, 4)]
     assert base < listed[0] < listed[1] < listed[2]
-    ranker = _ranker(demo_format="contrast")
-    text = "\n".join(render_demonstration(1, ranker.render(demo), "contrast"))
-    assert ranker.demonstration_tokens(demo) == len(TOK(text, add_special_tokens=False).input_ids)
+    for demo_format in DEMO_FORMATS:  # what the demonstration adds to a built prompt, and the newline before it
+        ranker = _ranker(demo_format=demo_format)
+        first = _pool().demonstration(1)
+        prefix = [len(encode_parts(TOK, ranker.prompt(6, [2, 6, 9], [1, 2, 3, 4], demos))[0])
+                  for demos in ([first], [first, demo])]
+        assert prefix[1] - prefix[0] == ranker.demonstration_tokens(demo) + 1, demo_format
 
 
 # -- config -----------------------------------------------------------------------------------------
