@@ -29,6 +29,7 @@ measured in the same run. Then nearest vs random vs zero-shot, and the peak RSS.
     python benchmarks/scoring_speed.py [--users 8] [--threads N] [--max_new_tokens 100] [--naive_users 2]
 """
 import argparse
+import copy
 import os
 import resource
 import sys
@@ -40,7 +41,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from recbole.config import Config  # noqa: E402
 from recbole.data import create_dataset  # noqa: E402
+from recbole.data.dataset import Dataset  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
 from recbole_lrgd.config import build_config  # noqa: E402
@@ -105,10 +108,12 @@ def timed(model, fn: Callable[[], None]) -> Tuple[float, int]:
         counter.close()
 
 
-def mode_model(config, train_ds, dtype: str, mode: str) -> LRGD:
-    """An LRGD of ``dtype`` and ``mode`` with its (seeded, so every model's same) random demonstrations."""
-    config["llm_dtype"], config["scorer_mode"] = dtype, mode  # read when the model is built: the config is shared
-    return LRGD(config, train_ds)
+def mode_model(config: Config, train_ds: Dataset, dtype: str, mode: str) -> LRGD:
+    """An LRGD of ``dtype`` and ``mode`` with its (seeded, so every model's same) random demonstrations, built
+    from its own copy of ``config``."""
+    variant = copy.deepcopy(config)
+    variant["llm_dtype"], variant["scorer_mode"] = dtype, mode
+    return LRGD(variant, train_ds)
 
 
 def user_prompts(model: LRGD, users, choice: DemoChoice) -> List[Prompt]:
