@@ -62,9 +62,17 @@ def test_effectd_through_recbole_matches_the_analytic_value(tiny_data, tiny_llm_
 
 
 def test_zero_shot_mode_gives_exactly_zero(tiny_data, tiny_llm_dir, monkeypatch):
-    install_stub_scorer(monkeypatch, _demo_shift(2.0))
-    result = _run(tiny_data, tiny_llm_dir, demo_mode="none").test_result
-    assert result["effectd"] == 0.0 and result["effectd_pos"] == 0.0
+    """No demonstrations: one prompt per user, scored once (no second, zero-shot pass), and EffectD exactly 0."""
+    shown, shift = [], _demo_shift(2.0)
+
+    def counted(prompt, target):
+        shown.append(len(prompt.demonstrations))
+        return shift(prompt, target)
+
+    install_stub_scorer(monkeypatch, counted)
+    result = _run(tiny_data, tiny_llm_dir, demo_mode="none")
+    assert result.test_result["effectd"] == 0.0 and result.test_result["effectd_pos"] == 0.0
+    assert shown == [0] * result.test_users
 
 
 def test_effectd_as_valid_metric(tiny_data, tiny_llm_dir, monkeypatch):
