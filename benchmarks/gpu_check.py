@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ def scorer_equality(path: str, device: str, dtype: str) -> float:
     return worst
 
 
-def timed_run(model: str, **cfg: Any) -> Tuple[RunResult, float]:
+def timed_run(model: str, **cfg: Any) -> Tuple[Optional[RunResult], float]:
     start = time.time()
     result = run(model, "ml-100k", config_dict={"show_progress": False, "state": "WARNING", **cfg}, saved=False)
     return result, time.time() - start

@@ -26,7 +26,7 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_lrgd.evaluator.per_user import ndcg_at, paired_bootstrap  # noqa: E402
+from recbole_lrgd.evaluator.per_user import ndcg_of_rank, paired_bootstrap  # noqa: E402
 from recbole_lrgd.llm.batching import Batching, TokenBudget, make_batching  # noqa: E402
 from recbole_lrgd.llm.prompt import Prompt  # noqa: E402
 from shapes import random_model  # noqa: E402
@@ -35,7 +35,7 @@ from throughput import likelihood_scorer, load_prompts  # noqa: E402
 
 def ndcg10(scores: List[float], target: int) -> float:
     """NDCG@10 of the target among ``scores``: its rank is the number of candidates scored above it."""
-    return ndcg_at({0: int(np.sum(np.asarray(scores) > scores[target]))})[0]
+    return ndcg_of_rank(int(np.sum(np.asarray(scores) > scores[target])))
 
 
 def seeded(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -49,7 +49,7 @@ def seeded(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def checksum(model) -> float:
+def checksum(model: torch.nn.Module) -> float:
     """The weights' sum in float64: equal on both machines when the weights are."""
     return float(sum(param.double().sum().item() for param in model.parameters()))
 

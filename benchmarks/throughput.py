@@ -144,8 +144,8 @@ def likelihood_scorer(model, tokenizer, batching: Batching) -> LLMScorer:
                      title_score="mean", title_score_tokens=None)
 
 
-def measure(model: torch.nn.Module, tokenizer: Any, prompts: List[Prompt], tokens: List[int], batch: str, seconds: float, device: str
-            ) -> dict:
+def measure(model: torch.nn.Module, tokenizer: Any, prompts: List[Prompt], tokens: List[int], batch: str,
+            seconds: float, device: str) -> dict:
     """One row: ``prompts`` (of ``tokens`` prompt tokens each) scored a chunk at a time at ``batch`` until the chunk
     that passes ``seconds``."""
     scorer = likelihood_scorer(model, tokenizer, make_batching(batch if batch == "auto" else int(batch), model))

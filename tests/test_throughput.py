@@ -21,6 +21,7 @@ def test_a_row_scores_every_user_and_counts_its_work(tiny_llm, batch):
     tokens = [throughput.prompt_tokens(tok, p) for p in prompts]
     row = throughput.measure(model, tok, prompts, tokens, batch, seconds=1e9, device="cpu")
     assert row["users"] == len(prompts)
+    assert row["tokens_per_s"] * row["seconds"] == pytest.approx(sum(tokens))
     assert (row["pad_share"] == 0) if batch == "1" else (0 < row["pad_share"] < 0.5)
     assert row["pad_share"] == row["pad_tokens"] / row["forward_tokens"]
     # shared prefixes run once, so fewer real tokens run than the prompts hold; a logit row or more per candidate

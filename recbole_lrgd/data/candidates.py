@@ -16,8 +16,8 @@ import torch
 from recbole.data.dataloader import NegSampleEvalDataLoader
 
 if TYPE_CHECKING:
-    from recbole.data.dataloader import AbstractDataLoader
     from recbole.config import Config
+    from recbole.data.dataloader import AbstractDataLoader
     from recbole.data.dataset import Dataset
     from recbole.sampler.sampler import AbstractSampler
 

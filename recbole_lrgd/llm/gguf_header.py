@@ -11,8 +11,8 @@ import math
 import mmap
 import os
 import struct
-from typing import Union
 from functools import lru_cache
+from typing import Union
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
