@@ -30,7 +30,7 @@ def settings_for(dataset: str, batch: Union[int, str], users: int, data_path: st
     cfg = {"llm_dtype": "bfloat16", "eval_users": users, "score_cache": False, "show_progress": False,
            "state": "WARNING", "use_gpu": False, "demo_mode": "nearest", "num_demos": 4, "user_batch_size": batch}
     if data_path and os.path.isdir(os.path.join(data_path, dataset)):
-        cfg["data_path"] = data_path
+        cfg["data_path"] = os.path.abspath(data_path)  # the store's key names the folder, however it was written
     return cfg
 
 
@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="the first is the reference")
-    parser.add_argument("--data_path", default="/work/shared/data")
+    parser.add_argument("--data_path", default="../shared/data")
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     batches = [b if b == "auto" else int(b) for b in args.batches.split(",")]

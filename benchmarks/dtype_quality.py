@@ -1,7 +1,7 @@
 """What bfloat16 and int8 cost in ranking quality: same users, same candidates, same prompts.
 
     OMP_NUM_THREADS=1 python benchmarks/dtype_quality.py --datasets=ml-100k,amazon-beauty --users=500 \\
-        --data_path=/work/shared/data
+        --data_path=../shared/data
 
 Each dataset is scored three times with random demonstrations (2 demos: ``DEMONSTRATIONS``) and the default LLM,
 once per dtype, with the score cache off: float32, bfloat16 and int8. int8 is this benchmark's own, not an
@@ -46,7 +46,7 @@ def settings_for(dataset: str, dtype: str, users: int, data_path: str) -> dict:
     cfg = {"llm_dtype": dtype, "eval_users": users, "score_cache": False, "show_progress": False,
            "state": "WARNING", "use_gpu": False}
     if data_path and os.path.isdir(os.path.join(data_path, dataset)):
-        cfg["data_path"] = data_path
+        cfg["data_path"] = os.path.abspath(data_path)  # the store's key names the folder, however it was written
     return cfg
 
 
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="ml-100k,amazon-beauty")
     parser.add_argument("--users", type=int, default=500)
-    parser.add_argument("--data_path", default="/work/shared/data")
+    parser.add_argument("--data_path", default="../shared/data")
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     rows = []
