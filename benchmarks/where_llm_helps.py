@@ -15,7 +15,7 @@ import numpy as np
 
 from recbole_lrgd.benchmark.report import per_user, slice_section
 from recbole_lrgd.benchmark.store import load_slices
-from recbole_lrgd.data.slices import Slices, slice_differences
+from recbole_lrgd.evaluator.slices import Slices, slice_differences
 from recbole_lrgd.evaluator.per_user import paired_bootstrap
 from study_report import fmt_ci, mean_ci, pyplot, save_figure
 

@@ -24,7 +24,7 @@ from recbole_lrgd.config import PLUGIN_MODELS, build_config
 from recbole_lrgd.console import FILE_ONLY, keep_file_only_records_off_the_console
 from recbole_lrgd.data.candidates import FixedCandidateEvalDataLoader, candidates_digest
 from recbole_lrgd.data.loaders import prepare_data
-from recbole_lrgd.data.slices import Slices, slice_table, user_slices
+from recbole_lrgd.evaluator.slices import Slices, slice_table, user_slices
 from recbole_lrgd.data.titles import check_title_coverage
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator.collector import PerUserCollector
@@ -32,8 +32,8 @@ from recbole_lrgd.held_logs import held_logs, replay
 from recbole_lrgd.llm.loader import check_llm_device, llm_summary, load_config_llm
 from recbole_lrgd.model.lrgd import LRGD, check_prompt_budget
 from recbole_lrgd.rerank.fuse import Fusion
-from recbole_lrgd.rerank.source import build_retriever_config, prepare_retriever
 from recbole_lrgd.results import RunResult
+from recbole_lrgd.sources import build_retriever_config, prepare_retriever
 from recbole_lrgd.trained_models import fit_once
 from recbole_lrgd.trainer import eval_user_count
 
@@ -77,7 +77,7 @@ def build(model: str = "LRGD", dataset: str = "ml-100k", config_file_list: Optio
     baseline. Inputs are checked, and the data and the LLM loaded, before the log file is written.
 
     With ``candidate_source`` LRGD re-ranks a retriever's full-sort top-N: the retriever gets its own
-    Config and data (``rerank.source.build_retriever_config``), is trained or loaded (``prepare_retriever``,
+    Config and data (``sources.build_retriever_config``), is trained or loaded (``prepare_retriever``,
     rank 0 first) after LRGD's data, and goes to the trainer, whose ``evaluate`` ranks the whole catalogue with it.
     """
     dist.init()

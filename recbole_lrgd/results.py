@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-from recbole_lrgd.data.slices import Slices
+from recbole_lrgd.evaluator.slices import Slices
 from recbole_lrgd.llm.scorer import ScoreCounts
 from recbole_lrgd.optimizer.result import FitResult
 
@@ -33,4 +33,4 @@ class RunResult:
     fit: Optional[FitResult] = None  # LRGD with demo_mode lrgd: the optimizer's choice and stage seconds
     score_counts: Optional[ScoreCounts] = None  # LRGD: score-cache hits and misses, generate-mode parsing
     prior_weight: Optional[float] = None  # prior_model: the weight of the prior's z-scores (auto: the one chosen)
-    slices: Optional[Slices] = None  # slices: True: each test user's slices (data/slices.py)
+    slices: Optional[Slices] = None  # slices: True: each test user's slices (evaluator/slices.py)

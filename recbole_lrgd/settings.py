@@ -16,7 +16,6 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping,
                     TypeVar, Union)
 
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.llm.prompt import DEFAULT_INSTRUCTION, DEMO_FORMATS
 
 if TYPE_CHECKING:
     from dataclasses import Field
@@ -29,6 +28,7 @@ SCORER_MODES = ("likelihood", "verbalizer", "generate")
 TITLE_SCORES = ("mean", "sum", "first")  # likelihood mode: how a title's token log-probs make its score
 DEMO_MODES = ("none", "random", "nearest", "lrgd")  # lrgd: chosen by the two-stage optimizer in fit
 SCOPES = ("global", "per_user")
+DEMO_FORMAT_NAMES = ("next_item", "listed", "contrast")  # llm/prompt.py's DEMO_FORMATS
 
 
 # -- what a key accepts --------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ class ScorerSettings(Settings):
 class PromptSettings(Settings):
     """What a prompt shows and how (``llm/prompt.py``, ``model/ranker.py``)."""
 
-    demo_format: str = setting(choice(DEMO_FORMATS), Changes.SCORES)
+    demo_format: str = setting(choice(DEMO_FORMAT_NAMES), Changes.SCORES)
     demo_negatives: int = setting(integer(1), Changes.SCORES)
     list_candidates: Union[bool, str, None] = setting(boolean("auto", none=True), Changes.SCORES)
     max_his_len: int = setting(integer(1), Changes.SCORES)
@@ -185,10 +185,6 @@ class PromptSettings(Settings):
     max_title_tokens: Optional[int] = setting(integer(1, none="whole titles"), Changes.SCORES)
     prompt_instruction: Optional[str] = setting(text(), Changes.SCORES)
     title_field: str = setting(text(none=False), Changes.SCORES)
-
-    @property
-    def instruction(self) -> str:
-        return self.prompt_instruction or DEFAULT_INSTRUCTION
 
     @property
     def listed(self) -> Optional[bool]:

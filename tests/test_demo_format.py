@@ -15,7 +15,7 @@ from recbole_lrgd.llm.prompt import (DEMO_FORMATS, USER_MARKER, Demonstration, b
 from recbole_lrgd.llm.tiny import make_tokenizer
 from recbole_lrgd.model.ranker import ICLRanker
 from recbole_lrgd.optimizer.state import score_context
-from recbole_lrgd.settings import SCORE_KEYS, DemoSettings, PromptSettings
+from recbole_lrgd.settings import DEMO_FORMAT_NAMES, SCORE_KEYS, DemoSettings, PromptSettings
 from recbole_lrgd.validate import check_values
 
 TOK = make_tokenizer()
@@ -54,7 +54,7 @@ def test_listed_and_contrast_lines_are_known():
     assert render_demonstration(2, DEMO, "contrast") == [
         "Example 2.", "History: A; B", "Not chosen: X; Y; Z", "Next item: T", ""]
     assert DEMO_FORMATS["listed"].lines(1, Demonstration(("A",), "T", ("X", "Y"), slot=2))[2] == "Candidates: X; Y; T"
-    assert set(DEMO_FORMATS) == {"next_item", "listed", "contrast"}
+    assert tuple(DEMO_FORMATS) == DEMO_FORMAT_NAMES == ("next_item", "listed", "contrast")  # the config's choices
 
 
 @pytest.mark.parametrize("fmt,line", [("listed", "Candidates: X; T; Y; Z"), ("contrast", "Not chosen: X; Y; Z")])

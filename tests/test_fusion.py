@@ -24,7 +24,7 @@ from recbole_lrgd.benchmark.run import main, run_benchmark
 from recbole_lrgd.benchmark.store import config_hash, load_rows, make_row
 from recbole_lrgd.benchmark.variants import FUSION_VALID_USERS, check_variant, resolve_variant, variant_config
 from recbole_lrgd.data.candidates import candidates_digest
-from recbole_lrgd.data.slices import held_out_items
+from recbole_lrgd.evaluator.slices import held_out_items
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.rerank.blend import blended, standardised
 from recbole_lrgd.rerank.fuse import WEIGHT_GRID, Fusion, choose_weight, ndcg10, user_blocks

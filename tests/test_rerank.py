@@ -215,7 +215,7 @@ def test_the_retriever_is_trained_once(tiny_data, tiny_llm_dir, monkeypatch):
 def test_the_retriever_stops_early_on_retriever_valid_users(tiny_data, tiny_llm_dir, monkeypatch):
     """LRGD's valid_users is its own LLM validation; the retriever's training validates on retriever_valid_users
     (sampled as valid_users samples a RecBole model's), all users by default."""
-    from recbole_lrgd.rerank import source
+    from recbole_lrgd import sources as source
     from recbole_lrgd.trainer import eval_user_count
 
     real, seen = source.load_or_train, []

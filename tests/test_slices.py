@@ -1,4 +1,4 @@
-"""Slices of the test users (``slices: True``, ``data/slices.py``): known answers of the head threshold, the history
+"""Slices of the test users (``slices: True``, ``evaluator/slices.py``): known answers of the head threshold, the history
 terciles and the slice means; training counts equal across a general and a sequential model's data and a count by
 hand; the same slices for every model and in the benchmark's report and its ``<name>.slices.json``."""
 import json
@@ -19,7 +19,7 @@ from recbole_lrgd.benchmark.report import markdown_report, per_user, slice_secti
 from recbole_lrgd.benchmark.run import run_benchmark
 from recbole_lrgd.benchmark.store import load_slices, save_slices
 from recbole_lrgd.data.candidates import candidates_digest
-from recbole_lrgd.data.slices import (Slices, _history_slices, held_out_items, head_threshold, slice_differences,
+from recbole_lrgd.evaluator.slices import (Slices, _history_slices, held_out_items, head_threshold, slice_differences,
                                       slice_means, slice_table, training_counts, user_slices)
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.results import RunResult
@@ -326,7 +326,7 @@ def test_the_benchmark_with_slices_writes_their_tables_and_file(tmp_path, monkey
 
 def test_history_slices_never_name_an_empty_slice():
     """Terciles that reach the longest history, or tie, give fewer slices, each holding users."""
-    from recbole_lrgd.data.slices import _history_slices
+    from recbole_lrgd.evaluator.slices import _history_slices
 
     for counts in ({1: 4, 2: 5, 3: 6, 4: 7, 5: 8, 6: 8, 7: 8, 8: 8}, {1: 5, 2: 5, 3: 5}, {1: 2, 2: 2, 3: 2, 4: 5,
                                                                                          5: 5, 6: 5, 7: 9, 8: 9, 9: 9}):
@@ -338,7 +338,7 @@ def test_history_slices_never_name_an_empty_slice():
 
 def test_a_head_item_is_never_cold():
     """Where the head threshold falls at or below the cold bound, the head starts above it."""
-    from recbole_lrgd.data.slices import _popularity_slices
+    from recbole_lrgd.evaluator.slices import _popularity_slices
 
     names, labels = _popularity_slices(np.array([0, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2]), {1: 1, 2: 7})
     assert names == ("cold (<=5)", "middle (none)", "head (>=6)")

@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import where_llm_helps as w  # noqa: E402
 from recbole_lrgd.benchmark.store import save_slices  # noqa: E402
-from recbole_lrgd.data.slices import Slices  # noqa: E402
+from recbole_lrgd.evaluator.slices import Slices  # noqa: E402
 
 USERS = list(range(1, 41))
 SLICES = Slices({"history": ("3-4", "5+"), "popularity": ("cold (<=5)", "head (>=9)")},

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from recbole_lrgd.benchmark.variants import ALONE, PROTOCOLS
-from recbole_lrgd.data.slices import Slices, slice_differences, slice_means
+from recbole_lrgd.evaluator.slices import Slices, slice_differences, slice_means
 from recbole_lrgd.evaluator.per_user import paired_bootstrap
 from recbole_lrgd.whole_file import write_whole
 

@@ -48,7 +48,7 @@ def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_d
     """Run (or reuse) one row per variant; write .json (finished rows), .md, .csv and .png.
 
     ``pairs`` (variant A, variant B): the report's paired bootstrap intervals of A - B besides its own pairs.
-    With the config key ``slices`` the report adds per-slice tables of the test users (``data/slices.py``),
+    With the config key ``slices`` the report adds per-slice tables of the test users (``evaluator/slices.py``),
     and ``<name>.slices.json`` keeps each user's slices.
 
     ``protocol`` ``full`` gives every row the full-ranking keys of ``PROTOCOLS["full"]`` (a config_dict

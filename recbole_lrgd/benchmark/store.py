@@ -19,7 +19,7 @@ import yaml
 
 from recbole_lrgd.benchmark.variants import PROTOCOLS
 from recbole_lrgd.config import properties_files
-from recbole_lrgd.data.slices import Slices
+from recbole_lrgd.evaluator.slices import Slices
 from recbole_lrgd.digest import digest
 from recbole_lrgd.results import RunResult
 from recbole_lrgd.whole_file import write_whole

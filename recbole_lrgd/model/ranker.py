@@ -12,7 +12,8 @@ import numpy as np
 
 from recbole_lrgd.data.demonstrations import DemoChoice, DemoItems, DemoPolicy, DemonstrationPool
 from recbole_lrgd.errors import LRGDError
-from recbole_lrgd.llm.prompt import DEMO_FORMATS, Demonstration, Prompt, build_prompt, render_demonstration
+from recbole_lrgd.llm.prompt import (DEFAULT_INSTRUCTION, DEMO_FORMATS, Demonstration, Prompt, build_prompt,
+                                     render_demonstration)
 from recbole_lrgd.llm.scorer import Scorer
 from recbole_lrgd.settings import DemoSettings, PromptSettings
 
@@ -70,7 +71,8 @@ class ICLRanker:
             self.scorer.tokenizer, [self.render(d) for d in demos],
             [self.titles[i] for i in history[-settings.max_his_len:]], [self.titles[i] for i in candidates],
             seed=(self.demos.seed, int(user)), mode=self.scorer.mode, max_tokens=settings.max_prompt_tokens,
-            instruction=settings.instruction, list_candidates=settings.listed, demo_format=settings.demo_format)
+            instruction=settings.prompt_instruction or DEFAULT_INSTRUCTION, list_candidates=settings.listed,
+            demo_format=settings.demo_format)
 
     def score(self, prompts: Sequence[Prompt]) -> List[np.ndarray]:
         """Scores of each prompt in its caller's candidate order, all in one batched ``score_many`` call."""

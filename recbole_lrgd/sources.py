@@ -1,5 +1,6 @@
-"""The Config and data of ``candidate_source``'s retriever, built as ``quick_start.run(<model>, ...)`` builds them,
-so the retriever is the very model of the retriever-alone row; then loaded or trained (``retriever.load_or_train``)."""
+"""The Config and data of a run's other RecBole model (``candidate_source``'s retriever, ``prior_model``'s prior),
+built as ``quick_start.run(<model>, ...)`` builds them, so it is the very model of that model's own row; then
+loaded or trained (``rerank.retriever.load_or_train``)."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
