@@ -1,1 +1,2 @@
-"""Re-ranking a retriever's full ranking (``candidate_source``): the retriever, its Config and data, and the blend."""
+"""Another RecBole model beside the LLM: re-ranking a retriever's full ranking (``candidate_source``: the retriever
+and the blend) and fusing a prior's scores on sampled candidates (``prior_model``)."""

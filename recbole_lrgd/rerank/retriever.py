@@ -3,7 +3,7 @@
 With ``candidate_source`` set, LRGD is evaluated over the whole catalogue: a RecBole model ranks every item
 for a test user and LRGD re-ranks its top ``rerank_top`` (``LRGDTrainer.evaluate``). The retriever is either
 trained here, on the same split in the same run, with RecBole's own Trainer and that model's RecBole defaults
-(``source.py`` builds its Config and data as ``run(<model>, ...)`` would, so it is the very model of the
+(``sources.py`` builds its Config and data as ``run(<model>, ...)`` would, so it is the very model of the
 retriever-alone row), or loaded from a checkpoint RecBole's Trainer saved.
 
 A trained retriever is kept in ``checkpoint_dir`` (``trained_models.fit_once``), so a re-run, another rank
