@@ -21,6 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from dtype_quality import compare, score_dataset, store_path, write_summary  # noqa: E402
+from recbole_lrgd.argv import command_line  # noqa: E402  (dtype_quality put the repository on the path)
 
 BATCHES = (1, 8, 32)
 
@@ -57,7 +58,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="the first is the reference")
     parser.add_argument("--data_path", default="../shared/data")
     args = parser.parse_args(argv)
-    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     batches = [b if b == "auto" else int(b) for b in args.batches.split(",")]
     stores: Dict[Union[int, str], dict] = {}
     seconds: Dict[Union[int, str], float] = {}
@@ -71,4 +71,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    flags = sys.argv[1:]
+    with command_line([]):  # RecBole's Config reads --key=value from sys.argv: these flags are not its keys
+        sys.exit(main(flags))

@@ -26,11 +26,13 @@ import json
 import os
 import sys
 import time
+from typing import Optional, Sequence
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from recbole_lrgd.argv import command_line  # noqa: E402
 from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.evaluator.per_user import ndcg_at, paired_bootstrap  # noqa: E402
 
@@ -189,13 +191,12 @@ def report(rows: list, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="ml-100k,amazon-beauty")
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--data_path", default="../shared/data")
     args = parser.parse_args(argv)
-    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     rows = []
     for dataset in args.datasets.split(","):
         stores, seconds = {}, {}
@@ -220,4 +221,6 @@ def write_summary(script: str, args: argparse.Namespace, rows: list, render) -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    flags = sys.argv[1:]
+    with command_line([]):  # RecBole's Config reads --key=value from sys.argv: these flags are not its keys
+        sys.exit(main(flags))

@@ -34,7 +34,7 @@ import os
 import resource
 import sys
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from recbole.data import create_dataset  # noqa: E402
 from recbole.data.dataset import Dataset  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
+from recbole_lrgd.argv import command_line  # noqa: E402
 from recbole_lrgd.config import build_config  # noqa: E402
 from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
@@ -158,7 +159,7 @@ def ways_of(models: Dict[str, LRGD], prompts: Dict[str, List[Prompt]], naive_use
             "zero-shot": chunked(likelihood, prompts["zero-shot"])}
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=100)
@@ -168,8 +169,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads; 0 = the cores this process may use. On a machine shared with other "
                              "jobs use 1: a busy core stalls every multi-threaded op")
-    args = parser.parse_args()
-    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line: these are not its keys
+    args = parser.parse_args(argv)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # what the loader sets torch's threads to
 
@@ -242,4 +242,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    flags = sys.argv[1:]
+    with command_line([]):  # RecBole's Config reads --key=value from sys.argv: these flags are not its keys
+        main(flags)

@@ -40,6 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from recbole_lrgd import distributed as dist  # noqa: E402
+from recbole_lrgd.argv import command_line  # noqa: E402
 from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
 from recbole_lrgd.data.probes import make_probes  # noqa: E402
@@ -443,7 +444,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.user_batch_size < 0:
         parser.error(f"--user_batch_size must be 0 (the YAML's) or more, not {args.user_batch_size}")
-    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line
     if args.command == "report":
         docs = os.path.join(ROOT, "docs")
         print(write_report(OUT, docs, [where_llm_helps(os.path.join(ROOT, "benchmarks", "out", "slices"), docs)]))
@@ -468,4 +468,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    flags = sys.argv[1:]
+    with command_line([]):  # RecBole's Config reads --key=value from sys.argv: these flags are not its keys
+        sys.exit(main(flags))

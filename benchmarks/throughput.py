@@ -31,13 +31,14 @@ import os
 import pickle
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flops import matmul_flops, non_embedding_params  # noqa: E402
+from recbole_lrgd.argv import command_line  # noqa: E402
 from recbole_lrgd.llm.batching import Batching, make_batching  # noqa: E402
 from recbole_lrgd.llm.prompt import Prompt, encode_parts  # noqa: E402
 from recbole_lrgd.llm.scorer import LLMScorer  # noqa: E402
@@ -227,7 +228,7 @@ def device_name(device: str) -> str:
     return f"{model}, {torch.get_num_threads()} threads"
 
 
-def main() -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--shapes", default="", help=f"comma-separated, or all: {', '.join(SHAPES)} "
@@ -243,8 +244,7 @@ def main() -> int:
                                                       "instead of building them (no RecBole or default LLM needed)")
     parser.add_argument("--save_prompts", default="", help="write all 943 users' prompts to this folder and stop")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out"))
-    args = parser.parse_args()
-    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line: these are not its keys
+    args = parser.parse_args(argv)
     if args.save_prompts:
         save_prompts(args.save_prompts, None)
         return 0
@@ -313,4 +313,6 @@ def write(rows: List[dict], profiles: List[str], device: str, peak: float, folde
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    flags = sys.argv[1:]
+    with command_line([]):  # RecBole's Config reads --key=value from sys.argv: these flags are not its keys
+        sys.exit(main(flags))

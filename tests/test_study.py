@@ -544,6 +544,7 @@ def test_a_fit_launched_on_two_processes_equals_one_process_fit(tiny_study, tiny
            "--probes=8"]
     returncode, log = finish(launch(cmd, cwd=tiny_data, env=env))
     assert returncode == 0, log[-4000:]
+    assert "unknown config key" not in log  # the study's own flags (--only, --effect_users...) never reach RecBole
     two = json.load(open(os.path.join(out, "smollm2", "tiny", state_file)))
     assert len(one["pool_scores"]) == len(two["pool_scores"]) > 2  # more than one round of 2
     for user, evaluation in one["pool_scores"].items():
