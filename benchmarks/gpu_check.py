@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_lrgd.llm.loader import load_llm  # noqa: E402
 from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_prompt  # noqa: E402
 from recbole_lrgd.llm.modes import make_scorer  # noqa: E402
-from recbole_lrgd.llm.scorer import naive_likelihood  # noqa: E402
+from recbole_lrgd.llm.title_score import naive_likelihood  # noqa: E402
 from recbole_lrgd.llm.tiny import save_tiny_llm  # noqa: E402
 from recbole_lrgd.properties_files import shipped_defaults  # noqa: E402
 from recbole_lrgd.quick_start import run  # noqa: E402

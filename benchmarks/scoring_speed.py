@@ -4,7 +4,7 @@ real ml-100k prompts, and each way's share of its dtype's matmul peak, both peak
 Every way runs on the same test users (uni19: 20 candidates each), with the score cache OFF, once per dtype
 (float32 then bfloat16, way after way, so both see the machine in the same state):
   generate          the LLM writes a ranked list of the numbered candidates (greedy, max_new_tokens)
-  naive likelihood  the full prompt + one candidate per forward pass (llm/scorer.py: naive_likelihood), on
+  naive likelihood  the full prompt + one candidate per forward pass (llm/title_score.py: naive_likelihood), on
                     the first --naive_users users only (it is slow; its cand/s counts their candidates)
   per-user cache    LLMScorer.score one user at a time: the prefix forward, then the user's suffix with its
                     candidates packed on its KV cache; no prefix shared across users (the prefix cache is
@@ -53,7 +53,7 @@ from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
 from recbole_lrgd.data.loaders import prepare_data  # noqa: E402
 from recbole_lrgd.llm.hardware import native_bf16_unit  # noqa: E402
 from recbole_lrgd.llm.prompt import Prompt, encode_prompt  # noqa: E402
-from recbole_lrgd.llm.scorer import naive_likelihood  # noqa: E402
+from recbole_lrgd.llm.title_score import naive_likelihood  # noqa: E402
 from recbole_lrgd.model import LRGD  # noqa: E402
 from flops import matmul_flops, non_embedding_params  # noqa: E402
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 from recbole_lrgd.evaluator.slices import Slices
-from recbole_lrgd.llm.scorer import ScoreCounts
+from recbole_lrgd.llm.counts import ScoreCounts
 from recbole_lrgd.optimizer.result import FitResult
 
 

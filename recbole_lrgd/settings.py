@@ -160,7 +160,8 @@ class LLMSettings(Settings):
 
 @dataclass(frozen=True)
 class ScorerSettings(Settings):
-    """How the LLM's outputs become candidate scores (``llm/scorer.py``, ``llm/generate.py``)."""
+    """How the LLM's outputs become candidate scores (``llm/scorer.py``, ``llm/title_score.py``,
+    ``llm/generate.py``)."""
 
     scorer_mode: str = setting(choice(SCORER_MODES), Changes.SCORES)
     title_score: str = setting(choice(TITLE_SCORES), Changes.SCORES)

@@ -25,7 +25,7 @@ from recbole_lrgd import distributed as dist
 from recbole_lrgd.data.chunks import user_chunks
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator.collector import LRGDCollector
-from recbole_lrgd.llm.scorer import ScoreCounts
+from recbole_lrgd.llm.counts import ScoreCounts
 from recbole_lrgd.optimizer.result import FitResult
 from recbole_lrgd.optimizer.state import score_context, state_identity
 from recbole_lrgd.optimizer.two_stage import DemoOptimizer

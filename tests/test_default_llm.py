@@ -25,7 +25,7 @@ def test_default_llm_cached_scores_equal_naive_scores():
     from recbole_lrgd.llm.loader import load_llm
     from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_prompt
     from recbole_lrgd.llm.modes import make_scorer
-    from recbole_lrgd.llm.scorer import naive_likelihood
+    from recbole_lrgd.llm.title_score import naive_likelihood
 
     model, tok = load_llm(None, device="cpu", dtype="float32")
     scorer = make_scorer(model, tok, scorer_settings(scorer_mode="likelihood", candidate_batch_size=8,
@@ -49,7 +49,7 @@ def test_default_llm_batched_users_equal_naive_scores():
     from recbole_lrgd.llm.loader import load_llm
     from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_parts, encode_prompt
     from recbole_lrgd.llm.modes import make_scorer
-    from recbole_lrgd.llm.scorer import naive_likelihood
+    from recbole_lrgd.llm.title_score import naive_likelihood
 
     model, tok = load_llm(None, device="cpu", dtype="float32")
     scorer = make_scorer(model, tok, scorer_settings(scorer_mode="likelihood", candidate_batch_size=8,

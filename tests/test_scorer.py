@@ -10,8 +10,8 @@ from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.batching import FixedBatches
 from recbole_lrgd.llm.prompt import Demonstration, Prompt, build_prompt, encode_parts, encode_prompt
 from recbole_lrgd.llm.modes import make_scorer
-from recbole_lrgd.llm.scorer import (LLMScorer, common_start, mean_token_logprob, naive_likelihood,
-                                     pack_candidates)
+from recbole_lrgd.llm.scorer import LLMScorer, common_start, pack_candidates
+from recbole_lrgd.llm.title_score import mean_token_logprob, naive_likelihood
 from recbole_lrgd.settings import ScorerSettings
 
 
@@ -283,7 +283,7 @@ def test_empty_suffix_and_one_token_candidates_need_no_forward_after_the_prefix(
 
 def test_every_mode_has_the_scorer_interface(tiny_llm):
     from recbole_lrgd.llm.generate import GenerateScorer
-    from recbole_lrgd.llm.scorer import ScoreCounts
+    from recbole_lrgd.llm.counts import ScoreCounts
 
     for mode, cls in [("likelihood", LLMScorer), ("verbalizer", LLMScorer), ("generate", GenerateScorer)]:
         scorer = _scorer(tiny_llm, mode, user_batch_size=5)

@@ -13,7 +13,7 @@ from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.llm.prompt import Demonstration, build_prompt, encode_parts, encode_prompt
 from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
 from recbole_lrgd.llm.modes import make_scorer
-from recbole_lrgd.llm.scorer import naive_likelihood, title_logprob
+from recbole_lrgd.llm.title_score import naive_likelihood, title_logprob
 from recbole_lrgd.validate import check_values
 
 MODES = [("mean", None), ("sum", None), ("first", 3)]

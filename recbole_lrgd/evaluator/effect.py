@@ -71,7 +71,7 @@ def target_first(scores: Sequence[float], target_index: int) -> np.ndarray:
 
 
 class EffectD(AbstractMetric):
-    """RecBole metric ``EffectD`` (bigger is better) and ``EffectD_pos``, the share of users helped.
+    """RecBole metric ``EffectD`` (bigger is better), with the result key ``effectd_pos``, the share of users helped.
 
     Computed in the same evaluation pass from the scores LRGD produced with and without its
     demonstrations (collected by ``LRGDCollector``).

@@ -20,7 +20,8 @@ import torch
 from recbole_lrgd.llm.batching import Batching
 from recbole_lrgd.llm.prompt import Prompt, encode_parts
 from recbole_lrgd.llm.score_cache import ScoreCache
-from recbole_lrgd.llm.scorer import ParseStats, Scorer
+from recbole_lrgd.llm.counts import ParseStats
+from recbole_lrgd.llm.scorer import Scorer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

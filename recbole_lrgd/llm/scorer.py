@@ -1,7 +1,7 @@
 """The scorers: a score per candidate for a rendered prompt, in the caller's candidate order.
 
 ``likelihood``: log-likelihood of each candidate's title after the prompt, reduced over its tokens as
-``title_score`` says (``title_logprob``: their mean, their sum, or the mean of the first few).
+``title_score`` says (``llm/title_score.py``: their mean, their sum, or the mean of the first few).
 ``verbalizer``: candidates are labelled A, B, C...; the score of a candidate is the logit of its label's
 token after the prompt.
 Both are ``LLMScorer``; ``generate`` (the LLM writes a ranked list) is ``GenerateScorer`` in
@@ -31,81 +31,21 @@ log-probs, each under its own key, so switching the reduction later scores nothi
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from recbole_lrgd.llm.batching import Batching
+from recbole_lrgd.llm.counts import ScoreCounts
 from recbole_lrgd.llm.kv_cache import KVModel
 from recbole_lrgd.llm.prompt import Prompt, encode_parts
 from recbole_lrgd.llm.score_cache import ScoreCache, item_key, prompt_digest
+from recbole_lrgd.llm.title_score import check_title_score, reduction_settings, title_logprob
 from recbole_lrgd.settings import SCORER_MODES, TITLE_SCORES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-
-@dataclass(frozen=True)
-class ParseStats:
-    """How much of one output was understood: a prompt with ``mentioned == 0`` is a parse failure."""
-
-    mentioned: int
-    candidates: int
-
-    @property
-    def failed(self) -> bool:
-        return self.mentioned == 0
-
-    @property
-    def unparsed(self) -> int:
-        return self.candidates - self.mentioned
-
-
-@dataclass
-class ScoreCounts:
-    """What a scorer did, summed over its prompts; subtract two snapshots for one evaluation."""
-
-    cache_hits: int = 0  # candidate scores served from the score cache
-    cache_misses: int = 0  # candidate scores looked up there in vain (then computed and stored)
-    generated_prompts: int = 0  # generate mode: prompts whose output was parsed (cached or not)
-    failed_prompts: int = 0  # ... whose output mentioned no candidate
-    generated_candidates: int = 0  # ... candidates shown in them
-    unparsed_candidates: int = 0  # ... candidates their outputs never mentioned
-    forward_tokens: int = 0  # likelihood and verbalizer: token positions run through the model, pads included
-    pad_tokens: int = 0  # ... of them pads (rows right-padded to their batch's longest)
-
-    def __sub__(self, other: "ScoreCounts") -> "ScoreCounts":
-        return ScoreCounts(*(a - b for a, b in zip(astuple(self), astuple(other))))
-
-    @property
-    def cache_hit_rate(self) -> Optional[float]:
-        looked_up = self.cache_hits + self.cache_misses
-        return self.cache_hits / looked_up if looked_up else None
-
-    @property
-    def pad_share(self) -> Optional[float]:
-        return self.pad_tokens / self.forward_tokens if self.forward_tokens else None
-
-    @property
-    def parse_failure_rate(self) -> Optional[float]:
-        return self.failed_prompts / self.generated_prompts if self.generated_prompts else None
-
-    @property
-    def unparsed_rate(self) -> Optional[float]:
-        return self.unparsed_candidates / self.generated_candidates if self.generated_candidates else None
-
-    def add_forward(self, lengths: Sequence[int]) -> None:
-        """One forward pass of rows of these lengths, right-padded to the longest."""
-        self.forward_tokens += len(lengths) * max(lengths)
-        self.pad_tokens += len(lengths) * max(lengths) - sum(lengths)
-
-    def add_parse(self, stats: ParseStats) -> None:
-        self.generated_prompts += 1
-        self.failed_prompts += int(stats.failed)
-        self.generated_candidates += stats.candidates
-        self.unparsed_candidates += stats.unparsed
 
 
 class Scorer:
@@ -468,63 +408,3 @@ def pack_candidates(candidates: Sequence[Sequence[int]], prefix_len: int
     causal = torch.ones((n, n), dtype=torch.bool).tril()
     allowed = torch.cat([torch.ones((n, prefix_len), dtype=torch.bool), same & causal], 1)
     return torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), allowed, source
-
-
-# -- a title's score from its tokens' log-probs: the one reduction of both paths -----------------
-def check_title_score(how: str, first_tokens: Optional[int]) -> None:
-    """``how`` is a ``TITLE_SCORES`` reduction, and ``first`` has a token count to read."""
-    if how not in TITLE_SCORES:
-        raise ValueError(f"title_score {how!r}: use one of {', '.join(TITLE_SCORES)}")
-    if how == "first" and (first_tokens is None or first_tokens < 1):
-        raise ValueError(f"title_score first reads title_score_tokens >= 1 tokens, not {first_tokens!r}")
-
-
-def reduction_settings(how: str, first_tokens: Optional[int]) -> tuple:
-    """A reduction's settings in the score-cache digest: none for the mean (the default keeps the shortest
-    digest), its name otherwise, with its token count for ``first``."""
-    if how == "mean":
-        return ()
-    return (how, first_tokens) if how == "first" else (how,)
-
-
-def title_logprob(token_logprobs: torch.Tensor, mask: torch.Tensor, how: str,
-                  first_tokens: Optional[int] = None) -> torch.Tensor:
-    """Each title's score (n,) from its tokens' log-probs (n, m), pads masked out (``mask`` 0).
-
-    ``mean``: their mean; ``sum``: their total; ``first``: the mean of the first ``first_tokens`` unmasked
-    ones (all of a shorter title). The total is a running sum along the tokens (``cumsum``, sequential on a
-    CPU), so a float64 title's score does not depend on how many pads its batch gave it.
-    """
-    check_title_score(how, first_tokens)
-    read = mask
-    if how == "first":
-        read = mask * (mask.cumsum(-1) <= first_tokens)
-    total = (token_logprobs * read).cumsum(-1)[..., -1]
-    return total if how == "sum" else total / read.sum(-1).clamp(min=1)
-
-
-def target_logprobs(logprobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The log-probs (n, m) of ``targets`` (n, m) under next-token ``logprobs`` (n, m, V)."""
-    return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-
-def mean_token_logprob(logprobs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean log-probability of ``targets`` (n, m) under ``logprobs`` (n, m, V), ignoring masked pads."""
-    return title_logprob(target_logprobs(logprobs, targets), mask, "mean")
-
-
-# -- the reference the batched path is tested and benchmarked against ----------------------------
-@torch.inference_mode()
-def naive_likelihood(model: PreTrainedModel, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]],
-                     how: str = "mean", first_tokens: Optional[int] = None) -> np.ndarray:
-    """Reference likelihood scores: the full prompt + one candidate per forward pass, no KV cache (slow);
-    ``how`` and ``first_tokens`` as in ``title_logprob``."""
-    out = []
-    device = next(model.parameters()).device
-    for cand in candidates:
-        ids = torch.tensor([list(prompt_ids) + list(cand)], device=device)
-        logits = model(input_ids=ids).logits.float()
-        logprobs = torch.log_softmax(logits[:, len(prompt_ids) - 1: -1], -1)
-        picked = target_logprobs(logprobs, torch.tensor([list(cand)], device=logprobs.device))
-        out.append(title_logprob(picked, torch.ones_like(picked), how, first_tokens).item())
-    return np.array(out, dtype=np.float64)

@@ -28,7 +28,8 @@ from recbole_lrgd.llm.loader import llm_device, load_config_llm, load_config_tok
 from recbole_lrgd.llm.model_identity import model_identity
 from recbole_lrgd.llm.score_cache import ScoreCache
 from recbole_lrgd.llm.modes import make_scorer
-from recbole_lrgd.llm.scorer import Scorer, ScoreCounts
+from recbole_lrgd.llm.counts import ScoreCounts
+from recbole_lrgd.llm.scorer import Scorer
 from recbole_lrgd.model.ranker import ICLRanker
 from recbole_lrgd.optimizer.result import FitResult
 from recbole_lrgd.settings import DEMO_MODES, DemoSettings, PromptSettings, ScorerSettings

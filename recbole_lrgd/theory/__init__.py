@@ -2,7 +2,7 @@
 
 ``equivalence_table`` takes a real Llama-family model and a prompt split into context,
 demonstrations and query, and reports per layer and head how exactly the dual model reproduces
-the layer's attention (design doc, section 2). ``demo_update_norms`` gives the size of each
+the layer's attention (``docs/theory.md``; the paper's section 2). ``demo_update_norms`` gives the size of each
 demonstration's share of dW_ICL, a diagnostic (LRGD's optimizer does not read it). The pure math lives in
 ``dual`` (no model needed), model access in ``extract``, prompt splitting in ``spans``.
 Run ``python -m recbole_lrgd.theory --help`` for the CLI.

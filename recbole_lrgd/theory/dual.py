@@ -1,4 +1,4 @@
-"""Pure tensor math of the dual-model view of attention (LRGD design, section 2).
+"""Pure tensor math of the dual-model view of attention (``docs/theory.md``; the paper's section 2).
 
 Nothing here touches a model: every function takes plain tensors, so each piece (RoPE, the
 causal attention sums, W_ZS, the gradient step that gives dW_ICL, random features) can be
