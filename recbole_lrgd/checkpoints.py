@@ -7,9 +7,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Dict
 
 import torch
-from recbole.utils import get_model
-
 from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.model_names import did_you_mean, recbole_model
 
 if TYPE_CHECKING:
     from recbole.config import Config
@@ -55,8 +54,6 @@ def check_source(config: Config, key: str) -> None:
         if checkpoint_dataset != config["dataset"]:
             raise LRGDError(f"{key} {source} was trained on {checkpoint_dataset!r}, not {config['dataset']!r}")
         return
-    try:
-        get_model(source)
-    except ValueError:
+    if recbole_model(source, key) is None:
         raise LRGDError(f"{key} {source!r} is neither a RecBole model name (Pop, BPR, SASRec...) "
-                        "nor a checkpoint .pth") from None
+                        f"nor a checkpoint .pth{did_you_mean(source)}")

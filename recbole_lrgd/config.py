@@ -6,32 +6,25 @@ line: an ``LRGDError``.
 """
 from __future__ import annotations
 
-import difflib
 import glob
-import importlib
-import importlib.util
 import os
-import pkgutil
 from typing import Any, Dict, List, Optional
 
 import yaml
 from recbole.config import Config
 from recbole.evaluator.register import metrics_dict
-from recbole.utils import get_model
 
 from recbole_lrgd import compat
 from recbole_lrgd import distributed as dist
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.evaluator import register_metrics
 from recbole_lrgd.model import LRGD
+from recbole_lrgd.model_names import did_you_mean, recbole_model
 from recbole_lrgd.properties_files import properties_dir, run_properties
 from recbole_lrgd.trainer import LRGDTrainer
 from recbole_lrgd.validate import PLUGIN_ONLY_METRICS, check_eval_args, check_values, validate_config, warn_unknown_keys
 
 PLUGIN_MODELS = {"LRGD": (LRGD, LRGDTrainer)}  # the plugin's models by name, each with its Trainer
-# where RecBole's get_model looks for a model: one module per model, named by its class's name in lower case
-RECBOLE_MODEL_PACKAGES = ("general_recommender", "context_aware_recommender", "sequential_recommender",
-                          "knowledge_aware_recommender", "exlib_recommender")
 
 
 def properties_files(model: str, dataset: str) -> List[str]:
@@ -43,34 +36,9 @@ def properties_files(model: str, dataset: str) -> List[str]:
 def check_model_name(model: str) -> None:
     """A name that is neither the plugin's model nor RecBole's is an ``LRGDError`` that suggests the nearest
     known name, ignoring case (``lrgd`` -> ``LRGD``, ``sasrec`` -> ``SASRec``)."""
-    if model in PLUGIN_MODELS:
-        return
-    try:
-        get_model(model)
-        return
-    except (ValueError, AttributeError):  # no module of that name; or a module of it, but in another case
-        pass
-    found = {name.lower(): name for name in PLUGIN_MODELS}  # lower-case name -> plugin model or RecBole module
-    for package in RECBOLE_MODEL_PACKAGES:
-        spec = importlib.util.find_spec(f"recbole.model.{package}")
-        found.update({m.name: f"recbole.model.{package}.{m.name}"
-                      for m in pkgutil.iter_modules(spec.submodule_search_locations)})
-    close = difflib.get_close_matches(model.lower(), list(found), n=1)
-    hint = f"; did you mean {_model_class_name(found[close[0]])!r}?" if close else ""
-    raise LRGDError(f"`model_name` [{model}] is not the name of an existing model{hint}")
-
-
-def _model_class_name(found: str) -> str:
-    """A plugin model's name, or the model class a RecBole module holds (the module's name if it will not import:
-    an exlib model without its backend, lightgbm or xgboost)."""
-    if found in PLUGIN_MODELS:
-        return found
-    stem = found.rsplit(".", 1)[1]
-    try:
-        module = importlib.import_module(found)
-    except ImportError:
-        return stem
-    return next((name for name, obj in vars(module).items() if name.lower() == stem and isinstance(obj, type)), stem)
+    if model not in PLUGIN_MODELS and recbole_model(model) is None:
+        raise LRGDError(f"`model_name` [{model}] is not the name of an existing model"
+                        f"{did_you_mean(model, PLUGIN_MODELS)}")
 
 
 def _read_user_config(files: List[str], config_dict: Optional[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:

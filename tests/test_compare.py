@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -137,6 +138,19 @@ def test_cli_entry_points(tmp_path, monkeypatch, capsys):
     assert os.path.isfile(os.path.join(out, "compare_tiny.png"))
     assert main(["--dataset=tiny", "--models=Nope", f"--out={out}"]) == 2
     assert "unknown benchmark variant 'Nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("models,line", [
+    ("Foo+LRGD-nearest", "error: unknown benchmark variant 'Foo+LRGD-nearest': 'Foo' is not a RecBole model name"),
+    ("", "error: --models names no variant"),
+])
+def test_a_bad_models_flag_is_one_line_in_a_fresh_process(tmp_path, models, line):
+    """Checked before any config is built (RecBole's exlib package, which needs lightgbm, not yet made importable),
+    and an empty --models is not the default list."""
+    done = subprocess.run([sys.executable, "-m", "recbole_lrgd.benchmark", "--dataset=tiny", f"--models={models}",
+                           f"--out={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(line)
 
 
 def test_without_matplotlib_the_tables_are_written_and_the_png_skipped_with_one_warning(tmp_path, monkeypatch,

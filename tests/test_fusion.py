@@ -249,6 +249,7 @@ def test_fusion_variant_names_parse_into_lrgd_keys():
     ("BPR+LRGD-nearest@2", "benchmark variant 'BPR\\+LRGD-nearest@2': the weight after @ must be a number >= 0 "
                            "and <= 1, not '2'"),
     ("BPR+LRGD-nearest@auto", "the weight after @ must be a number >= 0 and <= 1, not 'auto'"),
+    ("bpr+LRGD-nearest", r"'bpr' is not a RecBole model name .*; did you mean 'BPR'\?$"),
 ])
 def test_a_bad_fusion_variant_is_a_one_line_error(name, message):
     with pytest.raises(LRGDError, match=message) as info:

@@ -1,5 +1,6 @@
 """Bad input is one ``LRGDError`` line raised before anything is written (log, tensorboard folder) or
 loaded (the LLM); an unknown key is a warning with a "did you mean"; long titles are capped."""
+import importlib.util
 import logging
 import os
 import sys
@@ -295,6 +296,23 @@ def test_an_unknown_model_suggests_the_nearest_name_ignoring_case(base, monkeypa
     message = _fails_first(monkeypatch, r"`model_name` \[" + model + r"\] is not the name of an existing model",
                            model=model, dataset="tiny", config_dict=base)
     assert message.endswith(f"; did you mean {hint!r}?" if hint else "existing model")
+
+
+@pytest.mark.parametrize("key", ["model", "candidate_source", "prior_model"])
+def test_a_model_whose_backend_is_not_installed_names_the_package(base, monkeypatch, key):
+    if importlib.util.find_spec("lightgbm") is not None:
+        pytest.skip("lightgbm is installed")
+    match = f"^{key} 'lightgbm' needs the lightgbm package, which is not installed: pip install lightgbm$"
+    if key == "model":
+        _fails_first(monkeypatch, match, model="lightgbm", dataset="tiny", config_dict=base)
+    else:
+        _fails_first(monkeypatch, match, model="LRGD", dataset="tiny", config_dict={**base, key: "lightgbm"})
+
+
+@pytest.mark.parametrize("key", ["candidate_source", "prior_model"])
+def test_a_source_model_in_the_wrong_case_suggests_the_name(base, monkeypatch, key):
+    _fails_first(monkeypatch, f"^{key} 'bpr' is neither a RecBole model name .*; did you mean 'BPR'\\?$",
+                 model="LRGD", dataset="tiny", config_dict={**base, key: "bpr"})
 
 
 # -- data checked before the LLM loads and the log file is written ----------------------------------

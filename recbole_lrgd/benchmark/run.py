@@ -158,6 +158,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"<mode> one of {', '.join(RERANK_MODES)}")
         print(f"sampled: {FUSION_GRAMMAR}, e.g. BPR+LRGD-nearest, Pop+LRGD-zero-shot@0.5")
         return 0
+    models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
+    if args.models is not None and not models:
+        print("error: --models names no variant: give them comma-separated, or leave --models out for the "
+              "default ones", file=sys.stderr)
+        return 2
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",") if p.strip()]
     if any(len(p) != 2 for p in pairs):
         print(f"error: --pairs takes A:B pairs separated by commas, not {args.pairs!r}", file=sys.stderr)
@@ -169,7 +174,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
     quiet_libraries()
-    models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
     files = args.config_files.strip().split(" ") if args.config_files else []
     try:
         with command_line([]):  # the command line's keys would beat each variant's own

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple
 
 import yaml
-from recbole.utils import get_model
 
 from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.model_names import did_you_mean, recbole_model
 from recbole_lrgd.properties_files import shipped_defaults
 from recbole_lrgd.settings import RULES
 from recbole_lrgd.validate import FULL_EVAL_ARGS
@@ -71,18 +71,10 @@ PROTOCOLS = {
 }
 
 
-def _is_recbole_model(name: str) -> bool:
-    try:
-        get_model(name)
-    except (ValueError, AttributeError):  # AttributeError: a known module, a misspelt class ('bpr')
-        return False
-    return True
-
-
 def _check_model(name: str, model: str, grammar: str) -> None:
-    if not _is_recbole_model(model):
+    if recbole_model(model) is None:
         raise LRGDError(f"unknown benchmark variant {name!r}: {model!r} is not a RecBole model name "
-                        f"(Pop, BPR, SASRec...) in {grammar}")
+                        f"(Pop, BPR, SASRec...) in {grammar}{did_you_mean(model)}")
 
 
 def _weight(name: str, text: str, what: str) -> float:
