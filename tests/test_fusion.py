@@ -343,6 +343,9 @@ def test_pairs_must_name_variants_the_benchmark_runs(tmp_path, monkeypatch, caps
     assert main(["--dataset=tiny", "--models=Pop", "--pairs=Pop:BPR", f"--out={out}"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: --pairs Pop:BPR names a variant the benchmark does not run (its models: Pop)"]
+    assert main(["--dataset=tiny", "--models=Pop,BPR", "--pairs=Pop:Pop", f"--out={out}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --pairs Pop:Pop compares a variant with itself: name two variants"]
     for bad in ("A", "A:B:C", "A:B,C"):
         assert main([f"--pairs={bad}", f"--out={out}"]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [

@@ -349,6 +349,14 @@ def test_item_ids_that_match_none_of_the_inter_are_one_line_and_some_a_warning(b
         f"tiny.item: RecBole drops their {dropped} interactions (filter_inter_by_user_or_item)"]
 
 
+def test_a_data_path_that_does_not_exist_is_one_line_not_the_bundled_ml100k(base, monkeypatch, tmp_path):
+    """RecBole would fall back to its own copy of ml-100k."""
+    missing = str(tmp_path / "no-such-folder")
+    _fails_first(monkeypatch, f"^data_path {missing} does not exist: set it to the folder that holds "
+                              "ml-100k/ml-100k.inter$", model="Pop", dataset="ml-100k",
+                 config_dict={**base, "data_path": missing})
+
+
 @pytest.mark.parametrize("dataset", ["tiny", "ml-100k"])
 def test_a_data_path_that_is_a_file_is_one_line(base, monkeypatch, tmp_path, dataset):
     """RecBole would read ml-100k from its own copy whatever data_path says."""

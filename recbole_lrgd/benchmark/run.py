@@ -66,6 +66,8 @@ def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_d
         if any(v not in models for v in pair):
             raise LRGDError(f"--pairs {pair[0]}:{pair[1]} names a variant the benchmark does not run "
                             f"(its models: {', '.join(models)})")
+        if pair[0] == pair[1]:
+            raise LRGDError(f"--pairs {pair[0]}:{pair[1]} compares a variant with itself: name two variants")
     config_dict, config_files = dict(config_dict or {}), list(config_files or [])
     clash = sorted(k for k, v in spec.config.items() if k in config_dict and config_dict[k] != v)
     if clash:
