@@ -171,10 +171,11 @@ def validate_config(config: Config, is_plugin: bool) -> None:
     check_eval_args(config["eval_args"], "in the final config")
     dataset, data_path = config["dataset"], config["data_path"]
     given = config.external_config_dict.get("data_path")  # RecBole's data_path is <given>/<dataset>, or ml-100k's copy
-    if isinstance(given, str) and not os.path.isdir(given):
-        raise LRGDError(f"data_path {given} " + ("is a file, not a folder" if os.path.exists(given) else
-                                                 "does not exist") + f": set it to the folder that holds "
+    if isinstance(given, str) and os.path.exists(given) and not os.path.isdir(given):
+        raise LRGDError(f"data_path {given} is a file, not a folder: set it to the folder that holds "
                         f"{dataset}/{dataset}.inter")
+    if isinstance(given, str) and not os.path.exists(given):
+        data_path = os.path.join(given, dataset)  # the folder named; RecBole would fall back to its own ml-100k
     inter = os.path.join(data_path, f"{dataset}.inter")
     if not os.path.isfile(inter):
         raise LRGDError(f"unknown dataset {dataset!r}: no {inter} (put {dataset}.inter and {dataset}.item "

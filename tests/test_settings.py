@@ -104,6 +104,8 @@ def test_a_key_that_changes_scores_changes_the_saved_states_identity(key, base_c
         other = tiny_llm_dir
     elif key == "llm_device":
         other = "meta"
+    elif key == "llm_dtype":
+        other = "float64"  # auto resolves to bfloat16 or float32, by the CPU: never to this
     else:
         other = _other_value(spec, config[key])
     assert _identity({**config, key: other}) != _identity(config)

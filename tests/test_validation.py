@@ -352,9 +352,10 @@ def test_item_ids_that_match_none_of_the_inter_are_one_line_and_some_a_warning(b
 def test_a_data_path_that_does_not_exist_is_one_line_not_the_bundled_ml100k(base, monkeypatch, tmp_path):
     """RecBole would fall back to its own copy of ml-100k."""
     missing = str(tmp_path / "no-such-folder")
-    _fails_first(monkeypatch, f"^data_path {missing} does not exist: set it to the folder that holds "
-                              "ml-100k/ml-100k.inter$", model="Pop", dataset="ml-100k",
-                 config_dict={**base, "data_path": missing})
+    message = _fails_first(monkeypatch, "^unknown dataset 'ml-100k'", model="Pop", dataset="ml-100k",
+                           config_dict={**base, "data_path": missing})
+    assert message.endswith(f"no {missing}/ml-100k/ml-100k.inter (put ml-100k.inter and ml-100k.item under "
+                            f"{missing}/ml-100k, or set data_path to their parent folder)")
 
 
 @pytest.mark.parametrize("dataset", ["tiny", "ml-100k"])
