@@ -114,11 +114,11 @@ def _fake_run(model, dataset, config_file_list=None, config_dict=None, saved=Tru
                      fit_time=1.0, eval_time=2.0, test_users=4, candidates=candidates_digest(Data()))
 
 
-def test_a_failing_variant_is_reported_not_stored_and_the_rest_run(tmp_path, monkeypatch, capsys):
+def test_a_failing_variant_is_reported_not_stored_and_the_rest_run(tiny_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(quick_start, "run", _fake_run)
     out = str(tmp_path / "out")
     code = main(["--dataset=tiny", "--models=Pop,LRGD-stage1,BPR", f"--out={out}", "--no_plot",
-                 "--eval_users=4"])
+                 "--eval_users=4", f"--data_path={tiny_data}"])
     captured = capsys.readouterr()
     assert code == 1
     assert "| Pop |" in captured.out and "| BPR |" in captured.out  # the table is printed
@@ -128,12 +128,13 @@ def test_a_failing_variant_is_reported_not_stored_and_the_rest_run(tmp_path, mon
     assert "LRGD-stage1: failed" in open(os.path.join(out, "compare_tiny.md")).read()
 
 
-def test_cli_entry_points(tmp_path, monkeypatch, capsys):
+def test_cli_entry_points(tiny_data, tmp_path, monkeypatch, capsys):
     import run_recbole_lrgd
 
     monkeypatch.setattr(quick_start, "run", _fake_run)
     out = str(tmp_path / "out")
-    assert run_recbole_lrgd.main(["--benchmark", "--dataset=tiny", "--models=Pop", f"--out={out}"]) == 0
+    assert run_recbole_lrgd.main(["--benchmark", "--dataset=tiny", "--models=Pop", f"--out={out}",
+                                  f"--data_path={tiny_data}"]) == 0
     assert "| Pop | 0.5000 |" in capsys.readouterr().out
     assert os.path.isfile(os.path.join(out, "compare_tiny.png"))
     assert main(["--dataset=tiny", "--models=Nope", f"--out={out}"]) == 2
@@ -153,12 +154,34 @@ def test_a_bad_models_flag_is_one_line_in_a_fresh_process(tmp_path, models, line
     assert done.stderr.strip().splitlines()[-1].startswith(line)
 
 
-def test_without_matplotlib_the_tables_are_written_and_the_png_skipped_with_one_warning(tmp_path, monkeypatch,
-                                                                                        capsys):
+@pytest.mark.parametrize("flags,line", [
+    (["--config_files=missing.yaml"], "error: config file 'missing.yaml' does not exist"),
+    (["--dataset=nonexistent"], "error: unknown dataset 'nonexistent': no "),
+    (["--name=a/b"], "error: --name 'a/b' must be a file stem, with no folder (--out names the folder)"),
+    (["--out=FILE/out"], "error: --out 'FILE/out' cannot be a folder: FILE is a file"),
+])
+def test_bad_shared_input_is_one_line_before_any_row_runs_or_file_is_written(tiny_data, tmp_path, monkeypatch, capsys,
+                                                                              flags, line):
+    def no_run(*args, **kwargs):
+        raise AssertionError("a row ran despite bad input")
+
+    monkeypatch.setattr(quick_start, "run", no_run)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "FILE").write_text("")
+    monkeypatch.chdir(work)
+    assert main(["--dataset=tiny", "--models=Pop,BPR", "--out=out", f"--data_path={tiny_data}", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].replace(str(work) + "/", "").startswith(line), err
+    assert sorted(os.listdir(work)) == ["FILE"]
+
+
+def test_without_matplotlib_the_tables_are_written_and_the_png_skipped_with_one_warning(tiny_data, tmp_path,
+                                                                                        monkeypatch, capsys):
     monkeypatch.setattr(quick_start, "run", _fake_run)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     out = str(tmp_path / "out")
-    assert main(["--dataset=tiny", "--models=Pop", f"--out={out}"]) == 0
+    assert main(["--dataset=tiny", "--models=Pop", f"--out={out}", f"--data_path={tiny_data}"]) == 0
     captured = capsys.readouterr()
     assert "| Pop | 0.5000 |" in captured.out
     assert sorted(os.listdir(out)) == ["compare_tiny.csv", "compare_tiny.json", "compare_tiny.md"]

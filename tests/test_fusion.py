@@ -301,7 +301,7 @@ def test_make_row_keeps_the_prior_weight(tmp_path):
     assert "Prior weights" not in markdown_report("tiny", [make_row("A", "LRGD", "tiny", "abc", _result("LRGD"))], {})
 
 
-def test_the_benchmark_runs_fusion_rows_and_their_pairs(tmp_path, monkeypatch):
+def test_the_benchmark_runs_fusion_rows_and_their_pairs(tiny_data, tmp_path, monkeypatch):
     seen = {}
 
     def fake_run(model, dataset, config_file_list=None, config_dict=None, saved=True):
@@ -312,8 +312,8 @@ def test_the_benchmark_runs_fusion_rows_and_their_pairs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(quick_start, "run", fake_run)
     out = str(tmp_path / "out")
-    result = run_benchmark("tiny", ["BPR", "BPR+LRGD-nearest"], {"valid_users": 7}, out_dir=out, plot=False,
-                           progress=False, pairs=[("BPR+LRGD-nearest", "BPR")])
+    result = run_benchmark("tiny", ["BPR", "BPR+LRGD-nearest"], {"valid_users": 7, "data_path": tiny_data},
+                           out_dir=out, plot=False, progress=False, pairs=[("BPR+LRGD-nearest", "BPR")])
     assert result["ran"] == ["BPR", "BPR+LRGD-nearest"] and not result["failed"]
     assert seen["BPR"][0] == "BPR" and seen["BPR"][1]["valid_users"] == 7 and "prior_model" not in seen["BPR"][1]
     model, cfg = seen["fusion"]

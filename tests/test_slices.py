@@ -293,7 +293,7 @@ def _fake_run(model, dataset, config_file_list=None, config_dict=None, saved=Tru
                      test_per_user={"ndcg@10": dict(values)})
 
 
-def test_the_benchmark_with_slices_writes_their_tables_and_file(tmp_path, monkeypatch):
+def test_the_benchmark_with_slices_writes_their_tables_and_file(tiny_data, tmp_path, monkeypatch):
     asked = []
 
     def dataset_slices(dataset, config_file_list=None, config_dict=None):
@@ -303,9 +303,10 @@ def test_the_benchmark_with_slices_writes_their_tables_and_file(tmp_path, monkey
     monkeypatch.setattr(quick_start, "run", _fake_run)
     monkeypatch.setattr(quick_start, "dataset_slices", dataset_slices)
     out = str(tmp_path / "out")
-    result = run_benchmark("tiny", ["LRGD-zero-shot", "Pop"], {"slices": True, "eval_users": 6}, out_dir=out,
-                           plot=False, progress=False, pairs=[("LRGD-zero-shot", "Pop")])
-    assert asked == [("tiny", None, {"slices": True, "eval_users": 6})]  # read once, from the shared config
+    shared = {"slices": True, "eval_users": 6, "data_path": tiny_data}
+    result = run_benchmark("tiny", ["LRGD-zero-shot", "Pop"], shared, out_dir=out, plot=False, progress=False,
+                           pairs=[("LRGD-zero-shot", "Pop")])
+    assert asked == [("tiny", None, shared)]  # read once, from the shared config
     assert load_slices(result["paths"]["slices.json"]) == _slices()
     assert result["paths"]["slices.json"] == os.path.join(out, "compare_tiny.slices.json")
     with open(result["paths"]["md"]) as f:
@@ -317,8 +318,8 @@ def test_the_benchmark_with_slices_writes_their_tables_and_file(tmp_path, monkey
     assert "- LRGD-zero-shot vs Pop: NDCG@10 difference +0.1667" in md
     assert result["bootstrap"][-1].startswith("LRGD-zero-shot vs Pop: NDCG@10 difference +0.1667")
     # without slices: no slice tables, no slices file
-    plain = run_benchmark("tiny", ["LRGD-zero-shot", "Pop"], {"eval_users": 6}, out_dir=out, name="plain",
-                          plot=False, progress=False)
+    plain = run_benchmark("tiny", ["LRGD-zero-shot", "Pop"], {"eval_users": 6, "data_path": tiny_data}, out_dir=out,
+                          name="plain", plot=False, progress=False)
     assert not os.path.exists(plain["paths"]["slices.json"]) and len(asked) == 1
     with open(plain["paths"]["md"]) as f:
         assert "slice" not in f.read()

@@ -35,8 +35,10 @@ from recbole_lrgd.benchmark.report import (bar_chart, bootstrap_lines, bootstrap
 from recbole_lrgd.benchmark.store import config_hash, load_rows, make_row, row_key, save_rows, save_slices
 from recbole_lrgd.benchmark.variants import (FUSION_GRAMMAR, PROTOCOLS, RECOMMENDED, RERANK_GRAMMAR, RERANK_MODES,
                                              VARIANTS, check_variant, variant_config)
+from recbole_lrgd.config import build_config
 from recbole_lrgd.console import quiet_libraries
 from recbole_lrgd.errors import LRGDError
+from recbole_lrgd.validate import check_writable_folder
 from recbole_lrgd.whole_file import write_whole
 
 
@@ -74,6 +76,12 @@ def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_d
         raise LRGDError(f"--protocol={protocol} sets {', '.join(clash)} for every row: leave "
                         f"{', '.join('--' + k for k in clash)} out")
     config_dict.update(spec.config)
+    if name is not None and (not name or os.path.basename(name) != name):
+        raise LRGDError(f"--name {name!r} must be a file stem, with no folder (--out names the folder)")
+    check_writable_folder(out_dir, "--out")
+    # what every row shares (config files, dataset, keys) is checked once, before a row runs or a file is written
+    first_model, first_config = variant_config(models[0], config_dict, config_files, effectd)
+    build_config(first_model, dataset, config_files or None, first_config, warn_unknown=False)
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, name or f"compare_{dataset}" + ("" if protocol == "sampled" else f"_{protocol}"))
     paths = {ext: f"{stem}.{ext}" for ext in ("json", "md", "csv", "png", "slices.json")}
