@@ -21,7 +21,7 @@ from recbole_lrgd.data.atomic import check_atomic_files
 from recbole_lrgd.data.titles import item_file_header
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.properties_files import shipped_defaults
-from recbole_lrgd.settings import RULES, Rule, is_int, text
+from recbole_lrgd.settings import RULES, Rule, integer, is_int, number, text
 
 if TYPE_CHECKING:
     from recbole.config import Config
@@ -47,12 +47,18 @@ def _topk(value: Any) -> bool:
 FULL_EVAL_ARGS = {**shipped_defaults("overall.yaml")["eval_args"], "mode": "full"}
 
 # RecBole's own keys the plugin reads without a settings field, checked as its own (Config checks metrics, topk and
-# eval_args' type)
+# eval_args' type), and RecBole's training keys, whose wrong type would be a traceback deep inside a training
 RECBOLE_RULES: Dict[str, Rule] = {
     "topk": Rule(_topk, "a positive integer or a list of them"),
     "data_path": text(none=False),
     "checkpoint_dir": text(none=False),
     "valid_metric": text(none=False),
+    "epochs": integer(0),
+    "train_batch_size": integer(1),
+    "learning_rate": number(0, above=True),
+    "weight_decay": number(0),
+    "eval_step": integer(0),
+    "stopping_step": integer(0),
 }
 
 

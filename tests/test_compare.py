@@ -176,6 +176,17 @@ def test_bad_shared_input_is_one_line_before_any_row_runs_or_file_is_written(tin
     assert sorted(os.listdir(work)) == ["FILE"]
 
 
+@pytest.mark.parametrize("text", ["1e-3", "None", "~", "True", "true", "[1, 10]", "{'a': 1}", "0x10", ".5", "abc",
+                                  "auto", "uni19", "-2"])
+def test_a_benchmark_key_reads_as_a_runs_command_line_gives_it_to_recbole(text):
+    from recbole.config import Config
+
+    from recbole_lrgd.benchmark.run import parse_value
+
+    recbole = Config._convert_config_dict(None, {"key": text})["key"]  # RecBole's reading of --key=<text>
+    assert parse_value(text) == (None if text == "~" else recbole)  # the plugin reads the word ~ as None
+
+
 def test_without_matplotlib_the_tables_are_written_and_the_png_skipped_with_one_warning(tiny_data, tmp_path,
                                                                                         monkeypatch, capsys):
     monkeypatch.setattr(quick_start, "run", _fake_run)

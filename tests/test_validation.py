@@ -253,6 +253,19 @@ def test_recbole_keys_the_plugin_reads_are_one_line_before_anything_is_written(b
     _fails_first(monkeypatch, match, model="LRGD", dataset="tiny", config_dict={**base, **keys})
 
 
+@pytest.mark.parametrize("keys,match", [
+    ({"learning_rate": "abc"}, "^learning_rate must be a number > 0, not 'abc'$"),
+    ({"learning_rate": 0}, "^learning_rate must be a number > 0, not 0$"),
+    ({"train_batch_size": 0}, "^train_batch_size must be a positive integer, not 0$"),
+    ({"epochs": -1}, "^epochs must be an integer >= 0, not -1$"),
+    ({"weight_decay": -0.1}, "^weight_decay must be a number >= 0, not -0.1$"),
+    ({"stopping_step": "ten"}, "^stopping_step must be an integer >= 0, not 'ten'$"),
+])
+def test_a_baselines_training_key_of_the_wrong_type_is_one_line_not_a_traceback_in_training(base, monkeypatch, keys,
+                                                                                            match):
+    _fails_first(monkeypatch, match, model="BPR", dataset="tiny", config_dict={**base, **keys})
+
+
 def test_a_checkpoint_dir_that_cannot_be_made_is_one_line(base, monkeypatch, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")

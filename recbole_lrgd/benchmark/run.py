@@ -21,6 +21,7 @@ re-ranking is compared with (RecBole's own full sort of a sequential model keeps
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -129,7 +130,13 @@ def run_benchmark(dataset: str, models: Optional[Sequence[str]] = None, config_d
             "bootstrap": bootstrap_lines(rows, [*bootstrap_pairs(protocol, [r["variant"] for r in rows]), *pairs])}
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A ``--key=value``'s value as a run's command line gives it to RecBole, which reads a Python literal where
+    the text is one (``1e-3``, ``None``), and here YAML's words otherwise (``~``, ``true``)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        pass
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -178,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: --pairs takes A:B pairs separated by commas, not {args.pairs!r}", file=sys.stderr)
         return 2
     try:  # every other --key=value is a config key, shared by all models
-        config_dict: Dict[str, Any] = {key: _parse_value(value) for key, value in key_values(extra).items()}
+        config_dict: Dict[str, Any] = {key: parse_value(value) for key, value in key_values(extra).items()}
     except LRGDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
