@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Dict
 
 import torch
+
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.model_names import did_you_mean, recbole_model
 

@@ -1,9 +1,10 @@
 """RecBole's model names: the class a name stands for, and the nearest known name to one that stands for none.
 
-The one place that asks RecBole's ``get_model``, for every key and flag that names a model (``model``,
-``candidate_source``, ``prior_model``, the benchmark's variants). ``get_model`` imports RecBole's exlib package for
-every name it finds nowhere else, and that package needs lightgbm and xgboost, which RecBole does not require:
-``compat.shim_exlib_optional_backends`` keeps it importable, so a misspelt name is an answer, not a traceback.
+The one place that checks a name, for every key and flag that names a model (``model``, ``candidate_source``,
+``prior_model``, the benchmark's variants), before anything builds one. RecBole's ``get_model`` imports its exlib
+package for every name it finds nowhere else, and that package needs lightgbm and xgboost, which RecBole does not
+require: ``compat.shim_exlib_optional_backends`` keeps it importable, so a misspelt name is an answer, not a
+traceback.
 """
 from __future__ import annotations
 
