@@ -21,7 +21,7 @@ from recbole_lrgd.data.atomic import check_atomic_files
 from recbole_lrgd.data.titles import item_file_header
 from recbole_lrgd.errors import LRGDError
 from recbole_lrgd.properties_files import shipped_defaults
-from recbole_lrgd.settings import RULES, Rule, integer, is_int, number, text
+from recbole_lrgd.settings import RULES, Rule, boolean, integer, is_int, number, text
 
 if TYPE_CHECKING:
     from recbole.config import Config
@@ -59,6 +59,8 @@ RECBOLE_RULES: Dict[str, Rule] = {
     "weight_decay": number(0),
     "eval_step": integer(0),
     "stopping_step": integer(0),
+    "show_progress": boolean(),  # RecBole would take any word as True
+    "reproducibility": boolean(),
 }
 
 

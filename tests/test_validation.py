@@ -260,6 +260,8 @@ def test_recbole_keys_the_plugin_reads_are_one_line_before_anything_is_written(b
     ({"epochs": -1}, "^epochs must be an integer >= 0, not -1$"),
     ({"weight_decay": -0.1}, "^weight_decay must be a number >= 0, not -0.1$"),
     ({"stopping_step": "ten"}, "^stopping_step must be an integer >= 0, not 'ten'$"),
+    ({"show_progress": "maybe"}, "^show_progress must be True or False, not 'maybe'$"),
+    ({"reproducibility": "yes"}, "^reproducibility must be True or False, not 'yes'$"),
 ])
 def test_a_baselines_training_key_of_the_wrong_type_is_one_line_not_a_traceback_in_training(base, monkeypatch, keys,
                                                                                             match):
