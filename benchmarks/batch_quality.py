@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from dtype_quality import compare, score_dataset, store_path, write_summary  # noqa: E402
-from recbole_lrgd.argv import command_line  # noqa: E402  (dtype_quality put the repository on the path)
+from recbole_lrgd.argv import run_script  # noqa: E402  (dtype_quality put the repository on the path)
 
 BATCHES = (1, 8, 32)
 
@@ -71,6 +71,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    flags = sys.argv[1:]
-    with command_line([]):  # RecBole's Config reads --key=value from sys.argv: these flags are not its keys
-        sys.exit(main(flags))
+    run_script(main)

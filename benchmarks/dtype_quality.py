@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_lrgd.argv import command_line  # noqa: E402
+from recbole_lrgd.argv import run_script  # noqa: E402
 from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.evaluator.per_user import ndcg_at, paired_bootstrap  # noqa: E402
 
@@ -221,6 +221,4 @@ def write_summary(script: str, args: argparse.Namespace, rows: list, render) -> 
 
 
 if __name__ == "__main__":
-    flags = sys.argv[1:]
-    with command_line([]):  # RecBole's Config reads --key=value from sys.argv: these flags are not its keys
-        sys.exit(main(flags))
+    run_script(main)

@@ -46,7 +46,7 @@ from recbole.data import create_dataset  # noqa: E402
 from recbole.data.dataset import Dataset  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
-from recbole_lrgd.argv import command_line  # noqa: E402
+from recbole_lrgd.argv import run_script  # noqa: E402
 from recbole_lrgd.config import build_config  # noqa: E402
 from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
@@ -242,6 +242,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    flags = sys.argv[1:]
-    with command_line([]):  # RecBole's Config reads --key=value from sys.argv: these flags are not its keys
-        main(flags)
+    run_script(main)

@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from recbole_lrgd import distributed as dist  # noqa: E402
-from recbole_lrgd.argv import command_line  # noqa: E402
+from recbole_lrgd.argv import run_script  # noqa: E402
 from recbole_lrgd.data.chunks import user_rows  # noqa: E402
 from recbole_lrgd.data.demonstrations import DemoChoice  # noqa: E402
 from recbole_lrgd.data.probes import make_probes  # noqa: E402
@@ -468,6 +468,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    flags = sys.argv[1:]
-    with command_line([]):  # RecBole's Config reads --key=value from sys.argv: these flags are not its keys
-        sys.exit(main(flags))
+    run_script(main)

@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flops import matmul_flops, non_embedding_params  # noqa: E402
-from recbole_lrgd.argv import command_line  # noqa: E402
+from recbole_lrgd.argv import run_script  # noqa: E402
 from recbole_lrgd.llm.batching import Batching, make_batching  # noqa: E402
 from recbole_lrgd.llm.prompt import Prompt, encode_parts  # noqa: E402
 from recbole_lrgd.llm.scorer import LLMScorer  # noqa: E402
@@ -313,6 +313,4 @@ def write(rows: List[dict], profiles: List[str], device: str, peak: float, folde
 
 
 if __name__ == "__main__":
-    flags = sys.argv[1:]
-    with command_line([]):  # RecBole's Config reads --key=value from sys.argv: these flags are not its keys
-        sys.exit(main(flags))
+    run_script(main)

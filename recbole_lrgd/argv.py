@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from recbole_lrgd.errors import LRGDError
 
@@ -53,3 +53,11 @@ def command_line(recbole_args: Sequence[str]) -> Iterator[None]:
         yield
     finally:
         sys.argv = saved
+
+
+def run_script(main: Callable[[List[str]], Optional[int]]) -> None:
+    """A script's ``main`` on its own flags, which are not RecBole's keys: ``sys.argv`` holds none of them while
+    RecBole's Config reads it. Exits with what ``main`` returns."""
+    flags = sys.argv[1:]
+    with command_line([]):
+        sys.exit(main(flags))
